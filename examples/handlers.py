@@ -1,0 +1,51 @@
+"""Example handlers named by configs/prod.toml and configs/dev.toml.
+
+A handler takes one :class:`ipcpool.Message` and may be ``def`` or
+``async def``. What it returns becomes the response's ``result`` when the
+sender asked for one (``replyTo``); raising makes the worker retry per
+``[retry]`` and then move the message to ``errors/`` with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ipcpool import Message
+
+log = logging.getLogger("examples.handlers")
+
+
+def handle_task(message: Message) -> dict[str, Any]:
+    """A task: log it and report what was done."""
+    payload = message.payload if isinstance(message.payload, dict) else {"value": message.payload}
+    log.info("task id=%s group=%s taskId=%s", message.id, message.group, payload.get("taskId"))
+    return {"status": "completed", "taskId": payload.get("taskId")}
+
+
+async def handle_command(message: Message) -> dict[str, Any]:
+    """A command, as an async handler: the worker runs it to completion."""
+    payload = message.payload if isinstance(message.payload, dict) else {}
+    await asyncio.sleep(0)
+    command = payload.get("command")
+    if command == "fail":
+        raise RuntimeError(f"command {command!r} failed on purpose")
+    log.info("command id=%s group=%s command=%s args=%s", message.id, message.group, command, payload.get("args"))
+    return {"command": command, "ok": True}
+
+
+def handle_legacy(message: Message) -> None:
+    """A plain JSON file from an old writer: the whole body is the payload."""
+    log.info("legacy message file=%s group=%s payload=%r", message.id, message.group, message.payload)
+
+
+def handle_error(message: Message) -> None:
+    """An ``error`` message another process reported."""
+    payload = message.payload if isinstance(message.payload, dict) else {}
+    log.error("IPC error reported id=%s group=%s: %s", message.id, message.group, payload.get("error"))
+
+
+def handle_any(message: Message) -> None:
+    """Fallback for custom types without a handler of their own."""
+    log.info("message of custom type %s id=%s group=%s", message.type, message.id, message.group)

@@ -1,0 +1,50 @@
+"""ipcpool: a supervised worker pool for file-based inter-process messaging.
+
+Processes drop message files into ``<root>/<group>/messages/``; ``ipcpool run``
+hands each to a worker process running the handler named in config, acks,
+replies or quarantines it, and never loses one. See DESIGN.md for the
+on-disk contract and the invariants.
+"""
+
+from ipcpool.client import AsyncClient, Client
+from ipcpool.compat import IPCSystem, get_ipc_system, start_enhanced_ipc
+from ipcpool.config import Config, load_config
+from ipcpool.errors import (
+    AckTimeout,
+    AlreadyRunning,
+    ConfigError,
+    HandlerError,
+    HandlerNotFound,
+    InvalidMessage,
+    IpcpoolError,
+    QueueFull,
+    ResponseTimeout,
+    SpoolError,
+    WorkerBootError,
+)
+from ipcpool.message import IPCMessageType, Message
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AckTimeout",
+    "AlreadyRunning",
+    "AsyncClient",
+    "Client",
+    "Config",
+    "ConfigError",
+    "HandlerError",
+    "HandlerNotFound",
+    "IPCMessageType",
+    "IPCSystem",
+    "InvalidMessage",
+    "IpcpoolError",
+    "Message",
+    "QueueFull",
+    "ResponseTimeout",
+    "SpoolError",
+    "WorkerBootError",
+    "get_ipc_system",
+    "load_config",
+    "start_enhanced_ipc",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from ipcpool.cli import main
+
+sys.exit(main())

@@ -1,0 +1,306 @@
+"""TOML configuration to frozen, validated objects.
+
+Every section is a frozen dataclass whose fields are the allowed keys, with
+their defaults. Loading rejects unknown keys and wrong types with one message
+that names the file, the key and the problem, so ``ipcpool run`` can stop
+before it starts (exit code 2) instead of failing later in a worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from ipcpool.errors import ConfigError
+from ipcpool.message import FORMATS, GROUP_NAME, TYPE_NAME
+
+ROOT_ENV = "IPCPOOL_ROOT"
+HANDLER_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+SPECIAL_HANDLER_KEYS = ("legacy", "*")
+DURABILITY_MODES = ("process", "power")
+SPOOL_MODES = ("private", "shared")
+WATCHERS = ("native", "polling")
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    root: str = "data/ipc"
+    groups: tuple[str, ...] = ("main",)
+    format: str = "json"
+    durability: str = "process"
+    mode: str = "private"
+    watcher: str = "native"
+    settle_time: float = 2.0
+    rescan_interval: float = 5.0
+    max_message_bytes: int = 1024 * 1024
+    max_queued: int = 0
+    tmp_max_age: float = 3600.0
+    response_retention: float = 3600.0
+
+    @property
+    def root_path(self) -> Path:
+        return Path(self.root)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    workers: int = 2
+    prefetch: int = 4
+    handler_timeout: float = 60.0
+    max_deliveries: int = 3
+    max_tasks_per_worker: int = 0
+    max_memory_mb: int = 0
+    shutdown_grace: float = 30.0
+    kill_grace: float = 3.0
+    max_boot_failures: int = 3
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    attempts: int = 3
+    delay: float = 0.1
+    backoff: float = 2.0
+    max_delay: float = 5.0
+
+
+@dataclass(frozen=True)
+class HeartbeatConfig:
+    interval: float = 2.0
+    miss_limit: int = 3
+
+
+@dataclass(frozen=True)
+class AckConfig:
+    timeout: float = 30.0
+    max_retries: int = 3
+    retry_delay: float = 5.0
+    backoff: float = 1.0
+    jitter: float = 0.0
+    retention: float = 86400.0
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    allowed_types: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; ``path`` is the file it came from (None for defaults)."""
+
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
+    ack: AckConfig = field(default_factory=AckConfig)
+    handlers: dict[str, str] = field(default_factory=dict)
+    groups: dict[str, GroupConfig] = field(default_factory=dict)
+    path: str | None = None
+
+    @property
+    def root(self) -> Path:
+        return Path(self.spool.root)
+
+    def handler_for(self, message_type: str) -> str | None:
+        return self.handlers.get(message_type) or self.handlers.get("*")
+
+    def replace(self, **sections: Any) -> Config:
+        return dataclasses.replace(self, **sections)
+
+
+_SECTIONS: dict[str, type] = {
+    "spool": SpoolConfig,
+    "pool": PoolConfig,
+    "retry": RetryConfig,
+    "heartbeat": HeartbeatConfig,
+    "ack": AckConfig,
+}
+
+
+class _Checker:
+    """Builds one section, remembering the file name for every message."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, where: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {where} {problem}")
+
+    def section(self, name: str, cls: type, table: Any) -> Any:
+        if not isinstance(table, dict):
+            raise self.fail(f"[{name}]", f"must be a table, got {_shown(table)}")
+        hints = get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise self.fail(f"[{name}]", f"has unknown key {unknown[0]!r}; allowed keys: {', '.join(sorted(known))}")
+        values = {key: self.value(f"[{name}] {key}", hints[key], raw) for key, raw in table.items()}
+        return cls(**values)
+
+    def value(self, where: str, hint: Any, raw: Any) -> Any:
+        if hint is bool:
+            if not isinstance(raw, bool):
+                raise self.fail(where, f"must be true or false, got {_shown(raw)}")
+            return raw
+        if hint is int:
+            if isinstance(raw, bool) or not isinstance(raw, int):
+                raise self.fail(where, f"must be an integer, got {_shown(raw)}")
+            return raw
+        if hint is float:
+            if isinstance(raw, bool) or not isinstance(raw, int | float):
+                raise self.fail(where, f"must be a number, got {_shown(raw)}")
+            return float(raw)
+        if hint is str:
+            if not isinstance(raw, str):
+                raise self.fail(where, f"must be a string, got {_shown(raw)}")
+            return raw
+        if hint == tuple[str, ...]:
+            if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
+                raise self.fail(where, f"must be a list of strings, got {_shown(raw)}")
+            return tuple(raw)
+        raise AssertionError(f"no checker for {hint}")  # pragma: no cover - schema bug
+
+
+def _shown(raw: Any) -> str:
+    if isinstance(raw, str):
+        return f'"{raw}"'
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    if isinstance(raw, dict):
+        return "a table"
+    return repr(raw)
+
+
+def _check_spool(c: _Checker, spool: SpoolConfig) -> None:
+    if not spool.root:
+        raise c.fail("[spool] root", "must not be empty")
+    for group in spool.groups:
+        if not GROUP_NAME.match(group):
+            raise c.fail("[spool] groups", f"has invalid group name {group!r}: use letters, digits, '_' or '-'")
+    _one_of(c, "[spool] format", spool.format, FORMATS)
+    _one_of(c, "[spool] durability", spool.durability, DURABILITY_MODES)
+    _one_of(c, "[spool] mode", spool.mode, SPOOL_MODES)
+    _one_of(c, "[spool] watcher", spool.watcher, WATCHERS)
+    _positive(c, "[spool] settle_time", spool.settle_time, allow_zero=True)
+    _positive(c, "[spool] rescan_interval", spool.rescan_interval)
+    _positive(c, "[spool] max_message_bytes", spool.max_message_bytes)
+    _positive(c, "[spool] max_queued", spool.max_queued, allow_zero=True)
+    _positive(c, "[spool] tmp_max_age", spool.tmp_max_age)
+    _positive(c, "[spool] response_retention", spool.response_retention)
+
+
+def _check_numbers(c: _Checker, config: Config) -> None:
+    pool, retry, hb, ack = config.pool, config.retry, config.heartbeat, config.ack
+    _positive(c, "[pool] workers", pool.workers, kind="a positive integer")
+    _positive(c, "[pool] prefetch", pool.prefetch, kind="a positive integer")
+    _positive(c, "[pool] handler_timeout", pool.handler_timeout)
+    _positive(c, "[pool] max_deliveries", pool.max_deliveries, kind="a positive integer")
+    _positive(c, "[pool] max_tasks_per_worker", pool.max_tasks_per_worker, allow_zero=True)
+    _positive(c, "[pool] max_memory_mb", pool.max_memory_mb, allow_zero=True)
+    _positive(c, "[pool] shutdown_grace", pool.shutdown_grace, allow_zero=True)
+    _positive(c, "[pool] kill_grace", pool.kill_grace, allow_zero=True)
+    _positive(c, "[pool] max_boot_failures", pool.max_boot_failures, kind="a positive integer")
+    _positive(c, "[retry] attempts", retry.attempts, kind="a positive integer")
+    _positive(c, "[retry] delay", retry.delay, allow_zero=True)
+    _positive(c, "[retry] max_delay", retry.max_delay, allow_zero=True)
+    if retry.backoff < 1:
+        raise c.fail("[retry] backoff", f"must be a number >= 1, got {retry.backoff:g}")
+    _positive(c, "[heartbeat] interval", hb.interval)
+    _positive(c, "[heartbeat] miss_limit", hb.miss_limit, kind="a positive integer")
+    _positive(c, "[ack] timeout", ack.timeout)
+    _positive(c, "[ack] max_retries", ack.max_retries, allow_zero=True)
+    _positive(c, "[ack] retry_delay", ack.retry_delay, allow_zero=True)
+    _positive(c, "[ack] jitter", ack.jitter, allow_zero=True)
+    if ack.backoff < 1:
+        raise c.fail("[ack] backoff", f"must be a number >= 1, got {ack.backoff:g}")
+    window = ack_retry_window(ack)
+    if ack.retention <= window:
+        raise c.fail(
+            "[ack] retention",
+            f"must be longer than the sender's retry window ({window:g}s = timeouts plus delays), "
+            f"got {ack.retention:g}s; otherwise a late re-send could be handled twice",
+        )
+
+
+def ack_retry_window(ack: AckConfig) -> float:
+    """The longest time a sender may re-publish one id: every wait plus every delay."""
+    delays = sum(ack.retry_delay * ack.backoff**i + ack.jitter for i in range(ack.max_retries))
+    return ack.timeout * (ack.max_retries + 1) + delays
+
+
+def _positive(c: _Checker, where: str, value: float, *, allow_zero: bool = False, kind: str = "") -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        kind = kind or ("a number >= 0" if allow_zero else "a positive number")
+        raise c.fail(where, f"must be {kind}, got {value:g}")
+
+
+def _one_of(c: _Checker, where: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise c.fail(where, f"must be one of {', '.join(repr(a) for a in allowed)}, got \"{value}\"")
+
+
+def _handlers(c: _Checker, table: Any) -> dict[str, str]:
+    if not isinstance(table, dict):
+        raise c.fail("[handlers]", f"must be a table of type = \"module:function\", got {_shown(table)}")
+    handlers: dict[str, str] = {}
+    for key, ref in table.items():
+        where = f"[handlers] {key!r}" if not TYPE_NAME.match(key) else f"[handlers] {key}"
+        if key not in SPECIAL_HANDLER_KEYS and not TYPE_NAME.match(key):
+            raise c.fail(where, "is not a valid message type name")
+        if not isinstance(ref, str) or not HANDLER_REF.match(ref):
+            raise c.fail(where, f'must be "module:function", got {_shown(ref)}')
+        handlers[key] = ref
+    return handlers
+
+
+def _groups(c: _Checker, table: Any) -> dict[str, GroupConfig]:
+    if not isinstance(table, dict):
+        raise c.fail("[groups]", f"must be a table of [groups.<name>] tables, got {_shown(table)}")
+    groups: dict[str, GroupConfig] = {}
+    for name, section in table.items():
+        if not GROUP_NAME.match(name):
+            raise c.fail(f"[groups.{name}]", "is not a valid group name")
+        groups[name] = c.section(f"groups.{name}", GroupConfig, section)
+    return groups
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>", *, environ: dict[str, str] | None = None) -> Config:
+    """A parsed TOML document to a validated Config (``environ`` defaults to os.environ)."""
+    c = _Checker(source)
+    known = set(_SECTIONS) | {"handlers", "groups"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise c.fail(f"[{unknown[0]}]", f"is not a known section; sections: {', '.join(sorted(known))}")
+    sections = {name: c.section(name, cls, data.get(name, {})) for name, cls in _SECTIONS.items()}
+    env = os.environ if environ is None else environ
+    if env.get(ROOT_ENV):
+        sections["spool"] = dataclasses.replace(sections["spool"], root=env[ROOT_ENV])
+    config = Config(
+        **sections,
+        handlers=_handlers(c, data.get("handlers", {})),
+        groups=_groups(c, data.get("groups", {})),
+        path=None if source == "<config>" else source,
+    )
+    _check_spool(c, config.spool)
+    _check_numbers(c, config)
+    return config
+
+
+def load_config(path: str | os.PathLike[str], *, environ: dict[str, str] | None = None) -> Config:
+    """Read and validate a TOML file; every problem is a ConfigError naming the file."""
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{source}: file not found") from exc
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from exc
+    return parse_config(data, source, environ=environ)

@@ -1,0 +1,144 @@
+"""Heartbeats, psutil readings, ``status.json`` and the health verdict.
+
+The supervisor writes ``<root>/.ipcpool/status.json`` atomically every
+heartbeat interval; ``ipcpool health`` and ``ipcpool status`` only read it
+(plus one psutil look at the supervisor's pid), so a probe never disturbs
+the pool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from ipcpool.message import now_iso
+
+STATUS_FILE = "status.json"
+STALE_AFTER_INTERVALS = 3  # status older than this many intervals: the supervisor is not running
+HEARTBEAT_LATE_INTERVALS = 2  # a worker heartbeat older than this many intervals: unhealthy
+
+
+def heartbeat_envelope(
+    *, pid: int, busy: bool, current: str | None, current_age: float | None, handled: int, failed: int
+) -> dict[str, Any]:
+    """A ``heartbeat`` message as the original system's agents send them, plus counters."""
+    return {
+        "id": str(uuid.uuid4()),
+        "type": "heartbeat",
+        "groupFolder": "",
+        "timestamp": now_iso(),
+        "payload": {
+            "processId": pid,
+            "status": "busy" if busy else "idle",
+            "currentMessage": current,
+            "currentAge": round(current_age, 3) if current_age is not None else None,
+            "handled": handled,
+            "failed": failed,
+        },
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessReading:
+    alive: bool
+    zombie: bool = False
+    rss_mb: float = 0.0
+    cpu_percent: float = 0.0
+
+
+class ProcessProbe:
+    """psutil readings of one process; keeps the Process so cpu_percent has a baseline."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        try:
+            self._process: psutil.Process | None = psutil.Process(pid)
+            self._process.cpu_percent(None)
+        except psutil.Error:
+            self._process = None
+
+    def read(self) -> ProcessReading:
+        process = self._process
+        if process is None:
+            return ProcessReading(alive=False)
+        try:
+            with process.oneshot():
+                status = process.status()
+                rss = process.memory_info().rss
+                cpu = process.cpu_percent(None)
+        except psutil.Error:
+            return ProcessReading(alive=False)
+        return ProcessReading(
+            alive=status != psutil.STATUS_DEAD,
+            zombie=status == psutil.STATUS_ZOMBIE,
+            rss_mb=rss / (1024 * 1024),
+            cpu_percent=cpu,
+        )
+
+
+def pid_alive(pid: int, create_time: float | None = None) -> bool:
+    """Whether ``pid`` runs and (when given) is the same process that started at ``create_time``."""
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return create_time is None or abs(process.create_time() - create_time) < 1.0
+    except psutil.Error:
+        return False
+
+
+def process_create_time(pid: int) -> float:
+    return psutil.Process(pid).create_time()
+
+
+def status_path(root: str | os.PathLike[str]) -> Path:
+    return Path(root) / ".ipcpool" / STATUS_FILE
+
+
+def write_status(root: str | os.PathLike[str], status: dict[str, Any]) -> None:
+    """Atomic write: readers see the previous record or this one, never half."""
+    path = status_path(root)
+    tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(status, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def read_status(root: str | os.PathLike[str]) -> dict[str, Any] | None:
+    try:
+        return json.loads(status_path(root).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def verdict(status: dict[str, Any] | None, *, now: float | None = None) -> tuple[bool, str]:
+    """(healthy, one-line reason) for ``ipcpool health``."""
+    if status is None:
+        return False, "no status.json: the supervisor has not started on this root"
+    now = time.time() if now is None else now
+    supervisor = status.get("supervisor", {})
+    interval = float(status.get("interval", 1.0))
+    pid = supervisor.get("pid")
+    if not isinstance(pid, int) or not pid_alive(pid, supervisor.get("createTime")):
+        return False, f"supervisor (pid {pid}) is not running"
+    age = now - float(status.get("writtenAt", 0))
+    if age > STALE_AFTER_INTERVALS * interval:
+        return False, f"status is stale ({age:.1f}s old, interval {interval:g}s): the supervisor is stuck"
+    if status.get("state") != "running":
+        return False, f"supervisor is {status.get('state')}"
+    workers = status.get("workers", [])
+    expected = int(status.get("expectedWorkers", len(workers)))
+    ready = [w for w in workers if w.get("state") in ("ready", "busy")]
+    if len(ready) < expected:
+        return False, f"{len(ready)} of {expected} workers ready"
+    for worker in workers:
+        hb_age = worker.get("heartbeatAge")
+        if hb_age is not None and hb_age + age > HEARTBEAT_LATE_INTERVALS * interval:
+            return False, f"worker {worker.get('pid')} missed heartbeats ({hb_age + age:.1f}s since the last)"
+    return True, f"ok: {len(ready)} workers, pid {pid}"

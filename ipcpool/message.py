@@ -1,0 +1,353 @@
+"""Envelopes, message types and the two wire codecs (JSON and msgpack).
+
+The wire keys are the original system's (``groupFolder``, ``requiresAck``,
+``replyTo``) so that its other writers keep working; handlers see a
+:class:`Message` with Python names instead. Decoding is strict on purpose:
+duplicate keys, NaN, huge integers, msgpack extension types and trailing bytes
+are all rejected with a reason, because the bytes come from other processes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+import json
+import math
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from ipcpool.errors import InvalidMessage
+
+GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+MESSAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+TYPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+EXTENSIONS = {".json": "json", ".msgpack": "msgpack"}
+FORMATS = ("json", "msgpack")
+MAX_DEPTH = 64
+MAX_INT_DIGITS = 40
+
+_ENVELOPE_KEYS = ("id", "type", "groupFolder", "payload", "timestamp", "requiresAck", "replyTo")
+
+
+class IPCMessageType(enum.StrEnum):
+    """The original system's message types; any other type string is allowed too."""
+
+    TASK = "task"
+    COMMAND = "command"
+    RESPONSE = "response"
+    ERROR = "error"
+    HEARTBEAT = "heartbeat"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """What a handler receives: one decoded message and where it came from."""
+
+    id: str
+    type: str
+    group: str
+    payload: Any
+    timestamp: str
+    requires_ack: bool = False
+    reply_to: str | None = None
+    delivery_count: int = 1
+    legacy: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The envelope with the original wire keys, unknown keys kept."""
+        wire: dict[str, Any] = dict(self.extra)
+        wire.update(
+            id=self.id,
+            type=self.type,
+            groupFolder=self.group,
+            payload=self.payload,
+            timestamp=self.timestamp,
+            requiresAck=self.requires_ack,
+        )
+        if self.reply_to is not None:
+            wire["replyTo"] = self.reply_to
+        return wire
+
+
+def now_iso() -> str:
+    """ISO-8601 UTC with milliseconds and a Z, as JavaScript's toISOString()."""
+    now = _dt.datetime.now(_dt.UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def build_envelope(
+    group: str,
+    type_: str,
+    payload: Any,
+    *,
+    requires_ack: bool = False,
+    reply_to: str | None = None,
+    message_id: str | None = None,
+) -> dict[str, Any]:
+    """A fresh wire envelope, validated as the receiver will validate it."""
+    check_group_name(group)
+    if reply_to is not None:
+        check_group_name(reply_to)
+    envelope: dict[str, Any] = {
+        "id": message_id or new_id(),
+        "type": str(type_),
+        "groupFolder": group,
+        "payload": payload,
+        "timestamp": now_iso(),
+        "requiresAck": requires_ack,
+    }
+    if reply_to is not None:
+        envelope["replyTo"] = reply_to
+    _check_envelope_fields(envelope)
+    return envelope
+
+
+def check_group_name(name: str) -> str:
+    if not isinstance(name, str) or not GROUP_NAME.match(name):
+        raise InvalidMessage(
+            f"invalid group name {name!r}: use 1-64 letters, digits, '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def format_for(name: str) -> str | None:
+    """The codec for a message file name, or None when the extension is not ours."""
+    for ext, fmt in EXTENSIONS.items():
+        if name.endswith(ext):
+            return fmt
+    return None
+
+
+def extension_for(fmt: str) -> str:
+    return ".json" if fmt == "json" else ".msgpack"
+
+
+# -- encoding ---------------------------------------------------------------
+
+
+def encode(obj: Any, fmt: str) -> bytes:
+    """Serialise a wire object; raises InvalidMessage when it cannot be represented."""
+    try:
+        if fmt == "json":
+            return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+        if fmt == "msgpack":
+            return msgpack.packb(obj, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidMessage(f"cannot encode as {fmt}: {exc}") from exc
+    raise InvalidMessage(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+# -- decoding ---------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise InvalidMessage(f"invalid JSON: {name} is not allowed")
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise InvalidMessage(f"invalid JSON: integer with more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise InvalidMessage("invalid JSON: number out of range")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise InvalidMessage(f"invalid JSON: duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+_JSON_DECODER = json.JSONDecoder(
+    object_pairs_hook=_unique_keys,
+    parse_constant=_reject_constant,
+    parse_int=_parse_int,
+    parse_float=_parse_float,
+)
+
+
+def _nesting_depth_ok(data: bytes) -> bool:
+    """A cheap pre-check so hostile nesting never reaches the recursive parser."""
+    if data.count(b"[") + data.count(b"{") <= MAX_DEPTH:
+        return True
+    depth = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return False
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return True
+
+
+def _decode_json(data: bytes) -> Any:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidMessage(f"invalid JSON: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if not _nesting_depth_ok(data):
+        raise InvalidMessage(f"invalid JSON: nested deeper than {MAX_DEPTH} levels")
+    try:
+        return _JSON_DECODER.decode(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidMessage(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise InvalidMessage(f"invalid JSON: {exc}") from exc
+
+
+def _reject_ext(code: int, _data: bytes) -> Any:
+    raise InvalidMessage(f"invalid msgpack: extension type {code} is not allowed")
+
+
+def _check_msgpack_value(value: Any, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise InvalidMessage(f"invalid msgpack: nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidMessage(f"invalid msgpack: map key {key!r} is not a string")
+            _check_msgpack_value(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_msgpack_value(item, depth + 1)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise InvalidMessage("invalid msgpack: NaN and Infinity are not allowed")
+    elif isinstance(value, bytes):
+        raise InvalidMessage("invalid msgpack: binary values are not allowed (JSON cannot carry them)")
+
+
+def _decode_msgpack(data: bytes) -> Any:
+    try:
+        value = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            ext_hook=_reject_ext,
+            max_buffer_size=len(data) + 1,
+        )
+    except InvalidMessage:
+        raise
+    except msgpack.ExtraData as exc:
+        raise InvalidMessage("invalid msgpack: trailing bytes after the message") from exc
+    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise InvalidMessage(f"invalid msgpack: {reason}") from exc
+    _check_msgpack_value(value)
+    return value
+
+
+def decode(data: bytes, fmt: str) -> Any:
+    """Bytes to a wire object (not yet validated as an envelope)."""
+    if fmt == "json":
+        return _decode_json(data)
+    if fmt == "msgpack":
+        return _decode_msgpack(data)
+    raise InvalidMessage(f"unknown format {fmt!r}")
+
+
+# -- validation -------------------------------------------------------------
+
+
+def is_envelope(obj: Any) -> bool:
+    """The original system's rule: an object with a type and a payload."""
+    return isinstance(obj, dict) and "type" in obj and "payload" in obj
+
+
+def _check_envelope_fields(obj: dict[str, Any]) -> None:
+    type_ = obj.get("type")
+    if not isinstance(type_, str) or not TYPE_NAME.match(type_):
+        raise InvalidMessage(
+            f"invalid envelope: type must be a short name of letters, digits, '_', '.', ':' or '-', got {type_!r}"
+        )
+    message_id = obj.get("id")
+    # A missing id is allowed: to_message falls back to the file's stem.
+    if "id" in obj and (not isinstance(message_id, str) or not MESSAGE_ID.match(message_id)):
+        raise InvalidMessage(
+            f"invalid envelope: id must be 1-128 letters, digits, '_' or '-', got {_short(message_id)}"
+        )
+    if "requiresAck" in obj and not isinstance(obj["requiresAck"], bool):
+        raise InvalidMessage(f"invalid envelope: requiresAck must be true or false, got {_short(obj['requiresAck'])}")
+    if "timestamp" in obj and not isinstance(obj["timestamp"], str):
+        raise InvalidMessage(f"invalid envelope: timestamp must be a string, got {_short(obj['timestamp'])}")
+    if "groupFolder" in obj and not isinstance(obj["groupFolder"], str):
+        raise InvalidMessage(f"invalid envelope: groupFolder must be a string, got {_short(obj['groupFolder'])}")
+    reply_to = obj.get("replyTo")
+    if reply_to is not None and (not isinstance(reply_to, str) or not GROUP_NAME.match(reply_to)):
+        raise InvalidMessage(f"invalid envelope: replyTo must be a group name, got {_short(reply_to)}")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def to_message(obj: Any, *, group: str, stem: str, delivery_count: int = 1) -> Message:
+    """Validate a decoded wire object that arrived in ``group`` as file ``stem.*``.
+
+    Non-envelopes are legacy messages: the whole body is the payload and the id
+    is the file's stem. An envelope that names another group is rejected.
+    """
+    if not is_envelope(obj):
+        return Message(
+            id=stem, type="legacy", group=group, payload=obj, timestamp=now_iso(),
+            delivery_count=delivery_count, legacy=True,
+        )
+    _check_envelope_fields(obj)
+    claimed = obj.get("groupFolder")
+    if claimed is not None and claimed != group:
+        raise InvalidMessage(f"group mismatch: envelope names group {_short(claimed)} but arrived in {group!r}")
+    message_id = obj.get("id")
+    if message_id is None:
+        if not MESSAGE_ID.match(stem):
+            raise InvalidMessage(f"invalid envelope: no id, and the file name {stem!r} is not a usable id")
+        message_id = stem
+    extra = {key: value for key, value in obj.items() if key not in _ENVELOPE_KEYS}
+    return Message(
+        id=message_id,
+        type=obj["type"],
+        group=group,
+        payload=obj["payload"],
+        timestamp=obj.get("timestamp") or now_iso(),
+        requires_ack=bool(obj.get("requiresAck", False)),
+        reply_to=obj.get("replyTo"),
+        delivery_count=delivery_count,
+        extra=extra,
+    )
+
+
+def parse(data: bytes, fmt: str, *, group: str, stem: str, delivery_count: int = 1) -> Message:
+    """Bytes of a message file to a validated Message; raises InvalidMessage with the reason."""
+    return to_message(decode(data, fmt), group=group, stem=stem, delivery_count=delivery_count)

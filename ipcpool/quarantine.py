@@ -1,0 +1,123 @@
+"""Working with ``errors/``: list, show, retry and purge quarantined messages.
+
+Each quarantined message is two files: ``<epoch_ms>-<name>`` (the message as
+it arrived) and ``<epoch_ms>-<name>.error.json`` (why). Everything here is
+safe while the supervisor runs: retry is a rename back into ``messages/``
+(which the supervisor then picks up like any new file), purge is unlink.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ipcpool.spool import ERROR_SUFFIX, ERRORS, MESSAGES, RETRIED_DIR, Spool
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``30s``, ``15m``, ``24h``, ``7d`` to seconds."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"invalid duration {text!r}: use a number and a unit, like 30s, 15m, 24h or 7d")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class ErrorEntry:
+    group: str
+    file: str  # <epoch_ms>-<name> in errors/
+    record: dict[str, Any]
+
+    @property
+    def epoch_ms(self) -> int:
+        head = self.file.split("-", 1)[0]
+        return int(head) if head.isdigit() else 0
+
+    @property
+    def original_name(self) -> str:
+        return str(self.record.get("originalName") or self.file.split("-", 1)[-1])
+
+    @property
+    def message_id(self) -> str:
+        return str(self.record.get("id") or self.original_name.rsplit(".", 1)[0])
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "time": self.record.get("time"),
+            "group": self.group,
+            "id": self.message_id,
+            "type": self.record.get("type"),
+            "reason": self.record.get("reason"),
+            "attempts": self.record.get("attempts"),
+            "file": self.file,
+        }
+
+
+def list_errors(spool: Spool, group: str | None = None) -> list[ErrorEntry]:
+    groups = [group] if group else spool.list_groups()
+    entries: list[ErrorEntry] = []
+    for g in groups:
+        directory = spool.path(g, ERRORS)
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            if not name.endswith(ERROR_SUFFIX):
+                continue
+            try:
+                with open(os.path.join(directory, name), "rb") as handle:
+                    record = json.load(handle)
+            except (OSError, ValueError):
+                record = {"reason": "unreadable error record"}
+            entries.append(ErrorEntry(g, name[: -len(ERROR_SUFFIX)], record))
+    entries.sort(key=lambda e: (e.epoch_ms, e.group, e.file))
+    return entries
+
+
+def find(spool: Spool, message_id: str, group: str | None = None) -> list[ErrorEntry]:
+    return [e for e in list_errors(spool, group) if message_id in (e.message_id, e.file)]
+
+
+def read_message(spool: Spool, entry: ErrorEntry) -> bytes | None:
+    try:
+        with open(spool.path(entry.group, ERRORS, entry.file), "rb") as handle:
+            return handle.read(spool.max_message_bytes + 1)
+    except OSError:
+        return None
+
+
+def retry(spool: Spool, entry: ErrorEntry) -> str:
+    """Back into messages/ under its original name (fresh delivery count); record kept in errors/retried/."""
+    name = entry.original_name
+    spool.drop_deliveries(entry.group, name)
+    os.rename(spool.path(entry.group, ERRORS, entry.file), spool.path(entry.group, MESSAGES, name))
+    retried = os.path.join(spool.path(entry.group, ERRORS), RETRIED_DIR)
+    os.makedirs(retried, mode=0o700, exist_ok=True)
+    os.rename(spool.path(entry.group, ERRORS, entry.file + ERROR_SUFFIX),
+              os.path.join(retried, entry.file + ERROR_SUFFIX))
+    return name
+
+
+def purge(spool: Spool, entry: ErrorEntry) -> None:
+    for name in (entry.file, entry.file + ERROR_SUFFIX):
+        try:
+            os.unlink(spool.path(entry.group, ERRORS, name))
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            import shutil
+
+            shutil.rmtree(spool.path(entry.group, ERRORS, name))
+
+
+def older_than(entries: list[ErrorEntry], seconds: float, now: float | None = None) -> list[ErrorEntry]:
+    cutoff_ms = ((time.time() if now is None else now) - seconds) * 1000
+    return [e for e in entries if e.epoch_ms < cutoff_ms]

@@ -1,0 +1,402 @@
+"""The spool on disk: layout, atomic publish, claim, ack, quarantine and scans.
+
+This module is the narrow interface DESIGN.md asks for (publish, claim,
+complete, quarantine, requeue, scan): everything that touches a group's
+folders goes through :class:`Spool`, so a second backend can replace it.
+
+Every state change is one ``rename(2)`` inside one filesystem, which is atomic:
+a message is in exactly one folder at any instant, and a reader never sees a
+partial file. ``durability = "power"`` adds fsync of the file before the
+rename and of the folder after it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ipcpool.errors import AlreadyRunning, InvalidMessage, SpoolError
+from ipcpool.message import GROUP_NAME, MESSAGE_ID, now_iso
+
+log = logging.getLogger(__name__)
+
+TMP, MESSAGES, PROCESSING, ACKS, RESPONSES, ERRORS = (
+    "tmp", "messages", "processing", "acks", "responses", "errors",
+)
+SUBDIRS = (TMP, MESSAGES, PROCESSING, ACKS, RESPONSES, ERRORS)
+STATE_DIR = ".ipcpool"
+DELIVERIES_DIR = "deliveries"
+RETRIED_DIR = "retried"
+ERROR_SUFFIX = ".error.json"
+
+# Folder and file modes, set explicitly rather than left to the umask.
+# In "shared" mode, writers in the spool's group may write tmp/ and messages/,
+# and read acks/ and responses/; only the supervisor's user writes the rest.
+_PRIVATE_DIR, _PRIVATE_FILE = 0o700, 0o600
+_SHARED_DIRS = {
+    "": 0o2750, TMP: 0o2770, MESSAGES: 0o2770, PROCESSING: 0o2700,
+    ACKS: 0o2750, RESPONSES: 0o2750, ERRORS: 0o2750,
+}
+_SHARED_FILE = 0o640
+_SHARED_MESSAGE_FILE = 0o660
+_OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_OPEN_WRITE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def is_message_name(name: str) -> bool:
+    """Whether a directory entry in messages/ is a candidate (not a temp file)."""
+    return not name.startswith(".") and not name.endswith(".tmp")
+
+
+def epoch_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    data: bytes
+    mtime: float
+    size: int
+
+
+class Spool:
+    """One spool root: ``<root>/<group>/{tmp,messages,processing,acks,responses,errors}``."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        durability: str = "process",
+        mode: str = "private",
+        max_message_bytes: int = 1024 * 1024,
+    ) -> None:
+        self.root = Path(root).absolute()
+        self.durability = durability
+        self.shared = mode == "shared"
+        self.max_message_bytes = max_message_bytes
+        self._fsync = durability == "power"
+        self._root_s = str(self.root)
+        self._tmp_counter = 0
+
+    @classmethod
+    def from_config(cls, config: Any) -> Spool:
+        spool = config.spool
+        return cls(spool.root, durability=spool.durability, mode=spool.mode,
+                   max_message_bytes=spool.max_message_bytes)
+
+    # -- layout ---------------------------------------------------------------
+
+    def path(self, group: str, sub: str, name: str = "") -> str:
+        """A path inside a group; callers pass only validated group names."""
+        if name:
+            return f"{self._root_s}/{group}/{sub}/{name}"
+        return f"{self._root_s}/{group}/{sub}"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    def dir_mode(self, sub: str = "") -> int:
+        return _SHARED_DIRS.get(sub, 0o2750) if self.shared else _PRIVATE_DIR
+
+    def file_mode(self, sub: str = "") -> int:
+        if not self.shared:
+            return _PRIVATE_FILE
+        return _SHARED_MESSAGE_FILE if sub in (TMP, MESSAGES) else _SHARED_FILE
+
+    def _mkdir(self, path: Path, mode: int) -> None:
+        try:
+            path.mkdir(mode=mode)
+        except FileExistsError:
+            return
+        os.chmod(path, mode)
+
+    def ensure_root(self) -> None:
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        self._mkdir(self.root, self.dir_mode())
+        self._mkdir(self.state_dir, self.dir_mode(""))
+        self._mkdir(self.state_dir / DELIVERIES_DIR, _PRIVATE_DIR)
+
+    def ensure_group(self, group: str) -> None:
+        """Create a group's folders (idempotent); refuses a symlinked group folder."""
+        if not GROUP_NAME.match(group):
+            raise SpoolError(f"invalid group name {group!r}")
+        gdir = self.root / group
+        self._mkdir(gdir, self.dir_mode())
+        if not stat.S_ISDIR(os.lstat(gdir).st_mode):
+            raise SpoolError(f"{gdir} is not a real directory (a symlink?); refusing it as a group")
+        for sub in SUBDIRS:
+            self._mkdir(gdir / sub, self.dir_mode(sub))
+
+    def is_group_dir(self, name: str) -> bool:
+        """A valid group name that is a real directory (never a symlink)."""
+        if not GROUP_NAME.match(name):
+            return False
+        try:
+            return stat.S_ISDIR(os.lstat(self.root / name).st_mode)
+        except OSError:
+            return False
+
+    def list_groups(self) -> list[str]:
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return []
+        return sorted(
+            e.name for e in entries
+            if GROUP_NAME.match(e.name) and e.is_dir(follow_symlinks=False)
+        )
+
+    # -- writing ----------------------------------------------------------------
+
+    def _tmp_name(self, name: str) -> str:
+        self._tmp_counter += 1
+        return f".{name}.{os.getpid()}.{self._tmp_counter}.tmp"
+
+    def write_atomic(self, group: str, sub: str, name: str, data: bytes, *, mode: int | None = None) -> str:
+        """Write ``data`` to tmp/, then rename it to ``<sub>/<name>``: never seen partial.
+
+        A failed write or fsync (ENOSPC, EIO) removes the temp file and raises,
+        so nothing partial reaches the destination.
+        """
+        tmp_path = self.path(group, TMP, self._tmp_name(name))
+        final = self.path(group, sub, name)
+        fd = os.open(tmp_path, _OPEN_WRITE, self.file_mode(sub) if mode is None else mode)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                if self._fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp_path, final)
+        except BaseException:
+            _unlink_quietly(tmp_path)
+            raise
+        if self._fsync:
+            self.fsync_dir(self.path(group, sub))
+        return final
+
+    def fsync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def publish(self, group: str, name: str, data: bytes) -> str:
+        """Atomically place a message file in ``<group>/messages/``."""
+        return self.write_atomic(group, MESSAGES, name, data)
+
+    # -- the claim cycle ------------------------------------------------------------
+
+    def claim(self, group: str, name: str) -> bool:
+        """messages/ -> processing/; False when the file is gone (handled or removed)."""
+        try:
+            os.rename(self.path(group, MESSAGES, name), self.path(group, PROCESSING, name))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def requeue(self, group: str, name: str) -> bool:
+        """processing/ -> messages/ (a worker died or the supervisor restarted)."""
+        try:
+            os.rename(self.path(group, PROCESSING, name), self.path(group, MESSAGES, name))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def complete(self, group: str, name: str) -> None:
+        """Remove a handled message from processing/."""
+        _unlink_quietly(self.path(group, PROCESSING, name))
+
+    def read_claimed(self, group: str, name: str) -> ReadResult:
+        """Read a claimed file safely: no symlinks, only regular single-link files, size-capped.
+
+        Raises FileNotFoundError when it vanished, InvalidMessage (with the
+        reason) when it must not be read.
+        """
+        path = self.path(group, PROCESSING, name)
+        try:
+            fd = os.open(path, _OPEN_READ)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise InvalidMessage("refused: a symbolic link, not a regular file") from exc
+            if exc.errno == errno.ENXIO:
+                raise InvalidMessage("refused: a socket or device, not a regular file") from exc
+            raise
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise InvalidMessage(f"refused: a {_kind(st.st_mode)}, not a regular file")
+            if st.st_nlink > 1:
+                raise InvalidMessage(f"refused: a hard link ({st.st_nlink} links); publish by copy, then rename")
+            limit = self.max_message_bytes
+            if st.st_size > limit:
+                raise InvalidMessage(f"too large: {st.st_size} bytes, the limit is {limit} ([spool] max_message_bytes)")
+            chunks: list[bytes] = []
+            total = 0
+            while total <= limit:
+                chunk = os.read(fd, limit + 1 - total)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+            if total > limit:
+                raise InvalidMessage(f"too large: more than {limit} bytes ([spool] max_message_bytes)")
+            return ReadResult(b"".join(chunks), st.st_mtime, total)
+        finally:
+            os.close(fd)
+
+    # -- acks and responses -----------------------------------------------------------
+
+    def ack_path(self, group: str, message_id: str) -> str:
+        return self.path(group, ACKS, f"{_safe_id(message_id)}.ack")
+
+    def has_ack(self, group: str, message_id: str) -> bool:
+        return os.path.exists(self.ack_path(group, message_id))
+
+    def write_ack(self, group: str, message_id: str) -> None:
+        self.write_atomic(group, ACKS, f"{_safe_id(message_id)}.ack", now_iso().encode())
+
+    def response_path(self, group: str, request_id: str) -> str:
+        return self.path(group, RESPONSES, f"{_safe_id(request_id)}.json")
+
+    def write_response(self, group: str, request_id: str, data: bytes) -> None:
+        self.write_atomic(group, RESPONSES, f"{_safe_id(request_id)}.json", data)
+
+    # -- errors/ -------------------------------------------------------------------------
+
+    def quarantine(self, group: str, name: str, record: dict[str, Any], *, source: str = PROCESSING) -> str:
+        """Move a message to errors/ with ``<epoch_ms>-<name>.error.json`` beside it.
+
+        The reason is written first, so a crash in between never leaves a
+        message in errors/ without one. Returns the new file name.
+        """
+        error_name = f"{epoch_ms()}-{name}"
+        record = {"file": error_name, "originalName": name, "group": group, "time": now_iso(), **record}
+        body = json.dumps(record, indent=2, default=str).encode()
+        self.write_atomic(group, ERRORS, error_name + ERROR_SUFFIX, body)
+        try:
+            os.rename(self.path(group, source, name), self.path(group, ERRORS, error_name))
+        except FileNotFoundError:
+            _unlink_quietly(self.path(group, ERRORS, error_name + ERROR_SUFFIX))
+            raise
+        if self._fsync:
+            self.fsync_dir(self.path(group, ERRORS))
+        return error_name
+
+    # -- scans ---------------------------------------------------------------------------------
+
+    def scan(self, group: str, sub: str = MESSAGES) -> list[str]:
+        """Names of candidate message files in one of a group's folders (no stat per file)."""
+        try:
+            with os.scandir(self.path(group, sub)) as entries:
+                return [e.name for e in entries if is_message_name(e.name)]
+        except FileNotFoundError:
+            return []
+
+    def count(self, group: str, sub: str) -> int:
+        try:
+            with os.scandir(self.path(group, sub)) as entries:
+                return sum(1 for _ in entries)
+        except FileNotFoundError:
+            return 0
+
+    def iter_old_files(self, group: str, sub: str, older_than: float) -> Iterator[str]:
+        """Names in a group folder whose mtime is older than ``older_than`` (epoch seconds)."""
+        try:
+            with os.scandir(self.path(group, sub)) as entries:
+                for entry in entries:
+                    try:
+                        if entry.stat(follow_symlinks=False).st_mtime < older_than:
+                            yield entry.name
+                    except FileNotFoundError:
+                        continue
+        except FileNotFoundError:
+            return
+
+    # -- the supervisor's own state --------------------------------------------------------------
+
+    def acquire_lock(self) -> int:
+        """Take the one-supervisor-per-root lock; the fd must stay open for the process's life."""
+        path = self.state_dir / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise AlreadyRunning(
+                f"another ipcpool supervisor (pid {owner}) already runs on {self.root}; "
+                "stop it first, or point this one at another [spool] root"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def delivery_path(self, group: str, name: str) -> Path:
+        return self.state_dir / DELIVERIES_DIR / group / f"{name}.json"
+
+    def save_deliveries(self, group: str, name: str, history: list[dict[str, Any]]) -> None:
+        path = self.delivery_path(group, name)
+        path.parent.mkdir(mode=_PRIVATE_DIR, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(json.dumps(history).encode())
+        os.replace(tmp, path)
+
+    def drop_deliveries(self, group: str, name: str) -> None:
+        _unlink_quietly(str(self.delivery_path(group, name)))
+
+    def load_deliveries(self) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        """Every message's recorded failed deliveries, keyed by (group, file name)."""
+        base = self.state_dir / DELIVERIES_DIR
+        found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        if not base.is_dir():
+            return found
+        for gdir in base.iterdir():
+            if not GROUP_NAME.match(gdir.name):
+                continue
+            for path in gdir.glob("*.json"):
+                try:
+                    found[(gdir.name, path.name[: -len(".json")])] = json.loads(path.read_bytes())
+                except (OSError, ValueError):
+                    log.warning("unreadable delivery record %s; ignoring it", path)
+        return found
+
+
+def _safe_id(message_id: str) -> str:
+    """Ids reach file names only after this check (no '/', '..', NUL)."""
+    if not MESSAGE_ID.match(message_id):
+        raise InvalidMessage(f"unsafe message id {message_id!r}")
+    return message_id
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    return "special file"
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

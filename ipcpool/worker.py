@@ -1,0 +1,395 @@
+"""The worker process: read a claimed file, decode, validate, run the handler, ack, reply.
+
+A worker is started by the supervisor with its own pair of pipes. It imports
+the handlers once (a failure is reported and ends the process with
+EXIT_WORKER_BOOT), then loops::
+
+    supervisor --("run", [(seq, group, name, deliveries), ...])--> worker
+    worker --("done", [(seq, outcome, info), ...])--> supervisor
+    worker --("hb", heartbeat envelope)--> supervisor      (heartbeat thread)
+
+Only paths, ids and small status records cross the pipes. Each delivery ends
+in exactly one :class:`Outcome`, decided in :meth:`Worker.process`. The worker
+also publishes which delivery it is running, and since when, in a small shared
+array: the supervisor reads it to time handlers out without asking.
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ipcpool.config import Config
+from ipcpool.errors import EXIT_OK, EXIT_WORKER_BOOT, HandlerNotFound, InvalidMessage
+from ipcpool.handlers import Handler, HandlerTable, resolve_all
+from ipcpool.health import heartbeat_envelope, pid_alive, process_create_time
+from ipcpool.message import IPCMessageType, Message, decode, encode, format_for, now_iso, to_message
+from ipcpool.retry import handler_retrying
+from ipcpool.spool import Spool
+
+log = logging.getLogger(__name__)
+
+# Slots of the shared array a worker publishes its progress in.
+SLOT_SEQ, SLOT_STARTED, SLOT_HANDLED, SLOT_FAILED = range(4)
+SHARED_SLOTS = 4
+RESULT_BATCH = 64
+
+
+class Outcome(enum.StrEnum):
+    """Every way one delivery can end."""
+
+    HANDLED = "handled"  # handler succeeded; acked / replied as asked; file removed
+    DUPLICATE = "duplicate"  # id already acked: removed and re-acked, handler not run
+    HEARTBEAT = "heartbeat"  # an outside process's heartbeat, recorded by the supervisor
+    FAILED = "failed"  # handler raised on every attempt: moved to errors/
+    INVALID = "invalid"  # cannot be decoded, validated or routed: moved to errors/
+    UNSETTLED = "unsettled"  # not decodable yet and still changing: back to messages/ later
+    RETURNED = "returned"  # never started: the worker is stopping; back to messages/
+    VANISHED = "vanished"  # the claimed file was gone
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker process needs, passed once at start."""
+
+    config: Config
+    index: int
+    supervisor_pid: int
+    tasks: Connection
+    results: Connection
+    shared: Any  # multiprocessing RawArray('d', SHARED_SLOTS)
+    handlers: dict[str, Handler] | None = None  # compat API only: callables inherited by fork
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec, handlers: HandlerTable) -> None:
+        self.spec = spec
+        self.config = spec.config
+        self.spool = Spool.from_config(spec.config)
+        self.handlers = handlers
+        self.shared = spec.shared
+        self.tasks = spec.tasks
+        self.results = spec.results
+        self._send_lock = threading.Lock()
+        self._queue: deque[tuple[int, str, str, int]] = deque()
+        self._done: list[tuple[int, str, Any]] = []
+        self._current: tuple[str, str, float] | None = None
+        self._stopping = False
+        self.handled = 0
+        self.failed = 0
+        self._settle = spec.config.spool.settle_time
+        self._allowed = {g: set(c.allowed_types) for g, c in spec.config.groups.items() if c.allowed_types}
+        self._pid = os.getpid()
+
+    # -- channel ----------------------------------------------------------------------
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            self.results.send(message)
+
+    def flush(self) -> None:
+        if self._done:
+            batch, self._done = self._done, []
+            self.send(("done", batch))
+
+    # -- main loop ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        while True:
+            if self._stopping:
+                self._return_unstarted()
+                self.flush()
+                return EXIT_OK
+            if not self._queue:
+                self.flush()
+                self._receive(block=True)
+                continue
+            if self.tasks.poll():
+                self._receive(block=False)
+                if self._stopping:
+                    continue
+            seq, group, name, deliveries = self._queue.popleft()
+            outcome, info = self.process(seq, group, name, deliveries)
+            self._done.append((seq, outcome.value, info))
+            if len(self._done) >= RESULT_BATCH:
+                self.flush()
+
+    def _return_unstarted(self) -> None:
+        """On stop, deliveries not yet started go back to the supervisor, not to a handler."""
+        while self._queue:
+            seq = self._queue.popleft()[0]
+            self._done.append((seq, Outcome.RETURNED.value, None))
+
+    def on_sigterm(self, _signum: int, _frame: Any) -> None:
+        """Graceful stop: finish the current delivery, return the rest. Idle: exit now."""
+        if self._current is None and not self._queue and not self._done:
+            os._exit(EXIT_OK)
+        self._stopping = True
+
+    def _receive(self, *, block: bool) -> None:
+        while block or self.tasks.poll():
+            block = False
+            try:
+                command = self.tasks.recv()
+            except (EOFError, OSError):
+                log.warning("worker %d: supervisor is gone; exiting", self._pid)
+                os._exit(EXIT_OK)
+            if command[0] == "run":
+                self._queue.extend(command[1])
+            elif command[0] == "stop":
+                self._stopping = True
+
+    # -- one delivery ----------------------------------------------------------------------
+
+    def process(self, seq: int, group: str, name: str, deliveries: int) -> tuple[Outcome, Any]:
+        """Handle one claimed file; every path out returns its Outcome."""
+        shared = self.shared
+        shared[SLOT_SEQ] = seq
+        shared[SLOT_STARTED] = time.monotonic()
+        self._current = (group, name, time.time())
+        try:
+            return self._process(group, name, deliveries)
+        finally:
+            shared[SLOT_STARTED] = 0.0
+            self._current = None
+
+    def _process(self, group: str, name: str, deliveries: int) -> tuple[Outcome, Any]:
+        spool = self.spool
+        try:
+            raw = spool.read_claimed(group, name)
+        except FileNotFoundError:
+            return Outcome.VANISHED, None
+        except InvalidMessage as exc:
+            return self._reject(group, name, str(exc))
+        fmt = format_for(name)
+        stem = name.rsplit(".", 1)[0] if fmt else name
+        try:
+            if fmt is None:
+                raise InvalidMessage("unsupported file extension: use .json or .msgpack")
+            obj = decode(raw.data, fmt)
+        except InvalidMessage as exc:
+            if time.time() - raw.mtime < self._settle:
+                return Outcome.UNSETTLED, None
+            return self._reject(group, name, str(exc))
+        try:
+            message = to_message(obj, group=group, stem=stem, delivery_count=deliveries)
+            self._check_allowed(message)
+        except InvalidMessage as exc:
+            return self._reject(group, name, str(exc), message_id=_id_of(obj, stem))
+        return self._dispatch(message, name)
+
+    def _check_allowed(self, message: Message) -> None:
+        allowed = self._allowed.get(message.group)
+        if allowed is not None and message.type not in allowed:
+            raise InvalidMessage(
+                f"type {message.type!r} is not allowed in group {message.group!r} "
+                f"([groups.{message.group}] allowed_types)"
+            )
+
+    def _dispatch(self, message: Message, name: str) -> tuple[Outcome, Any]:
+        spool, group = self.spool, message.group
+        if message.requires_ack and spool.has_ack(group, message.id):
+            spool.write_ack(group, message.id)
+            spool.complete(group, name)
+            log.info("Duplicate IPC message skipped (already acked) id=%s group=%s", message.id, group)
+            return Outcome.DUPLICATE, None
+        if message.type == IPCMessageType.HEARTBEAT and not self.handlers.has("heartbeat"):
+            return self._record_heartbeat(message, name)
+        handler = self.handlers.lookup(message)
+        if handler is None:
+            return self._reject(group, name, f"no handler for type {message.type}", message=message)
+        log.debug("Processing IPC message id=%s group=%s type=%s delivery=%d",
+                  message.id, group, message.type, message.delivery_count)
+        attempts = 0
+        try:
+            for attempt in handler_retrying(self.config.retry, before_sleep=_log_retry(message)):
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    self.shared[SLOT_STARTED] = time.monotonic()
+                    result = self.handlers.call(handler, message)
+                    response = self._response_bytes(message, True, result) if message.reply_to else b""
+        except Exception as exc:  # noqa: BLE001 - a handler may raise anything
+            return self._fail(message, name, exc, attempts)
+        if message.requires_ack:
+            spool.write_ack(group, message.id)
+            log.debug("ACK sent id=%s group=%s", message.id, group)
+        if message.reply_to:
+            self._reply(message, response)
+        spool.complete(group, name)
+        self.handled += 1
+        self.shared[SLOT_HANDLED] = self.handled
+        return Outcome.HANDLED, None
+
+    def _response_bytes(self, message: Message, success: bool, result: Any = None, error: str = "",
+                        error_type: str = "") -> bytes:
+        payload: dict[str, Any] = {"requestId": message.id, "success": success}
+        if success:
+            payload["result"] = result
+        else:
+            payload.update(error=error, errorType=error_type)
+        envelope = {
+            "id": f"{message.id}-response", "type": "response", "groupFolder": message.reply_to,
+            "payload": payload, "timestamp": now_iso(),
+        }
+        try:
+            return encode(envelope, "json")
+        except InvalidMessage as exc:
+            raise TypeError(f"handler result is not JSON-serialisable: {exc}") from exc
+
+    def _reply(self, message: Message, data: bytes) -> None:
+        reply_to = message.reply_to
+        assert reply_to is not None
+        if not self.spool.is_group_dir(reply_to):
+            log.warning("Response dropped: replyTo group %r does not exist id=%s group=%s",
+                        reply_to, message.id, message.group)
+            return
+        try:
+            self.spool.write_response(reply_to, message.id, data)
+        except FileNotFoundError:
+            self.spool.ensure_group(reply_to)
+            self.spool.write_response(reply_to, message.id, data)
+
+    def _fail(self, message: Message, name: str, exc: Exception, attempts: int) -> tuple[Outcome, Any]:
+        self.failed += 1
+        self.shared[SLOT_FAILED] = self.failed
+        reason = f"handler raised {type(exc).__name__}: {exc}"
+        log.error("IPC handler failed after %d attempt(s) id=%s group=%s type=%s: %s",
+                  attempts, message.id, message.group, message.type, reason)
+        if message.reply_to:
+            self._reply(message, self._response_bytes(message, False, error=str(exc), error_type=type(exc).__name__))
+        record = {
+            "id": message.id, "type": message.type, "reason": reason,
+            "exception": {"type": type(exc).__name__, "message": str(exc),
+                          "traceback": "".join(traceback.format_exception(exc))},
+            "attempts": attempts, "deliveries": message.delivery_count, "workerPid": self._pid,
+        }
+        self._quarantine(message.group, name, record)
+        return Outcome.FAILED, None
+
+    def _reject(self, group: str, name: str, reason: str, *, message: Message | None = None,
+                message_id: str | None = None) -> tuple[Outcome, Any]:
+        self.failed += 1
+        self.shared[SLOT_FAILED] = self.failed
+        mid = message.id if message else message_id
+        log.warning("IPC message rejected id=%s group=%s file=%s: %s", mid, group, name, reason)
+        record = {"id": mid, "type": message.type if message else None, "reason": reason,
+                  "attempts": 0, "workerPid": self._pid}
+        self._quarantine(group, name, record)
+        return Outcome.INVALID, None
+
+    def _quarantine(self, group: str, name: str, record: dict[str, Any]) -> None:
+        try:
+            self.spool.quarantine(group, name, record)
+        except FileNotFoundError:
+            log.warning("message vanished before it could be moved to errors/ group=%s file=%s", group, name)
+
+    def _record_heartbeat(self, message: Message, name: str) -> tuple[Outcome, Any]:
+        payload = message.payload if isinstance(message.payload, dict) else {}
+        pid = payload.get("processId")
+        status = payload.get("status")
+        info = (
+            pid if isinstance(pid, int) and not isinstance(pid, bool) else str(pid)[:64],
+            str(status)[:64] if status is not None else None,
+        )
+        if message.requires_ack:
+            self.spool.write_ack(message.group, message.id)
+        self.spool.complete(message.group, name)
+        return Outcome.HEARTBEAT, info
+
+    # -- heartbeats ----------------------------------------------------------------------------
+
+    def heartbeat(self) -> dict[str, Any]:
+        current = self._current
+        return heartbeat_envelope(
+            pid=self._pid,
+            busy=current is not None,
+            current=f"{current[0]}/{current[1]}" if current else None,
+            current_age=time.time() - current[2] if current else None,
+            handled=self.handled,
+            failed=self.failed,
+        )
+
+    def heartbeat_loop(self, interval: float) -> None:
+        supervisor = self.spec.supervisor_pid
+        try:
+            born = process_create_time(supervisor)
+        except Exception:  # noqa: BLE001 - already gone
+            os._exit(EXIT_OK)
+        while True:
+            time.sleep(interval)
+            if not pid_alive(supervisor, born):
+                log.warning("worker %d: supervisor %d is gone; exiting", self._pid, supervisor)
+                os._exit(EXIT_OK)
+            try:
+                self.send(("hb", self.heartbeat()))
+            except (BrokenPipeError, EOFError, OSError):
+                os._exit(EXIT_OK)
+
+
+def _id_of(obj: Any, stem: str) -> str:
+    if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+        return obj["id"][:128]
+    return stem
+
+
+def _log_retry(message: Message) -> Callable[[Any], None]:
+    def before_sleep(state: Any) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("IPC handler failed (attempt %d), retrying in %.2fs id=%s group=%s: %r",
+                    state.attempt_number, state.next_action.sleep if state.next_action else 0.0,
+                    message.id, message.group, exc)
+    return before_sleep
+
+
+def _take_worker_lock(spool: Spool) -> None:
+    """Hold a shared lock for life: a new supervisor waits on it for old workers to be gone."""
+    fd = os.open(spool.state_dir / "workers.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+
+
+def worker_main(spec: WorkerSpec) -> None:
+    """Process entry point. Never returns: exits with a code the supervisor understands."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # until the handlers are loaded
+    signal.set_wakeup_fd(-1)  # a forked (compat) worker must not write to the supervisor's wake pipe
+    from ipcpool.logs import setup_logging
+
+    setup_logging()
+    os.umask(0o077 if spec.config.spool.mode == "private" else 0o007)
+    try:
+        table = spec.handlers if spec.handlers is not None else resolve_all(spec.config.handlers)
+        handlers = HandlerTable(table)
+    except HandlerNotFound as exc:
+        detail = "".join(traceback.format_exception(exc.__cause__ or exc))
+        log.error("worker %d cannot boot: %s", os.getpid(), exc)
+        try:
+            spec.results.send(("boot_error", f"{exc}\n{detail}"))
+        except OSError:
+            pass
+        os._exit(EXIT_WORKER_BOOT)
+    worker = Worker(spec, handlers)
+    signal.signal(signal.SIGTERM, worker.on_sigterm)
+    _take_worker_lock(worker.spool)
+    spec.results.send(("ready", os.getpid()))
+    threading.Thread(
+        target=worker.heartbeat_loop, args=(spec.config.heartbeat.interval,), name="heartbeat", daemon=True
+    ).start()
+    code = worker.run()
+    handlers.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
