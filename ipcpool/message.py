@@ -256,7 +256,6 @@ def _decode_msgpack(data: bytes) -> Any:
             raw=False,
             strict_map_key=True,
             ext_hook=_reject_ext,
-            max_buffer_size=len(data) + 1,
         )
     except InvalidMessage:
         raise

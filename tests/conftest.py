@@ -1,0 +1,257 @@
+"""Shared fixtures: a private spool per test, a real supervisor subprocess, waits with deadlines.
+
+Every test gets its own temporary root, so ``pytest -n auto`` is safe. The
+supervisor runs as ``python -m ipcpool run`` in its own process group; the
+autouse ``no_leftover_processes`` fixture fails a test that leaves any of its
+processes behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+HANDLERS_DIR = Path(__file__).resolve().parent / "handlers"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Become a child subreaper, so orphaned workers reparent to the test run and are seen."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_CHILD_SUBREAPER = 36
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02,
+               message: str = "condition") -> Any:
+    """Poll ``predicate`` until truthy; fail the test with ``message`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def write_config(path: Path, root: Path, *, handlers: dict[str, str] | None = None,
+                 sections: dict[str, dict[str, Any]] | None = None, groups: list[str] | None = None) -> Path:
+    """A TOML config with fast test timers; ``sections`` overrides any key."""
+    base: dict[str, dict[str, Any]] = {
+        "spool": {"root": str(root), "groups": groups or ["main"], "settle_time": 0.3, "rescan_interval": 1.0},
+        "pool": {"workers": 2, "handler_timeout": 10.0, "shutdown_grace": 5.0, "kill_grace": 0.5},
+        "retry": {"attempts": 2, "delay": 0.01},
+        "heartbeat": {"interval": 0.25, "miss_limit": 4},
+        "ack": {"timeout": 5.0, "max_retries": 1, "retry_delay": 0.1},
+    }
+    for name, values in (sections or {}).items():
+        base.setdefault(name, {}).update(values)
+    lines: list[str] = []
+    for name, values in base.items():
+        lines.append(f"[{name}]")
+        lines += [f"{key} = {_toml(value)}" for key, value in values.items()]
+        lines.append("")
+    lines.append("[handlers]")
+    for key, ref in (handlers or {"task": "recorder:record", "legacy": "recorder:record"}).items():
+        lines.append(f"{json.dumps(key)} = {json.dumps(ref)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return repr(value)
+
+
+class SupervisorProcess:
+    """``ipcpool run`` as a real subprocess, with its log in a file."""
+
+    def __init__(self, config: Path, cwd: Path, env: dict[str, str], log_path: Path) -> None:
+        self.config = config
+        self.cwd = cwd
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, wait_ready: bool = True, timeout: float = 30.0) -> SupervisorProcess:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._offset = self.log_path.stat().st_size
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ipcpool", "run", "--config", str(self.config)],
+            cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        if wait_ready:
+            wait_until(lambda: "Enhanced IPC system started" in self.log_since_start() or self.proc.poll() is not None,
+                       timeout, message="Enhanced IPC system started")
+            assert self.proc.poll() is None, f"supervisor exited early:\n{self.log()}"
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_since_start(self) -> str:
+        with open(self.log_path, "rb") as handle:
+            handle.seek(self._offset)
+            return handle.read().decode(errors="replace")
+
+    def status(self) -> dict[str, Any] | None:
+        from ipcpool.config import load_config
+        from ipcpool.health import read_status
+
+        return read_status(load_config(self.config).spool.root)
+
+    def worker_pids(self) -> list[int]:
+        status = self.status() or {}
+        return [w["pid"] for w in status.get("workers", []) if w.get("pid")]
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, wait; SIGKILL the whole session if it does not exit."""
+        if self.proc is None:
+            return None
+        children = self.descendants()
+        code = self.proc.poll()
+        if code is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                code = self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                kill_session(self.proc.pid)
+                code = self.proc.wait(10)
+        psutil.wait_procs(children, timeout=10)
+        self._log.close()
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL the supervisor only (its workers must notice by themselves)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+
+def kill_session(pid: int) -> None:
+    try:
+        os.killpg(os.getpgid(pid), signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "ipc"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """Environment for subprocesses: the test handlers importable, a record folder for them."""
+    record_dir = tmp_path / "records"
+    record_dir.mkdir()
+    environ = dict(os.environ)
+    environ.pop("IPCPOOL_ROOT", None)
+    environ.pop("IPCPOOL_CONFIG", None)
+    environ["PYTHONPATH"] = os.pathsep.join([str(HANDLERS_DIR), str(REPO)])
+    environ["IPCPOOL_TEST_RECORDS"] = str(record_dir)
+    environ.setdefault("LOG_LEVEL", "info")
+    return environ
+
+
+@pytest.fixture
+def supervisor_factory(tmp_path: Path, env: dict[str, str]) -> Iterator[Callable[..., SupervisorProcess]]:
+    started: list[SupervisorProcess] = []
+
+    def make(config: Path, *, start: bool = True, wait_ready: bool = True) -> SupervisorProcess:
+        sup = SupervisorProcess(config, tmp_path, env, tmp_path / "supervisor.log")
+        started.append(sup)
+        if start:
+            sup.start(wait_ready=wait_ready)
+        return sup
+
+    yield make
+    for sup in started:
+        sup.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    """Fail a test that leaves child processes (supervisors, workers, forkservers) running."""
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+    deadline = time.monotonic() + 15
+    leftovers: list[psutil.Process] = []
+    while time.monotonic() < deadline:
+        leftovers = [p for p in me.children(recursive=True) if p.pid not in before and _running(p)]
+        if not leftovers:
+            return
+        time.sleep(0.05)
+    for p in leftovers:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    pytest.fail(f"test left processes running: {[(p.pid, _name(p)) for p in leftovers]}")
+
+
+def _running(p: psutil.Process) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _name(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())[:120]
+    except psutil.Error:
+        return "?"
+
+
+def records(tmp_path: Path) -> list[dict[str, Any]]:
+    """Every delivery the recorder handlers saw (one JSON line each)."""
+    out: list[dict[str, Any]] = []
+    for path in sorted((tmp_path / "records").glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                out.append(json.loads(line))
+    return out
+
+
+def dedent(text: str) -> str:
+    return textwrap.dedent(text).lstrip()

@@ -1,0 +1,79 @@
+"""Test handlers: record every delivery, and misbehave on request.
+
+The payload drives the behaviour, so one handler serves every scenario:
+``{"sleep": s}``, ``{"raise": "why"}``, ``{"exit": code}`` (os._exit),
+``{"segv": true}``, ``{"hang": true}`` (sleeps forever), ``{"leak_mb": n}``
+(keeps n MB per call), ``{"result": x}`` (returned to a requester).
+Each delivery appends one JSON line to ``$IPCPOOL_TEST_RECORDS/<pid>.jsonl``
+*before* misbehaving, so a test can count deliveries that killed a worker.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import time
+from typing import Any
+
+from ipcpool import Message
+
+_LEAK: list[bytes] = []
+
+
+def _record(message: Message, handler: str) -> None:
+    directory = os.environ.get("IPCPOOL_TEST_RECORDS")
+    if not directory:
+        return
+    line = json.dumps({
+        "id": message.id, "type": message.type, "group": message.group, "payload": message.payload,
+        "delivery": message.delivery_count, "pid": os.getpid(), "legacy": message.legacy,
+        "handler": handler, "at": time.time(), "extra": message.extra,
+    })
+    fd = os.open(os.path.join(directory, f"{os.getpid()}.jsonl"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def _behave(payload: Any) -> Any:
+    if not isinstance(payload, dict):
+        return None
+    if payload.get("sleep"):
+        time.sleep(float(payload["sleep"]))
+    if "exit" in payload:
+        os._exit(int(payload["exit"]))
+    if payload.get("segv"):
+        ctypes.string_at(0)
+    if payload.get("hang"):
+        while True:
+            time.sleep(3600)
+    if payload.get("leak_mb"):
+        chunk = bytearray(int(payload["leak_mb"]) * 1024 * 1024)
+        for i in range(0, len(chunk), 4096):
+            chunk[i] = 1
+        _LEAK.append(bytes(chunk))
+    if payload.get("raise"):
+        raise RuntimeError(str(payload["raise"]))
+    return payload.get("result")
+
+
+def record(message: Message) -> Any:
+    _record(message, "record")
+    return _behave(message.payload)
+
+
+async def record_async(message: Message) -> Any:
+    _record(message, "record_async")
+    return _behave(message.payload)
+
+
+def fail_once(message: Message) -> Any:
+    """Raises on a message's first attempt in each process, succeeds on the retry."""
+    _record(message, "fail_once")
+    key = f"_seen_{message.id}"
+    if not globals().get(key):
+        globals()[key] = True
+        raise RuntimeError("first attempt fails")
+    return "ok"
