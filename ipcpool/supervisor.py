@@ -484,11 +484,12 @@ class Supervisor:
         slot = worker.slot
         self.restarts[slot] += 1
         self._release_held(worker, blame=True, how=how)
-        # Back off only when a slot keeps dying young, so a crash loop never spins hot.
-        lived = now - worker.started_at
-        self.crash_streak[slot] = self.crash_streak[slot] + 1 if lived < SHORT_LIFE else 0
-        self.next_spawn[slot] = now + min(CRASH_BACKOFF_MAX, CRASH_BACKOFF * 2 ** self.crash_streak[slot]) \
-            if self.crash_streak[slot] > 1 else now
+        # Back off only when a slot keeps dying young without doing any work, so a crash
+        # loop never spins hot while workers killed mid-task come back at once.
+        idle_death = now - worker.started_at < SHORT_LIFE and worker.handled + worker.failed == 0
+        self.crash_streak[slot] = self.crash_streak[slot] + 1 if idle_death else 0
+        streak = self.crash_streak[slot]
+        self.next_spawn[slot] = now + (min(CRASH_BACKOFF_MAX, CRASH_BACKOFF * 2**streak) if streak > 1 else 0.0)
 
     def _release_held(self, worker: WorkerHandle, *, blame: bool, how: str = "") -> None:
         """Everything a gone worker held goes back; the running delivery is blamed if asked."""

@@ -382,11 +382,15 @@ def worker_main(spec: WorkerSpec) -> None:
     worker = Worker(spec, handlers)
     signal.signal(signal.SIGTERM, worker.on_sigterm)
     _take_worker_lock(worker.spool)
-    spec.results.send(("ready", os.getpid()))
-    threading.Thread(
-        target=worker.heartbeat_loop, args=(spec.config.heartbeat.interval,), name="heartbeat", daemon=True
-    ).start()
-    code = worker.run()
+    try:
+        spec.results.send(("ready", os.getpid()))
+        threading.Thread(
+            target=worker.heartbeat_loop, args=(spec.config.heartbeat.interval,), name="heartbeat", daemon=True
+        ).start()
+        code = worker.run()
+    except (BrokenPipeError, EOFError, ConnectionError):
+        log.warning("worker %d: supervisor is gone; exiting", os.getpid())
+        os._exit(EXIT_OK)
     handlers.close()
     sys.stdout.flush()
     sys.stderr.flush()

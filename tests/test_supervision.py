@@ -1,0 +1,263 @@
+"""Supervision with real processes and real signals: crashes, hangs, leaks, poison, health."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import records, wait_until, write_config
+
+from ipcpool import Client
+
+
+def _names(root: Path, group: str, sub: str) -> list[str]:
+    path = root / group / sub
+    return sorted(os.listdir(path)) if path.exists() else []
+
+
+def _error_records(root: Path, group: str = "main") -> list[dict]:
+    return [json.loads((root / group / "errors" / n).read_text())
+            for n in _names(root, group, "errors") if n.endswith(".error.json")]
+
+
+def _health(env: dict, config: Path) -> tuple[int, str]:
+    out = subprocess.run([sys.executable, "-m", "ipcpool", "health", "--config", str(config)],
+                         env=env, capture_output=True, text=True, timeout=30)
+    return out.returncode, out.stdout.strip()
+
+
+def _drained(root: Path) -> bool:
+    return not _names(root, "main", "messages") and not _names(root, "main", "processing")
+
+
+def test_killed_worker_is_replaced_and_its_messages_redelivered(tmp_path, root, supervisor_factory):
+    config = write_config(tmp_path / "c.toml", root, sections={"pool": {"prefetch": 4}})
+    sup = supervisor_factory(config)
+    wait_until(lambda: len(sup.worker_pids()) == 2, message="two workers in status")
+    client = Client(root, "main")
+    ids = [client.send("main", "task", {"sleep": 0.2, "n": i}, requires_ack=True) for i in range(12)]
+    wait_until(lambda: len(records(tmp_path)) >= 1, message="a first delivery")
+    victim = sup.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: all((root / "main" / "acks" / f"{i}.ack").exists() for i in ids), 60, message="all acks")
+    wait_until(lambda: _drained(root), message="empty messages/ and processing/")
+    pids = wait_until(lambda: (p := sup.worker_pids()) and len(p) == 2 and victim not in p and p,
+                      message="pool back to two workers")
+    assert victim not in pids
+    handled = {r["id"] for r in records(tmp_path)}
+    assert set(ids) <= handled
+    assert "worker died" in sup.log()
+    assert _names(root, "main", "errors") == []
+
+
+def test_poison_message_is_quarantined_after_exactly_max_deliveries(tmp_path, root, supervisor_factory):
+    config = write_config(tmp_path / "c.toml", root, sections={"pool": {"max_deliveries": 3}})
+    client = Client(root, "main")
+    poison = client.send("main", "task", {"exit": 7}, requires_ack=True)
+    others = [client.send("main", "task", {"n": i}, requires_ack=True) for i in range(1000)]
+    sup = supervisor_factory(config)
+    wait_until(lambda: all((root / "main" / "acks" / f"{i}.ack").exists() for i in others), 120,
+               message="1000 acks")
+    wait_until(lambda: _error_records(root), 30, message="the poison message in errors/")
+    wait_until(lambda: _drained(root), message="empty messages/ and processing/")
+    deliveries = sorted((r for r in records(tmp_path) if r["id"] == poison), key=lambda r: r["at"])
+    assert [r["delivery"] for r in deliveries] == [1, 2, 3]
+    (record,) = _error_records(root)
+    assert "poison" in record["reason"]
+    assert len(record["deliveries"]) == 3
+    assert all("exited with code 7" in d["ended"] for d in record["deliveries"])
+    counts = Counter(r["id"] for r in records(tmp_path))
+    assert all(counts[i] == 1 for i in others), "no other message was handled twice"
+    assert not (root / "main" / "acks" / f"{poison}.ack").exists()
+    sup.stop()
+
+
+def test_hung_handler_is_killed_at_timeout_then_quarantined_and_pool_recovers(tmp_path, root, env,
+                                                                             supervisor_factory):
+    config = write_config(tmp_path / "c.toml", root,
+                          sections={"pool": {"handler_timeout": 1.0, "max_deliveries": 2, "prefetch": 1}})
+    sup = supervisor_factory(config)
+    client = Client(root, "main")
+    hung = client.send("main", "task", {"hang": True})
+    wait_until(lambda: _error_records(root), 30, message="the hung message in errors/")
+    (record,) = _error_records(root)
+    assert record["reason"].startswith("poison message")
+    assert all("handler_timeout" in d["ended"] for d in record["deliveries"])
+    assert sorted(r["delivery"] for r in records(tmp_path) if r["id"] == hung) == [1, 2]
+    after = client.send("main", "task", {"n": 1}, requires_ack=True)
+    wait_until(lambda: (root / "main" / "acks" / f"{after}.ack").exists(), 30, message="pool handles again")
+    wait_until(lambda: _health(env, config)[0] == 0, 30, message="healthy again")
+    sup.stop()
+
+
+def test_leaking_worker_is_recycled_without_losing_messages(tmp_path, root, supervisor_factory):
+    config = write_config(tmp_path / "c.toml", root, sections={"pool": {"max_memory_mb": 80, "workers": 1}})
+    sup = supervisor_factory(config)
+    first_pid = sup.worker_pids()[0] if sup.worker_pids() else wait_until(sup.worker_pids)[0]
+    client = Client(root, "main")
+    ids = [client.send("main", "task", {"leak_mb": 20, "n": i}, requires_ack=True) for i in range(8)]
+    wait_until(lambda: all((root / "main" / "acks" / f"{i}.ack").exists() for i in ids), 60, message="all acks")
+    wait_until(lambda: "recycling worker" in sup.log(), 30, message="a recycle")
+    wait_until(lambda: sup.worker_pids() and first_pid not in sup.worker_pids(), 30, message="a new worker")
+    counts = Counter(r["id"] for r in records(tmp_path))
+    assert all(counts[i] == 1 for i in ids), "recycling handled nothing twice"
+    assert "worker died" not in sup.log(), "a recycle is not a crash"
+    status = sup.status()
+    assert status and all(w["restarts"] == 0 for w in status["workers"])
+    sup.stop()
+
+
+def test_worker_crashing_later_is_restarted_not_treated_as_boot_failure(tmp_path, root, supervisor_factory):
+    config = write_config(tmp_path / "c.toml", root, sections={"pool": {"max_boot_failures": 1}})
+    sup = supervisor_factory(config)
+    client = Client(root, "main")
+    for _ in range(3):
+        client.send("main", "task", {"exit": 1})  # each kills its worker, long after boot
+    ok = client.send("main", "task", {"n": 1}, requires_ack=True)
+    wait_until(lambda: (root / "main" / "acks" / f"{ok}.ack").exists(), 60, message="a later message handled")
+    assert sup.proc is not None and sup.proc.poll() is None, "the supervisor must not halt"
+    assert "failed to boot" not in sup.log()
+    sup.stop()
+
+
+def test_health_follows_supervisor_and_stopped_worker(tmp_path, root, env, supervisor_factory):
+    interval = 0.25
+    config = write_config(tmp_path / "c.toml", root, sections={"heartbeat": {"interval": interval, "miss_limit": 8}})
+    sup = supervisor_factory(config)
+    wait_until(lambda: _health(env, config)[0] == 0, 20, message="healthy")
+    victim = sup.worker_pids()[0]
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        code, why = wait_until(lambda: (h := _health(env, config))[0] == 1 and h, 20,
+                               message="unhealthy while a worker is stopped")
+        assert "heartbeat" in why
+        wait_until(lambda: victim not in sup.worker_pids() and len(sup.worker_pids()) == 2, 30,
+                   message="the stopped worker replaced")
+    finally:
+        try:
+            os.kill(victim, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    wait_until(lambda: _health(env, config)[0] == 0, 20, message="healthy again")
+    assert not psutil.pid_exists(victim) or psutil.Process(victim).status() == psutil.STATUS_ZOMBIE
+    sup.kill()
+    t0 = __import__("time").monotonic()
+    wait_until(lambda: _health(env, config)[0] == 1, 3 * interval + 5, message="unhealthy after SIGKILL")
+    assert __import__("time").monotonic() - t0 < 3 * interval + 5
+    # the orphaned workers notice and exit by themselves
+    wait_until(lambda: not [p for p in sup.worker_pids() if psutil.pid_exists(p)
+                            and psutil.Process(p).status() != psutil.STATUS_ZOMBIE], 20,
+               message="orphaned workers gone")
+
+
+def test_supervisor_sigkill_then_restart_loses_nothing(tmp_path, root, supervisor_factory):
+    config = write_config(tmp_path / "c.toml", root, sections={"pool": {"prefetch": 4}})
+    client = Client(root, "main")
+    ids = [client.send("main", "task", {"sleep": 0.05, "n": i}, requires_ack=True) for i in range(200)]
+    sup = supervisor_factory(config)
+    wait_until(lambda: len(records(tmp_path)) >= 20, message="some handled")
+    sup.kill()
+    assert _names(root, "main", "processing") or _names(root, "main", "messages")
+    sup2 = supervisor_factory(config)
+    wait_until(lambda: all((root / "main" / "acks" / f"{i}.ack").exists() for i in ids), 120, message="all acks")
+    wait_until(lambda: _drained(root), message="drained")
+    assert set(ids) <= {r["id"] for r in records(tmp_path)}
+    assert _names(root, "main", "errors") == []
+    sup2.stop()
+
+
+@pytest.mark.slow
+def test_chaos_random_worker_kills_and_two_supervisor_kills(tmp_path, root, supervisor_factory):
+    import random
+    import threading
+
+    config = write_config(tmp_path / "c.toml", root, sections={"pool": {"prefetch": 4, "max_deliveries": 1000}})
+    client = Client(root, "main")
+    total = 5000
+    work = {"sleep": 0.003}  # long enough for the run to see dozens of kills
+    ids = [client.send("main", "task", {"n": i, **work}, requires_ack=True) for i in range(total // 2)]
+    sup = supervisor_factory(config)
+    stop = threading.Event()
+    kills: list[int] = []
+    orphaned: set[int] = set()
+    current = {"sup": sup}
+
+    def killer() -> None:
+        rng = random.Random(1)
+        while not stop.wait(0.1):
+            sup_now = current["sup"]
+            # workers are the forkserver's children: the supervisor's grandchildren
+            pids = [p.pid for p in sup_now.descendants() if p.ppid() != sup_now.pid and p.pid not in kills]
+            if pids:
+                pid = rng.choice(pids)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    kills.append(pid)
+                except ProcessLookupError:
+                    pass
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        ids += [client.send("main", "task", {"n": i, **work}, requires_ack=True) for i in range(total // 2, total)]
+        for _ in range(2):
+            wait_until(lambda: len(records(tmp_path)) >= len(ids) // 4, 120, message="progress")
+            orphaned.update(p.pid for p in current["sup"].descendants())
+            current["sup"].kill()
+            current["sup"] = supervisor_factory(config)
+        wait_until(lambda: all((root / "main" / "acks" / f"{i}.ack").exists() for i in ids), 300,
+                   message="every message acked")
+    finally:
+        stop.set()
+        thread.join()
+    wait_until(lambda: _drained(root), 60, message="drained")
+    assert _names(root, "main", "errors") == []
+    counts = Counter(r["id"] for r in records(tmp_path))
+    assert set(ids) <= set(counts), "every message handled at least once"
+    assert len(kills) > 20
+    # A duplicate only happens for a message in flight at a kill: every delivery of a
+    # duplicated message but the last was made by a worker that was then killed.
+    by_id: dict[str, list[dict]] = {}
+    for r in sorted(records(tmp_path), key=lambda r: r["at"]):
+        by_id.setdefault(r["id"], []).append(r)
+    killed = set(kills) | orphaned
+    for message_id, deliveries in by_id.items():
+        for earlier in deliveries[:-1]:
+            assert earlier["pid"] in killed, f"{message_id} handled twice without its worker being killed"
+
+
+def test_workers_recycle_after_max_tasks_without_loss(tmp_path, root, supervisor_factory):
+    config = write_config(tmp_path / "c.toml", root, sections={"pool": {"max_tasks_per_worker": 20}})
+    client = Client(root, "main")
+    ids = [client.send("main", "task", {"n": i}, requires_ack=True) for i in range(200)]
+    sup = supervisor_factory(config)
+    wait_until(lambda: all((root / "main" / "acks" / f"{i}.ack").exists() for i in ids), 60, message="all acks")
+    counts = Counter(r["id"] for r in records(tmp_path))
+    assert all(counts[i] == 1 for i in ids)
+    pids = {r["pid"] for r in records(tmp_path)}
+    assert len(pids) >= 200 // 23, "workers were replaced after about max_tasks each"
+    assert "worker died" not in sup.log()
+    sup.stop()
+
+
+def test_external_heartbeats_are_recorded_in_status_not_handled(tmp_path, root, supervisor_factory):
+    config = write_config(tmp_path / "c.toml", root)
+    sup = supervisor_factory(config)
+    client = Client(root, "main")
+    client.send("main", "heartbeat", {"processId": 4242, "status": "active"})
+    status = wait_until(lambda: (s := sup.status()) and s["externalHeartbeats"] and s, 20,
+                        message="an external heartbeat in status.json")
+    (beat,) = status["externalHeartbeats"]
+    assert beat["group"] == "main" and str(beat["processId"]) == "4242" and beat["status"] == "active"
+    assert beat["age"] >= 0
+    assert records(tmp_path) == [], "no heartbeat handler is configured, so none ran"
+    wait_until(lambda: _drained(root), message="the heartbeat file removed")
+    assert _names(root, "main", "errors") == []
+    sup.stop()
