@@ -131,11 +131,10 @@ class Spool:
         if not GROUP_NAME.match(group):
             raise SpoolError(f"invalid group name {group!r}")
         gdir = self.root / group
-        self._mkdir(gdir, self.dir_mode())
-        if not stat.S_ISDIR(os.lstat(gdir).st_mode):
-            raise SpoolError(f"{gdir} is not a real directory (a symlink?); refusing it as a group")
-        for sub in SUBDIRS:
-            self._mkdir(gdir / sub, self.dir_mode(sub))
+        for path, mode in ((gdir, self.dir_mode()), *((gdir / sub, self.dir_mode(sub)) for sub in SUBDIRS)):
+            self._mkdir(path, mode)
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                raise SpoolError(f"{path} is not a real directory (a symlink?); refusing group {group!r}")
 
     def is_group_dir(self, name: str) -> bool:
         """A valid group name that is a real directory (never a symlink)."""

@@ -647,7 +647,7 @@ class Supervisor:
         for key in [k for k, v in self.external.items() if v["at"] < cutoff]:
             del self.external[key]
 
-    # -- status ---------------------------------------------------------------------------------------------------------
+    # -- status --------------------------------------------------------------------
 
     def write_status(self, now: float) -> None:
         write_status(self.spool.root, build_status(self, now))

@@ -34,16 +34,17 @@ def test_messages_from_every_kind_of_writer_are_handled_once_and_acked(tmp_path,
     ids.append(cli_id)
     # a plain shell writer: write into tmp/, then mv into messages/
     shell_id = "shell-writer-1"
-    subprocess.run(["sh", "-c", f"echo '{json.dumps({'id': shell_id, 'type': 'task', 'payload': {'n': 400}, 'requiresAck': True})}'"
-                    f" > {root}/main/tmp/{shell_id}.json && mv {root}/main/tmp/{shell_id}.json {root}/main/messages/"],
-                   check=True)
+    body = json.dumps({"id": shell_id, "type": "task", "payload": {"n": 400}, "requiresAck": True})
+    tmp_file, dest = f"{root}/main/tmp/{shell_id}.json", f"{root}/main/messages/"
+    subprocess.run(["sh", "-c", f"echo '{body}' > {tmp_file} && mv {tmp_file} {dest}"], check=True)
     ids.append(shell_id)
     # a slow writer straight into messages/, in pieces
     slow_id = "slow-writer-1"
-    body = json.dumps({"id": slow_id, "type": "task", "payload": {"n": 500}, "requiresAck": True}).encode()
+    raw = json.dumps({"id": slow_id, "type": "task", "payload": {"n": 500}, "requiresAck": True}).encode()
+    body_bytes = raw
     with open(root / "main" / "messages" / f"{slow_id}.json", "wb") as handle:
-        for i in range(0, len(body), 7):
-            handle.write(body[i:i + 7])
+        for i in range(0, len(body_bytes), 7):
+            handle.write(body_bytes[i:i + 7])
             handle.flush()
             time.sleep(0.05)  # a deliberately slow writer, not a wait for a condition
     ids.append(slow_id)

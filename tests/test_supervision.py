@@ -135,7 +135,7 @@ def test_health_follows_supervisor_and_stopped_worker(tmp_path, root, env, super
     victim = sup.worker_pids()[0]
     os.kill(victim, signal.SIGSTOP)
     try:
-        code, why = wait_until(lambda: (h := _health(env, config))[0] == 1 and h, 20,
+        _code, why = wait_until(lambda: (h := _health(env, config))[0] == 1 and h, 20,
                                message="unhealthy while a worker is stopped")
         assert "heartbeat" in why
         wait_until(lambda: victim not in sup.worker_pids() and len(sup.worker_pids()) == 2, 30,
