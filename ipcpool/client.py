@@ -137,7 +137,7 @@ class Client:
         message_id, name, data = self._prepare(group, type, payload, requires_ack=requires_ack,
                                                reply_to=reply_to, message_id=message_id, fmt=format)
         self._publish(group, name, data, message_id)
-        log.info("IPC message sent id=%s group=%s type=%s", message_id, group, type)
+        log.debug("IPC message sent id=%s group=%s type=%s", message_id, group, type)
         return message_id
 
     # -- acknowledgements -------------------------------------------------------------------------

@@ -111,7 +111,13 @@ class Supervisor:
     # -- lifecycle --------------------------------------------------------------------
 
     def run(self) -> int:
-        """Boot, loop until drained or halted, clean up; returns the exit code."""
+        """Boot, loop until drained or halted, clean up; returns the exit code.
+
+        Raises AlreadyRunning, before touching anything, when another
+        supervisor owns the root.
+        """
+        self.spool.ensure_root()
+        self._lock_fd = self.spool.acquire_lock()
         try:
             self.boot()
             while self.state in ("running", "draining"):
@@ -122,8 +128,6 @@ class Supervisor:
 
     def boot(self) -> None:
         spool = self.spool
-        spool.ensure_root()
-        self._lock_fd = spool.acquire_lock()
         self._install_signals()
         self.wait_for_old_workers()
         for group in self.config.spool.groups:
@@ -210,7 +214,7 @@ class Supervisor:
         self.read_results(ready)
         self.drain_hints()
         now = self.clock()
-        self.reap_workers(now)
+        self.reap_workers(now, ready)
         self.kill_stale_workers(now)
         self.recycle_workers()
         self.spawn_missing_workers(now)
@@ -429,8 +433,12 @@ class Supervisor:
             if slot not in occupied and now >= self.next_spawn[slot]:
                 self.spawn(slot, now)
 
-    def reap_workers(self, now: float) -> None:
+    def reap_workers(self, now: float, ready: list[Any] | None = None) -> None:
+        """Handle every worker whose process ended (its sentinel fired, or any, when ``ready`` is None)."""
+        fired = None if ready is None else set(ready)
         for worker in list(self.workers):
+            if fired is not None and worker.sentinel not in fired and worker.channel_open:
+                continue
             if worker.process.is_alive():
                 continue
             worker.process.join(timeout=0)
@@ -614,6 +622,7 @@ class Supervisor:
             self.rescan()
         if now >= self.next_status:
             self.next_status = now + self.config.heartbeat.interval
+            self.reap_workers(now)
             self.read_processes()
             self.write_status(now)
         if now >= self.next_housekeeping and self.state == "running":
