@@ -9,11 +9,12 @@ are all rejected with a reason, because the bytes come from other processes.
 
 from __future__ import annotations
 
-import datetime as _dt
 import enum
+import functools
 import json
 import math
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,8 +80,14 @@ class Message:
 
 def now_iso() -> str:
     """ISO-8601 UTC with milliseconds and a Z, as JavaScript's toISOString()."""
-    now = _dt.datetime.now(_dt.UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    now = time.time()
+    seconds = int(now)
+    return f"{_iso_second(seconds)}.{int((now - seconds) * 1000):03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _iso_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 def new_id() -> str:

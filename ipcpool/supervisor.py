@@ -340,7 +340,8 @@ class Supervisor:
                 if self.spool.is_group_dir(group):
                     self.add_group(group)
             elif kind == OVERFLOW:
-                log.warning("filesystem events were lost (inotify overflow); rescanning now")
+                if self.next_rescan > 0.0:  # one line per overflow, however many watches saw it
+                    log.warning("filesystem events were lost (inotify overflow); rescanning now")
                 self.next_rescan = 0.0
             elif kind == LOST and group is not None:
                 self.groups.discard(group)
@@ -393,10 +394,14 @@ class Supervisor:
         if self.state != "running" or not self.pending:
             return
         prefetch = self.config.pool.prefetch
+        # Top a worker up only once half its prefetch is free: fewer, larger batches.
+        refill_at = max(1, prefetch // 2)
         ready = [w for w in self.workers if w.state is WorkerState.READY and w.channel_open]
         ready.sort(key=lambda w: len(w.held))
         for worker in ready:
             room = prefetch - len(worker.held)
+            if room < refill_at:
+                continue
             batch: list[tuple[int, str, str, int]] = []
             while room > 0 and self.pending:
                 key, _seen = self.pending.popitem(last=False)

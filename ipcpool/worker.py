@@ -20,6 +20,7 @@ import enum
 import fcntl
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 # Slots of the shared array a worker publishes its progress in.
 SLOT_SEQ, SLOT_STARTED, SLOT_HANDLED, SLOT_FAILED = range(4)
 SHARED_SLOTS = 4
-RESULT_BATCH = 64
 
 
 class Outcome(enum.StrEnum):
@@ -92,6 +92,11 @@ class Worker:
         self._settle = spec.config.spool.settle_time
         self._allowed = {g: set(c.allowed_types) for g, c in spec.config.groups.items() if c.allowed_types}
         self._pid = os.getpid()
+        # Report results once half the prefetch is done, so the supervisor refills
+        # this worker's queue before it runs dry: claims overlap with handling.
+        self._report_every = max(1, spec.config.pool.prefetch // 2)
+        self._poller = select.poll()  # one object for every non-blocking check of the task pipe
+        self._poller.register(self.tasks.fileno(), select.POLLIN)
 
     # -- channel ----------------------------------------------------------------------
 
@@ -116,14 +121,14 @@ class Worker:
                 self.flush()
                 self._receive(block=True)
                 continue
-            if self.tasks.poll():
+            if self._poller.poll(0):
                 self._receive(block=False)
                 if self._stopping:
                     continue
             seq, group, name, deliveries = self._queue.popleft()
             outcome, info = self.process(seq, group, name, deliveries)
             self._done.append((seq, outcome.value, info))
-            if len(self._done) >= RESULT_BATCH:
+            if len(self._done) >= self._report_every:
                 self.flush()
 
     def _return_unstarted(self) -> None:
@@ -139,7 +144,7 @@ class Worker:
         self._stopping = True
 
     def _receive(self, *, block: bool) -> None:
-        while block or self.tasks.poll():
+        while block or self._poller.poll(0):
             block = False
             try:
                 command = self.tasks.recv()
