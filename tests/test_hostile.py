@@ -228,7 +228,7 @@ def _check_shared_writer(root: Path) -> None:
     for dirpath, _dirnames, _ in os.walk(root):
         os.chown(dirpath, 0, gid)
     script = (
-        "import os, sys\n"
+        "import json, os, sys\n"
         f"os.setgid({gid}); os.setuid(65534)\n"
         "root = sys.argv[1]\n"
         "results = {}\n"
@@ -241,7 +241,7 @@ def _check_shared_writer(root: Path) -> None:
         "    os.listdir(os.path.join(root, 'main', 'acks')); results['read-acks'] = 'ok'\n"
         "except PermissionError:\n"
         "    results['read-acks'] = 'refused'\n"
-        "import json; print(json.dumps(results))\n"
+        "print(json.dumps(results))\n"
     )
     out = subprocess.run([sys.executable, "-c", script, str(root)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
