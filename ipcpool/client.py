@@ -55,12 +55,14 @@ class Client:
         durability: str = "process",
         mode: str = "private",
         max_queued: int = 0,
+        max_message_bytes: int = 1024 * 1024,
         ack: AckConfig | None = None,
         on_give_up: ErrorCallback | None = None,
     ) -> None:
         self.group = check_group_name(group)
         self.format = format
         self.max_queued = max_queued
+        self.max_message_bytes = max_message_bytes
         self.ack_policy = ack or AckConfig()
         self.on_give_up = on_give_up
         self.spool = Spool(root, durability=durability, mode=mode)
@@ -75,7 +77,7 @@ class Client:
         cfg = config if isinstance(config, Config) else load_config(config)
         options: dict[str, Any] = dict(
             format=cfg.spool.format, durability=cfg.spool.durability, mode=cfg.spool.mode,
-            max_queued=cfg.spool.max_queued, ack=cfg.ack,
+            max_queued=cfg.spool.max_queued, max_message_bytes=cfg.spool.max_message_bytes, ack=cfg.ack,
         )
         options.update(overrides)
         return cls(cfg.spool.root, group, **options)
@@ -100,7 +102,11 @@ class Client:
         envelope = build_envelope(group, str(type_), payload, requires_ack=requires_ack,
                                   reply_to=reply_to, message_id=message_id)
         fmt = fmt or self.format
-        return envelope["id"], envelope["id"] + extension_for(fmt), encode(envelope, fmt)
+        data = encode(envelope, fmt)
+        if len(data) > self.max_message_bytes:
+            raise InvalidMessage(f"message is {len(data)} bytes, over the receiver's limit of "
+                                 f"{self.max_message_bytes} ([spool] max_message_bytes)")
+        return envelope["id"], envelope["id"] + extension_for(fmt), data
 
     def _ensure_group(self, group: str) -> None:
         if group not in self._known_groups:

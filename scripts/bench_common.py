@@ -1,0 +1,317 @@
+"""Shared pieces of the benchmark scripts: records, envelopes, acks, pacing, statistics, processes.
+
+Everything a consumer process needs (``Recorder``, ``envelope``, ``write_ack``)
+imports nothing beyond the standard library, so the idle-cost scenario
+measures the consumer, not the harness. psutil is imported lazily, only by the
+orchestrator-side helpers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+SCRIPTS = Path(__file__).resolve().parent
+REPO = SCRIPTS.parent
+
+# One record per handled message, fixed width so progress is the record files' size:
+# "<index> <producer timestamp> <handler start>", both wall-clock seconds.
+RECORD_FMT = "%010d %017.6f %017.6f\n"
+RECORD_LEN = 47
+READY = "BENCH-CONSUMER-READY"
+
+
+# -- consumer side (standard library only) ------------------------------------------------------
+
+
+class Recorder:
+    """Appends one fixed-width line per handled message to ``<dir>/rec-<pid>.txt``, flushed each time."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = os.fspath(directory)
+        self._fh: Any = None
+        self._pid = 0
+
+    def record(self, index: int, t_sent: float, t_start: float) -> None:
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._fh = open(os.path.join(self.directory, f"rec-{self._pid}.txt"), "a")  # noqa: SIM115 - kept open
+        self._fh.write(RECORD_FMT % (index, t_sent, t_start))
+        self._fh.flush()
+
+
+def now_iso() -> str:
+    now = dt.datetime.now(dt.UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def envelope(group: str, index: int, t_sent: float) -> dict[str, Any]:
+    """The same JSON envelope ipcpool writes, so every system parses the same bytes."""
+    return {"id": str(uuid.uuid4()), "type": "task", "groupFolder": group, "payload": {"i": index, "t": t_sent},
+            "timestamp": now_iso(), "requiresAck": True}
+
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+def write_atomic(tmp_path: str, final_path: str, data: bytes) -> None:
+    """Write to a temp file, then rename(2): a reader never sees it partial."""
+    fd = os.open(tmp_path, _CREATE, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.rename(tmp_path, final_path)
+
+
+def write_ack(group_dir: str, message_id: str) -> None:
+    """``<group_dir>/acks/<id>.ack`` by tmp+rename, as ipcpool's workers write them."""
+    write_atomic(f"{group_dir}/tmp/.{message_id}.ack.tmp", f"{group_dir}/acks/{message_id}.ack", now_iso().encode())
+
+
+def make_group_dirs(spool: Path, groups: list[str], subdirs: tuple[str, ...] = ("tmp", "messages", "acks")) -> None:
+    for group in groups:
+        for sub in subdirs:
+            (spool / group / sub).mkdir(parents=True, exist_ok=True)
+
+
+def group_names(count: int) -> list[str]:
+    """``main`` plus ``g0000``... for ``count`` groups in all."""
+    return ["main"] + [f"g{k:04d}" for k in range(max(0, count - 1))]
+
+
+def target_group(count: int) -> str:
+    """The group the many-groups scenario sends to: one in the middle."""
+    return "main" if count <= 1 else f"g{(count - 1) // 2:04d}"
+
+
+# -- producer side -----------------------------------------------------------------------------------
+
+
+def add_producer_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--work", type=Path, required=True, help="the measurement's work folder")
+    parser.add_argument("--group", default="main")
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--rate", type=float, default=0.0, help="messages per second (0: flat out)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="roundtrip: seconds to wait for each ack")
+    parser.add_argument("--out", type=Path, required=True, help="JSON summary written here")
+
+
+def run_producer(send: Callable[[int, float], None], count: int, rate: float) -> dict[str, Any]:
+    """Send ``count`` messages, paced on an absolute schedule when ``rate`` > 0; returns the summary."""
+    start = time.monotonic()
+    t_first = t_last = 0.0
+    for i in range(count):
+        if rate > 0:
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        t_last = time.time()
+        if i == 0:
+            t_first = t_last
+        send(i, t_last)
+    return {"sent": count, "t_first": t_first, "t_last": t_last, "t_done": time.time()}
+
+
+def run_roundtrip(send_and_wait: Callable[[int, float], None], count: int) -> dict[str, Any]:
+    """Sequential send-and-wait-for-ack; returns every round trip in seconds."""
+    rtts: list[float] = []
+    for i in range(count):
+        t0 = time.perf_counter()
+        send_and_wait(i, time.time())
+        rtts.append(time.perf_counter() - t0)
+    return {"sent": count, "rtts": rtts}
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(summary))
+    os.replace(tmp, path)
+
+
+# -- orchestrator side ---------------------------------------------------------------------------------------
+
+
+class BenchError(Exception):
+    """A measurement could not be made (timeout, a process died); the row says why."""
+
+
+def count_records(directory: Path) -> int:
+    total = 0
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.startswith("rec-"):
+                total += entry.stat().st_size
+    return total // RECORD_LEN
+
+
+def read_records(directory: Path) -> dict[int, tuple[float, float]]:
+    """index -> (t_sent, t_start); a redelivered index keeps its first handling."""
+    found: dict[int, tuple[float, float]] = {}
+    for path in sorted(directory.glob("rec-*.txt")):
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3:
+                found.setdefault(int(parts[0]), (float(parts[1]), float(parts[2])))
+    return found
+
+
+def count_files(directory: Path) -> int:
+    try:
+        with os.scandir(directory) as entries:
+            return sum(1 for e in entries if not e.name.startswith("."))
+    except FileNotFoundError:
+        return 0
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Linear interpolation between closest ranks; ``values`` need not be sorted."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * pct / 100.0
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Proc:
+    """A subprocess in its own session, its output in a log file; every live one is stopped at exit."""
+
+    live: set[Proc] = set()
+
+    def __init__(self, argv: list[str], log: Path, *, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        self.argv = argv
+        self.log = log
+        self._log_fh = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(argv, stdout=self._log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      env=env, cwd=cwd, start_new_session=True)
+        self.pid = self.popen.pid
+        Proc.live.add(self)
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 15) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def check_alive(self, what: str) -> None:
+        if not self.alive():
+            raise BenchError(f"{what} exited early (code {self.popen.returncode}):\n{self.log_tail()}")
+
+    def wait_for_text(self, text: str, timeout: float, what: str) -> None:
+        def seen() -> bool:
+            self.check_alive(what)
+            return text in self.log_text()
+
+        wait_until(seen, timeout, f"{what} to print {text!r}", interval=0.02)
+
+    def wait(self, timeout: float, what: str) -> int:
+        try:
+            code = self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"{what} did not finish in {timeout:g}s:\n{self.log_tail()}") from None
+        if code != 0:
+            raise BenchError(f"{what} failed (code {code}):\n{self.log_tail()}")
+        return code
+
+    def descendants(self) -> list[Any]:
+        import psutil
+
+        try:
+            return psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, wait; then SIGKILL its process group; then any descendant left (by pid)."""
+        import psutil
+
+        children = self.descendants()
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self.pid, signal.SIGKILL)  # its own session: pgid == pid, still unreaped
+                except (ProcessLookupError, PermissionError):
+                    pass
+                self.popen.wait(10)
+        _gone, alive = psutil.wait_procs(children, timeout=10)
+        for proc in alive:
+            try:
+                proc.kill()  # psutil checks the pid still names the same process
+            except psutil.Error:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+        self._log_fh.close()
+        Proc.live.discard(self)
+        return self.popen.returncode
+
+    @classmethod
+    def stop_all(cls) -> None:
+        for proc in list(cls.live):
+            proc.stop(timeout=5.0)
+
+
+def python_argv(script: str, *args: str) -> list[str]:
+    return [sys.executable, str(SCRIPTS / script), *args]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("IPCPOOL_ROOT", None)
+    env.pop("IPCPOOL_CONFIG", None)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SCRIPTS), str(REPO), env.get("PYTHONPATH", "")) if p)
+    env.update(extra)
+    return env
+
+
+def machine_info() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    uname = os.uname()
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "python": sys.version.split()[0],
+        "python_impl": sys.implementation.name,
+        "kernel": f"{uname.sysname} {uname.release}",
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+    }

@@ -1,0 +1,65 @@
+"""Durability: a full disk surfaces to the sender and leaves nothing partial; power mode still works."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import wait_until, write_config
+
+from ipcpool import Client
+
+
+@pytest.fixture
+def tiny_disk() -> Iterator[Path]:
+    """A real 256 KiB tmpfs, so ENOSPC comes from the kernel, not from a mock."""
+    mountpoint = Path(tempfile.mkdtemp(prefix="ipcpool-tiny-"))
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mountpoint)],
+                            capture_output=True)
+    if result.returncode != 0:
+        mountpoint.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True)
+        mountpoint.rmdir()
+
+
+@pytest.mark.parametrize("durability", ["process", "power"])
+def test_full_disk_raises_to_the_sender_and_leaves_no_partial_file(tiny_disk: Path, durability: str) -> None:
+    client = Client(tiny_disk / "ipc", "main", durability=durability)
+    with pytest.raises(OSError) as info:
+        client.send("main", "task", {"blob": "x" * 400_000})
+    assert info.value.errno == errno.ENOSPC
+    assert os.listdir(tiny_disk / "ipc" / "main" / "messages") == []
+    assert os.listdir(tiny_disk / "ipc" / "main" / "tmp") == []
+    small = client.send("main", "task", {"n": 1})  # once space allows, sending works again
+    assert os.listdir(tiny_disk / "ipc" / "main" / "messages") == [f"{small}.json"]
+
+
+def test_power_durability_end_to_end(tmp_path, root, supervisor_factory):
+    config = write_config(tmp_path / "c.toml", root, sections={"spool": {"durability": "power"}})
+    sup = supervisor_factory(config)
+    client = Client.from_config(config)
+    ids = [client.send("main", "task", {"n": i}, requires_ack=True) for i in range(20)]
+    response = client.request("main", "task", {"result": {"ok": 1}}, timeout=30)
+    assert response == {"ok": 1}
+    wait_until(lambda: all((root / "main" / "acks" / f"{i}.ack").exists() for i in ids), 30, message="acks")
+    sup.stop()
+
+
+def test_stale_temp_files_are_removed_by_housekeeping(tmp_path, root, supervisor_factory):
+    config = write_config(tmp_path / "c.toml", root, sections={"spool": {"tmp_max_age": 1.0}})
+    (root / "main" / "tmp").mkdir(parents=True)
+    stale = root / "main" / "tmp" / ".crashed-writer.json.tmp"
+    stale.write_text("{")
+    os.utime(stale, (0, 0))
+    sup = supervisor_factory(config)
+    wait_until(lambda: not stale.exists(), 30, message="the stale temp file removed")
+    sup.stop()
