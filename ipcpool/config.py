@@ -20,7 +20,7 @@ from ipcpool.errors import ConfigError
 from ipcpool.message import FORMATS, GROUP_NAME, TYPE_NAME
 
 ROOT_ENV = "IPCPOOL_ROOT"
-HANDLER_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+HANDLER_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
 SPECIAL_HANDLER_KEYS = ("legacy", "*")
 DURABILITY_MODES = ("process", "power")
 SPOOL_MODES = ("private", "shared")
@@ -303,4 +303,6 @@ def load_config(path: str | os.PathLike[str], *, environ: dict[str, str] | None 
         raise ConfigError(f"{source}: cannot read: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
     return parse_config(data, source, environ=environ)

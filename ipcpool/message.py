@@ -23,9 +23,10 @@ import msgpack
 
 from ipcpool.errors import InvalidMessage
 
-GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-MESSAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-TYPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+# \Z, not $: $ would also match before a trailing newline.
+GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
+MESSAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}\Z")
+TYPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
 EXTENSIONS = {".json": "json", ".msgpack": "msgpack"}
 FORMATS = ("json", "msgpack")
 MAX_DEPTH = 64
@@ -176,13 +177,19 @@ def _parse_float(text: str) -> float:
     return value
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise InvalidMessage(f"invalid JSON: duplicate key {key!r}")
-        result[key] = value
-    return result
+def _unique_keys_for(fmt: str) -> Any:
+    def unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+        result: dict[Any, Any] = {}
+        for key, value in pairs:
+            if key in result:
+                raise InvalidMessage(f"invalid {fmt}: duplicate key {key!r}")
+            result[key] = value
+        return result
+
+    return unique_keys
+
+
+_unique_keys = _unique_keys_for("JSON")
 
 
 _JSON_DECODER = json.JSONDecoder(
@@ -239,7 +246,11 @@ def _reject_ext(code: int, _data: bytes) -> Any:
     raise InvalidMessage(f"invalid msgpack: extension type {code} is not allowed")
 
 
-def _check_msgpack_value(value: Any, depth: int = 0) -> None:
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _check_msgpack_value(value: Any, depth: int = 1) -> None:
+    """Only what JSON can carry, nested no deeper than JSON allows."""
     if depth > MAX_DEPTH:
         raise InvalidMessage(f"invalid msgpack: nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, dict):
@@ -254,6 +265,11 @@ def _check_msgpack_value(value: Any, depth: int = 0) -> None:
         raise InvalidMessage("invalid msgpack: NaN and Infinity are not allowed")
     elif isinstance(value, bytes):
         raise InvalidMessage("invalid msgpack: binary values are not allowed (JSON cannot carry them)")
+    elif not isinstance(value, _JSON_SCALARS):
+        raise InvalidMessage(f"invalid msgpack: {type(value).__name__} values are not allowed (JSON cannot carry them)")
+
+
+_MSGPACK_UNIQUE_KEYS = _unique_keys_for("msgpack")
 
 
 def _decode_msgpack(data: bytes) -> Any:
@@ -263,6 +279,7 @@ def _decode_msgpack(data: bytes) -> Any:
             raw=False,
             strict_map_key=True,
             ext_hook=_reject_ext,
+            object_pairs_hook=_MSGPACK_UNIQUE_KEYS,
         )
     except InvalidMessage:
         raise

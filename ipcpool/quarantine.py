@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ipcpool.spool import ERROR_SUFFIX, ERRORS, MESSAGES, RETRIED_DIR, Spool
+from ipcpool.spool import ERROR_SUFFIX, ERRORS, MESSAGES, RETRIED_DIR, Spool, rename_noreplace
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -98,7 +98,13 @@ def retry(spool: Spool, entry: ErrorEntry) -> str:
     """Back into messages/ under its original name (fresh delivery count); record kept in errors/retried/."""
     name = entry.original_name
     spool.drop_deliveries(entry.group, name)
-    os.rename(spool.path(entry.group, ERRORS, entry.file), spool.path(entry.group, MESSAGES, name))
+    source = spool.path(entry.group, ERRORS, entry.file)
+    try:  # never replace a newer message that took the name meanwhile
+        rename_noreplace(source, spool.path(entry.group, MESSAGES, name))
+    except FileExistsError:
+        stem, dot, ext = name.rpartition(".")
+        name = f"{stem}.retried{entry.epoch_ms}.{ext}" if dot else f"{name}.retried{entry.epoch_ms}"
+        rename_noreplace(source, spool.path(entry.group, MESSAGES, name))
     retried = os.path.join(spool.path(entry.group, ERRORS), RETRIED_DIR)
     os.makedirs(retried, mode=0o700, exist_ok=True)
     os.rename(spool.path(entry.group, ERRORS, entry.file + ERROR_SUFFIX),

@@ -58,7 +58,8 @@ def async_handler_retrying(
 def _backoff(delay: float, multiplier: float, max_delay: float) -> tenacity.wait.wait_base:
     if multiplier <= 1:
         return tenacity.wait_fixed(min(delay, max_delay) if max_delay else delay)
-    return tenacity.wait_exponential(multiplier=delay, exp_base=multiplier, min=delay, max=max_delay or delay)
+    cap = max_delay or delay
+    return tenacity.wait_exponential(multiplier=delay, exp_base=multiplier, min=min(delay, cap), max=cap)
 
 
 def ack_wait_strategy(policy: AckConfig) -> tenacity.wait.wait_base:

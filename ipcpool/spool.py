@@ -12,6 +12,7 @@ rename and of the folder after it.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import json
@@ -169,9 +170,12 @@ class Spool:
         """
         tmp_path = self.path(group, TMP, self._tmp_name(name))
         final = self.path(group, sub, name)
-        fd = os.open(tmp_path, _OPEN_WRITE, self.file_mode(sub) if mode is None else mode)
+        file_mode = self.file_mode(sub) if mode is None else mode
+        fd = os.open(tmp_path, _OPEN_WRITE, file_mode)
         try:
             try:
+                if self.shared:  # group bits must not depend on the umask; private 0600 only narrows
+                    os.fchmod(fd, file_mode)
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
@@ -208,13 +212,25 @@ class Spool:
             return False
         return True
 
-    def requeue(self, group: str, name: str) -> bool:
-        """processing/ -> messages/ (a worker died or the supervisor restarted)."""
-        try:
-            os.rename(self.path(group, PROCESSING, name), self.path(group, MESSAGES, name))
-        except FileNotFoundError:
-            return False
-        return True
+    def requeue(self, group: str, name: str) -> str | None:
+        """processing/ -> messages/ (a worker died or the supervisor restarted).
+
+        Never replaces a file that arrived meanwhile under the same name (a
+        legacy writer may reuse names): then the requeued one gets a new name.
+        Returns the name it has in messages/, or None when it was gone.
+        """
+        source = self.path(group, PROCESSING, name)
+        target = name
+        for attempt in range(100):
+            try:
+                rename_noreplace(source, self.path(group, MESSAGES, target))
+                return target
+            except FileNotFoundError:
+                return None
+            except FileExistsError:
+                stem, dot, ext = name.rpartition(".")
+                target = f"{stem}.requeued{attempt + 1}.{ext}" if dot else f"{name}.requeued{attempt + 1}"
+        raise FileExistsError(f"cannot requeue {group}/{name}: too many files with its name in messages/")
 
     def complete(self, group: str, name: str) -> None:
         """Remove a handled message from processing/."""
@@ -373,6 +389,36 @@ class Spool:
                 except (OSError, ValueError):
                     log.warning("unreadable delivery record %s; ignoring it", path)
         return found
+
+
+def _load_renameat2() -> Any:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        func = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return func
+
+
+_RENAMEAT2 = _load_renameat2()
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def rename_noreplace(source: str, target: str) -> None:
+    """rename(2) that fails with FileExistsError instead of replacing ``target``."""
+    if _RENAMEAT2 is not None:
+        if _RENAMEAT2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), source, None, target) if err != errno.EEXIST \
+                else FileExistsError(err, os.strerror(err), target)
+    # No renameat2 here: check, then rename (a narrow race, on old kernels only).
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), target)
+    os.rename(source, target)
 
 
 def _safe_id(message_id: str) -> str:

@@ -150,8 +150,7 @@ class Supervisor:
     def reconcile_group(self, group: str) -> None:
         """After a crash, everything in processing/ goes back to messages/ (not held against it)."""
         for name in self.spool.scan(group, PROCESSING):
-            if self.spool.requeue(group, name):
-                self.totals["requeued"] += 1
+            if self.requeue((group, name)) is not None:
                 log.warning("Recovered message from processing/ after restart group=%s file=%s", group, name)
 
     def wait_for_old_workers(self) -> None:
@@ -298,11 +297,13 @@ class Supervisor:
         key = delivery.key
         self.inflight.pop(key, None)
         if outcome == "unsettled":
-            if self.spool.requeue(*key):
-                self.settling[key] = self.clock() + self.config.spool.settle_time
+            back = self.requeue(key, count=False)
+            if back is not None:
+                self.settling[back] = self.clock() + self.config.spool.settle_time
         elif outcome == "returned":
-            if self.spool.requeue(*key):
-                self.pending[key] = self.clock()
+            back = self.requeue(key, count=False)
+            if back is not None:
+                self.pending[back] = self.clock()
         else:
             self._count_outcome(worker, outcome, key, info)
             if key in self.failures:
@@ -512,9 +513,8 @@ class Supervisor:
             self.inflight.pop(key, None)
             if delivery is current:
                 self.record_failed_delivery(delivery, worker, how)
-            elif self.spool.requeue(*key):
-                self.totals["requeued"] += 1
-                self.pending[key] = self.clock()
+            elif (back := self.requeue(key)) is not None:
+                self.pending[back] = self.clock()
             if key in self.blocked:
                 self.blocked.discard(key)
                 self.pending[key] = self.clock()
@@ -540,10 +540,23 @@ class Supervisor:
             del self.failures[key]
             self.spool.drop_deliveries(*key)
             return
-        self.spool.save_deliveries(key[0], key[1], history)
-        if self.spool.requeue(*key):
+        back = self.requeue(key)
+        if back is not None:
+            self.spool.save_deliveries(back[0], back[1], history)
+            self.pending[back] = self.clock()
+
+    def requeue(self, key: Key, *, count: bool = True) -> Key | None:
+        """processing/ -> messages/; the key it now has (renamed if its name was taken), or None."""
+        name = self.spool.requeue(*key)
+        if name is None:
+            return None
+        if count:
             self.totals["requeued"] += 1
-            self.pending[key] = self.clock()
+        back = (key[0], name)
+        if name != key[1] and key in self.failures:
+            self.failures[back] = self.failures.pop(key)
+            self.spool.drop_deliveries(*key)
+        return back
 
     def kill_stale_workers(self, now: float) -> None:
         pool = self.config.pool
