@@ -28,7 +28,7 @@ from ipcpool.client import Client
 from ipcpool.config import Config, load_config, parse_config
 from ipcpool.errors import AckTimeout
 from ipcpool.logs import setup_logging
-from ipcpool.message import IPCMessageType, Message
+from ipcpool.message import IPCMessageType, Message, new_id
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,7 @@ class IPCSystem:
             return self.client.send(group, type, payload)
         if wait:
             return self.client.send_and_wait(group, type, payload)
-        message_id = self.client._prepare(group, type, payload, requires_ack=True, reply_to=None,
-                                          message_id=None, fmt=None)[0]
+        message_id = new_id()
         waiter = Client.from_config(self.config, self.group, on_give_up=self._on_give_up)
         thread = threading.Thread(target=_wait_quietly, args=(waiter, group, type, payload, message_id),
                                   name=f"ack-{message_id}", daemon=True)

@@ -92,12 +92,12 @@ def _error_count(sup: Supervisor, group: str) -> int:
         mtime = os.stat(path).st_mtime_ns
     except OSError:
         return 0
-    cached = sup._errors_cache.get(group)
+    cached = sup.errors_cache.get(group)
     if cached and cached[0] == mtime:
         return cached[1]
     with os.scandir(path) as entries:
         count = sum(1 for e in entries if e.name.endswith(ERROR_SUFFIX))
-    sup._errors_cache[group] = (mtime, count)
+    sup.errors_cache[group] = (mtime, count)
     return count
 
 

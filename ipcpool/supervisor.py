@@ -106,7 +106,7 @@ class Supervisor:
         self.next_status = 0.0
         self.next_rescan = 0.0
         self.next_housekeeping = 0.0
-        self._errors_cache: dict[str, tuple[int, int]] = {}
+        self.errors_cache: dict[str, tuple[int, int]] = {}
 
     # -- lifecycle --------------------------------------------------------------------
 
