@@ -237,7 +237,7 @@ def _decode_json(data: bytes) -> Any:
     try:
         return _JSON_DECODER.decode(text)
     except json.JSONDecodeError as exc:
-        raise InvalidMessage(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+        raise InvalidMessage(f"invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from exc
     except (ValueError, RecursionError) as exc:
         raise InvalidMessage(f"invalid JSON: {exc}") from exc
 
