@@ -168,6 +168,9 @@ def _errors_retry(spool: Any, args: argparse.Namespace) -> int:
         if missing:
             print(f"not in errors/: {', '.join(sorted(missing))}", file=sys.stderr)
     for e in entries:
+        if not quarantine.has_message(spool, e):
+            print(f"skipped {e.group}/{e.file}: its error record has no message (purge it)", file=sys.stderr)
+            continue
         name = quarantine.retry(spool, e)
         print(f"retried {e.group}/{name}")
     return EXIT_OK if entries or args.all else EXIT_FAILURE

@@ -25,6 +25,7 @@ SPECIAL_HANDLER_KEYS = ("legacy", "*")
 DURABILITY_MODES = ("process", "power")
 SPOOL_MODES = ("private", "shared")
 WATCHERS = ("native", "polling")
+MAX_PREFETCH = 256
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,9 @@ def _check_numbers(c: _Checker, config: Config) -> None:
     pool, retry, hb, ack = config.pool, config.retry, config.heartbeat, config.ack
     _positive(c, "[pool] workers", pool.workers, kind="a positive integer")
     _positive(c, "[pool] prefetch", pool.prefetch, kind="a positive integer")
+    if pool.prefetch > MAX_PREFETCH:
+        raise c.fail("[pool] prefetch", f"must be at most {MAX_PREFETCH} (a worker's task pipe must never fill), "
+                                        f"got {pool.prefetch}")
     _positive(c, "[pool] handler_timeout", pool.handler_timeout)
     _positive(c, "[pool] max_deliveries", pool.max_deliveries, kind="a positive integer")
     _positive(c, "[pool] max_tasks_per_worker", pool.max_tasks_per_worker, allow_zero=True)

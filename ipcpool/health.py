@@ -138,7 +138,9 @@ def verdict(status: dict[str, Any] | None, *, now: float | None = None) -> tuple
     if len(ready) < expected:
         return False, f"{len(ready)} of {expected} workers ready"
     for worker in workers:
+        # The heartbeat's age when the (fresh) status was written: adding the
+        # status's own age would count up to one interval twice and flap.
         hb_age = worker.get("heartbeatAge")
-        if hb_age is not None and hb_age + age > HEARTBEAT_LATE_INTERVALS * interval:
-            return False, f"worker {worker.get('pid')} missed heartbeats ({hb_age + age:.1f}s since the last)"
+        if hb_age is not None and hb_age > HEARTBEAT_LATE_INTERVALS * interval:
+            return False, f"worker {worker.get('pid')} missed heartbeats ({hb_age:.1f}s since the last)"
     return True, f"ok: {len(ready)} workers, pid {pid}"

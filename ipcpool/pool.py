@@ -137,13 +137,14 @@ class WorkerHandle:
 
 
 def spawn_worker(ctx: Any, config: Config, slot: int, supervisor_pid: int, now: float,
-                 handlers: dict[str, Any] | None = None) -> WorkerHandle:
+                 handlers: dict[str, Any] | None = None, inherited_fds: tuple[int, ...] = ()) -> WorkerHandle:
     """Start one worker process with fresh channels."""
     tasks_r, tasks_w = ctx.Pipe(duplex=False)
     results_r, results_w = ctx.Pipe(duplex=False)
     shared = ctx.RawArray("d", SHARED_SLOTS)
     spec = WorkerSpec(config=config, index=slot, supervisor_pid=supervisor_pid,
-                      tasks=tasks_r, results=results_w, shared=shared, handlers=handlers)
+                      tasks=tasks_r, results=results_w, shared=shared, handlers=handlers,
+                      inherited_fds=inherited_fds)
     process = ctx.Process(target=worker_main, args=(spec,), name=f"ipcpool-worker-{slot}", daemon=False)
     process.start()
     tasks_r.close()

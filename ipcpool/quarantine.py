@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from ipcpool.spool import ERROR_SUFFIX, ERRORS, MESSAGES, RETRIED_DIR, Spool, re
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+RECORD_LIMIT = 1024 * 1024
 
 
 def parse_duration(text: str) -> float:
@@ -72,10 +74,10 @@ def list_errors(spool: Spool, group: str | None = None) -> list[ErrorEntry]:
         for name in names:
             if not name.endswith(ERROR_SUFFIX):
                 continue
+            data = _read_regular(os.path.join(directory, name), RECORD_LIMIT)
             try:
-                with open(os.path.join(directory, name), "rb") as handle:
-                    record = json.load(handle)
-            except (OSError, ValueError):
+                record = json.loads(data) if data is not None else {"reason": "unreadable error record"}
+            except ValueError:
                 record = {"reason": "unreadable error record"}
             entries.append(ErrorEntry(g, name[: -len(ERROR_SUFFIX)], record))
     entries.sort(key=lambda e: (e.epoch_ms, e.group, e.file))
@@ -86,12 +88,27 @@ def find(spool: Spool, message_id: str, group: str | None = None) -> list[ErrorE
     return [e for e in list_errors(spool, group) if message_id in (e.message_id, e.file)]
 
 
-def read_message(spool: Spool, entry: ErrorEntry) -> bytes | None:
+def _read_regular(path: str, limit: int) -> bytes | None:
+    """Read a file only if it is a regular file (quarantined links and FIFOs are never opened)."""
     try:
-        with open(spool.path(entry.group, ERRORS, entry.file), "rb") as handle:
-            return handle.read(spool.max_message_bytes + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def read_message(spool: Spool, entry: ErrorEntry) -> bytes | None:
+    return _read_regular(spool.path(entry.group, ERRORS, entry.file), spool.max_message_bytes + 1)
+
+
+def has_message(spool: Spool, entry: ErrorEntry) -> bool:
+    """False for a record left without its message (a crash between the two writes)."""
+    return os.path.lexists(spool.path(entry.group, ERRORS, entry.file))
 
 
 def retry(spool: Spool, entry: ErrorEntry) -> str:

@@ -15,9 +15,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
+import re
+import secrets
 import stat
 import time
 from collections.abc import Iterator
@@ -35,16 +38,20 @@ TMP, MESSAGES, PROCESSING, ACKS, RESPONSES, ERRORS = (
 )
 SUBDIRS = (TMP, MESSAGES, PROCESSING, ACKS, RESPONSES, ERRORS)
 STATE_DIR = ".ipcpool"
+STAGING_DIR = "staging"
 DELIVERIES_DIR = "deliveries"
+MAX_NAME_BYTES = 180  # longer message names are shortened in errors/ so every derived name fits in 255
+_COPY_SUFFIX = re.compile(r"\.(?:requeued|retried)\d+\Z")
 RETRIED_DIR = "retried"
 ERROR_SUFFIX = ".error.json"
 
 # Folder and file modes, set explicitly rather than left to the umask.
-# In "shared" mode, writers in the spool's group may write tmp/ and messages/,
-# and read acks/ and responses/; only the supervisor's user writes the rest.
+# In "shared" mode, writers in the spool's group may write tmp/ and messages/
+# (sticky: none can remove another's file), and read acks/ and responses/; only
+# the supervisor's user writes the rest, staging its files in a private folder.
 _PRIVATE_DIR, _PRIVATE_FILE = 0o700, 0o600
 _SHARED_DIRS = {
-    "": 0o2750, TMP: 0o2770, MESSAGES: 0o2770, PROCESSING: 0o2700,
+    "": 0o2750, TMP: 0o3770, MESSAGES: 0o3770, PROCESSING: 0o2700,
     ACKS: 0o2750, RESPONSES: 0o2750, ERRORS: 0o2750,
 }
 _SHARED_FILE = 0o640
@@ -56,6 +63,12 @@ _OPEN_WRITE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLO
 def is_message_name(name: str) -> bool:
     """Whether a directory entry in messages/ is a candidate (not a temp file)."""
     return not name.startswith(".") and not name.endswith(".tmp")
+
+
+def message_stem(name: str) -> str:
+    """A message file's name without its extension or a copy suffix ipcpool added (``.requeued1``)."""
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    return _COPY_SUFFIX.sub("", stem)
 
 
 def epoch_ms() -> int:
@@ -79,6 +92,7 @@ class Spool:
         durability: str = "process",
         mode: str = "private",
         max_message_bytes: int = 1024 * 1024,
+        private_staging: bool = False,
     ) -> None:
         self.root = Path(root).absolute()
         self.durability = durability
@@ -87,12 +101,16 @@ class Spool:
         self._fsync = durability == "power"
         self._root_s = str(self.root)
         self._tmp_counter = 0
+        # The supervisor and workers stage acks, responses and error records in a
+        # folder only they can write, never in the writers' tmp/.
+        self._staging = f"{self._root_s}/{STATE_DIR}/{STAGING_DIR}" if private_staging else None
 
     @classmethod
-    def from_config(cls, config: Any) -> Spool:
+    def from_config(cls, config: Any, *, private_staging: bool = True) -> Spool:
+        """The supervisor's and workers' view (private staging); senders use Client."""
         spool = config.spool
         return cls(spool.root, durability=spool.durability, mode=spool.mode,
-                   max_message_bytes=spool.max_message_bytes)
+                   max_message_bytes=spool.max_message_bytes, private_staging=private_staging)
 
     # -- layout ---------------------------------------------------------------
 
@@ -126,6 +144,8 @@ class Spool:
         self._mkdir(self.root, self.dir_mode())
         self._mkdir(self.state_dir, self.dir_mode(""))
         self._mkdir(self.state_dir / DELIVERIES_DIR, _PRIVATE_DIR)
+        if self._staging is not None:
+            self._mkdir(Path(self._staging), _PRIVATE_DIR)
 
     def ensure_group(self, group: str) -> None:
         """Create a group's folders (idempotent); refuses a symlinked group folder."""
@@ -158,9 +178,10 @@ class Spool:
 
     # -- writing ----------------------------------------------------------------
 
-    def _tmp_name(self, name: str) -> str:
+    def _tmp_name(self) -> str:
+        """Short and unguessable: never derived from a (possibly long) message name."""
         self._tmp_counter += 1
-        return f".{name}.{os.getpid()}.{self._tmp_counter}.tmp"
+        return f".{os.getpid()}-{self._tmp_counter}-{secrets.token_hex(6)}.tmp"
 
     def write_atomic(self, group: str, sub: str, name: str, data: bytes, *, mode: int | None = None) -> str:
         """Write ``data`` to tmp/, then rename it to ``<sub>/<name>``: never seen partial.
@@ -168,7 +189,8 @@ class Spool:
         A failed write or fsync (ENOSPC, EIO) removes the temp file and raises,
         so nothing partial reaches the destination.
         """
-        tmp_path = self.path(group, TMP, self._tmp_name(name))
+        staging = self._staging if sub != MESSAGES else None
+        tmp_path = f"{staging}/{self._tmp_name()}" if staging else self.path(group, TMP, self._tmp_name())
         final = self.path(group, sub, name)
         file_mode = self.file_mode(sub) if mode is None else mode
         fd = os.open(tmp_path, _OPEN_WRITE, file_mode)
@@ -205,9 +227,13 @@ class Spool:
     # -- the claim cycle ------------------------------------------------------------
 
     def claim(self, group: str, name: str) -> bool:
-        """messages/ -> processing/; False when the file is gone (handled or removed)."""
+        """messages/ -> processing/; False when the file is gone (handled or removed).
+
+        Never replaces a file stranded in processing/ under the same name
+        (FileExistsError: the caller requeues the stranded one first).
+        """
         try:
-            os.rename(self.path(group, MESSAGES, name), self.path(group, PROCESSING, name))
+            rename_noreplace(self.path(group, MESSAGES, name), self.path(group, PROCESSING, name))
         except FileNotFoundError:
             return False
         return True
@@ -228,6 +254,9 @@ class Spool:
             except FileNotFoundError:
                 return None
             except FileExistsError:
+                if _same_content(source, self.path(group, MESSAGES, target)):
+                    _unlink_quietly(source)  # a re-publish of the same bytes: one copy is enough
+                    return target
                 stem, dot, ext = name.rpartition(".")
                 target = f"{stem}.requeued{attempt + 1}.{ext}" if dot else f"{name}.requeued{attempt + 1}"
         raise FileExistsError(f"cannot requeue {group}/{name}: too many files with its name in messages/")
@@ -250,6 +279,9 @@ class Spool:
                 raise InvalidMessage("refused: a symbolic link, not a regular file") from exc
             if exc.errno == errno.ENXIO:
                 raise InvalidMessage("refused: a socket or device, not a regular file") from exc
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise InvalidMessage("refused: not readable by the supervisor's user (check the writer's umask)") \
+                    from exc
             raise
         try:
             st = os.fstat(fd)
@@ -297,19 +329,33 @@ class Spool:
         """Move a message to errors/ with ``<epoch_ms>-<name>.error.json`` beside it.
 
         The reason is written first, so a crash in between never leaves a
-        message in errors/ without one. Returns the new file name.
+        message in errors/ without one. Names never collide or overwrite (a
+        same-millisecond twin gets a counter), a long name is shortened, and a
+        message whose own name ends in ``.error.json`` gets ``.msg`` appended.
+        Returns the new file name; FileNotFoundError when the message is gone.
         """
-        error_name = f"{epoch_ms()}-{name}"
+        short = name if len(name.encode()) <= MAX_NAME_BYTES else \
+            f"{name.encode()[:120].decode(errors='ignore')}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
+        if short.endswith(ERROR_SUFFIX):
+            short += ".msg"
+        errors_dir = self.path(group, ERRORS)
+        if not os.path.isdir(errors_dir):
+            self.ensure_group(group)  # someone removed errors/: recreate rather than strand the message
+        stamp, n = epoch_ms(), 0
+        error_name = f"{stamp}-{short}"
+        while any(os.path.lexists(f"{errors_dir}/{error_name}{suffix}") for suffix in ("", ERROR_SUFFIX)):
+            n += 1
+            error_name = f"{stamp}-{n}-{short}"
         record = {"file": error_name, "originalName": name, "group": group, "time": now_iso(), **record}
         body = json.dumps(record, indent=2, default=str).encode()
         self.write_atomic(group, ERRORS, error_name + ERROR_SUFFIX, body)
         try:
-            os.rename(self.path(group, source, name), self.path(group, ERRORS, error_name))
+            rename_noreplace(self.path(group, source, name), f"{errors_dir}/{error_name}")
         except FileNotFoundError:
-            _unlink_quietly(self.path(group, ERRORS, error_name + ERROR_SUFFIX))
+            _unlink_quietly(f"{errors_dir}/{error_name}{ERROR_SUFFIX}")
             raise
         if self._fsync:
-            self.fsync_dir(self.path(group, ERRORS))
+            self.fsync_dir(errors_dir)
         return error_name
 
     # -- scans ---------------------------------------------------------------------------------
@@ -362,13 +408,15 @@ class Spool:
         return fd
 
     def delivery_path(self, group: str, name: str) -> Path:
-        return self.state_dir / DELIVERIES_DIR / group / f"{name}.json"
+        """Hashed, so any message name fits; the record holds the real name."""
+        digest = hashlib.sha1(name.encode()).hexdigest()
+        return self.state_dir / DELIVERIES_DIR / group / f"{digest}.json"
 
     def save_deliveries(self, group: str, name: str, history: list[dict[str, Any]]) -> None:
         path = self.delivery_path(group, name)
         path.parent.mkdir(mode=_PRIVATE_DIR, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(json.dumps(history).encode())
+        tmp.write_bytes(json.dumps({"name": name, "history": history}).encode())
         os.replace(tmp, path)
 
     def drop_deliveries(self, group: str, name: str) -> None:
@@ -385,8 +433,9 @@ class Spool:
                 continue
             for path in gdir.glob("*.json"):
                 try:
-                    found[(gdir.name, path.name[: -len(".json")])] = json.loads(path.read_bytes())
-                except (OSError, ValueError):
+                    record = json.loads(path.read_bytes())
+                    found[(gdir.name, str(record["name"]))] = list(record["history"])
+                except (OSError, ValueError, KeyError, TypeError):
                     log.warning("unreadable delivery record %s; ignoring it", path)
         return found
 
@@ -419,6 +468,14 @@ def rename_noreplace(source: str, target: str) -> None:
     if os.path.lexists(target):
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), target)
     os.rename(source, target)
+
+
+def _same_content(a: str, b: str) -> bool:
+    try:
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            return os.fstat(fa.fileno()).st_size == os.fstat(fb.fileno()).st_size and fa.read() == fb.read()
+    except OSError:
+        return False
 
 
 def _safe_id(message_id: str) -> str:

@@ -65,6 +65,7 @@ CRASH_BACKOFF = 0.02  # respawn delay after repeated young crashes; doubles, cap
 CRASH_BACKOFF_MAX = 0.5
 SHORT_LIFE = 1.0  # a worker that dies younger than this counts towards a crash streak
 EXTERNAL_HEARTBEAT_TTL = 3600.0
+MAX_EXTERNAL_HEARTBEATS = 1000
 
 
 class Supervisor:
@@ -83,6 +84,7 @@ class Supervisor:
         self.pending: OrderedDict[Key, float] = OrderedDict()
         self.inflight: dict[Key, WorkerHandle] = {}
         self.blocked: set[Key] = set()  # re-published while the same name is in flight
+        self.unclaimable: set[Key] = set()  # rename refused (permissions): logged once, retried on rescans
         self.settling: dict[Key, float] = {}  # not decodable yet: wait until due
         self.failures: dict[Key, list[dict[str, Any]]] = {}
         self.groups: set[str] = set()
@@ -121,7 +123,11 @@ class Supervisor:
         try:
             self.boot()
             while self.state in ("running", "draining"):
-                self.step()
+                try:
+                    self.step()
+                except Exception:
+                    log.exception("unexpected error in the supervisor loop; continuing")
+                    time.sleep(self.tick)  # never spin on a repeating error
         finally:
             self.shutdown()
         return self.exit_code
@@ -154,24 +160,36 @@ class Supervisor:
                 log.warning("Recovered message from processing/ after restart group=%s file=%s", group, name)
 
     def wait_for_old_workers(self) -> None:
-        """Workers of a dead supervisor hold workers.lock shared until they exit; wait, then kill."""
+        """Workers of a dead supervisor hold workers.lock shared until they exit: wait for them.
+
+        After a grace period the holders still listed are killed, once; then
+        start-up goes on regardless, so a lock leaked into some unrelated
+        process can delay a restart but never block it.
+        """
         path = self.spool.state_dir / "workers.lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         grace = 2 * self.config.heartbeat.interval + 1.0
         deadline = time.monotonic() + grace
+        killed = False
         try:
-            while True:
+            while not self._signals:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    return
                 except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        for pid in _lock_holders(os.fstat(fd).st_ino):
-                            log.warning("killing orphaned worker pid=%d of a previous supervisor", pid)
-                            _kill_quietly(pid, signal.SIGKILL)
-                        deadline = time.monotonic() + grace
-                    time.sleep(0.05)
-            fcntl.flock(fd, fcntl.LOCK_UN)
+                    pass
+                if time.monotonic() > deadline:
+                    if killed:
+                        log.warning("workers.lock is still held; starting anyway")
+                        return
+                    st = os.fstat(fd)
+                    for pid in _lock_holders(os.major(st.st_dev), os.minor(st.st_dev), st.st_ino):
+                        log.warning("killing orphaned worker pid=%d of a previous supervisor", pid)
+                        _kill_quietly(pid, signal.SIGKILL)
+                    killed = True
+                    deadline = time.monotonic() + grace
+                time.sleep(0.05)
         finally:
             os.close(fd)
 
@@ -326,6 +344,8 @@ class Supervisor:
         elif outcome == "heartbeat" and info is not None:
             pid, status = info
             self.external[(key[0], str(pid))] = {"status": status, "at": time.time()}
+            if len(self.external) > MAX_EXTERNAL_HEARTBEATS:  # bounded: writers choose the keys
+                del self.external[min(self.external, key=lambda k: self.external[k]["at"])]
 
     # -- watcher hints and scans --------------------------------------------------------------------
 
@@ -379,10 +399,16 @@ class Supervisor:
 
     def scan_group(self, group: str) -> None:
         now = self.clock()
-        for name in self.spool.scan(group):
+        try:
+            names = self.spool.scan(group)
+        except OSError as exc:
+            log.error("cannot scan group %s: %s", group, exc)
+            return
+        for name in names:
             self.offer(group, name, now)
 
     def rescan(self) -> None:
+        self.unclaimable.clear()  # retried (and logged again) at most once per rescan
         for group in self.spool.list_groups():
             if group not in self.groups:
                 self.add_group(group)
@@ -409,7 +435,7 @@ class Supervisor:
                 if key in self.inflight:
                     self.blocked.add(key)
                     continue
-                if not self.spool.claim(*key):
+                if not self.claim(key):
                     continue
                 self._seq += 1
                 delivery = Delivery(self._seq, key[0], key[1], len(self.failures.get(key, ())) + 1)
@@ -422,10 +448,31 @@ class Supervisor:
             if not self.pending:
                 break
 
-    # -- supervision ------------------------------------------------------------------------------------------
+    def claim(self, key: Key) -> bool:
+        """Rename into processing/; a file that cannot be claimed never stops the loop."""
+        try:
+            return self.spool.claim(*key)
+        except FileExistsError:
+            # A file stranded in processing/ under this name (a failed quarantine):
+            # put it back beside the new one, and claim both in turn.
+            log.warning("stranded file in processing/ group=%s file=%s; requeueing it", *key)
+            back = self.requeue(key)
+            self.pending[key] = self.clock()
+            if back is not None and back != key:
+                self.pending[back] = self.clock()
+            return False
+        except OSError as exc:
+            if key not in self.unclaimable:
+                log.error("cannot claim group=%s file=%s: %s; leaving it in messages/", key[0], key[1], exc)
+            self.unclaimable.add(key)
+            return False
+
+    # -- supervision --------------------------------------------------------------------------
 
     def spawn(self, slot: int, now: float) -> None:
-        worker = spawn_worker(self._ctx, self.config, slot, os.getpid(), now, self.handler_objects)
+        inherited = () if self.handler_objects is None else \
+            tuple(fd for fd in (self._lock_fd, self._wake_r, self._wake_w) if fd is not None)
+        worker = spawn_worker(self._ctx, self.config, slot, os.getpid(), now, self.handler_objects, inherited)
         max_tasks = self.config.pool.max_tasks_per_worker
         if max_tasks:
             worker.max_tasks = max_tasks + random.randint(0, max(1, max_tasks // 10))
@@ -537,13 +584,19 @@ class Supervisor:
                 self.totals["poisoned"] += 1
             except FileNotFoundError:
                 pass
+            except OSError as exc:
+                log.error("cannot quarantine poison message group=%s file=%s: %s; it stays in processing/ "
+                          "until the next start", key[0], key[1], exc)
             del self.failures[key]
             self.spool.drop_deliveries(*key)
             return
         back = self.requeue(key)
-        if back is not None:
-            self.spool.save_deliveries(back[0], back[1], history)
-            self.pending[back] = self.clock()
+        if back is None:  # gone (it was handled after all): forget its history
+            self.failures.pop(key, None)
+            self.spool.drop_deliveries(*key)
+            return
+        self.spool.save_deliveries(back[0], back[1], history)
+        self.pending[back] = self.clock()
 
     def requeue(self, key: Key, *, count: bool = True) -> Key | None:
         """processing/ -> messages/; the key it now has (renamed if its name was taken), or None."""
@@ -556,6 +609,7 @@ class Supervisor:
         if name != key[1] and key in self.failures:
             self.failures[back] = self.failures.pop(key)
             self.spool.drop_deliveries(*key)
+            self.spool.save_deliveries(back[0], back[1], self.failures[back])
         return back
 
     def kill_stale_workers(self, now: float) -> None:
@@ -642,10 +696,16 @@ class Supervisor:
             self.next_status = now + self.config.heartbeat.interval
             self.reap_workers(now)
             self.read_processes()
-            self.write_status(now)
+            try:
+                self.write_status(now)
+            except OSError as exc:
+                log.error("cannot write status.json: %s", exc)
         if now >= self.next_housekeeping and self.state == "running":
             self.next_housekeeping = now + HOUSEKEEPING_INTERVAL
-            self.housekeeping()
+            try:
+                self.housekeeping()
+            except OSError as exc:
+                log.error("housekeeping failed: %s", exc)
 
     def _all_ready(self) -> bool:
         return len(self.workers) == self.pool_size and all(w.state is WorkerState.READY for w in self.workers)
@@ -691,14 +751,15 @@ def _is_boot_failure(code: int | None, reason: StopReason | None) -> bool:
     return -code in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE, signal.SIGILL)
 
 
-def _lock_holders(inode: int) -> list[int]:
-    """Pids holding a flock on ``inode``, read from /proc/locks (Linux)."""
+def _lock_holders(major: int, minor: int, inode: int) -> list[int]:
+    """Pids holding a flock on this device and inode, read from /proc/locks (Linux)."""
     pids: list[int] = []
+    wanted = f"{major:02x}:{minor:02x}:{inode}"
     try:
         with open("/proc/locks") as handle:
             for line in handle:
                 parts = line.split()
-                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5].rsplit(":", 1)[-1] == str(inode):
+                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == wanted:
                     pid = int(parts[4])
                     if pid != os.getpid():
                         pids.append(pid)

@@ -38,13 +38,14 @@ from ipcpool.handlers import Handler, HandlerTable, resolve_all
 from ipcpool.health import heartbeat_envelope, pid_alive, process_create_time
 from ipcpool.message import IPCMessageType, Message, decode, encode, format_for, now_iso, to_message
 from ipcpool.retry import handler_retrying
-from ipcpool.spool import Spool
+from ipcpool.spool import Spool, message_stem
 
 log = logging.getLogger(__name__)
 
 # Slots of the shared array a worker publishes its progress in.
 SLOT_SEQ, SLOT_STARTED, SLOT_HANDLED, SLOT_FAILED = range(4)
 SHARED_SLOTS = 4
+FUTURE_MTIME_SLACK = 1.0  # seconds an mtime may be ahead of our clock and still mean "just written"
 
 
 class Outcome(enum.StrEnum):
@@ -71,6 +72,7 @@ class WorkerSpec:
     results: Connection
     shared: Any  # multiprocessing RawArray('d', SHARED_SLOTS)
     handlers: dict[str, Handler] | None = None  # compat API only: callables inherited by fork
+    inherited_fds: tuple[int, ...] = ()  # compat API only: the supervisor's descriptors to close after fork
 
 
 class Worker:
@@ -159,16 +161,20 @@ class Worker:
     # -- one delivery ----------------------------------------------------------------------
 
     def process(self, seq: int, group: str, name: str, deliveries: int) -> tuple[Outcome, Any]:
-        """Handle one claimed file; every path out returns its Outcome."""
+        """Handle one claimed file; every path out returns its Outcome.
+
+        The running marker is cleared only on a normal return: if anything
+        escapes and kills this worker, the supervisor sees which delivery was
+        running and counts it against the message (poison detection).
+        """
         shared = self.shared
         shared[SLOT_SEQ] = seq
         shared[SLOT_STARTED] = time.monotonic()
         self._current = (group, name, time.time())
-        try:
-            return self._process(group, name, deliveries)
-        finally:
-            shared[SLOT_STARTED] = 0.0
-            self._current = None
+        result = self._process(group, name, deliveries)
+        shared[SLOT_STARTED] = 0.0
+        self._current = None
+        return result
 
     def _process(self, group: str, name: str, deliveries: int) -> tuple[Outcome, Any]:
         spool = self.spool
@@ -179,13 +185,15 @@ class Worker:
         except InvalidMessage as exc:
             return self._reject(group, name, str(exc))
         fmt = format_for(name)
-        stem = name.rsplit(".", 1)[0] if fmt else name
+        stem = message_stem(name)
         try:
             if fmt is None:
                 raise InvalidMessage("unsupported file extension: use .json or .msgpack")
             obj = decode(raw.data, fmt)
         except InvalidMessage as exc:
-            if time.time() - raw.mtime < self._settle:
+            # Still changing (a direct writer mid-write)? Put it back. A future mtime
+            # (clock skew, touch -d) counts as settled, or it would wait forever.
+            if -FUTURE_MTIME_SLACK < time.time() - raw.mtime < self._settle:
                 return Outcome.UNSETTLED, None
             return self._reject(group, name, str(exc))
         try:
@@ -225,13 +233,15 @@ class Worker:
                     self.shared[SLOT_STARTED] = time.monotonic()
                     result = self.handlers.call(handler, message)
                     response = self._response_bytes(message, True, result) if message.reply_to else b""
-        except Exception as exc:  # noqa: BLE001 - a handler may raise anything
+        except BaseException as exc:  # noqa: BLE001 - a handler may raise anything, SystemExit included
             return self._fail(message, name, exc, attempts)
+        # The reply before the ack: a redelivery after a crash between the two
+        # is deduplicated by the ack, so the ack must be the last word.
+        if message.reply_to:
+            self._reply(message, response)
         if message.requires_ack:
             spool.write_ack(group, message.id)
             log.debug("ACK sent id=%s group=%s", message.id, group)
-        if message.reply_to:
-            self._reply(message, response)
         spool.complete(group, name)
         self.handled += 1
         self.shared[SLOT_HANDLED] = self.handled
@@ -266,7 +276,7 @@ class Worker:
             self.spool.ensure_group(reply_to)
             self.spool.write_response(reply_to, message.id, data)
 
-    def _fail(self, message: Message, name: str, exc: Exception, attempts: int) -> tuple[Outcome, Any]:
+    def _fail(self, message: Message, name: str, exc: BaseException, attempts: int) -> tuple[Outcome, Any]:
         self.failed += 1
         self.shared[SLOT_FAILED] = self.failed
         reason = f"handler raised {type(exc).__name__}: {exc}"
@@ -359,9 +369,20 @@ def _log_retry(message: Message) -> Callable[[Any], None]:
 
 
 def _take_worker_lock(spool: Spool) -> None:
-    """Hold a shared lock for life: a new supervisor waits on it for old workers to be gone."""
+    """Hold a shared lock for life: a new supervisor waits on it for old workers to be gone.
+
+    A handler that forks must not pass the lock on to a child that outlives us.
+    """
     fd = os.open(spool.state_dir / "workers.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_SH)
+    os.register_at_fork(after_in_child=lambda: _close_quietly(fd))
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def worker_main(spec: WorkerSpec) -> None:
@@ -369,6 +390,8 @@ def worker_main(spec: WorkerSpec) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # until the handlers are loaded
     signal.set_wakeup_fd(-1)  # a forked (compat) worker must not write to the supervisor's wake pipe
+    for fd in spec.inherited_fds:  # nor hold the supervisor's root lock after it dies
+        _close_quietly(fd)
     from ipcpool.logs import setup_logging
 
     setup_logging()

@@ -88,7 +88,8 @@ def test_ensure_group_private_modes_ignore_a_permissive_umask(root):
 
 def test_ensure_group_shared_modes(root, umask_022):
     _make(root, mode="shared")
-    expected = {TMP: 0o2770, MESSAGES: 0o2770, PROCESSING: 0o2700, ACKS: 0o2750, RESPONSES: 0o2750,
+    # tmp/ and messages/ are sticky: a writer cannot remove another writer's file
+    expected = {TMP: 0o3770, MESSAGES: 0o3770, PROCESSING: 0o2700, ACKS: 0o2750, RESPONSES: 0o2750,
                 ERRORS: 0o2750}
     assert _mode(root / "main") == 0o2750
     assert _mode(root) == 0o2750
@@ -177,12 +178,13 @@ def test_published_file_modes_shared_are_not_left_to_the_umask(root, umask_022):
     assert _mode(spool.ack_path("main", "abc")) == 0o640
 
 
-def test_publish_does_not_follow_a_symlink_in_tmp(spool, root, tmp_path):
-    # the temp name is private and opened O_EXCL|O_NOFOLLOW; a pre-placed file there makes publish fail, not write
+def test_publish_does_not_follow_a_symlink_in_tmp(spool, root, tmp_path, monkeypatch):
+    # temp names are unguessable, and opened O_EXCL|O_NOFOLLOW: even a symlink planted at the very
+    # name makes publish fail, not write through it
     target = tmp_path / "target"
     target.write_bytes(b"original")
-    spool._tmp_counter = 0
-    (root / "main" / TMP / f".m.json.{os.getpid()}.1.tmp").symlink_to(target)
+    monkeypatch.setattr(spool, "_tmp_name", lambda: ".planted.tmp")
+    (root / "main" / TMP / ".planted.tmp").symlink_to(target)
     with pytest.raises(OSError):
         spool.publish("main", "m.json", b"new")
     assert target.read_bytes() == b"original"
@@ -255,7 +257,7 @@ def test_write_atomic_replaces_an_existing_file(spool, root):
 
 
 def test_temp_names_are_unique(spool):
-    names = {spool._tmp_name("m.json") for _ in range(100)}
+    names = {spool._tmp_name() for _ in range(100)}
     assert len(names) == 100
     assert all(name.startswith(".") and name.endswith(".tmp") for name in names)
 
