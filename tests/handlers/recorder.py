@@ -2,7 +2,7 @@
 
 The payload drives the behaviour, so one handler serves every scenario:
 ``{"sleep": s}``, ``{"raise": "why"}``, ``{"exit": code}`` (os._exit),
-``{"segv": true}``, ``{"hang": true}`` (sleeps forever), ``{"leak_mb": n}``
+``{"segv": true}``, ``{"sysexit": code}``, ``{"hang": true}`` (sleeps forever), ``{"leak_mb": n}``
 (keeps n MB per call), ``{"result": x}`` (returned to a requester).
 Each delivery appends one JSON line to ``$IPCPOOL_TEST_RECORDS/<pid>.jsonl``
 *before* misbehaving, so a test can count deliveries that killed a worker.
@@ -54,6 +54,8 @@ def _behave(payload: Any) -> Any:
         for i in range(0, len(chunk), 4096):
             chunk[i] = 1
         _LEAK.append(bytes(chunk))
+    if "sysexit" in payload:
+        raise SystemExit(int(payload["sysexit"]))
     if payload.get("raise"):
         raise RuntimeError(str(payload["raise"]))
     return payload.get("result")
