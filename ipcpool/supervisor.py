@@ -3,7 +3,7 @@
 Data flow::
 
     senders --rename--> <group>/messages/
-                             |  watcher thread: inotify -> hint -> self._hints, byte -> wake pipe
+                             |  inotify fd, read in the loop -> hints (file, closed, group, overflow)
                              v
     pending (ordered, deduplicated) --claim: rename into processing/--> inflight
                              |                                            |
@@ -12,8 +12,9 @@ Data flow::
     worker 1..N  --("done", results) / ("hb", heartbeat) on its own result pipe--> supervisor
 
 The loop blocks in one call, ``multiprocessing.connection.wait`` over every
-worker's result pipe and process sentinel and the wake-up pipe (fed by the
-watcher thread and by signal handlers), then runs non-blocking steps named by
+worker's result pipe and process sentinel, the inotify descriptor, and the
+wake-up pipe (fed by signal handlers, and by the polling watcher's thread
+when that is configured), then runs non-blocking steps named by
 verbs: ``read_results``, ``drain_hints``, ``reap_workers``,
 ``kill_stale_workers``, ``recycle_workers``, ``spawn_missing_workers``,
 ``dispatch_pending``, ``run_timers``.
@@ -220,6 +221,9 @@ class Supervisor:
     def step(self, timeout: float | None = None) -> None:
         """One iteration: block in one wait, then run every non-blocking step."""
         waitables: list[Any] = [self._wake_r]
+        watch_fd = self._watcher.fileno() if self._watcher is not None else None
+        if watch_fd is not None:
+            waitables.append(watch_fd)
         for worker in self.workers:
             waitables.append(worker.sentinel)
             if worker.channel_open:
@@ -227,6 +231,8 @@ class Supervisor:
         ready = wait(waitables, self.tick if timeout is None else timeout)
         if self._wake_r in ready:
             self._drain_wake_pipe()
+        if watch_fd is not None and watch_fd in ready:
+            self._hints.extend(self._watcher.read())
         self.handle_signals()
         self.read_results(ready)
         self.drain_hints()
@@ -239,7 +245,7 @@ class Supervisor:
         self.run_timers(now)
 
     def _on_hint(self, hint: Hint) -> None:
-        """Watcher thread: enqueue and wake, nothing else."""
+        """The polling watcher's thread: enqueue and wake, nothing else."""
         self._hints.append(hint)
         try:
             os.write(self._wake_w, b"h")

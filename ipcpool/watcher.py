@@ -5,21 +5,24 @@ turn filesystem events into cheap hints (``file``, ``closed``, ``group``,
 ``overflow``) and hand them to a callback that enqueues and wakes the
 supervisor; the supervisor also scans at start and rescans periodically.
 
-On Linux the native watcher registers raw callbacks on one watchdog
-``InotifyFD``: one thread, one inotify descriptor for every group, and no
-per-event object churn. It deliberately does not use watchdog's
+On Linux the native watcher is one inotify descriptor (through watchdog's
+bindings) for the root and every group, read by the supervisor's own loop:
+no thread, no per-event objects. It deliberately does not use watchdog's
 ``InotifyEmitter``, whose move-event grouping holds every event behind an
 unpaired IN_MOVED_FROM for half a second (and every claim is one), and which
 hides queue overflows. Here an overflow becomes an ``overflow`` hint, which
-makes the supervisor rescan at once.
+makes the supervisor rescan at once. The polling observer (network
+filesystems) keeps watchdog's thread, which enqueues hints and wakes the loop.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -31,9 +34,13 @@ Hint = tuple[str, str | None, str | None]  # (kind, group, name)
 Notify = Callable[[Hint], None]
 
 FILE, CLOSED, GROUP, OVERFLOW, LOST = "file", "closed", "group", "overflow", "lost"
+_IN_EVENT = struct.Struct("iIII")  # struct inotify_event: int wd; uint32 mask, cookie, len; then the name
+_IN_EVENT_HEADER = _IN_EVENT.size
 
 
 class Watcher(Protocol):
+    def fileno(self) -> int | None: ...
+    def read(self) -> list[Hint]: ...
     def start(self) -> None: ...
     def watch_group(self, group: str) -> bool: ...
     def unwatch_group(self, group: str) -> None: ...
@@ -41,80 +48,117 @@ class Watcher(Protocol):
 
 
 def make_watcher(root: str, notify: Notify, *, polling: bool, poll_interval: float = 1.0) -> Watcher:
+    """The native reader on Linux; watchdog's observers (with a thread calling ``notify``) elsewhere."""
     if not polling and sys.platform.startswith("linux"):
-        return InotifyWatcher(root, notify)
+        return InotifyWatcher(root)
     return ObserverWatcher(root, notify, polling=polling, poll_interval=poll_interval)
 
 
-class _Callback:
-    """A watchdog WatchCallback that turns raw inotify events into hints."""
-
-    def __init__(self, group: str | None, notify: Notify, closed_mask: int) -> None:
-        self.group = group
-        self.notify = notify
-        self.closed_mask = closed_mask
-
-    def on_event(self, event: Any) -> None:
-        name = os.fsdecode(event.name)
-        if not name:
-            return
-        if self.group is None:
-            self.notify((GROUP, name, None))
-        elif event.mask & self.closed_mask:
-            self.notify((CLOSED, self.group, name))
-        else:
-            self.notify((FILE, self.group, name))
-
-    def on_watch_deleted(self, wd: int) -> None:
-        self.notify((LOST, self.group, None))
-
-    def on_queue_overflow(self) -> None:
-        self.notify((OVERFLOW, None, None))
+def parse_events(buf: bytes) -> Iterator[tuple[int, int, str]]:
+    """(watch descriptor, mask, name) for each ``struct inotify_event`` in ``buf``."""
+    i = 0
+    while i + _IN_EVENT_HEADER <= len(buf):
+        wd, mask, _cookie, length = _IN_EVENT.unpack_from(buf, i)
+        name = buf[i + _IN_EVENT_HEADER:i + _IN_EVENT_HEADER + length].rstrip(b"\0")
+        i += _IN_EVENT_HEADER + length
+        yield wd, mask, os.fsdecode(name)
 
 
 class InotifyWatcher:
-    """One watchdog InotifyFD thread for the root and every group's messages/."""
+    """One inotify descriptor for the root and every group's messages/, read by the supervisor's loop.
 
-    def __init__(self, root: str, notify: Notify) -> None:
+    No thread: the supervisor waits on :meth:`fileno` with everything else and
+    calls :meth:`read` when it is readable, so an event costs no thread
+    hand-off. It uses watchdog's inotify bindings rather than its emitter,
+    whose move grouping holds every event behind an unpaired IN_MOVED_FROM for
+    half a second (each claim is one) and which hides queue overflows.
+    """
+
+    def __init__(self, root: str) -> None:
         from watchdog.observers.inotify_c import InotifyConstants as IN
-        from watchdog.observers.inotify_c import InotifyFD
+        from watchdog.observers.inotify_c import inotify_init
 
         self.root = root
-        self.notify = notify
-        self._fd = InotifyFD()
+        fd = inotify_init()
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init failed")
+        os.set_blocking(fd, False)
+        os.set_inheritable(fd, False)
+        self._fd = fd
         self._group_mask = IN.IN_CREATE | IN.IN_MOVED_TO | IN.IN_CLOSE_WRITE | IN.IN_DONT_FOLLOW | IN.IN_ONLYDIR
         self._root_mask = IN.IN_CREATE | IN.IN_MOVED_TO | IN.IN_DONT_FOLLOW | IN.IN_ONLYDIR
-        self._closed = int(IN.IN_CLOSE_WRITE)
+        self._closed_bit = int(IN.IN_CLOSE_WRITE)
+        self._overflow_bit = int(IN.IN_Q_OVERFLOW)
+        self._ignored_bit = int(IN.IN_IGNORED)
+        self._groups: dict[int, str | None] = {}  # wd -> group (None: the root)
         self._watches: dict[str, int] = {}
 
+    def fileno(self) -> int:
+        return self._fd
+
+    def _add_watch(self, path: str, mask: int) -> int:
+        from watchdog.observers.inotify_c import inotify_add_watch
+
+        wd = inotify_add_watch(self._fd, os.fsencode(path), mask)
+        if wd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+        return wd
+
     def start(self) -> None:
-        self._fd.add_callback(os.fsencode(self.root), self._root_mask, _Callback(None, self.notify, 0), 0)
-        self._fd.start()
+        self._groups[self._add_watch(self.root, self._root_mask)] = None
 
     def watch_group(self, group: str) -> bool:
         if group in self._watches:
             return True
-        path = os.fsencode(os.path.join(self.root, group, "messages"))
         try:
-            wd = self._fd.add_callback(path, self._group_mask, _Callback(group, self.notify, self._closed), 1)
-        except OSError as exc:
+            wd = self._add_watch(os.path.join(self.root, group, "messages"), self._group_mask)
+        except OSError as exc:  # ENOSPC: the watch limit; rescans still find its messages
             log.warning("cannot watch group %s (%s); rescans will still find its messages", group, exc)
             return False
         self._watches[group] = wd
+        self._groups[wd] = group
         log.info("IPC watcher setup for group %s", group)
         return True
 
     def unwatch_group(self, group: str) -> None:
+        from watchdog.observers.inotify_c import inotify_rm_watch
+
         wd = self._watches.pop(group, None)
         if wd is not None:
+            self._groups.pop(wd, None)
+            inotify_rm_watch(self._fd, wd)
+
+    def read(self) -> list[Hint]:
+        """Every pending event as a hint; never blocks."""
+        hints: list[Hint] = []
+        while True:
             try:
-                self._fd.remove_callbacks([(wd, 1)])
-            except (OSError, KeyError):
-                pass
+                buf = os.read(self._fd, 65536)
+            except BlockingIOError:
+                return hints
+            for wd, mask, name in parse_events(buf):
+                if mask & self._overflow_bit:
+                    hints.append((OVERFLOW, None, None))
+                    continue
+                if wd not in self._groups:
+                    continue
+                group = self._groups[wd]
+                if mask & self._ignored_bit:  # the watched folder is gone
+                    self._groups.pop(wd, None)
+                    if group is not None:
+                        self._watches.pop(group, None)
+                    hints.append((LOST, group, None))
+                elif name:
+                    if group is None:
+                        hints.append((GROUP, name, None))
+                    else:
+                        hints.append((CLOSED if mask & self._closed_bit else FILE, group, name))
 
     def stop(self) -> None:
-        self._fd.stop()
-        self._fd.join(timeout=2)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class _Handler(FileSystemEventHandler):
@@ -135,7 +179,16 @@ class _Handler(FileSystemEventHandler):
 
 
 class ObserverWatcher:
-    """watchdog's Observer (or PollingObserver for network filesystems), one watch per group."""
+    """watchdog's Observer (or PollingObserver for network filesystems), one watch per group.
+
+    Its thread calls ``notify``, which enqueues the hint and wakes the supervisor.
+    """
+
+    def fileno(self) -> None:
+        return None
+
+    def read(self) -> list[Hint]:
+        return []
 
     def __init__(self, root: str, notify: Notify, *, polling: bool, poll_interval: float) -> None:
         if polling:
@@ -176,7 +229,6 @@ class ObserverWatcher:
 
 # -- waiting for one file (senders waiting for acks and responses) -------------------------
 
-_IN_EVENT_HEADER = 16  # struct inotify_event: int wd, uint32 mask, cookie, len
 POLL_FALLBACK = 0.5  # seconds between existence checks when no event arrives
 
 
@@ -223,15 +275,10 @@ class FileWaiter:
                 buf = os.read(self._fd, 65536)
             except BlockingIOError:
                 break
-            i = 0
-            while i + _IN_EVENT_HEADER <= len(buf):
-                wd = int.from_bytes(buf[i:i + 4], sys.byteorder, signed=True)
-                length = int.from_bytes(buf[i + 12:i + 16], sys.byteorder)
-                name = buf[i + 16:i + 16 + length].rstrip(b"\0")
-                i += _IN_EVENT_HEADER + length
+            for wd, _mask, name in parse_events(buf):
                 directory = self._wd_dirs.get(wd)
                 if directory is not None and name:
-                    found.append((directory, os.fsdecode(name)))
+                    found.append((directory, name))
         return found
 
     def wait(self, directory: str, name: str, timeout: float) -> bool:
