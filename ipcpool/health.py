@@ -106,7 +106,7 @@ def write_status(root: str | os.PathLike[str], status: dict[str, Any]) -> None:
     """Atomic write: readers see the previous record or this one, never half."""
     path = status_path(root)
     tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(status, indent=1, default=str))
+    tmp.write_text(json.dumps(status, separators=(",", ":"), default=str))
     os.replace(tmp, path)
 
 

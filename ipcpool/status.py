@@ -69,7 +69,7 @@ def build_status(sup: Supervisor, now: float) -> dict[str, Any]:
 
 def _groups(sup: Supervisor, now: float) -> dict[str, Any]:
     stats: dict[str, dict[str, Any]] = {
-        g: {"queued": 0, "processing": 0, "errors": _error_count(sup, g), "oldestQueuedAge": None}
+        g: {"queued": 0, "processing": 0, "errors": sup.errors_cache.get(g, (0, 0))[1], "oldestQueuedAge": None}
         for g in sorted(sup.groups)
     }
     for (group, _name), seen in sup.pending.items():
@@ -85,8 +85,8 @@ def _groups(sup: Supervisor, now: float) -> dict[str, Any]:
     return stats
 
 
-def _error_count(sup: Supervisor, group: str) -> int:
-    """Quarantined messages in a group, cached until the folder changes."""
+def count_errors(sup: Supervisor, group: str) -> int:
+    """Quarantined messages in a group, recounted (during rescans) only when the folder changed."""
     path = sup.spool.path(group, ERRORS)
     try:
         mtime = os.stat(path).st_mtime_ns

@@ -54,13 +54,14 @@ from ipcpool.pool import (
     spawn_worker,
 )
 from ipcpool.spool import ACKS, PROCESSING, RESPONSES, TMP, Spool, is_message_name
-from ipcpool.status import build_status
+from ipcpool.status import build_status, count_errors
 from ipcpool.watcher import CLOSED, FILE, GROUP, LOST, OVERFLOW, Hint, make_watcher
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (group, file name)
 HOUSEKEEPING_INTERVAL = 60.0
+RESCAN_SLICE = 0.001  # seconds of scanning per loop iteration
 BOOT_BACKOFF = 0.1  # first respawn delay after a boot failure; doubles each time
 CRASH_BACKOFF = 0.02  # respawn delay after repeated young crashes; doubles, capped
 CRASH_BACKOFF_MAX = 0.5
@@ -109,7 +110,8 @@ class Supervisor:
         self.next_status = 0.0
         self.next_rescan = 0.0
         self.next_housekeeping = 0.0
-        self.errors_cache: dict[str, tuple[int, int]] = {}
+        self.errors_cache: dict[str, tuple[int, int]] = {}  # group -> (errors/ mtime, quarantined count)
+        self.rescan_queue: deque[str] = deque()
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -228,7 +230,9 @@ class Supervisor:
             waitables.append(worker.sentinel)
             if worker.channel_open:
                 waitables.append(worker.results)
-        ready = wait(waitables, self.tick if timeout is None else timeout)
+        if timeout is None:
+            timeout = 0.0 if self.rescan_queue else self.tick  # a rescan in slices: come straight back
+        ready = wait(waitables, timeout)
         if self._wake_r in ready:
             self._drain_wake_pipe()
         if watch_fd is not None and watch_fd in ready:
@@ -402,6 +406,7 @@ class Supervisor:
         if self._watcher is not None:
             self._watcher.watch_group(group)
         self.scan_group(group)
+        count_errors(self, group)
 
     def scan_group(self, group: str) -> None:
         now = self.clock()
@@ -414,12 +419,23 @@ class Supervisor:
             self.offer(group, name, now)
 
     def rescan(self) -> None:
+        """Start a rescan: new groups now, every group's messages/ in slices (see continue_rescan)."""
         self.unclaimable.clear()  # retried (and logged again) at most once per rescan
         for group in self.spool.list_groups():
             if group not in self.groups:
                 self.add_group(group)
             else:
+                self.rescan_queue.append(group)
+
+    def continue_rescan(self) -> None:
+        """Scan queued groups for at most RESCAN_SLICE seconds, so a thousand groups never stall the loop."""
+        deadline = time.monotonic() + RESCAN_SLICE
+        queue = self.rescan_queue
+        while queue and time.monotonic() < deadline:
+            group = queue.popleft()
+            if group in self.groups:
                 self.scan_group(group)
+                count_errors(self, group)
 
     # -- dispatch ------------------------------------------------------------------------------------------
 
@@ -698,6 +714,8 @@ class Supervisor:
         if now >= self.next_rescan and self.state == "running":
             self.next_rescan = now + self.config.spool.rescan_interval
             self.rescan()
+        if self.rescan_queue:
+            self.continue_rescan()
         if now >= self.next_status:
             self.next_status = now + self.config.heartbeat.interval
             self.reap_workers(now)
