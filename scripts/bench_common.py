@@ -31,7 +31,7 @@ RECORD_LEN = 47
 READY = "BENCH-CONSUMER-READY"
 
 
-# -- consumer side (standard library only) ------------------------------------------------------
+# -- consumer side (standard library only) ---------------------------------------------------------
 
 
 class Recorder:
@@ -48,6 +48,11 @@ class Recorder:
             self._fh = open(os.path.join(self.directory, f"rec-{self._pid}.txt"), "a")  # noqa: SIM115 - kept open
         self._fh.write(RECORD_FMT % (index, t_sent, t_start))
         self._fh.flush()
+
+    def lost(self) -> None:
+        """A message the system took but could not handle (counted, so a run does not wait for it)."""
+        with open(os.path.join(self.directory, f"lost-{os.getpid()}.txt"), "a") as handle:
+            handle.write("x")
 
 
 def now_iso() -> str:
@@ -95,7 +100,7 @@ def target_group(count: int) -> str:
     return "main" if count <= 1 else f"g{(count - 1) // 2:04d}"
 
 
-# -- producer side -----------------------------------------------------------------------------------
+# -- producer side ---------------------------------------------------------------------------------
 
 
 def add_producer_args(parser: argparse.ArgumentParser) -> None:
@@ -123,14 +128,21 @@ def run_producer(send: Callable[[int, float], None], count: int, rate: float) ->
     return {"sent": count, "t_first": t_first, "t_last": t_last, "t_done": time.time()}
 
 
-def run_roundtrip(send_and_wait: Callable[[int, float], None], count: int) -> dict[str, Any]:
-    """Sequential send-and-wait-for-ack; returns every round trip in seconds."""
+def run_roundtrip(send_and_wait: Callable[[int, float], None], count: int,
+                  timeout_errors: tuple[type[Exception], ...]) -> dict[str, Any]:
+    """Sequential send-and-wait-for-ack; every round trip in seconds, and how many acks never came."""
     rtts: list[float] = []
+    lost = 0
     for i in range(count):
         t0 = time.perf_counter()
-        send_and_wait(i, time.time())
+        try:
+            send_and_wait(i, time.time())
+        except timeout_errors as exc:
+            lost += 1
+            print(f"message {i}: no ack: {exc}", file=sys.stderr, flush=True)
+            continue
         rtts.append(time.perf_counter() - t0)
-    return {"sent": count, "rtts": rtts}
+    return {"sent": count, "rtts": rtts, "lost": lost}
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
@@ -139,7 +151,7 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-# -- orchestrator side ---------------------------------------------------------------------------------------
+# -- orchestrator side -----------------------------------------------------------------------------
 
 
 class BenchError(Exception):
@@ -153,6 +165,15 @@ def count_records(directory: Path) -> int:
             if entry.name.startswith("rec-"):
                 total += entry.stat().st_size
     return total // RECORD_LEN
+
+
+def count_lost(directory: Path) -> int:
+    total = 0
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.startswith("lost-"):
+                total += entry.stat().st_size
+    return total
 
 
 def read_records(directory: Path) -> dict[int, tuple[float, float]]:
@@ -266,13 +287,13 @@ class Proc:
                 except (ProcessLookupError, PermissionError):
                     pass
                 self.popen.wait(10)
-        _gone, alive = psutil.wait_procs(children, timeout=10)
+        alive = _wait_gone(children, 10.0)
         for proc in alive:
             try:
                 proc.kill()  # psutil checks the pid still names the same process
             except psutil.Error:
                 pass
-        psutil.wait_procs(alive, timeout=5)
+        _wait_gone(alive, 5.0)
         self._log_fh.close()
         Proc.live.discard(self)
         return self.popen.returncode
@@ -281,6 +302,25 @@ class Proc:
     def stop_all(cls) -> None:
         for proc in list(cls.live):
             proc.stop(timeout=5.0)
+
+
+def _wait_gone(procs: list[Any], timeout: float) -> list[Any]:
+    """Wait until each process has exited; a zombie counts as gone (its reaper may be slow). Returns the rest."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = []
+        for proc in procs:
+            try:
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(proc)
+            except psutil.Error:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return alive
+        procs = alive
+        time.sleep(0.01)
 
 
 def python_argv(script: str, *args: str) -> list[str]:
@@ -294,6 +334,24 @@ def child_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SCRIPTS), str(REPO), env.get("PYTHONPATH", "")) if p)
     env.update(extra)
     return env
+
+
+def filesystem_of(path: Path) -> str:
+    """``<fstype> on <mount point>`` for the mount holding ``path`` (from /proc/mounts)."""
+    best = ("", "unknown")
+    target = str(path.resolve())
+    try:
+        with open("/proc/mounts") as handle:
+            for line in handle:
+                parts = line.split()
+                if len(parts) >= 3:
+                    mount = parts[1].replace("\\040", " ")
+                    inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+                    if inside and len(mount) >= len(best[0]):
+                        best = (mount, parts[2])
+    except OSError:
+        pass
+    return f"{best[1]} on {best[0] or '?'}"
 
 
 def machine_info() -> dict[str, Any]:
