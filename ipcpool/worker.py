@@ -27,7 +27,6 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -97,6 +96,10 @@ class Worker:
         # Report results once half the prefetch is done, so the supervisor refills
         # this worker's queue before it runs dry: claims overlap with handling.
         self._report_every = max(1, spec.config.pool.prefetch // 2)
+        # One tenacity policy for the worker's life, reused per delivery (building one per message
+        # cost more than the rest of the Python on the hot path).
+        self._retrying = handler_retrying(spec.config.retry, before_sleep=self._log_retry)
+        self._retrying_message: Message | None = None
         self._poller = select.poll()  # one object for every non-blocking check of the task pipe
         self._poller.register(self.tasks.fileno(), select.POLLIN)
 
@@ -227,7 +230,8 @@ class Worker:
                   message.id, group, message.type, message.delivery_count)
         attempts = 0
         try:
-            for attempt in handler_retrying(self.config.retry, before_sleep=_log_retry(message)):
+            self._retrying_message = message
+            for attempt in self._retrying:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
                     self.shared[SLOT_STARTED] = time.monotonic()
@@ -323,6 +327,13 @@ class Worker:
         self.spool.complete(message.group, name)
         return Outcome.HEARTBEAT, info
 
+    def _log_retry(self, state: Any) -> None:
+        message = self._retrying_message
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("IPC handler failed (attempt %d), retrying in %.2fs id=%s group=%s: %r",
+                    state.attempt_number, state.next_action.sleep if state.next_action else 0.0,
+                    message.id if message else None, message.group if message else None, exc)
+
     # -- heartbeats ----------------------------------------------------------------------------
 
     def heartbeat(self) -> dict[str, Any]:
@@ -357,15 +368,6 @@ def _id_of(obj: Any, stem: str) -> str:
     if isinstance(obj, dict) and isinstance(obj.get("id"), str):
         return obj["id"][:128]
     return stem
-
-
-def _log_retry(message: Message) -> Callable[[Any], None]:
-    def before_sleep(state: Any) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        log.warning("IPC handler failed (attempt %d), retrying in %.2fs id=%s group=%s: %r",
-                    state.attempt_number, state.next_action.sleep if state.next_action else 0.0,
-                    message.id, message.group, exc)
-    return before_sleep
 
 
 def _take_worker_lock(spool: Spool) -> None:
