@@ -314,6 +314,7 @@ class Supervisor:
             worker.state = WorkerState.READY if worker.stop_reason is None else worker.state
             worker.last_heartbeat = now
             self.boot_failures = 0
+            self.next_status = 0.0  # a probe right after start or a restart sees the new worker
             log.info("worker ready pid=%d slot=%d", worker.pid, worker.slot)
         elif kind == "boot_error":
             worker.boot_error = str(message[1])
@@ -533,6 +534,7 @@ class Supervisor:
             else:
                 self.on_crash(worker, how, now)
             worker.close()
+            self.next_status = 0.0
 
     def read_leftovers(self, worker: WorkerHandle) -> None:
         """Results a worker sent just before it died still count."""
