@@ -63,3 +63,20 @@ def test_stale_temp_files_are_removed_by_housekeeping(tmp_path, root, supervisor
     sup = supervisor_factory(config)
     wait_until(lambda: not stale.exists(), 30, message="the stale temp file removed")
     sup.stop()
+
+
+def test_old_acks_and_uncollected_responses_are_pruned(tmp_path, root, supervisor_factory):
+    config = write_config(tmp_path / "c.toml", root, sections={"ack": {"retention": 11.0},
+                                                               "spool": {"response_retention": 1.0}})
+    for sub in ("acks", "responses"):
+        (root / "main" / sub).mkdir(parents=True, exist_ok=True)
+    old_ack, fresh_ack = root / "main" / "acks" / "old.ack", root / "main" / "acks" / "fresh.ack"
+    old_response = root / "main" / "responses" / "old.json"
+    for path in (old_ack, fresh_ack, old_response):
+        path.write_text("2024-01-01T00:00:00.000Z")
+    os.utime(old_ack, (0, 0))
+    os.utime(old_response, (0, 0))
+    sup = supervisor_factory(config)
+    wait_until(lambda: not old_ack.exists() and not old_response.exists(), 30, message="old files pruned")
+    assert fresh_ack.exists(), "an ack inside the retention is the dedupe ledger: kept"
+    sup.stop()
