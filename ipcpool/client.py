@@ -195,15 +195,19 @@ class Client:
                     attempts = attempt.retry_state.attempt_number
                     self._ensure_present(group, name, data, message_id, attempts)
                     if not self.wait_for_ack(group, message_id, per_attempt):
-                        log.warning("ACK timeout id=%s group=%s attempt=%d of %d (%gs)", message_id, group,
-                                    attempts, self.ack_policy.max_retries + 1, per_attempt)
-                        raise _NotAcked
+                        raise self._ack_timed_out(message_id, group, attempts, per_attempt)
         except _NotAcked:
             error = AckTimeout(message_id, group, attempts, per_attempt)
             self._give_up(error)
             raise error from None
         log.info("ACK received id=%s group=%s attempt=%d", message_id, group, attempts)
         return message_id
+
+    def _ack_timed_out(self, message_id: str, group: str, attempt: int, per_attempt: float) -> _NotAcked:
+        """Log one attempt's timeout; the returned exception drives the tenacity policy."""
+        log.warning("ACK timeout id=%s group=%s attempt=%d of %d (%gs)", message_id, group,
+                    attempt, self.ack_policy.max_retries + 1, per_attempt)
+        return _NotAcked()
 
     def _give_up(self, error: AckTimeout) -> None:
         log.error("IPC message not acknowledged, giving up id=%s group=%s attempts=%d",
@@ -324,8 +328,7 @@ class AsyncClient:
                     attempts = attempt.retry_state.attempt_number
                     c._ensure_present(group, name, data, message_id, attempts)
                     if not await self._wait_file(c.spool.path(group, ACKS), f"{message_id}.ack", per_attempt):
-                        log.warning("ACK timeout id=%s group=%s attempt=%d", message_id, group, attempts)
-                        raise _NotAcked
+                        raise c._ack_timed_out(message_id, group, attempts, per_attempt)
         except _NotAcked:
             error = AckTimeout(message_id, group, attempts, per_attempt)
             c._give_up(error)
