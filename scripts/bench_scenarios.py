@@ -10,6 +10,7 @@ Every process started here is stopped, and every work folder removed, by
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -114,8 +115,6 @@ class Measurement:
 
 def _summary(proc: Proc, out: Path, timeout: float, what: str, consumer: Proc | None = None) -> dict[str, Any]:
     """Wait for a producer (checking the consumer stays up) and read its JSON summary."""
-    import json
-
     deadline = time.monotonic() + timeout
     while proc.alive() and time.monotonic() < deadline:
         if consumer is not None:
