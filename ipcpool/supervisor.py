@@ -756,6 +756,7 @@ class Supervisor:
                     except OSError as exc:
                         if exc.errno != errno.ENOENT:
                             log.warning("cannot prune %s/%s/%s: %s", group, sub, name, exc)
+        self.spool.prune_staging({os.getpid(), *(w.pid for w in self.workers if w.pid)})
         cutoff = wall - EXTERNAL_HEARTBEAT_TTL
         for key in [k for k, v in self.external.items() if v["at"] < cutoff]:
             del self.external[key]

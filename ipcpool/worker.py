@@ -145,6 +145,7 @@ class Worker:
     def on_sigterm(self, _signum: int, _frame: Any) -> None:
         """Graceful stop: finish the current delivery, return the rest. Idle: exit now."""
         if self._current is None and not self._queue and not self._done:
+            self.spool.drop_spares()
             os._exit(EXIT_OK)
         self._stopping = True
 
@@ -204,7 +205,7 @@ class Worker:
             self._check_allowed(message)
         except InvalidMessage as exc:
             return self._reject(group, name, str(exc), message_id=_id_of(obj, stem))
-        return self._dispatch(message, name)
+        return self._dispatch(message, name, raw.owned)
 
     def _check_allowed(self, message: Message) -> None:
         allowed = self._allowed.get(message.group)
@@ -214,15 +215,15 @@ class Worker:
                 f"([groups.{message.group}] allowed_types)"
             )
 
-    def _dispatch(self, message: Message, name: str) -> tuple[Outcome, Any]:
+    def _dispatch(self, message: Message, name: str, owned: bool) -> tuple[Outcome, Any]:
         spool, group = self.spool, message.group
         if message.requires_ack and spool.has_ack(group, message.id):
             spool.write_ack(group, message.id)
-            spool.complete(group, name)
+            spool.complete(group, name, recycle=owned)
             log.info("Duplicate IPC message skipped (already acked) id=%s group=%s", message.id, group)
             return Outcome.DUPLICATE, None
         if message.type == IPCMessageType.HEARTBEAT and not self.handlers.has("heartbeat"):
-            return self._record_heartbeat(message, name)
+            return self._record_heartbeat(message, name, owned)
         handler = self.handlers.lookup(message)
         if handler is None:
             return self._reject(group, name, f"no handler for type {message.type}", message=message)
@@ -246,7 +247,7 @@ class Worker:
         if message.requires_ack:
             spool.write_ack(group, message.id)
             log.debug("ACK sent id=%s group=%s", message.id, group)
-        spool.complete(group, name)
+        spool.complete(group, name, recycle=owned)
         self.handled += 1
         self.shared[SLOT_HANDLED] = self.handled
         return Outcome.HANDLED, None
@@ -314,7 +315,7 @@ class Worker:
         except FileNotFoundError:
             log.warning("message vanished before it could be moved to errors/ group=%s file=%s", group, name)
 
-    def _record_heartbeat(self, message: Message, name: str) -> tuple[Outcome, Any]:
+    def _record_heartbeat(self, message: Message, name: str, owned: bool) -> tuple[Outcome, Any]:
         payload = message.payload if isinstance(message.payload, dict) else {}
         pid = payload.get("processId")
         status = payload.get("status")
@@ -324,7 +325,7 @@ class Worker:
         )
         if message.requires_ack:
             self.spool.write_ack(message.group, message.id)
-        self.spool.complete(message.group, name)
+        self.spool.complete(message.group, name, recycle=owned)
         return Outcome.HEARTBEAT, info
 
     def _log_retry(self, state: Any) -> None:
@@ -422,6 +423,7 @@ def worker_main(spec: WorkerSpec) -> None:
         log.warning("worker %d: supervisor is gone; exiting", os.getpid())
         os._exit(EXIT_OK)
     handlers.close()
+    worker.spool.drop_spares()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

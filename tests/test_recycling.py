@@ -1,0 +1,109 @@
+"""A handled message's file becomes the next ack: same guarantees as a fresh temp file, no inode churn."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ipcpool.spool import ACKS, MAX_SPARES, PROCESSING, RESPONSES, STAGING_DIR, STATE_DIR, Spool
+
+BIG = b'{"id": "m", "type": "task", "payload": "' + b"x" * 9000 + b'"}'
+
+
+def _worker_spool(root: Path, **kwargs) -> Spool:
+    spool = Spool(root, private_staging=True, **kwargs)
+    spool.ensure_root()
+    spool.ensure_group("main")
+    return spool
+
+
+def _handle(spool: Spool, name: str, data: bytes = BIG) -> os.stat_result:
+    """Publish, claim and read one message as a worker would; returns its file's stat."""
+    spool.publish("main", name, data)
+    assert spool.claim("main", name)
+    st = os.stat(spool.path("main", PROCESSING, name))
+    raw = spool.read_claimed("main", name)
+    spool.complete("main", name, recycle=raw.owned)
+    return st
+
+
+def _staging(root: Path) -> list[str]:
+    return sorted(os.listdir(root / STATE_DIR / STAGING_DIR))
+
+
+def test_ack_is_written_into_the_handled_file_and_holds_only_a_timestamp(tmp_path: Path) -> None:
+    spool = _worker_spool(tmp_path)
+    st = _handle(spool, "m.json")
+    assert len(_staging(tmp_path)) == 1 and not os.listdir(spool.path("main", PROCESSING))
+    spool.write_ack("main", "m")
+    ack = Path(spool.ack_path("main", "m"))
+    text = ack.read_text()
+    dt.datetime.fromisoformat(text.replace("Z", "+00:00"))  # a timestamp, none of the message's 9 KB left
+    ack_st = ack.stat()
+    assert ack_st.st_ino == st.st_ino and ack_st.st_size == len(text)
+    assert stat.S_IMODE(ack_st.st_mode) == spool.file_mode(ACKS)
+    assert _staging(tmp_path) == []
+
+
+def test_shared_mode_gives_a_recycled_ack_the_ack_mode(tmp_path: Path) -> None:
+    spool = _worker_spool(tmp_path, mode="shared")
+    _handle(spool, "m.json")
+    spool.write_response("main", "m", b'{"requestId": "m", "success": true}')
+    response = Path(spool.response_path("main", "m"))
+    assert stat.S_IMODE(response.stat().st_mode) == spool.file_mode(RESPONSES) == 0o640
+    assert response.read_bytes() == b'{"requestId": "m", "success": true}'
+
+
+def test_spares_are_bounded_and_dropped_on_exit(tmp_path: Path) -> None:
+    spool = _worker_spool(tmp_path)
+    for i in range(MAX_SPARES + 5):
+        _handle(spool, f"m{i}.json")
+    assert len(_staging(tmp_path)) == MAX_SPARES
+    assert not os.listdir(spool.path("main", PROCESSING))
+    spool.drop_spares()
+    assert _staging(tmp_path) == []
+
+
+def test_a_lost_spare_falls_back_to_a_fresh_file(tmp_path: Path) -> None:
+    spool = _worker_spool(tmp_path)
+    _handle(spool, "a.json")
+    _handle(spool, "b.json")
+    for name in _staging(tmp_path):  # housekeeping (or an operator) removed them meanwhile
+        os.unlink(tmp_path / STATE_DIR / STAGING_DIR / name)
+    spool.write_ack("main", "a")
+    assert Path(spool.ack_path("main", "a")).read_text().endswith("Z")
+    assert _staging(tmp_path) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+def test_a_file_owned_by_another_user_is_never_recycled(tmp_path: Path) -> None:
+    spool = _worker_spool(tmp_path)
+    spool.publish("main", "m.json", BIG)
+    assert spool.claim("main", "m.json")
+    os.chown(spool.path("main", PROCESSING, "m.json"), 65534, 65534)
+    raw = spool.read_claimed("main", "m.json")
+    assert not raw.owned
+    spool.complete("main", "m.json", recycle=raw.owned)
+    assert _staging(tmp_path) == [] and not os.listdir(spool.path("main", PROCESSING))
+    spool.write_ack("main", "m")
+    assert os.stat(spool.ack_path("main", "m")).st_uid == 0
+
+
+def test_prune_staging_removes_only_files_of_gone_processes(tmp_path: Path) -> None:
+    spool = _worker_spool(tmp_path)
+    _handle(spool, "mine.json")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    dead_pid = int(gone.stdout)
+    staging = tmp_path / STATE_DIR / STAGING_DIR
+    (staging / f".{dead_pid}-1.spare").write_bytes(b"old")
+    (staging / f".{dead_pid}-2-abcdef.tmp").write_bytes(b"half")
+    (staging / "stray").write_bytes(b"?")
+    assert spool.prune_staging({os.getpid()}) == 3
+    assert len(_staging(tmp_path)) == 1 and _staging(tmp_path)[0].startswith(f".{os.getpid()}-")
