@@ -4,14 +4,13 @@ A system is started on a fresh work folder; its consumer (or handler) appends
 one record per message; a producer runs in its own process; completion is
 the records plus the ack files reaching the count, or the time budget running
 out (then the figure covers what was done, and the row says "partial").
-Every process started here is stopped, and every work folder removed, by
-:class:`Measurement` whatever happens.
+Every process started here is stopped by :class:`Measurement` whatever
+happens; the work folders are removed together when the suite ends.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -96,8 +95,9 @@ class Measurement:
     def __exit__(self, *exc: object) -> None:
         for proc in reversed(self.procs):
             proc.stop()
-        if not self.keep:
-            shutil.rmtree(self.work, ignore_errors=True)
+        # The folder stays until the suite ends (bench.py removes the base): deleting
+        # tens of thousands of files here would slow the next system's file creation
+        # (ext4 without a journal skips recently deleted inodes for a minute or more).
 
     def add(self, proc: Proc) -> Proc:
         self.procs.append(proc)
