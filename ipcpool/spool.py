@@ -82,7 +82,7 @@ class ReadResult:
     data: bytes
     mtime: float
     size: int
-    owned: bool = False  # ours alone (our uid, one link): its inode may be recycled once handled
+    recycle: int | None = None  # ours alone (our uid, one link): its permission bits, for complete()
 
 
 class Spool:
@@ -109,7 +109,7 @@ class Spool:
         self._staging = f"{self._root_s}/{STATE_DIR}/{STAGING_DIR}" if private_staging else None
         # Handled message files kept (in staging) to become the next acks and
         # responses: see :meth:`complete`. Only ever filled with private staging.
-        self._spares: list[str] = []
+        self._spares: list[tuple[str, int]] = []  # (path, permission bits)
         self._euid = os.geteuid()
 
     @classmethod
@@ -199,7 +199,7 @@ class Spool:
         final = self.path(group, sub, name)
         file_mode = self.file_mode(sub) if mode is None else mode
         while self._spares and sub != MESSAGES:
-            if self._write_spare(self._spares.pop(), final, data, file_mode):
+            if self._write_spare(*self._spares.pop(), final, data, file_mode):
                 return final
         staging = self._staging if sub != MESSAGES else None
         tmp_path = f"{staging}/{self._tmp_name()}" if staging else self.path(group, TMP, self._tmp_name())
@@ -221,7 +221,7 @@ class Spool:
             self.fsync_dir(self.path(group, sub))
         return final
 
-    def _write_spare(self, spare: str, final: str, data: bytes, file_mode: int) -> bool:
+    def _write_spare(self, spare: str, spare_mode: int, final: str, data: bytes, file_mode: int) -> bool:
         """Overwrite a recycled file in staging and rename it to ``final``; False if the spare was lost.
 
         Same guarantees as a fresh temp file (staging is private, the rename
@@ -234,7 +234,8 @@ class Spool:
             return False
         try:
             try:
-                os.fchmod(fd, file_mode)
+                if spare_mode != file_mode:
+                    os.fchmod(fd, file_mode)
                 _write_all(fd, data)
                 os.ftruncate(fd, len(data))
                 if self._fsync:
@@ -299,32 +300,32 @@ class Spool:
                 target = f"{stem}.requeued{attempt + 1}.{ext}" if dot else f"{name}.requeued{attempt + 1}"
         raise FileExistsError(f"cannot requeue {group}/{name}: too many files with its name in messages/")
 
-    def complete(self, group: str, name: str, *, recycle: bool = False) -> None:
+    def complete(self, group: str, name: str, *, recycle: int | None = None) -> None:
         """Remove a handled message from processing/.
 
-        With ``recycle`` (a file :meth:`read_claimed` found ``owned``), the
-        file moves to private staging instead of being unlinked, and the next
+        With ``recycle`` (the permission bits of a file :meth:`read_claimed`
+        found ``owned``), the file moves to private staging instead of being unlinked, and the next
         ack or response is written into it: one rename instead of an unlink
         plus a create. Freeing and allocating inodes per message is the
         dominant cost on some filesystems (ext4 without a journal scans past
         every recently deleted inode on each create).
         """
         source = self.path(group, PROCESSING, name)
-        if recycle and self._staging is not None and len(self._spares) < MAX_SPARES:
+        if recycle is not None and self._staging is not None and len(self._spares) < MAX_SPARES:
             self._tmp_counter += 1
             spare = f"{self._staging}/.{os.getpid()}-{self._tmp_counter}.spare"
             try:
                 os.rename(source, spare)
             except FileNotFoundError:
                 return
-            self._spares.append(spare)
+            self._spares.append((spare, recycle))
             return
         _unlink_quietly(source)
 
     def drop_spares(self) -> None:
         """Unlink the files kept for reuse (a worker's clean exit)."""
         while self._spares:
-            _unlink_quietly(self._spares.pop())
+            _unlink_quietly(self._spares.pop()[0])
 
     def read_claimed(self, group: str, name: str) -> ReadResult:
         """Read a claimed file safely: no symlinks, only regular single-link files, size-capped.
@@ -355,15 +356,18 @@ class Spool:
                 raise InvalidMessage(f"too large: {st.st_size} bytes, the limit is {limit} ([spool] max_message_bytes)")
             chunks: list[bytes] = []
             total = 0
+            want = st.st_size + 1  # one read, sized by fstat (not a 1 MiB buffer per message)
             while total <= limit:
-                chunk = os.read(fd, limit + 1 - total)
+                chunk = os.read(fd, min(want, limit + 1 - total))
                 if not chunk:
                     break
                 chunks.append(chunk)
                 total += len(chunk)
+                want = 65536  # it grew after fstat (a direct writer): read on, up to the limit
             if total > limit:
                 raise InvalidMessage(f"too large: more than {limit} bytes ([spool] max_message_bytes)")
-            return ReadResult(b"".join(chunks), st.st_mtime, total, st.st_uid == self._euid)
+            owned = stat.S_IMODE(st.st_mode) if st.st_uid == self._euid else None
+            return ReadResult(b"".join(chunks), st.st_mtime, total, owned)
         finally:
             os.close(fd)
 

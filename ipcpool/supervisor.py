@@ -34,10 +34,10 @@ import fcntl
 import logging
 import os
 import random
+import select
 import signal
 import time
 from collections import OrderedDict, deque
-from multiprocessing.connection import wait
 from typing import Any
 
 from ipcpool.config import Config
@@ -96,6 +96,7 @@ class Supervisor:
         self._signals: deque[int] = deque()
         self._seq = 0
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._waitset = WaitSet()
         self._ctx = mp_context(fork=handlers is not None)
         self._watcher: Any = None
         self._lock_fd: int | None = None
@@ -214,6 +215,7 @@ class Supervisor:
         except OSError:
             pass
         log.info("Enhanced IPC system stopped (%s)", self.halt_reason or "drained")
+        self._waitset.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -222,17 +224,17 @@ class Supervisor:
 
     def step(self, timeout: float | None = None) -> None:
         """One iteration: block in one wait, then run every non-blocking step."""
-        waitables: list[Any] = [self._wake_r]
+        waitables: list[tuple[Any, str, Any]] = [(self._wake_r, "wake", self)]
         watch_fd = self._watcher.fileno() if self._watcher is not None else None
         if watch_fd is not None:
-            waitables.append(watch_fd)
+            waitables.append((watch_fd, "watch", self._watcher))
         for worker in self.workers:
-            waitables.append(worker.sentinel)
+            waitables.append((worker.sentinel, "sentinel", worker))
             if worker.channel_open:
-                waitables.append(worker.results)
+                waitables.append((worker.results, "results", worker))
         if timeout is None:
             timeout = 0.0 if self.rescan_queue else self.tick  # a rescan in slices: come straight back
-        ready = wait(waitables, timeout)
+        ready = self._waitset.wait(waitables, timeout)
         if self._wake_r in ready:
             self._drain_wake_pipe()
         if watch_fd is not None and watch_fd in ready:
@@ -446,11 +448,20 @@ class Supervisor:
         prefetch = self.config.pool.prefetch
         # Top a worker up only once half its prefetch is free: fewer, larger batches.
         refill_at = max(1, prefetch // 2)
-        ready = [w for w in self.workers if w.state is WorkerState.READY and w.channel_open]
+        ready = [w for w in self.workers if w.state is WorkerState.READY and w.channel_open
+                 and prefetch - len(w.held) >= refill_at]
+        if not ready:
+            return
+        # Even shares: no worker holds more than its part of all the work pending or held,
+        # counting workers still booting, so a burst never queues behind one worker.
+        sharing = [w for w in self.workers if w.stop_reason is None
+                   and w.state in (WorkerState.READY, WorkerState.STARTING)]
+        work = len(self.pending) + sum(len(w.held) for w in sharing)
+        share = -(-work // max(1, len(sharing)))
         ready.sort(key=lambda w: len(w.held))
         for worker in ready:
-            room = prefetch - len(worker.held)
-            if room < refill_at:
+            room = min(prefetch, share) - len(worker.held)
+            if room <= 0:
                 continue
             batch: list[tuple[int, str, str, int]] = []
             while room > 0 and self.pending:
@@ -494,7 +505,7 @@ class Supervisor:
 
     def spawn(self, slot: int, now: float) -> None:
         inherited = () if self.handler_objects is None else \
-            tuple(fd for fd in (self._lock_fd, self._wake_r, self._wake_w) if fd is not None)
+            tuple(fd for fd in (self._lock_fd, self._wake_r, self._wake_w, self._waitset.fileno()) if fd is not None)
         worker = spawn_worker(self._ctx, self.config, slot, os.getpid(), now, self.handler_objects, inherited)
         max_tasks = self.config.pool.max_tasks_per_worker
         if max_tasks:
@@ -765,6 +776,55 @@ class Supervisor:
 
     def write_status(self, now: float) -> None:
         write_status(self.spool.root, build_status(self, now))
+
+
+class WaitSet:
+    """One epoll set kept across iterations (building a selector per wait cost more than the wait).
+
+    Each call names what to wait on as ``(waitable, role, owner)``; a
+    registration is kept while the same role of the same owner still asks
+    for it, so a reused fd number (a worker died, a new one got its fd) is
+    always registered afresh. Returns the waitables that are ready.
+    """
+
+    def __init__(self) -> None:
+        self._epoll: select.epoll | None = None
+        self._registered: dict[int, tuple[Any, str, Any]] = {}
+
+    def wait(self, waitables: list[tuple[Any, str, Any]], timeout: float) -> list[Any]:
+        if self._epoll is None:  # created lazily, in the process that waits (compat forks the supervisor)
+            self._epoll = select.epoll()
+        epoll, registered = self._epoll, self._registered
+        wanted = {(w if isinstance(w, int) else w.fileno()): (w, role, owner) for w, role, owner in waitables}
+        for fd, (_, role, owner) in list(registered.items()):
+            now = wanted.get(fd)
+            if now is None or now[1] != role or now[2] is not owner:
+                del registered[fd]
+                try:
+                    epoll.unregister(fd)
+                except OSError:  # already gone with its closed fd
+                    pass
+        for fd, entry in wanted.items():
+            if fd not in registered:
+                try:
+                    epoll.register(fd, select.EPOLLIN)
+                except FileExistsError:
+                    epoll.modify(fd, select.EPOLLIN)
+                registered[fd] = entry
+        try:
+            events = epoll.poll(timeout)
+        except InterruptedError:
+            return []
+        return [registered[fd][0] for fd, _ in events if fd in registered]
+
+    def fileno(self) -> int | None:
+        return self._epoll.fileno() if self._epoll is not None else None
+
+    def close(self) -> None:
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
+        self._registered.clear()
 
 
 def _is_boot_failure(code: int | None, reason: StopReason | None) -> bool:

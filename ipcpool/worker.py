@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 SLOT_SEQ, SLOT_STARTED, SLOT_HANDLED, SLOT_FAILED = range(4)
 SHARED_SLOTS = 4
 FUTURE_MTIME_SLACK = 1.0  # seconds an mtime may be ahead of our clock and still mean "just written"
+IDLE_REPORT_DELAY_MS = 20  # how long finished results wait for more work before being reported
 
 
 class Outcome(enum.StrEnum):
@@ -123,8 +124,13 @@ class Worker:
                 self.flush()
                 return EXIT_OK
             if not self._queue:
-                self.flush()
-                self._receive(block=True)
+                # Out of work: report what is done, but not at once; under load the next
+                # task arrives first, and the supervisor is woken once per batch, not per message.
+                if not self._done or not self._poller.poll(IDLE_REPORT_DELAY_MS):
+                    self.flush()
+                    if self._stopping:
+                        continue
+                self._receive(block=not self._done)
                 continue
             if self._poller.poll(0):
                 self._receive(block=False)
@@ -205,7 +211,7 @@ class Worker:
             self._check_allowed(message)
         except InvalidMessage as exc:
             return self._reject(group, name, str(exc), message_id=_id_of(obj, stem))
-        return self._dispatch(message, name, raw.owned)
+        return self._dispatch(message, name, raw.recycle)
 
     def _check_allowed(self, message: Message) -> None:
         allowed = self._allowed.get(message.group)
@@ -215,15 +221,15 @@ class Worker:
                 f"([groups.{message.group}] allowed_types)"
             )
 
-    def _dispatch(self, message: Message, name: str, owned: bool) -> tuple[Outcome, Any]:
+    def _dispatch(self, message: Message, name: str, recycle: int | None) -> tuple[Outcome, Any]:
         spool, group = self.spool, message.group
         if message.requires_ack and spool.has_ack(group, message.id):
             spool.write_ack(group, message.id)
-            spool.complete(group, name, recycle=owned)
+            spool.complete(group, name, recycle=recycle)
             log.info("Duplicate IPC message skipped (already acked) id=%s group=%s", message.id, group)
             return Outcome.DUPLICATE, None
         if message.type == IPCMessageType.HEARTBEAT and not self.handlers.has("heartbeat"):
-            return self._record_heartbeat(message, name, owned)
+            return self._record_heartbeat(message, name, recycle)
         handler = self.handlers.lookup(message)
         if handler is None:
             return self._reject(group, name, f"no handler for type {message.type}", message=message)
@@ -247,7 +253,7 @@ class Worker:
         if message.requires_ack:
             spool.write_ack(group, message.id)
             log.debug("ACK sent id=%s group=%s", message.id, group)
-        spool.complete(group, name, recycle=owned)
+        spool.complete(group, name, recycle=recycle)
         self.handled += 1
         self.shared[SLOT_HANDLED] = self.handled
         return Outcome.HANDLED, None
@@ -315,7 +321,7 @@ class Worker:
         except FileNotFoundError:
             log.warning("message vanished before it could be moved to errors/ group=%s file=%s", group, name)
 
-    def _record_heartbeat(self, message: Message, name: str, owned: bool) -> tuple[Outcome, Any]:
+    def _record_heartbeat(self, message: Message, name: str, recycle: int | None) -> tuple[Outcome, Any]:
         payload = message.payload if isinstance(message.payload, dict) else {}
         pid = payload.get("processId")
         status = payload.get("status")
@@ -325,7 +331,7 @@ class Worker:
         )
         if message.requires_ack:
             self.spool.write_ack(message.group, message.id)
-        self.spool.complete(message.group, name, recycle=owned)
+        self.spool.complete(message.group, name, recycle=recycle)
         return Outcome.HEARTBEAT, info
 
     def _log_retry(self, state: Any) -> None:

@@ -29,7 +29,7 @@ def _handle(spool: Spool, name: str, data: bytes = BIG) -> os.stat_result:
     assert spool.claim("main", name)
     st = os.stat(spool.path("main", PROCESSING, name))
     raw = spool.read_claimed("main", name)
-    spool.complete("main", name, recycle=raw.owned)
+    spool.complete("main", name, recycle=raw.recycle)
     return st
 
 
@@ -88,8 +88,8 @@ def test_a_file_owned_by_another_user_is_never_recycled(tmp_path: Path) -> None:
     assert spool.claim("main", "m.json")
     os.chown(spool.path("main", PROCESSING, "m.json"), 65534, 65534)
     raw = spool.read_claimed("main", "m.json")
-    assert not raw.owned
-    spool.complete("main", "m.json", recycle=raw.owned)
+    assert raw.recycle is None
+    spool.complete("main", "m.json", recycle=raw.recycle)
     assert _staging(tmp_path) == [] and not os.listdir(spool.path("main", PROCESSING))
     spool.write_ack("main", "m")
     assert os.stat(spool.ack_path("main", "m")).st_uid == 0

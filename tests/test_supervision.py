@@ -261,3 +261,15 @@ def test_external_heartbeats_are_recorded_in_status_not_handled(tmp_path, root, 
     wait_until(lambda: _drained(root), message="the heartbeat file removed")
     assert _names(root, "main", "errors") == []
     sup.stop()
+
+
+def test_a_burst_is_split_evenly_even_while_a_worker_is_still_booting(tmp_path, root, supervisor_factory):
+    """prefetch 16 must not let the first ready worker take a whole backlog of slow messages."""
+    config = write_config(tmp_path / "c.toml", root, sections={"pool": {"workers": 2, "prefetch": 16}})
+    client = Client(root, "main")
+    ids = [client.send("main", "task", {"sleep": 1.0, "n": i}, requires_ack=True) for i in range(8)]
+    sup = supervisor_factory(config)
+    wait_until(lambda: all((root / "main" / "acks" / f"{i}.ack").exists() for i in ids), 60, message="all acks")
+    per_worker = Counter(r["pid"] for r in records(tmp_path))
+    assert sorted(per_worker.values()) == [4, 4], per_worker
+    sup.stop()
