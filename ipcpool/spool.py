@@ -442,14 +442,22 @@ class Spool:
 
     def iter_old_files(self, group: str, sub: str, older_than: float) -> Iterator[str]:
         """Names in a group folder whose mtime is older than ``older_than`` (epoch seconds)."""
+        return (name for name in self.scan_ages(group, sub, older_than) if name is not None)
+
+    def scan_ages(self, group: str, sub: str, older_than: float) -> Iterator[str | None]:
+        """Each name older than ``older_than``, and None for each younger entry.
+
+        The Nones let a caller that must not stall (the supervisor's loop)
+        pause anywhere in a folder of a day's acks, not only at old files.
+        """
         try:
             with os.scandir(self.path(group, sub)) as entries:
                 for entry in entries:
                     try:
-                        if entry.stat(follow_symlinks=False).st_mtime < older_than:
-                            yield entry.name
+                        old = entry.stat(follow_symlinks=False).st_mtime < older_than
                     except FileNotFoundError:
-                        continue
+                        old = False
+                    yield entry.name if old else None
         except FileNotFoundError:
             return
 

@@ -38,6 +38,7 @@ import select
 import signal
 import time
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 from typing import Any
 
 from ipcpool.config import Config
@@ -111,6 +112,7 @@ class Supervisor:
         self.next_status = 0.0
         self.next_rescan = 0.0
         self.next_housekeeping = 0.0
+        self._housekeeping: Iterator[None] | None = None  # a pruning pass in progress
         self.errors_cache: dict[str, tuple[int, int]] = {}  # group -> (errors/ mtime, quarantined count)
         self.rescan_queue: deque[str] = deque()
 
@@ -233,7 +235,8 @@ class Supervisor:
             if worker.channel_open:
                 waitables.append((worker.results, "results", worker))
         if timeout is None:
-            timeout = 0.0 if self.rescan_queue else self.tick  # a rescan in slices: come straight back
+            # A rescan or pruning pass in slices: come straight back.
+            timeout = 0.0 if self.rescan_queue or self._housekeeping is not None else self.tick
         ready = self._waitset.wait(waitables, timeout)
         if self._wake_r in ready:
             self._drain_wake_pipe()
@@ -739,10 +742,10 @@ class Supervisor:
                 log.error("cannot write status.json: %s", exc)
         if now >= self.next_housekeeping and self.state == "running":
             self.next_housekeeping = now + HOUSEKEEPING_INTERVAL
-            try:
-                self.housekeeping()
-            except OSError as exc:
-                log.error("housekeeping failed: %s", exc)
+            if self._housekeeping is None:
+                self._housekeeping = self.housekeeping()
+        if self._housekeeping is not None:
+            self.continue_housekeeping()
 
     def _all_ready(self) -> bool:
         return len(self.workers) == self.pool_size and all(w.state is WorkerState.READY for w in self.workers)
@@ -754,23 +757,42 @@ class Supervisor:
             if worker.probe is not None:
                 worker.reading = worker.probe.read()
 
-    def housekeeping(self) -> None:
-        """Prune old acks and uncollected responses; remove temp files crashed writers left."""
+    def housekeeping(self) -> Iterator[None]:
+        """Prune old acks and uncollected responses; remove temp files crashed writers left.
+
+        A generator, one folder entry per step: :meth:`continue_housekeeping`
+        runs it in slices, as rescans are, so a day of acks never stalls dispatch.
+        """
         cfg = self.config
         wall = time.time()
         for group in list(self.groups):
             for sub, age in ((ACKS, cfg.ack.retention), (RESPONSES, cfg.spool.response_retention),
                              (TMP, cfg.spool.tmp_max_age)):
-                for name in self.spool.iter_old_files(group, sub, wall - age):
-                    try:
-                        os.unlink(self.spool.path(group, sub, name))
-                    except OSError as exc:
-                        if exc.errno != errno.ENOENT:
-                            log.warning("cannot prune %s/%s/%s: %s", group, sub, name, exc)
+                for name in self.spool.scan_ages(group, sub, wall - age):
+                    if name is not None:
+                        try:
+                            os.unlink(self.spool.path(group, sub, name))
+                        except OSError as exc:
+                            if exc.errno != errno.ENOENT:
+                                log.warning("cannot prune %s/%s/%s: %s", group, sub, name, exc)
+                    yield
         self.spool.prune_staging({os.getpid(), *(w.pid for w in self.workers if w.pid)})
         cutoff = wall - EXTERNAL_HEARTBEAT_TTL
         for key in [k for k, v in self.external.items() if v["at"] < cutoff]:
             del self.external[key]
+
+    def continue_housekeeping(self) -> None:
+        """Run the pending housekeeping for at most RESCAN_SLICE seconds."""
+        assert self._housekeeping is not None
+        deadline = time.monotonic() + RESCAN_SLICE
+        try:
+            while time.monotonic() < deadline:
+                next(self._housekeeping)
+        except StopIteration:
+            self._housekeeping = None
+        except OSError as exc:
+            log.error("housekeeping failed: %s", exc)
+            self._housekeeping = None
 
     # -- status --------------------------------------------------------------------
 

@@ -481,6 +481,16 @@ def test_iter_old_files(spool, root):
     assert list(spool.iter_old_files("missing", TMP, now)) == []
 
 
+def test_scan_ages_yields_a_pause_point_for_every_young_entry(spool, root):
+    tmp = root / "main" / TMP
+    for name in ("a", "b", "c"):
+        (tmp / name).write_bytes(b"")
+    now = time.time()
+    os.utime(tmp / "b", (now - 7200, now - 7200))
+    steps = list(spool.scan_ages("main", TMP, now - 3600))
+    assert len(steps) == 3 and sorted(s for s in steps if s is not None) == ["b"]
+
+
 # -- lock ----------------------------------------------------------------------------------------------------
 
 
