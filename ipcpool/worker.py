@@ -235,15 +235,20 @@ class Worker:
             return self._reject(group, name, f"no handler for type {message.type}", message=message)
         log.debug("Processing IPC message id=%s group=%s type=%s delivery=%d",
                   message.id, group, message.type, message.delivery_count)
-        attempts = 0
+        attempts = 1
         try:
-            self._retrying_message = message
-            for attempt in self._retrying:
-                with attempt:
-                    attempts = attempt.retry_state.attempt_number
-                    self.shared[SLOT_STARTED] = time.monotonic()
-                    result = self.handlers.call(handler, message)
-                    response = self._response_bytes(message, True, result) if message.reply_to else b""
+            try:
+                response = self._run_handler(handler, message)
+            except Exception as first:
+                # Only a failure pays for tenacity (its loop cost more than the rest of the hot
+                # path); attempt 1 is replayed inside it, so the policy counts it as before.
+                self._retrying_message = message
+                for attempt in self._retrying:
+                    with attempt:
+                        attempts = attempt.retry_state.attempt_number
+                        if attempts == 1:
+                            raise first
+                        response = self._run_handler(handler, message)
         except BaseException as exc:  # noqa: BLE001 - a handler may raise anything, SystemExit included
             return self._fail(message, name, exc, attempts)
         # The reply before the ack: a redelivery after a crash between the two
@@ -257,6 +262,12 @@ class Worker:
         self.handled += 1
         self.shared[SLOT_HANDLED] = self.handled
         return Outcome.HANDLED, None
+
+    def _run_handler(self, handler: Any, message: Message) -> bytes:
+        """One attempt: the handler, then its response encoded (an unencodable result fails the attempt)."""
+        self.shared[SLOT_STARTED] = time.monotonic()
+        result = self.handlers.call(handler, message)
+        return self._response_bytes(message, True, result) if message.reply_to else b""
 
     def _response_bytes(self, message: Message, success: bool, result: Any = None, error: str = "",
                         error_type: str = "") -> bytes:

@@ -276,6 +276,21 @@ def test_a_type_without_a_handler_ends_in_errors_with_the_reason(tmp_path, root,
     assert sup.stop() == 0
 
 
+def test_a_handler_that_fails_once_is_retried_in_place_and_acked(tmp_path, root, env, supervisor_factory):
+    config = write_config(tmp_path / "c.toml", root, handlers={"task": "recorder:fail_once"},
+                          sections={"retry": {"attempts": 3}})
+    sup = supervisor_factory(config)
+    message_id = Client(root, "main").send("main", "task", {}, requires_ack=True)
+    wait_until(lambda: (root / "main" / "acks" / f"{message_id}.ack").exists(), 20, message="the ack")
+    calls = [r for r in records(tmp_path) if r["id"] == message_id]
+    assert len(calls) == 2 and len({c["pid"] for c in calls}) == 1, "attempt 2 in the same delivery"
+    assert all(c["delivery"] == 1 for c in calls)
+    assert f"IPC handler failed (attempt 1), retrying in 0.01s id={message_id} group=main" in sup.log()
+    assert "attempt 2" not in sup.log()
+    assert _errors(root) == {} and _drained(root)
+    assert sup.stop() == 0
+
+
 def test_a_raising_handler_is_retried_then_quarantined_with_its_traceback(tmp_path, root, env, supervisor_factory):
     config = write_config(tmp_path / "c.toml", root, handlers=RECORDER, sections={"retry": {"attempts": 3}})
     sup = supervisor_factory(config)
