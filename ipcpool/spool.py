@@ -111,6 +111,7 @@ class Spool:
         # responses: see :meth:`complete`. Only ever filled with private staging.
         self._spares: list[tuple[str, int]] = []  # (path, permission bits)
         self._euid = os.geteuid()
+        self._pid = os.getpid()  # a Spool is never shared across a fork: each worker builds its own
 
     @classmethod
     def from_config(cls, config: Any, *, private_staging: bool = True) -> Spool:
@@ -313,7 +314,7 @@ class Spool:
         source = self.path(group, PROCESSING, name)
         if recycle is not None and self._staging is not None and len(self._spares) < MAX_SPARES:
             self._tmp_counter += 1
-            spare = f"{self._staging}/.{os.getpid()}-{self._tmp_counter}.spare"
+            spare = f"{self._staging}/.{self._pid}-{self._tmp_counter}.spare"
             try:
                 os.rename(source, spare)
             except FileNotFoundError:

@@ -58,12 +58,13 @@ class Sizes:
     own_budget: float = 600.0  # the same for ipcpool and the bare loop, whose figures the targets use
     workers: int = 2
     idle_workers: int = 4
+    rounds: int = 3  # throughput passes, the systems' order rotated each time; each row is the median
 
 
 ACK_TIMEOUT = 2.0  # seconds a round-trip sender waits for one ack before counting it as never acked
 FULL = Sizes()
 QUICK = Sizes(throughput=2_000, latency_seconds=2.0, roundtrips=200, drain=5_000, idle_seconds=3.0, idle_settle=0.5,
-              groups=100, budget=6.0, own_budget=60.0)
+              groups=100, budget=6.0, own_budget=60.0, rounds=1)
 
 
 @dataclass
