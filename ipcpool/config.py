@@ -51,7 +51,7 @@ class SpoolConfig:
 @dataclass(frozen=True)
 class PoolConfig:
     workers: int = 2
-    prefetch: int = 16
+    prefetch: int = 32
     handler_timeout: float = 60.0
     max_deliveries: int = 3
     max_tasks_per_worker: int = 0

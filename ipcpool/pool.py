@@ -22,7 +22,7 @@ from typing import Any
 
 from ipcpool.config import Config
 from ipcpool.health import ProcessProbe, ProcessReading
-from ipcpool.worker import SHARED_SLOTS, SLOT_HANDLED, SLOT_SEQ, SLOT_STARTED, WorkerSpec, worker_main
+from ipcpool.worker import SHARED_SLOTS, SLOT_FAILED, SLOT_HANDLED, SLOT_SEQ, SLOT_STARTED, WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,9 @@ class WorkerHandle:
         return self.held.get(int(self.shared[SLOT_SEQ])), started
 
     @property
-    def handled_total(self) -> int:
-        return int(self.shared[SLOT_HANDLED])
+    def tasks_done(self) -> int:
+        """Deliveries finished (handled or failed) as the worker counts them now, not as last reported."""
+        return int(self.shared[SLOT_HANDLED] + self.shared[SLOT_FAILED])
 
     def send(self, command: tuple[Any, ...]) -> bool:
         if not self.channel_open:
@@ -137,20 +138,21 @@ class WorkerHandle:
 
 
 def spawn_worker(ctx: Any, config: Config, slot: int, supervisor_pid: int, now: float,
-                 handlers: dict[str, Any] | None = None, inherited_fds: tuple[int, ...] = ()) -> WorkerHandle:
+                 handlers: dict[str, Any] | None = None, inherited_fds: tuple[int, ...] = (),
+                 max_tasks: int = 0) -> WorkerHandle:
     """Start one worker process with fresh channels."""
     tasks_r, tasks_w = ctx.Pipe(duplex=False)
     results_r, results_w = ctx.Pipe(duplex=False)
     shared = ctx.RawArray("d", SHARED_SLOTS)
     spec = WorkerSpec(config=config, index=slot, supervisor_pid=supervisor_pid,
                       tasks=tasks_r, results=results_w, shared=shared, handlers=handlers,
-                      inherited_fds=inherited_fds)
+                      inherited_fds=inherited_fds, max_tasks=max_tasks)
     process = ctx.Process(target=worker_main, args=(spec,), name=f"ipcpool-worker-{slot}", daemon=False)
     process.start()
     tasks_r.close()
     results_w.close()
     handle = WorkerHandle(slot=slot, process=process, tasks=tasks_w, results=results_r, shared=shared,
-                          started_at=now, pid=process.pid, last_heartbeat=now)
+                          started_at=now, pid=process.pid, last_heartbeat=now, max_tasks=max_tasks)
     log.debug("spawned worker pid=%d slot=%d", process.pid, slot)
     return handle
 

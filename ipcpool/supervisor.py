@@ -315,6 +315,11 @@ class Supervisor:
         elif kind == "hb":
             worker.last_heartbeat = now
             worker.heartbeat = message[1].get("payload", {})
+        elif kind == "retiring":  # reached its max_tasks: it returned the rest and exits by itself
+            if worker.stop_reason is None:
+                log.info("recycling worker pid=%d after %d tasks", worker.pid, message[1])
+                worker.stop_reason = StopReason.RECYCLE
+                worker.state = WorkerState.STOPPING
         elif kind == "ready":
             worker.state = WorkerState.READY if worker.stop_reason is None else worker.state
             worker.last_heartbeat = now
@@ -509,10 +514,11 @@ class Supervisor:
     def spawn(self, slot: int, now: float) -> None:
         inherited = () if self.handler_objects is None else \
             tuple(fd for fd in (self._lock_fd, self._wake_r, self._wake_w, self._waitset.fileno()) if fd is not None)
-        worker = spawn_worker(self._ctx, self.config, slot, os.getpid(), now, self.handler_objects, inherited)
         max_tasks = self.config.pool.max_tasks_per_worker
-        if max_tasks:
-            worker.max_tasks = max_tasks + random.randint(0, max(1, max_tasks // 10))
+        if max_tasks:  # jittered, so workers started together do not all retire together
+            max_tasks += random.randint(0, max(1, max_tasks // 10))
+        worker = spawn_worker(self._ctx, self.config, slot, os.getpid(), now, self.handler_objects, inherited,
+                              max_tasks)
         self.workers.append(worker)
 
     def spawn_missing_workers(self, now: float) -> None:
@@ -698,8 +704,8 @@ class Supervisor:
         for worker in self.workers:
             if worker.state is not WorkerState.READY:
                 continue
-            if worker.max_tasks and worker.handled + worker.failed >= worker.max_tasks:
-                log.info("recycling worker pid=%d after %d tasks", worker.pid, worker.handled + worker.failed)
+            if worker.max_tasks and worker.tasks_done >= worker.max_tasks:
+                log.info("recycling worker pid=%d after %d tasks", worker.pid, worker.tasks_done)
                 self.stop_worker(worker, StopReason.RECYCLE)
             elif limit_mb and worker.reading is not None and worker.reading.rss_mb > limit_mb:
                 log.warning("recycling worker pid=%d: RSS %.0f MB is over max_memory_mb %d",

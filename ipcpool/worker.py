@@ -73,6 +73,7 @@ class WorkerSpec:
     shared: Any  # multiprocessing RawArray('d', SHARED_SLOTS)
     handlers: dict[str, Handler] | None = None  # compat API only: callables inherited by fork
     inherited_fds: tuple[int, ...] = ()  # compat API only: the supervisor's descriptors to close after fork
+    max_tasks: int = 0  # retire after this many deliveries (0: never), as gunicorn's max_requests
 
 
 class Worker:
@@ -89,6 +90,8 @@ class Worker:
         self._done: list[tuple[int, str, Any]] = []
         self._current: tuple[str, str, float] | None = None
         self._stopping = False
+        self._retiring = False  # stopping because max_tasks was reached
+        self._max_tasks = spec.max_tasks
         self.handled = 0
         self.failed = 0
         self._settle = spec.config.spool.settle_time
@@ -122,6 +125,8 @@ class Worker:
             if self._stopping:
                 self._return_unstarted()
                 self.flush()
+                if self._retiring:
+                    self.send(("retiring", self.handled + self.failed))
                 return EXIT_OK
             if not self._queue:
                 # Out of work: report what is done, but not at once; under load the next
@@ -139,6 +144,8 @@ class Worker:
             seq, group, name, deliveries = self._queue.popleft()
             outcome, info = self.process(seq, group, name, deliveries)
             self._done.append((seq, outcome.value, info))
+            if self._max_tasks and self.handled + self.failed >= self._max_tasks and not self._stopping:
+                self._stopping = self._retiring = True
             if len(self._done) >= self._report_every:
                 self.flush()
 
