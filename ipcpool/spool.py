@@ -59,6 +59,7 @@ _SHARED_MESSAGE_FILE = 0o660
 _OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _OPEN_WRITE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 _OPEN_SPARE = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+_F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
 MAX_SPARES = 16  # handled files one process keeps for its next acks (more when messages need none)
 
 
@@ -82,7 +83,7 @@ class ReadResult:
     data: bytes
     mtime: float
     size: int
-    recycle: int | None = None  # ours alone (our uid, one link): its permission bits, for complete()
+    recycle: int | None = None  # its permission bits when it may become our next ack (see _recyclable)
 
 
 class Spool:
@@ -225,8 +226,8 @@ class Spool:
     def _write_spare(self, spare: str, spare_mode: int, final: str, data: bytes, file_mode: int) -> bool:
         """Overwrite a recycled file in staging and rename it to ``final``; False if the spare was lost.
 
-        Same guarantees as a fresh temp file (staging is private, the rename
-        is atomic), without allocating an inode.
+        Staging is private and the rename atomic, as for a fresh temp file;
+        the spare passed :meth:`_recyclable` (nothing else can write to it).
         """
         try:
             fd = os.open(spare, _OPEN_SPARE)
@@ -245,7 +246,10 @@ class Spool:
                 os.close(fd)
             os.rename(spare, final)
         except FileNotFoundError:
-            return False
+            _unlink_quietly(spare)
+            if os.path.isdir(os.path.dirname(final)):
+                return False  # the spare went missing: take another, or a fresh file
+            raise  # the destination folder is gone: the caller handles it as for a fresh file
         except BaseException:
             _unlink_quietly(spare)
             raise
@@ -317,10 +321,11 @@ class Spool:
             spare = f"{self._staging}/.{self._pid}-{self._tmp_counter}.spare"
             try:
                 os.rename(source, spare)
-            except FileNotFoundError:
+            except OSError:
+                pass  # the source is gone, or staging is (recycling is only an optimisation)
+            else:
+                self._spares.append((spare, recycle))
                 return
-            self._spares.append((spare, recycle))
-            return
         _unlink_quietly(source)
 
     def drop_spares(self) -> None:
@@ -367,10 +372,31 @@ class Spool:
                 want = 65536  # it grew after fstat (a direct writer): read on, up to the limit
             if total > limit:
                 raise InvalidMessage(f"too large: more than {limit} bytes ([spool] max_message_bytes)")
-            owned = stat.S_IMODE(st.st_mode) if st.st_uid == self._euid else None
-            return ReadResult(b"".join(chunks), st.st_mtime, total, owned)
+            return ReadResult(b"".join(chunks), st.st_mtime, total, self._recyclable(fd, st))
         finally:
             os.close(fd)
+
+    def _recyclable(self, fd: int, st: os.stat_result) -> int | None:
+        """The file's permission bits if its inode may be reused for our next ack, else None.
+
+        Only in private mode, only for a file of our uid that nobody else may
+        open (no group or other bits; one link is checked already), and only
+        when no descriptor or mapping anywhere can still write to it: a read
+        lease is granted only then. After that, processing/ (ours alone) keeps
+        new openers out. Anything unusual (no leases here) means no reuse.
+        """
+        mode = stat.S_IMODE(st.st_mode)
+        if self.shared or st.st_uid != self._euid or mode & 0o077 or self._staging is None:
+            return None
+        try:
+            fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_RDLCK)
+        except OSError:  # a writer still holds it open (EAGAIN), or leases are unsupported
+            return None
+        try:
+            fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_UNLCK)
+        except OSError:
+            return None
+        return mode
 
     # -- acks and responses -----------------------------------------------------------
 
@@ -480,7 +506,12 @@ class Spool:
             pid_text = name[1:].split("-", 1)[0]
             if pid_text.isdigit() and int(pid_text) in live_pids:
                 continue
-            _unlink_quietly(f"{self._staging}/{name}")
+            try:
+                os.unlink(f"{self._staging}/{name}")
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    log.warning("cannot remove staging leftover %s: %s", name, exc)
+                continue
             removed += 1
         return removed
 

@@ -9,9 +9,9 @@ Data flow::
                              |                                            |
                              |  ("run", batch) on worker i's task pipe    |
                              v                                            |
-    worker 1..N  --("done", results) / ("hb", heartbeat) on its own result pipe--> supervisor
+    worker 1..N  --("done", results) / ("hb", heartbeat) / ("retiring", n) on its result pipe--> supervisor
 
-The loop blocks in one call, ``multiprocessing.connection.wait`` over every
+The loop blocks in one call, an epoll wait (:class:`WaitSet`) over every
 worker's result pipe and process sentinel, the inotify descriptor, and the
 wake-up pipe (fed by signal handlers, and by the polling watcher's thread
 when that is configured), then runs non-blocking steps named by
@@ -512,8 +512,11 @@ class Supervisor:
     # -- supervision --------------------------------------------------------------------------
 
     def spawn(self, slot: int, now: float) -> None:
-        inherited = () if self.handler_objects is None else \
-            tuple(fd for fd in (self._lock_fd, self._wake_r, self._wake_w, self._waitset.fileno()) if fd is not None)
+        inherited: tuple[int, ...] = ()
+        if self.handler_objects is not None:  # forked: close what is the supervisor's, siblings' channels too
+            own = (self._lock_fd, self._wake_r, self._wake_w, self._waitset.fileno())
+            siblings = [fd for w in self.workers for fd in (w.tasks.fileno(), w.results.fileno(), w.sentinel)]
+            inherited = tuple(fd for fd in (*own, *siblings) if fd is not None)
         max_tasks = self.config.pool.max_tasks_per_worker
         if max_tasks:  # jittered, so workers started together do not all retire together
             max_tasks += random.randint(0, max(1, max_tasks // 10))
@@ -553,6 +556,7 @@ class Supervisor:
                 self.on_boot_failure(worker, how, now)
             else:
                 self.on_crash(worker, how, now)
+            self._waitset.forget(worker)  # before its fds close: a forked sibling may still hold copies
             worker.close()
             self.next_status = 0.0
 
@@ -812,7 +816,8 @@ class WaitSet:
     Each call names what to wait on as ``(waitable, role, owner)``; a
     registration is kept while the same role of the same owner still asks
     for it, so a reused fd number (a worker died, a new one got its fd) is
-    always registered afresh. Returns the waitables that are ready.
+    registered afresh. A dead worker's fds must be :meth:`forget`-ed before
+    they are closed. Returns the waitables that are ready.
     """
 
     def __init__(self) -> None:
@@ -844,6 +849,21 @@ class WaitSet:
         except InterruptedError:
             return []
         return [registered[fd][0] for fd, _ in events if fd in registered]
+
+    def forget(self, owner: Any) -> None:
+        """Unregister an owner's fds while they are still open.
+
+        epoll tracks the open file, not the number: an fd closed here but
+        still open in a forked child would stay registered (and report HUP
+        forever) if it were not unregistered first.
+        """
+        for fd in [fd for fd, entry in self._registered.items() if entry[2] is owner]:
+            del self._registered[fd]
+            if self._epoll is not None:
+                try:
+                    self._epoll.unregister(fd)
+                except OSError:
+                    pass
 
     def fileno(self) -> int | None:
         return self._epoll.fileno() if self._epoll is not None else None

@@ -51,13 +51,47 @@ def test_ack_is_written_into_the_handled_file_and_holds_only_a_timestamp(tmp_pat
     assert _staging(tmp_path) == []
 
 
-def test_shared_mode_gives_a_recycled_ack_the_ack_mode(tmp_path: Path) -> None:
+def test_shared_mode_never_recycles(tmp_path: Path) -> None:
+    """Group members may write tmp/ and messages/: one could hold a message open and write into our ack."""
     spool = _worker_spool(tmp_path, mode="shared")
     _handle(spool, "m.json")
+    assert _staging(tmp_path) == [], "the handled file was unlinked, not kept"
     spool.write_response("main", "m", b'{"requestId": "m", "success": true}')
     response = Path(spool.response_path("main", "m"))
     assert stat.S_IMODE(response.stat().st_mode) == spool.file_mode(RESPONSES) == 0o640
-    assert response.read_bytes() == b'{"requestId": "m", "success": true}'
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660])
+def test_a_file_others_could_open_is_never_recycled(tmp_path: Path, mode: int) -> None:
+    spool = _worker_spool(tmp_path)
+    spool.publish("main", "m.json", BIG)
+    path = spool.path("main", "messages", "m.json")
+    os.chmod(path, mode)
+    assert spool.claim("main", "m.json")
+    raw = spool.read_claimed("main", "m.json")
+    assert raw.recycle is None
+
+
+def test_a_file_a_writer_still_holds_open_is_never_recycled(tmp_path: Path) -> None:
+    """A direct writer still writing (or a writable mapping) would write into our next ack."""
+    spool = _worker_spool(tmp_path)
+    spool.publish("main", "m.json", BIG)
+    assert spool.claim("main", "m.json")
+    writer = os.open(spool.path("main", PROCESSING, "m.json"), os.O_WRONLY)
+    try:
+        assert spool.read_claimed("main", "m.json").recycle is None
+    finally:
+        os.close(writer)
+    assert spool.read_claimed("main", "m.json").recycle == 0o600
+
+
+def test_a_spare_whose_destination_folder_is_gone_is_not_leaked(tmp_path: Path) -> None:
+    spool = _worker_spool(tmp_path)
+    _handle(spool, "m.json")
+    os.rmdir(spool.path("main", RESPONSES))
+    with pytest.raises(FileNotFoundError):
+        spool.write_response("main", "m", b"{}")
+    assert _staging(tmp_path) == []
 
 
 def test_spares_are_bounded_and_dropped_on_exit(tmp_path: Path) -> None:
