@@ -44,7 +44,11 @@ class ErrorEntry:
 
     @property
     def original_name(self) -> str:
-        return str(self.record.get("originalName") or self.file.split("-", 1)[-1])
+        """The name to retry under: the record's, if it is a plain file name; else the errors/ file's own."""
+        recorded = self.record.get("originalName")
+        if isinstance(recorded, str) and _plain_name(recorded):
+            return recorded
+        return self.file.split("-", 1)[-1]
 
     @property
     def message_id(self) -> str:
@@ -144,3 +148,9 @@ def purge(spool: Spool, entry: ErrorEntry) -> None:
 def older_than(entries: list[ErrorEntry], seconds: float, now: float | None = None) -> list[ErrorEntry]:
     cutoff_ms = ((time.time() if now is None else now) - seconds) * 1000
     return [e for e in entries if e.epoch_ms < cutoff_ms]
+
+
+def _plain_name(name: str) -> bool:
+    """One directory entry of messages/: never a path (a forged record must not move files elsewhere)."""
+    return (bool(name) and "/" not in name and "\0" not in name and name not in (".", "..")
+            and not name.startswith(".") and len(os.fsencode(name)) <= 255)

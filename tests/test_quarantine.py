@@ -198,3 +198,17 @@ def test_entry_with_a_foreign_file_name():
     assert entry.epoch_ms == 0
     assert entry.original_name == "a-timestamp"
     assert quarantine.older_than([entry], 1, now=10.0) == [entry]
+
+
+@pytest.mark.parametrize("forged", ["../../outside.json", "/etc/passwd", "..", ".hidden.json", "a/b.json", ""])
+def test_retry_ignores_a_forged_original_name_that_is_a_path(spool, root, tmp_path, forged):
+    file = _quarantine(spool, "m1.json", b"{broken", {"reason": "invalid JSON"})
+    record_path = root / "main" / ERRORS / (file + ".error.json")
+    record = json.loads(record_path.read_text())
+    record["originalName"] = forged
+    record_path.write_text(json.dumps(record))
+    (entry,) = list_errors(spool)
+    assert entry.original_name == "m1.json"
+    assert retry(spool, entry) == "m1.json"
+    assert (root / "main" / MESSAGES / "m1.json").read_bytes() == b"{broken"
+    assert not (root / "outside.json").exists() and not (root.parent / "outside.json").exists()
