@@ -87,6 +87,7 @@ class WorkerHandle:
     max_tasks: int = 0
     stop_reason: StopReason | None = None
     kill_at: float | None = None
+    stop_by: float | None = None  # a recycled worker not gone by then is killed
     boot_error: str | None = None
     probe: ProcessProbe | None = None
     reading: ProcessReading | None = None
@@ -106,6 +107,19 @@ class WorkerHandle:
         if started <= 0:
             return None, 0.0
         return self.held.get(int(self.shared[SLOT_SEQ])), started
+
+    def outstanding(self) -> int:
+        """Deliveries handed over and not finished yet, read live from the worker's shared slots.
+
+        ``held`` also lists finished ones not yet reported (a worker reports in
+        batches); a worker runs its deliveries in the order given, so those
+        before the one it is on (or last ran) are done.
+        """
+        if not self.held:
+            return 0
+        seq = int(self.shared[SLOT_SEQ])
+        running = self.shared[SLOT_STARTED] > 0
+        return sum(1 for s in self.held if s > seq or (s == seq and running))
 
     @property
     def tasks_done(self) -> int:

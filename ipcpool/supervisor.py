@@ -320,6 +320,7 @@ class Supervisor:
                 log.info("recycling worker pid=%d after %d tasks", worker.pid, message[1])
                 worker.stop_reason = StopReason.RECYCLE
                 worker.state = WorkerState.STOPPING
+                worker.stop_by = self.clock() + self.config.pool.shutdown_grace
         elif kind == "ready":
             worker.state = WorkerState.READY if worker.stop_reason is None else worker.state
             worker.last_heartbeat = now
@@ -456,19 +457,21 @@ class Supervisor:
         prefetch = self.config.pool.prefetch
         # Top a worker up only once half its prefetch is free: fewer, larger batches.
         refill_at = max(1, prefetch // 2)
-        ready = [w for w in self.workers if w.state is WorkerState.READY and w.channel_open
-                 and prefetch - len(w.held) >= refill_at]
+        load = {w: w.outstanding() for w in self.workers if w.state is WorkerState.READY and w.channel_open}
+        ready = [w for w, n in load.items() if prefetch - n >= refill_at]
         if not ready:
             return
-        # Even shares: no worker holds more than its part of all the work pending or held,
-        # counting workers still booting, so a burst never queues behind one worker.
-        sharing = [w for w in self.workers if w.stop_reason is None
-                   and w.state in (WorkerState.READY, WorkerState.STARTING)]
-        work = len(self.pending) + sum(len(w.held) for w in sharing)
-        share = -(-work // max(1, len(sharing)))
-        ready.sort(key=lambda w: len(w.held))
+        # Even shares: no worker holds more than its part of all the work pending or
+        # outstanding, so a burst never queues behind one worker. Until the pool first
+        # stands, workers still booting get their part too (a backlog at start is split);
+        # later, a replacement booting does not hold work back from the others.
+        booting = 0 if self.announced else sum(
+            1 for w in self.workers if w.stop_reason is None and w.state is WorkerState.STARTING)
+        work = len(self.pending) + sum(load.values())
+        share = -(-work // (len(load) + booting))
+        ready.sort(key=load.__getitem__)
         for worker in ready:
-            room = min(prefetch, share) - len(worker.held)
+            room = min(prefetch, share) - load[worker]
             if room <= 0:
                 continue
             batch: list[tuple[int, str, str, int]] = []
@@ -672,6 +675,9 @@ class Supervisor:
                 if now - worker.started_at > max(pool.handler_timeout, 10.0):
                     self.kill_worker(worker, StopReason.BOOT_TIMEOUT, "did not boot in time")
                 continue
+            if worker.stop_by is not None and now > worker.stop_by:
+                self.kill_worker(worker, worker.stop_reason or StopReason.RECYCLE, "did not exit after recycling")
+                continue
             if worker.stop_reason is StopReason.DRAIN and now < self.drain_deadline:
                 continue
             if worker.stop_reason is StopReason.DRAIN:
@@ -698,6 +704,8 @@ class Supervisor:
         """Ask a worker to finish its current delivery, return the rest and exit."""
         worker.stop_reason = reason
         worker.state = WorkerState.STOPPING
+        if reason is StopReason.RECYCLE:
+            worker.stop_by = self.clock() + self.config.pool.handler_timeout + self.config.pool.shutdown_grace
         if not worker.send(("stop",)):
             worker.signal(signal.SIGTERM)
 

@@ -7,6 +7,11 @@ EXIT_WORKER_BOOT), then loops::
     supervisor --("run", [(seq, group, name, deliveries), ...])--> worker
     worker --("done", [(seq, outcome, info), ...])--> supervisor
     worker --("hb", heartbeat envelope)--> supervisor      (heartbeat thread)
+    worker --("retiring", tasks done)--> supervisor        (max_tasks reached; then it exits 0)
+
+Results are reported every ``prefetch // 2`` deliveries, or once the worker
+has had nothing to do for IDLE_REPORT_DELAY_MS: under load, one report per
+batch rather than one wake-up of the supervisor per message.
 
 Only paths, ids and small status records cross the pipes. Each delivery ends
 in exactly one :class:`Outcome`, decided in :meth:`Worker.process`. The worker
@@ -244,11 +249,16 @@ class Worker:
                   message.id, group, message.type, message.delivery_count)
         attempts = 1
         try:
+            first: Exception | None = None
             try:
                 response = self._run_handler(handler, message)
-            except Exception as first:
+            except Exception as exc:  # noqa: BLE001 - the retry policy retries any Exception
+                first = exc
+            if first is not None:
                 # Only a failure pays for tenacity (its loop cost more than the rest of the hot
                 # path); attempt 1 is replayed inside it, so the policy counts it as before.
+                # Outside the except block, so a retried handler does not see attempt 1's
+                # exception as the one being handled.
                 self._retrying_message = message
                 for attempt in self._retrying:
                     with attempt:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -246,3 +247,23 @@ def test_error_handler_hears_when_an_ack_never_comes(tmp_path):
         assert not system.running
     finally:
         system.stop()
+
+
+def test_a_dead_forked_worker_leaves_the_supervisor_idle_not_spinning(tmp_path, systems):
+    """Forked siblings inherit each other's pipes: the dead one's must leave the epoll set before closing."""
+    log = tmp_path / "calls.jsonl"
+    system = IPCSystem(_config(tmp_path / "ipc", pool={"workers": 3}))
+    system.register_handler(IPCMessageType.TASK, message_recorder(log, "task"))
+    systems.append(system)
+    system.start()
+    _wait_ready(system)
+    supervisor = psutil.Process(system._process.pid)
+    victim = supervisor.children()[0]
+    victim.kill()
+    wait_until(lambda: victim.pid not in {c.pid for c in supervisor.children()}, message="the dead worker reaped")
+    _wait_ready(system)
+    before = sum(supervisor.cpu_times()[:2])
+    started = time.monotonic()
+    wait_until(lambda: time.monotonic() - started > 2.0, 5.0, interval=0.1, message="two idle seconds")
+    used = sum(supervisor.cpu_times()[:2]) - before
+    assert used < 0.5, f"the idle supervisor used {used:.2f} s of CPU in 2 s: its loop is spinning"
