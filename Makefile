@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+BENCH_ARGS ?=  # e.g. --quick, or --tmpdir /somewhere/on/the/spool/filesystem
 
 .PHONY: run test lint bench clean
 
@@ -22,7 +23,7 @@ lint: $(BIN)/python
 
 bench: $(BIN)/python
 	$(BIN)/pip install -q -e '.[bench]'
-	$(BIN)/python scripts/bench.py
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) data build *.egg-info
