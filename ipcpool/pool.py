@@ -91,7 +91,8 @@ class WorkerHandle:
     boot_error: str | None = None
     probe: ProcessProbe | None = None
     reading: ProcessReading | None = None
-    channel_open: bool = True
+    tasks_open: bool = True  # our end of its task pipe still takes writes
+    results_open: bool = True  # its result pipe not at EOF (read it to the end even after tasks_open fails)
 
     @property
     def sentinel(self) -> int:
@@ -127,12 +128,12 @@ class WorkerHandle:
         return int(self.shared[SLOT_HANDLED] + self.shared[SLOT_FAILED])
 
     def send(self, command: tuple[Any, ...]) -> bool:
-        if not self.channel_open:
+        if not self.tasks_open:
             return False
         try:
             self.tasks.send(command)
         except (BrokenPipeError, OSError):
-            self.channel_open = False
+            self.tasks_open = False
             return False
         return True
 

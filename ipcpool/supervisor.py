@@ -232,7 +232,7 @@ class Supervisor:
             waitables.append((watch_fd, "watch", self._watcher))
         for worker in self.workers:
             waitables.append((worker.sentinel, "sentinel", worker))
-            if worker.channel_open:
+            if worker.results_open:
                 waitables.append((worker.results, "results", worker))
         if timeout is None:
             # A rescan or pruning pass in slices: come straight back.
@@ -298,13 +298,13 @@ class Supervisor:
     def read_results(self, ready: list[Any]) -> None:
         ready_set = set(ready)
         for worker in list(self.workers):
-            if not worker.channel_open or worker.results not in ready_set:
+            if not worker.results_open or worker.results not in ready_set:
                 continue
             try:
                 while worker.results.poll():
                     self.on_worker_message(worker, worker.results.recv())
             except (EOFError, OSError):
-                worker.channel_open = False
+                worker.results_open = False
 
     def on_worker_message(self, worker: WorkerHandle, message: tuple[Any, ...]) -> None:
         kind = message[0]
@@ -457,7 +457,7 @@ class Supervisor:
         prefetch = self.config.pool.prefetch
         # Top a worker up only once half its prefetch is free: fewer, larger batches.
         refill_at = max(1, prefetch // 2)
-        load = {w: w.outstanding() for w in self.workers if w.state is WorkerState.READY and w.channel_open}
+        load = {w: w.outstanding() for w in self.workers if w.state is WorkerState.READY and w.tasks_open}
         ready = [w for w, n in load.items() if prefetch - n >= refill_at]
         if not ready:
             return
@@ -539,7 +539,7 @@ class Supervisor:
         """Handle every worker whose process ended (its sentinel fired, or any, when ``ready`` is None)."""
         fired = None if ready is None else set(ready)
         for worker in list(self.workers):
-            if fired is not None and worker.sentinel not in fired and worker.channel_open:
+            if fired is not None and worker.sentinel not in fired and worker.results_open:
                 continue
             if worker.process.is_alive():
                 continue
@@ -565,14 +565,14 @@ class Supervisor:
 
     def read_leftovers(self, worker: WorkerHandle) -> None:
         """Results a worker sent just before it died still count."""
-        if not worker.channel_open:
+        if not worker.results_open:
             return
         try:
             while worker.results.poll():
                 self.on_worker_message(worker, worker.results.recv())
         except (EOFError, OSError):
             pass
-        worker.channel_open = False
+        worker.results_open = False
 
     def on_boot_failure(self, worker: WorkerHandle, how: str, now: float) -> None:
         self.boot_failures += 1
