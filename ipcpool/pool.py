@@ -172,6 +172,9 @@ def spawn_worker(ctx: Any, config: Config, slot: int, supervisor_pid: int, now: 
     return handle
 
 
+FORKSERVER_LOST_STATUS = 255
+
+
 def describe_exit(code: int | None) -> str:
     """A worker's exit status in words, as gunicorn's reap_workers says them."""
     if code is None:
@@ -186,6 +189,10 @@ def describe_exit(code: int | None) -> str:
         if -code == signal.SIGSEGV:
             return f"crashed with {name} (segmentation fault)"
         return f"killed by {name}"
+    if code == FORKSERVER_LOST_STATUS:
+        # multiprocessing reports 255 when the forkserver that would pass the status on
+        # is gone too (a SIGTERM to the whole process group stops both).
+        return f"exited with code {code} (or its exit status was lost with the forkserver)"
     return f"exited with code {code}"
 
 
