@@ -364,11 +364,14 @@ class Spool:
             total = 0
             want = st.st_size + 1  # one read, sized by fstat (not a 1 MiB buffer per message)
             while total <= limit:
-                chunk = os.read(fd, min(want, limit + 1 - total))
+                asked = min(want, limit + 1 - total)
+                chunk = os.read(fd, asked)
                 if not chunk:
                     break
                 chunks.append(chunk)
                 total += len(chunk)
+                if len(chunk) < asked:  # a short read of a regular file: its end
+                    break
                 want = 65536  # it grew after fstat (a direct writer): read on, up to the limit
             if total > limit:
                 raise InvalidMessage(f"too large: more than {limit} bytes ([spool] max_message_bytes)")
