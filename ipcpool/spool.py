@@ -207,14 +207,8 @@ class Spool:
         tmp_path = f"{staging}/{self._tmp_name()}" if staging else self.path(group, TMP, self._tmp_name())
         fd = os.open(tmp_path, _OPEN_WRITE, file_mode)
         try:
-            try:
-                if self.shared:  # group bits must not depend on the umask; private 0600 only narrows
-                    os.fchmod(fd, file_mode)
-                _write_all(fd, data)
-                if self._fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            # Shared: group bits must not depend on the umask (private 0600 only narrows).
+            self._fill(fd, data, file_mode if self.shared else None)
             os.rename(tmp_path, final)
         except BaseException:
             _unlink_quietly(tmp_path)
@@ -222,6 +216,20 @@ class Spool:
         if self._fsync:
             self.fsync_dir(self.path(group, sub))
         return final
+
+    def _fill(self, fd: int, data: bytes, chmod_to: int | None, *, truncate: bool = False) -> None:
+        """Write ``data`` into a temp file (fixing its mode, cutting a reused file to length,
+        fsync'd with durability "power"), then close it."""
+        try:
+            if chmod_to is not None:
+                os.fchmod(fd, chmod_to)
+            _write_all(fd, data)
+            if truncate:
+                os.ftruncate(fd, len(data))
+            if self._fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _write_spare(self, spare: str, spare_mode: int, final: str, data: bytes, file_mode: int) -> bool:
         """Overwrite a recycled file in staging and rename it to ``final``; False if the spare was lost.
@@ -235,15 +243,7 @@ class Spool:
             _unlink_quietly(spare)
             return False
         try:
-            try:
-                if spare_mode != file_mode:
-                    os.fchmod(fd, file_mode)
-                _write_all(fd, data)
-                os.ftruncate(fd, len(data))
-                if self._fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            self._fill(fd, data, file_mode if spare_mode != file_mode else None, truncate=True)
             os.rename(spare, final)
         except FileNotFoundError:
             _unlink_quietly(spare)

@@ -158,22 +158,18 @@ class BenchError(Exception):
     """A measurement could not be made (timeout, a process died); the row says why."""
 
 
-def count_records(directory: Path) -> int:
-    total = 0
+def _bytes_in(directory: Path, prefix: str) -> int:
+    """Total size of the files named ``prefix*`` (records and lost marks are fixed-size appends)."""
     with os.scandir(directory) as entries:
-        for entry in entries:
-            if entry.name.startswith("rec-"):
-                total += entry.stat().st_size
-    return total // RECORD_LEN
+        return sum(e.stat().st_size for e in entries if e.name.startswith(prefix))
+
+
+def count_records(directory: Path) -> int:
+    return _bytes_in(directory, "rec-") // RECORD_LEN
 
 
 def count_lost(directory: Path) -> int:
-    total = 0
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            if entry.name.startswith("lost-"):
-                total += entry.stat().st_size
-    return total
+    return _bytes_in(directory, "lost-")
 
 
 def read_records(directory: Path) -> dict[int, tuple[float, float]]:
