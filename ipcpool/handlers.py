@@ -68,7 +68,7 @@ class HandlerTable:
     def call(self, handler: Handler, message: Message) -> Any:
         """Run a handler once; an ``async def`` runs to completion on a private loop."""
         result = handler(message)
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):
             if self._loop is None:
                 self._loop = asyncio.new_event_loop()
             return self._loop.run_until_complete(_awaited(result))

@@ -179,11 +179,13 @@ def _parse_float(text: str) -> float:
 
 def _unique_keys_for(fmt: str) -> Any:
     def unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
-        result: dict[Any, Any] = {}
-        for key, value in pairs:
-            if key in result:
-                raise InvalidMessage(f"invalid {fmt}: duplicate key {key!r}")
-            result[key] = value
+        result = dict(pairs)
+        if len(result) != len(pairs):
+            seen: set[Any] = set()
+            for key, _value in pairs:
+                if key in seen:
+                    raise InvalidMessage(f"invalid {fmt}: duplicate key {key!r}")
+                seen.add(key)
         return result
 
     return unique_keys

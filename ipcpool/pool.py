@@ -13,6 +13,7 @@ import enum
 import logging
 import multiprocessing
 import os
+import select
 import signal
 import time
 from collections import OrderedDict
@@ -93,6 +94,18 @@ class WorkerHandle:
     reading: ProcessReading | None = None
     tasks_open: bool = True  # our end of its task pipe still takes writes
     results_open: bool = True  # its result pipe not at EOF (read it to the end even after tasks_open fails)
+    _results_poller: Any = None
+
+    def results_waiting(self) -> bool:
+        """Whether its result pipe can be read now (or is at its end).
+
+        One poll object for the worker's life: ``Connection.poll`` builds a
+        selector on every call, and the supervisor asks after every report.
+        """
+        if self._results_poller is None:
+            self._results_poller = select.poll()
+            self._results_poller.register(self.results.fileno(), select.POLLIN)
+        return bool(self._results_poller.poll(0))
 
     @property
     def sentinel(self) -> int:

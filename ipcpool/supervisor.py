@@ -301,7 +301,7 @@ class Supervisor:
             if not worker.results_open or worker.results not in ready_set:
                 continue
             try:
-                while worker.results.poll():
+                while worker.results_waiting():
                     self.on_worker_message(worker, worker.results.recv())
             except (EOFError, OSError):
                 worker.results_open = False
@@ -568,7 +568,7 @@ class Supervisor:
         if not worker.results_open:
             return
         try:
-            while worker.results.poll():
+            while worker.results_waiting():
                 self.on_worker_message(worker, worker.results.recv())
         except (EOFError, OSError):
             pass

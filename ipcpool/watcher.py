@@ -22,7 +22,7 @@ import logging
 import os
 import struct
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -36,6 +36,7 @@ Notify = Callable[[Hint], None]
 FILE, CLOSED, GROUP, OVERFLOW, LOST = "file", "closed", "group", "overflow", "lost"
 _IN_EVENT = struct.Struct("iIII")  # struct inotify_event: int wd; uint32 mask, cookie, len; then the name
 _IN_EVENT_HEADER = _IN_EVENT.size
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()  # os.fsdecode's, inlined
 
 
 class Watcher(Protocol):
@@ -54,14 +55,17 @@ def make_watcher(root: str, notify: Notify, *, polling: bool, poll_interval: flo
     return ObserverWatcher(root, notify, polling=polling, poll_interval=poll_interval)
 
 
-def parse_events(buf: bytes) -> Iterator[tuple[int, int, str]]:
+def parse_events(buf: bytes) -> list[tuple[int, int, str]]:
     """(watch descriptor, mask, name) for each ``struct inotify_event`` in ``buf``."""
+    events = []
+    unpack, size, end = _IN_EVENT.unpack_from, _IN_EVENT_HEADER, len(buf)
     i = 0
-    while i + _IN_EVENT_HEADER <= len(buf):
-        wd, mask, _cookie, length = _IN_EVENT.unpack_from(buf, i)
-        name = buf[i + _IN_EVENT_HEADER:i + _IN_EVENT_HEADER + length].rstrip(b"\0")
-        i += _IN_EVENT_HEADER + length
-        yield wd, mask, os.fsdecode(name)
+    while i + size <= end:
+        wd, mask, _cookie, length = unpack(buf, i)
+        start = i + size
+        i = start + length
+        events.append((wd, mask, buf[start:i].rstrip(b"\0").decode(_FS_ENCODING, _FS_ERRORS)))
+    return events
 
 
 class InotifyWatcher:

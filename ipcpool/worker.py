@@ -42,7 +42,7 @@ from ipcpool.handlers import Handler, HandlerTable, resolve_all
 from ipcpool.health import heartbeat_envelope, pid_alive, process_create_time
 from ipcpool.message import IPCMessageType, Message, decode, encode, format_for, now_iso, to_message
 from ipcpool.retry import handler_retrying
-from ipcpool.spool import Spool, message_stem
+from ipcpool.spool import Spool, ack_name, message_stem
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class Worker:
             return Outcome.VANISHED, None
         except InvalidMessage as exc:
             return self._reject(group, name, str(exc))
-        fmt = format_for(name)
+        fmt = "json" if name.endswith(".json") else format_for(name)
         stem = message_stem(name)
         try:
             if fmt is None:
@@ -235,8 +235,9 @@ class Worker:
 
     def _dispatch(self, message: Message, name: str, recycle: int | None) -> tuple[Outcome, Any]:
         spool, group = self.spool, message.group
-        if message.requires_ack and spool.has_ack(group, message.id):
-            spool.write_ack(group, message.id)
+        ack = ack_name(message.id) if message.requires_ack else None
+        if ack is not None and spool.has_ack_named(group, ack):
+            spool.write_ack_named(group, ack)
             spool.complete(group, name, recycle=recycle)
             log.info("Duplicate IPC message skipped (already acked) id=%s group=%s", message.id, group)
             return Outcome.DUPLICATE, None
@@ -265,6 +266,7 @@ class Worker:
                         attempts = attempt.retry_state.attempt_number
                         if attempts == 1:
                             raise first
+                        self.shared[SLOT_STARTED] = time.monotonic()  # a handler timeout counts per attempt
                         response = self._run_handler(handler, message)
         except BaseException as exc:  # noqa: BLE001 - a handler may raise anything, SystemExit included
             return self._fail(message, name, exc, attempts)
@@ -272,8 +274,8 @@ class Worker:
         # is deduplicated by the ack, so the ack must be the last word.
         if message.reply_to:
             self._reply(message, response)
-        if message.requires_ack:
-            spool.write_ack(group, message.id)
+        if ack is not None:
+            spool.write_ack_named(group, ack)
             log.debug("ACK sent id=%s group=%s", message.id, group)
         spool.complete(group, name, recycle=recycle)
         self.handled += 1
@@ -282,7 +284,6 @@ class Worker:
 
     def _run_handler(self, handler: Any, message: Message) -> bytes:
         """One attempt: the handler, then its response encoded (an unencodable result fails the attempt)."""
-        self.shared[SLOT_STARTED] = time.monotonic()
         result = self.handlers.call(handler, message)
         return self._response_bytes(message, True, result) if message.reply_to else b""
 
