@@ -120,8 +120,7 @@ class Client:
     def _publish(self, group: str, name: str, data: bytes, message_id: str) -> None:
         self._ensure_group(group)
         self._check_room(group)
-        self.spool.publish(group, name, data)
-        log.debug("IPC message sent id=%s group=%s", message_id, group)
+        self.spool.publish(group, name, data)  # the callers log "IPC message sent", once
 
     def send(
         self,

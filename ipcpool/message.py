@@ -13,9 +13,9 @@ import enum
 import functools
 import json
 import math
+import os
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,7 +92,12 @@ def _iso_second(seconds: int) -> str:
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` but without building a UUID object."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def build_envelope(
@@ -108,9 +113,15 @@ def build_envelope(
     check_group_name(group)
     if reply_to is not None:
         check_group_name(reply_to)
+    type_ = str(type_)
+    _check_type(type_)
+    if message_id:
+        _check_id(message_id)
+    if not isinstance(requires_ack, bool):
+        raise InvalidMessage(f"invalid envelope: requiresAck must be true or false, got {_short(requires_ack)}")
     envelope: dict[str, Any] = {
         "id": message_id or new_id(),
-        "type": str(type_),
+        "type": type_,
         "groupFolder": group,
         "payload": payload,
         "timestamp": now_iso(),
@@ -118,7 +129,6 @@ def build_envelope(
     }
     if reply_to is not None:
         envelope["replyTo"] = reply_to
-    _check_envelope_fields(envelope)
     return envelope
 
 
@@ -145,11 +155,14 @@ def extension_for(fmt: str) -> str:
 # -- encoding ---------------------------------------------------------------
 
 
+_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))  # one, not one per call
+
+
 def encode(obj: Any, fmt: str) -> bytes:
     """Serialise a wire object; raises InvalidMessage when it cannot be represented."""
     try:
         if fmt == "json":
-            return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+            return _JSON_ENCODER.encode(obj).encode()
         if fmt == "msgpack":
             return msgpack.packb(obj, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -311,18 +324,25 @@ def is_envelope(obj: Any) -> bool:
     return isinstance(obj, dict) and "type" in obj and "payload" in obj
 
 
-def _check_envelope_fields(obj: dict[str, Any]) -> None:
-    type_ = obj.get("type")
+def _check_type(type_: Any) -> None:
     if not isinstance(type_, str) or not TYPE_NAME.match(type_):
         raise InvalidMessage(
             f"invalid envelope: type must be a short name of letters, digits, '_', '.', ':' or '-', got {type_!r}"
         )
-    message_id = obj.get("id")
-    # A missing id is allowed: to_message falls back to the file's stem.
-    if "id" in obj and (not isinstance(message_id, str) or not MESSAGE_ID.match(message_id)):
+
+
+def _check_id(message_id: Any) -> None:
+    if not isinstance(message_id, str) or not MESSAGE_ID.match(message_id):
         raise InvalidMessage(
             f"invalid envelope: id must be 1-128 letters, digits, '_' or '-', got {_short(message_id)}"
         )
+
+
+def _check_envelope_fields(obj: dict[str, Any]) -> None:
+    _check_type(obj.get("type"))
+    # A missing id is allowed: to_message falls back to the file's stem.
+    if "id" in obj:
+        _check_id(obj["id"])
     if "requiresAck" in obj and not isinstance(obj["requiresAck"], bool):
         raise InvalidMessage(f"invalid envelope: requiresAck must be true or false, got {_short(obj['requiresAck'])}")
     if "timestamp" in obj and not isinstance(obj["timestamp"], str):

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import stat
 import sys
 import time
@@ -191,7 +190,7 @@ class Spool:
     def _tmp_name(self) -> str:
         """Short and unguessable: never derived from a (possibly long) message name."""
         self._tmp_counter += 1
-        return f".{os.getpid()}-{self._tmp_counter}-{secrets.token_hex(6)}.tmp"
+        return f".{os.getpid()}-{self._tmp_counter}-{os.urandom(6).hex()}.tmp"  # secrets.token_hex(6)
 
     def write_atomic(self, group: str, sub: str, name: str, data: bytes, *, mode: int | None = None) -> str:
         """Write ``data`` to tmp/, then rename it to ``<sub>/<name>``: never seen partial.
