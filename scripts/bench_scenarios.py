@@ -174,17 +174,45 @@ def throughput(system: System, sizes: Sizes, base: Path, keep: bool) -> Row:
     with Measurement(base, "throughput", keep) as m:
         system.prepare(m.work, ["main"])
         consumer = m.add(system.start(m.work, ["main"], m.records, workers=sizes.workers))
+        consumer_cpu = CpuMeter([pid for pids in system.processes(consumer).values() for pid in pids])
         producer, out = m.producer(system, "produce", "main", count)
         done = wait_done(m, system, consumer, "main", count, _budget(system, sizes), producer)
+        consumer_s = consumer_cpu.seconds()
         summary = _summary(producer, out, 120.0, "producer")
+    producer_s = summary["cpu_s"]
     elapsed = done.t_end - summary["t_first"]
     rate = done.acked / elapsed if elapsed > 0 else 0.0
     sent_in = max(summary["t_last"] - summary["t_first"], 1e-9)
+    per_msg = {"consumer": round(consumer_s / count * 1e6, 1), "producer": round(producer_s / count * 1e6, 1)}
     metrics = {"rate": round(rate, 1), "acked": done.acked, "lost": done.lost, "count": count,
-               "seconds": round(elapsed, 3), "producer_rate": round(count / sent_in, 1), "partial": done.partial}
+               "seconds": round(elapsed, 3), "producer_rate": round(count / sent_in, 1), "partial": done.partial,
+               "cpu_us_per_msg": per_msg}
     text = (f"{_n(rate)} msg/s ({_n(done.acked)} of {_n(count)} in {elapsed:.2f} s; "
-            f"producer {_n(count / sent_in)}/s{_lost(done.lost)})")
+            f"producer {_n(count / sent_in)}/s{_lost(done.lost)}; CPU per message: "
+            f"{per_msg['consumer']:.0f} µs consuming + {per_msg['producer']:.0f} µs producing)")
     return Row("throughput", system.name, "partial" if done.partial else "ok", metrics, text)
+
+
+class CpuMeter:
+    """User + system CPU a set of running processes used since it was made (the consumer side)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        import psutil
+
+        self._procs = [psutil.Process(pid) for pid in pids]
+        self._start = [self._cpu(p) for p in self._procs]
+
+    @staticmethod
+    def _cpu(proc: Any) -> float:
+        try:
+            times = proc.cpu_times()
+        except Exception:  # noqa: BLE001 - gone: counts as no further CPU
+            return 0.0
+        return float(times.user + times.system)
+
+    def seconds(self) -> float:
+        return sum(max(0.0, self._cpu(p) - s) for p, s in zip(self._procs, self._start, strict=True))
+
 
 
 # -- (2) latency at a fixed offered load, and (6) the same with many groups ------------------------
