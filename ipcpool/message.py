@@ -250,6 +250,15 @@ def _decode_json(data: bytes) -> Any:
     if not _nesting_depth_ok(data):
         raise InvalidMessage(f"invalid JSON: nested deeper than {MAX_DEPTH} levels")
     try:
+        # A compact document (what senders write) is scanned once; JSONDecoder.decode
+        # would run two whitespace regexes around it. Anything else (surrounding
+        # whitespace, an error) takes the full path, which also says where it failed.
+        try:
+            obj, end = _JSON_DECODER.scan_once(text, 0)
+        except StopIteration:
+            end = -1
+        if end == len(text):
+            return obj
         return _JSON_DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise InvalidMessage(f"invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from exc

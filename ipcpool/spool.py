@@ -362,24 +362,29 @@ class Spool:
             limit = self.max_message_bytes
             if st.st_size > limit:
                 raise InvalidMessage(f"too large: {st.st_size} bytes, the limit is {limit} ([spool] max_message_bytes)")
-            chunks: list[bytes] = []
-            total = 0
-            want = st.st_size + 1  # one read, sized by fstat (not a 1 MiB buffer per message)
-            while total <= limit:
-                asked = min(want, limit + 1 - total)
-                chunk = os.read(fd, asked)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                total += len(chunk)
-                if len(chunk) < asked:  # a short read of a regular file: its end
-                    break
-                want = 65536  # it grew after fstat (a direct writer): read on, up to the limit
-            if total > limit:
-                raise InvalidMessage(f"too large: more than {limit} bytes ([spool] max_message_bytes)")
-            return ReadResult(b"".join(chunks), st.st_mtime, total, self._recyclable(fd, st))
+            # One read, sized by fstat (not a 1 MiB buffer per message); a short read
+            # of a regular file is its end.
+            asked = min(st.st_size + 1, limit + 1)
+            data = os.read(fd, asked)
+            if len(data) == asked:  # it grew after fstat (a direct writer): read on, up to the limit
+                data = self._read_rest(fd, data, limit)
+            return ReadResult(data, st.st_mtime, len(data), self._recyclable(fd, st))
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _read_rest(fd: int, data: bytes, limit: int) -> bytes:
+        chunks = [data]
+        total = len(data)
+        while total <= limit:
+            chunk = os.read(fd, min(65536, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > limit:
+            raise InvalidMessage(f"too large: more than {limit} bytes ([spool] max_message_bytes)")
+        return b"".join(chunks)
 
     def _recyclable(self, fd: int, st: os.stat_result) -> int | None:
         """The file's permission bits if its inode may be reused for our next ack, else None.
