@@ -32,7 +32,7 @@ FORMATS = ("json", "msgpack")
 MAX_DEPTH = 64
 MAX_INT_DIGITS = 40
 
-_ENVELOPE_KEYS = ("id", "type", "groupFolder", "payload", "timestamp", "requiresAck", "replyTo")
+_ENVELOPE_KEY_SET = frozenset(("id", "type", "groupFolder", "payload", "timestamp", "requiresAck", "replyTo"))
 
 
 class IPCMessageType(enum.StrEnum):
@@ -333,6 +333,9 @@ def is_envelope(obj: Any) -> bool:
     return isinstance(obj, dict) and "type" in obj and "payload" in obj
 
 
+_MISSING = object()
+
+
 def _check_type(type_: Any) -> None:
     if not isinstance(type_, str) or not TYPE_NAME.match(type_):
         raise InvalidMessage(
@@ -348,10 +351,14 @@ def _check_id(message_id: Any) -> None:
 
 
 def _check_envelope_fields(obj: dict[str, Any]) -> None:
-    _check_type(obj.get("type"))
+    # The common case is tested inline (once per delivery); the helpers raise with the reason.
+    type_ = obj.get("type")
+    if type(type_) is not str or not TYPE_NAME.match(type_):
+        _check_type(type_)
     # A missing id is allowed: to_message falls back to the file's stem.
-    if "id" in obj:
-        _check_id(obj["id"])
+    message_id = obj.get("id", _MISSING)
+    if message_id is not _MISSING and (type(message_id) is not str or not MESSAGE_ID.match(message_id)):
+        _check_id(message_id)
     if "requiresAck" in obj and not isinstance(obj["requiresAck"], bool):
         raise InvalidMessage(f"invalid envelope: requiresAck must be true or false, got {_short(obj['requiresAck'])}")
     if "timestamp" in obj and not isinstance(obj["timestamp"], str):
@@ -388,7 +395,8 @@ def to_message(obj: Any, *, group: str, stem: str, delivery_count: int = 1) -> M
         if not MESSAGE_ID.match(stem):
             raise InvalidMessage(f"invalid envelope: no id, and the file name {stem!r} is not a usable id")
         message_id = stem
-    extra = {key: value for key, value in obj.items() if key not in _ENVELOPE_KEYS}
+    extra = {} if obj.keys() <= _ENVELOPE_KEY_SET else \
+        {key: value for key, value in obj.items() if key not in _ENVELOPE_KEY_SET}
     return Message(
         id=message_id,
         type=obj["type"],

@@ -51,6 +51,7 @@ SLOT_SEQ, SLOT_STARTED, SLOT_HANDLED, SLOT_FAILED = range(4)
 SHARED_SLOTS = 4
 FUTURE_MTIME_SLACK = 1.0  # seconds an mtime may be ahead of our clock and still mean "just written"
 IDLE_REPORT_DELAY_MS = 20  # how long finished results wait for more work before being reported
+_HEARTBEAT = IPCMessageType.HEARTBEAT.value  # a plain str: compared once per delivery
 
 
 class Outcome(enum.StrEnum):
@@ -101,6 +102,7 @@ class Worker:
         self.failed = 0
         self._settle = spec.config.spool.settle_time
         self._allowed = {g: set(c.allowed_types) for g, c in spec.config.groups.items() if c.allowed_types}
+        self._record_heartbeats = not handlers.has(_HEARTBEAT)  # outside processes' heartbeats: recorded, not handled
         self._pid = os.getpid()
         # Report results once half the prefetch is done, so the supervisor refills
         # this worker's queue before it runs dry: claims overlap with handling.
@@ -241,7 +243,7 @@ class Worker:
             spool.complete(group, name, recycle=recycle)
             log.info("Duplicate IPC message skipped (already acked) id=%s group=%s", message.id, group)
             return Outcome.DUPLICATE, None
-        if message.type == IPCMessageType.HEARTBEAT and not self.handlers.has("heartbeat"):
+        if message.type == _HEARTBEAT and self._record_heartbeats:
             return self._record_heartbeat(message, name, recycle)
         handler = self.handlers.lookup(message)
         if handler is None:
