@@ -240,6 +240,9 @@ def _nesting_depth_ok(data: bytes) -> bool:
     return True
 
 
+_JSON_WHITESPACE = " \t\n\r"  # JSON's own (str.isspace would also pass characters the parser rejects)
+
+
 def _decode_json(data: bytes) -> Any:
     try:
         text = data.decode("utf-8")
@@ -257,7 +260,7 @@ def _decode_json(data: bytes) -> Any:
             obj, end = _JSON_DECODER.scan_once(text, 0)
         except StopIteration:
             end = -1
-        if end == len(text):
+        if end == len(text) or (end > 0 and not text[end:].strip(_JSON_WHITESPACE)):  # a final newline is common
             return obj
         return _JSON_DECODER.decode(text)
     except json.JSONDecodeError as exc:

@@ -60,6 +60,7 @@ _OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _OPEN_WRITE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 _OPEN_SPARE = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 _F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
+_EFFECTIVE_IDS = os.access in os.supports_effective_ids
 MAX_SPARES = 16  # handled files one process keeps for its next acks (more when messages need none)
 
 
@@ -399,8 +400,15 @@ class Spool:
         if self.shared or st.st_uid != self._euid or mode & 0o077 or self._staging is None:
             return None
         try:
-            fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_RDLCK)  # released by the close that follows
+            fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_RDLCK)
         except OSError:  # a writer still holds it open (EAGAIN), or leases are unsupported
+            return None
+        try:
+            # Not left to close(): a handler's thread that forks meanwhile would keep the
+            # open file, and its lease, alive; our own open of the spare would then break
+            # it, and SIGIO (the lease-break signal) kills the worker.
+            fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_UNLCK)
+        except OSError:
             return None
         return mode
 
@@ -414,7 +422,8 @@ class Spool:
 
     def has_ack_named(self, group: str, name: str) -> bool:
         """``name`` from :func:`ack_name`: a worker checks, then writes, the same ack."""
-        return os.access(self.path(group, ACKS, name), os.F_OK)  # no exception object when absent
+        # No exception object when absent; effective ids, as open() would use.
+        return os.access(self.path(group, ACKS, name), os.F_OK, effective_ids=_EFFECTIVE_IDS)
 
     def write_ack(self, group: str, message_id: str) -> None:
         self.write_ack_named(group, ack_name(message_id))

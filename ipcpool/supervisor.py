@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (group, file name)
 HOUSEKEEPING_INTERVAL = 60.0
-RESCAN_SLICE = 0.001  # seconds of scanning per loop iteration
+RESCAN_SLICE = 0.0002  # seconds of scanning per loop iteration
 BOOT_BACKOFF = 0.1  # first respawn delay after a boot failure; doubles each time
 CRASH_BACKOFF = 0.02  # respawn delay after repeated young crashes; doubles, capped
 CRASH_BACKOFF_MAX = 0.5

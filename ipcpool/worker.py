@@ -268,7 +268,6 @@ class Worker:
                         attempts = attempt.retry_state.attempt_number
                         if attempts == 1:
                             raise first
-                        self.shared[SLOT_STARTED] = time.monotonic()  # a handler timeout counts per attempt
                         response = self._run_handler(handler, message)
         except BaseException as exc:  # noqa: BLE001 - a handler may raise anything, SystemExit included
             return self._fail(message, name, exc, attempts)
@@ -286,6 +285,7 @@ class Worker:
 
     def _run_handler(self, handler: Any, message: Message) -> bytes:
         """One attempt: the handler, then its response encoded (an unencodable result fails the attempt)."""
+        self.shared[SLOT_STARTED] = time.monotonic()  # the handler timeout counts per attempt, from here
         result = self.handlers.call(handler, message)
         return self._response_bytes(message, True, result) if message.reply_to else b""
 

@@ -160,6 +160,7 @@ def run_suite(scenarios: list[str], systems: list[System], sizes: Sizes, base: P
 # file a scenario leaves (they are kept until the end, see Measurement) makes the kernel's
 # lookups a little slower, and the timing of a few hundred microseconds feels it first.
 RUN_ORDER = ("latency", "groups", "ack_rtt", "idle", "throughput", "drain")
+assert sorted(RUN_ORDER) == sorted(SCENARIOS), "RUN_ORDER must list every scenario once"
 
 
 def _terminate(signum: int, _frame: Any) -> None:

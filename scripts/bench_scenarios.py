@@ -186,32 +186,49 @@ def throughput(system: System, sizes: Sizes, base: Path, keep: bool) -> Row:
     per_msg = {"consumer": round(consumer_s / count * 1e6, 1), "producer": round(producer_s / count * 1e6, 1)}
     metrics = {"rate": round(rate, 1), "acked": done.acked, "lost": done.lost, "count": count,
                "seconds": round(elapsed, 3), "producer_rate": round(count / sent_in, 1), "partial": done.partial,
-               "cpu_us_per_msg": per_msg}
+               "cpu_us_per_msg": per_msg, "cpu_complete": consumer_cpu.complete}
     text = (f"{_n(rate)} msg/s ({_n(done.acked)} of {_n(count)} in {elapsed:.2f} s; "
             f"producer {_n(count / sent_in)}/s{_lost(done.lost)}; CPU per message: "
-            f"{per_msg['consumer']:.0f} µs consuming + {per_msg['producer']:.0f} µs producing)")
+            f"{per_msg['consumer']:.0f} µs consuming{'' if consumer_cpu.complete else ' (a process was gone)'}"
+            f" + {per_msg['producer']:.0f} µs producing)")
     return Row("throughput", system.name, "partial" if done.partial else "ok", metrics, text)
 
 
 class CpuMeter:
-    """User + system CPU a set of running processes used since it was made (the consumer side)."""
+    """User + system CPU a set of running processes used since it was made (the consumer side).
+
+    ``complete`` turns False when one of them was gone before the end (its CPU
+    is then missing from the figure) or could not be read at the start.
+    """
 
     def __init__(self, pids: list[int]) -> None:
         import psutil
 
-        self._procs = [psutil.Process(pid) for pid in pids]
-        self._start = [self._cpu(p) for p in self._procs]
+        self._procs: dict[int, Any] = {}
+        for pid in pids:
+            try:
+                self._procs[pid] = psutil.Process(pid)
+            except psutil.Error:
+                pass
+        self.complete = bool(pids) and len(self._procs) == len(pids)
+        self._start = {pid: self._read(pid) for pid in self._procs}
 
-    @staticmethod
-    def _cpu(proc: Any) -> float:
+    def _read(self, pid: int) -> float | None:
         try:
-            times = proc.cpu_times()
-        except Exception:  # noqa: BLE001 - gone: counts as no further CPU
-            return 0.0
+            times = self._procs[pid].cpu_times()
+        except Exception:  # noqa: BLE001 - gone
+            return None
         return float(times.user + times.system)
 
     def seconds(self) -> float:
-        return sum(max(0.0, self._cpu(p) - s) for p, s in zip(self._procs, self._start, strict=True))
+        total = 0.0
+        for pid, start in self._start.items():
+            now = self._read(pid)
+            if now is None or start is None:
+                self.complete = False
+                continue
+            total += max(0.0, now - start)
+        return total
 
 
 

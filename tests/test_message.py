@@ -336,6 +336,19 @@ def test_json_trailing_garbage_rejected():
         parse(_json(_envelope()) + b" {}", "json", group="main", stem="x")
 
 
+@pytest.mark.parametrize("around", [(b"", b"\n"), (b"", b" \r\n\t"), (b"\n ", b""), (b" ", b"\n")])
+def test_json_surrounded_by_json_whitespace_is_accepted(around):
+    """Shell and Node writers end files with a newline; the compact-document fast path must not refuse them."""
+    before, after = around
+    assert parse(before + _json(_envelope()) + after, "json", group="main", stem="x").type == "task"
+
+
+@pytest.mark.parametrize("after", [b"\x0b", "\u00a0".encode(), b"\x0c"])
+def test_json_followed_by_non_json_whitespace_is_rejected(after):
+    with pytest.raises(InvalidMessage, match="Extra data"):
+        parse(_json(_envelope()) + after, "json", group="main", stem="x")
+
+
 # -- msgpack strictness -----------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -141,3 +142,41 @@ def test_prune_staging_removes_only_files_of_gone_processes(tmp_path: Path) -> N
     (staging / "stray").write_bytes(b"?")
     assert spool.prune_staging({os.getpid()}) == 3
     assert len(_staging(tmp_path)) == 1 and _staging(tmp_path)[0].startswith(f".{os.getpid()}-")
+
+
+def test_read_lease_is_released_even_if_a_fork_keeps_the_file_open(tmp_path: Path, monkeypatch) -> None:
+    """A handler's thread may fork while a worker reads: the child's copy of the open file
+    must not keep the lease, or the worker's own open of the spare breaks it (SIGIO kills)."""
+    spool = _worker_spool(tmp_path)
+    spool.publish("main", "m.json", BIG)
+    assert spool.claim("main", "m.json")
+    path = spool.path("main", PROCESSING, "m.json")
+    real_close = os.close
+    children: list[int] = []
+
+    def fork_then_close(fd: int) -> None:
+        if not children:
+            pid = os.fork()
+            if pid == 0:  # the child holds its copy of every fd open until killed
+                import time
+
+                time.sleep(30)
+                os._exit(0)
+            children.append(pid)
+        real_close(fd)
+
+    monkeypatch.setattr("ipcpool.spool.os.close", fork_then_close)
+    previous = signal.signal(signal.SIGIO, signal.SIG_IGN)  # a broken lease would kill this test process
+    try:
+        raw = spool.read_claimed("main", "m.json")
+        monkeypatch.setattr("ipcpool.spool.os.close", real_close)
+        assert children and raw.recycle is not None
+        # With the lease still held by the child's copy this open fails with EAGAIN
+        # (non-blocking), and a blocking one would send SIGIO to this process.
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+    finally:
+        signal.signal(signal.SIGIO, previous)
+        for pid in children:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
