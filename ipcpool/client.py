@@ -117,7 +117,7 @@ class Client:
         if self.max_queued and self.spool.count(group, MESSAGES) >= self.max_queued:
             raise QueueFull(group, self.max_queued)
 
-    def _publish(self, group: str, name: str, data: bytes, message_id: str) -> None:
+    def _publish(self, group: str, name: str, data: bytes) -> None:
         self._ensure_group(group)
         self._check_room(group)
         self.spool.publish(group, name, data)  # the callers log "IPC message sent", once
@@ -141,7 +141,7 @@ class Client:
                                       message_id=message_id, format=format)
         message_id, name, data = self._prepare(group, type, payload, requires_ack=requires_ack,
                                                reply_to=reply_to, message_id=message_id, fmt=format)
-        self._publish(group, name, data, message_id)
+        self._publish(group, name, data)
         log.debug("IPC message sent id=%s group=%s type=%s", message_id, group, type)
         return message_id
 
@@ -159,10 +159,10 @@ class Client:
 
     def _ensure_present(self, group: str, name: str, data: bytes, message_id: str, attempt: int) -> None:
         if attempt == 1:
-            self._publish(group, name, data, message_id)
+            self._publish(group, name, data)
             log.info("IPC message sent id=%s group=%s (waiting for ACK)", message_id, group)
         elif not self._present_or_acked(group, name, message_id):
-            self._publish(group, name, data, message_id)
+            self._publish(group, name, data)
             log.warning("Retrying IPC message id=%s group=%s attempt=%d: re-published", message_id, group, attempt)
         else:
             log.warning("Retrying IPC message id=%s group=%s attempt=%d: still queued or in flight, not re-sent",

@@ -94,7 +94,7 @@ class WorkerHandle:
     reading: ProcessReading | None = None
     tasks_open: bool = True  # our end of its task pipe still takes writes
     results_open: bool = True  # its result pipe not at EOF (read it to the end even after tasks_open fails)
-    _results_poller: Any = None
+    _results_poller: Any = field(default=None, init=False, repr=False)
 
     def results_waiting(self) -> bool:
         """Whether its result pipe can be read now (or is at its end).
