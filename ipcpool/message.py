@@ -142,10 +142,8 @@ def check_group_name(name: str) -> str:
 
 def format_for(name: str) -> str | None:
     """The codec for a message file name, or None when the extension is not ours."""
-    for ext, fmt in EXTENSIONS.items():
-        if name.endswith(ext):
-            return fmt
-    return None
+    dot = name.rfind(".")
+    return EXTENSIONS.get(name[dot:]) if dot >= 0 else None  # one lookup: no extension has a dot inside
 
 
 def extension_for(fmt: str) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 from ipcpool.config import Config
 from ipcpool.health import ProcessProbe, ProcessReading
-from ipcpool.worker import SHARED_SLOTS, SLOT_FAILED, SLOT_HANDLED, SLOT_SEQ, SLOT_STARTED, WorkerSpec, worker_main
+from ipcpool.worker import SHARED_SLOTS, SLOT_SEQ, SLOT_STARTED, WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,6 @@ class WorkerHandle:
     heartbeat: dict[str, Any] = field(default_factory=dict)
     handled: int = 0
     failed: int = 0
-    max_tasks: int = 0
     stop_reason: StopReason | None = None
     kill_at: float | None = None
     stop_by: float | None = None  # a recycled worker not gone by then is killed
@@ -135,11 +134,6 @@ class WorkerHandle:
         running = self.shared[SLOT_STARTED] > 0
         return sum(1 for s in self.held if s > seq or (s == seq and running))
 
-    @property
-    def tasks_done(self) -> int:
-        """Deliveries finished (handled or failed) as the worker counts them now, not as last reported."""
-        return int(self.shared[SLOT_HANDLED] + self.shared[SLOT_FAILED])
-
     def send(self, command: tuple[Any, ...]) -> bool:
         if not self.tasks_open:
             return False
@@ -180,7 +174,7 @@ def spawn_worker(ctx: Any, config: Config, slot: int, supervisor_pid: int, now: 
     tasks_r.close()
     results_w.close()
     handle = WorkerHandle(slot=slot, process=process, tasks=tasks_w, results=results_r, shared=shared,
-                          started_at=now, pid=process.pid, last_heartbeat=now, max_tasks=max_tasks)
+                          started_at=now, pid=process.pid, last_heartbeat=now)
     log.debug("spawned worker pid=%d slot=%d", process.pid, slot)
     return handle
 

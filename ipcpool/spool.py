@@ -311,9 +311,9 @@ class Spool:
     def complete(self, group: str, name: str, *, recycle: int | None = None) -> None:
         """Remove a handled message from processing/.
 
-        With ``recycle`` (the permission bits of a file :meth:`read_claimed`
-        found ``owned``), the file moves to private staging instead of being unlinked, and the next
-        ack or response is written into it: one rename instead of an unlink
+        With ``recycle`` (the permission bits :meth:`read_claimed` returns for a
+        file that may be reused), the file moves to private staging instead of
+        being unlinked, and the next ack or response is written into it: one rename instead of an unlink
         plus a create. Freeing and allocating inodes per message is the
         dominant cost on some filesystems (ext4 without a journal scans past
         every recently deleted inode on each create).

@@ -710,16 +710,14 @@ class Supervisor:
             worker.signal(signal.SIGTERM)
 
     def recycle_workers(self) -> None:
+        """Stop workers over the memory limit; one past its task limit retires itself ("retiring")."""
         if self.state != "running":
             return
         limit_mb = self.config.pool.max_memory_mb
         for worker in self.workers:
             if worker.state is not WorkerState.READY:
                 continue
-            if worker.max_tasks and worker.tasks_done >= worker.max_tasks:
-                log.info("recycling worker pid=%d after %d tasks", worker.pid, worker.tasks_done)
-                self.stop_worker(worker, StopReason.RECYCLE)
-            elif limit_mb and worker.reading is not None and worker.reading.rss_mb > limit_mb:
+            if limit_mb and worker.reading is not None and worker.reading.rss_mb > limit_mb:
                 log.warning("recycling worker pid=%d: RSS %.0f MB is over max_memory_mb %d",
                             worker.pid, worker.reading.rss_mb, limit_mb)
                 self.stop_worker(worker, StopReason.RECYCLE)

@@ -208,7 +208,7 @@ class Worker:
             return Outcome.VANISHED, None
         except InvalidMessage as exc:
             return self._reject(group, name, str(exc))
-        fmt = "json" if name.endswith(".json") else format_for(name)
+        fmt = format_for(name)
         stem = message_stem(name)
         try:
             if fmt is None:
