@@ -12,6 +12,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1  # a command did not succeed (ack timeout, unhealthy, queue full, already running)
 EXIT_CONFIG = 2  # bad configuration or command line: fix the input, do not retry
 EXIT_WORKER_BOOT = 3  # workers cannot start (a handler module fails to import): do not respawn
+# Between a worker and its supervisor only:
+EXIT_WORKER_GRACE = 4  # a worker told to stop by SIGTERM ran out of [pool] shutdown_grace mid-handler
 
 
 class IpcpoolError(Exception):
@@ -50,29 +52,71 @@ class WorkerBootError(IpcpoolError):
 
 
 class AckTimeout(IpcpoolError):
-    """A sent message was not acknowledged after every retry."""
+    """A sent message was not acknowledged after every retry (or no supervisor is running).
 
-    def __init__(self, message_id: str, group: str, attempts: int, timeout: float) -> None:
+    ``hint`` says why, when that is known: no supervisor holds the root, or
+    one does and the handler is slower than ``[ack] timeout``.
+    """
+
+    def __init__(self, message_id: str, group: str, attempts: int, timeout: float, hint: str = "") -> None:
         self.message_id = message_id
         self.group = group
         self.attempts = attempts
         self.timeout = timeout
+        self.hint = hint
         super().__init__(
             f"ACK timeout: message {message_id} to group {group!r} was not acknowledged "
-            f"after {attempts} attempt(s) of {timeout:g}s each; is `ipcpool run` up for this root?"
+            f"after {attempts} attempt(s) of {timeout:g}s each" + (f"; {hint}" if hint else "")
         )
 
 
 class ResponseTimeout(IpcpoolError):
     """A request got no response in time."""
 
-    def __init__(self, message_id: str, group: str, timeout: float) -> None:
+    def __init__(self, message_id: str, group: str, timeout: float, hint: str = "") -> None:
         self.message_id = message_id
         self.group = group
         self.timeout = timeout
+        self.hint = hint
         super().__init__(
             f"no response to request {message_id} in group {group!r} within {timeout:g}s"
+            + (f"; {hint}" if hint else "")
         )
+
+
+class MessageExists(IpcpoolError):
+    """A different message with this file name is already queued; publishing would replace it."""
+
+    def __init__(self, group: str, name: str) -> None:
+        self.group = group
+        self.name = name
+        super().__init__(
+            f"a different message named {name!r} is already queued in group {group!r}; "
+            "refusing to replace it (use a new id, or wait until it is handled)"
+        )
+
+
+class MessageNotHandled(IpcpoolError):
+    """A sent message ended in ``errors/``; its sender is told at once (a nack), never left waiting.
+
+    ``reason`` is the one in its error record, ``error_file`` where that
+    record is (``<group>/errors/<name>``), ``outcome`` one of ``rejected``,
+    ``failed``, ``poisoned``.
+    """
+
+    def __init__(self, message_id: str, group: str, reason: str, error_file: str = "", outcome: str = "") -> None:
+        self.message_id = message_id
+        self.group = group
+        self.reason = reason
+        self.error_file = error_file
+        self.outcome = outcome
+        where = f" (record: {error_file})" if error_file else ""
+        super().__init__(f"message {message_id} to group {group!r} was {outcome or 'not handled'}: {reason}{where}")
+
+
+class MessageRejected(MessageNotHandled):
+    """It never reached a handler: no handler for its type, a type the group does not allow,
+    an invalid or oversized message, a group mismatch."""
 
 
 class HandlerError(IpcpoolError):
@@ -84,6 +128,17 @@ class HandlerError(IpcpoolError):
         self.error_type = error_type
         prefix = f"{error_type}: " if error_type else ""
         super().__init__(f"handler for {message_id} failed: {prefix}{error}")
+
+
+class MessageFailed(MessageNotHandled, HandlerError):
+    """Its handler raised on every attempt, or it killed or hung its worker ``max_deliveries``
+    times (poison). Also a :class:`HandlerError`, which ``request`` raised for this before."""
+
+    def __init__(self, message_id: str, group: str, reason: str, error_file: str = "", outcome: str = "",
+                 error_type: str = "") -> None:
+        MessageNotHandled.__init__(self, message_id, group, reason, error_file, outcome)
+        self.error = reason
+        self.error_type = error_type
 
 
 class QueueFull(IpcpoolError):

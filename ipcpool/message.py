@@ -411,6 +411,61 @@ def to_message(obj: Any, *, group: str, stem: str, delivery_count: int = 1) -> M
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What can be said of a message that never became a :class:`Message` (for records and nacks)."""
+
+    id: str | None
+    type: str | None
+    requires_ack: bool = False
+    reply_to: str | None = None
+    timestamp: str | None = None
+
+    @property
+    def wants_answer(self) -> bool:
+        """A sender may be waiting: for its ack, or for a response."""
+        return self.requires_ack or self.reply_to is not None
+
+
+def summarize(obj: Any, stem: str) -> Summary:
+    """The id, type and answer wishes a decoded object states, where they are usable; never raises.
+
+    Without a usable id of its own the file's stem stands in, as it does for
+    legacy messages (senders name files after ids).
+    """
+    fallback = stem if MESSAGE_ID.match(stem) else None
+    if not isinstance(obj, dict):
+        return Summary(fallback, "legacy")
+    message_id = obj.get("id")
+    if not (isinstance(message_id, str) and MESSAGE_ID.match(message_id)):
+        message_id = fallback
+    type_ = obj.get("type") if is_envelope(obj) else "legacy"
+    reply_to = obj.get("replyTo")
+    timestamp = obj.get("timestamp")
+    return Summary(
+        id=message_id,
+        type=type_[:64] if isinstance(type_, str) else None,
+        requires_ack=obj.get("requiresAck") is True,
+        reply_to=reply_to if isinstance(reply_to, str) and GROUP_NAME.match(reply_to) else None,
+        timestamp=timestamp if isinstance(timestamp, str) else None,
+    )
+
+
+def unknown_summary(stem: str) -> Summary:
+    """A message not decoded (or not read): only its file name speaks for it."""
+    return Summary(stem if MESSAGE_ID.match(stem) else None, None)
+
+
+def summarize_bytes(data: bytes, fmt: str | None, stem: str) -> Summary:
+    """:func:`summarize` of raw bytes: decoded if they decode, else only what the name says."""
+    if fmt is None:
+        return unknown_summary(stem)
+    try:
+        return summarize(decode(data, fmt), stem)
+    except InvalidMessage:
+        return unknown_summary(stem)
+
+
 def parse(data: bytes, fmt: str, *, group: str, stem: str, delivery_count: int = 1) -> Message:
     """Bytes of a message file to a validated Message; raises InvalidMessage with the reason."""
     return to_message(decode(data, fmt), group=group, stem=stem, delivery_count=delivery_count)

@@ -5,6 +5,12 @@ when it is replaced: a shared queue would wedge the whole pool if one process
 died holding its lock. Workers are started through a forkserver, so they are
 forked from a small single-threaded process that never saw the supervisor's
 watcher thread or lock, and never imported handler code.
+
+A worker's exit status comes through the forkserver. When the forkserver dies
+(a SIGTERM to the whole process group reaches it too), every worker's status
+pipe closes while the workers run on: a lost status is not a dead worker. So
+each worker is also watched through a pidfd, which says when that very
+process has ended (and signals it without the risk of a reused pid).
 """
 
 from __future__ import annotations
@@ -18,11 +24,11 @@ import signal
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from typing import Any
 
+from ipcpool.channel import ResultChannel, TaskChannel
 from ipcpool.config import Config
-from ipcpool.health import ProcessProbe, ProcessReading
+from ipcpool.health import ProcessProbe, ProcessReading, pid_alive
 from ipcpool.worker import SHARED_SLOTS, SLOT_SEQ, SLOT_STARTED, WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
@@ -54,6 +60,7 @@ class StopReason(enum.StrEnum):
     HUNG = "hung"  # missed heartbeats
     TIMEOUT = "timeout"  # handler outlived [pool] handler_timeout
     BOOT_TIMEOUT = "boot-timeout"
+    TERMINATED = "sigterm"  # SIGTERM reached the worker itself: it finishes its message, returns the rest
 
 
 @dataclass(slots=True)
@@ -74,15 +81,16 @@ class Delivery:
 class WorkerHandle:
     slot: int
     process: Any
-    tasks: Connection
-    results: Connection
+    tasks: TaskChannel
+    results: ResultChannel
     shared: Any
     started_at: float
     state: WorkerState = WorkerState.STARTING
     held: OrderedDict[int, Delivery] = field(default_factory=OrderedDict)
     pid: int = 0
+    pidfd: int | None = None  # this very process, even after its pid is reused
+    status_lost: bool = False  # its exit status went with the forkserver; watched through the pidfd
     last_heartbeat: float = 0.0
-    heartbeat: dict[str, Any] = field(default_factory=dict)
     handled: int = 0
     failed: int = 0
     stop_reason: StopReason | None = None
@@ -91,28 +99,41 @@ class WorkerHandle:
     boot_error: str | None = None
     probe: ProcessProbe | None = None
     reading: ProcessReading | None = None
-    tasks_open: bool = True  # our end of its task pipe still takes writes
-    results_open: bool = True  # its result pipe not at EOF (read it to the end even after tasks_open fails)
-    _results_poller: Any = field(default=None, init=False, repr=False)
 
-    def results_waiting(self) -> bool:
-        """Whether its result pipe can be read now (or is at its end).
+    @property
+    def death_fd(self) -> int | None:
+        """What becomes readable when the process ends: its status pipe, or its pidfd once that is lost."""
+        return self.pidfd if self.status_lost else self.process.sentinel
 
-        One poll object for the worker's life: ``Connection.poll`` builds a
-        selector on every call, and the supervisor asks after every report.
+    def has_exited(self) -> bool:
+        """Whether the process has ended; a closed status pipe alone does not say so.
+
+        When the forkserver is gone, multiprocessing reports exit status 255 for
+        every worker it started, running or not. The pidfd tells the truth; from
+        then on it is what the supervisor waits on.
         """
-        if self._results_poller is None:
-            self._results_poller = select.poll()
-            self._results_poller.register(self.results.fileno(), select.POLLIN)
-        return bool(self._results_poller.poll(0))
+        if not self.status_lost:
+            if self.process.is_alive():
+                return False
+            if self._process_gone():
+                return True
+            self.status_lost = True
+            log.warning("worker pid=%d slot=%d: its exit status was lost with the forkserver; "
+                        "it still runs, and is watched until it ends", self.pid, self.slot)
+            return False
+        return self._process_gone()
+
+    def _process_gone(self) -> bool:
+        if self.pidfd is None:
+            return not pid_alive(self.pid)
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        return bool(poller.poll(0))
 
     @property
-    def sentinel(self) -> int:
-        return self.process.sentinel
-
-    @property
-    def capacity_used(self) -> int:
-        return len(self.held)
+    def exit_code(self) -> int | None:
+        """The exit status, or None when it was lost with the forkserver."""
+        return None if self.status_lost else self.process.exitcode
 
     def current(self) -> tuple[Delivery | None, float]:
         """The delivery whose handler is running now, and since when (monotonic), if any."""
@@ -135,28 +156,51 @@ class WorkerHandle:
         return sum(1 for s in self.held if s > seq or (s == seq and running))
 
     def send(self, command: tuple[Any, ...]) -> bool:
-        if not self.tasks_open:
-            return False
-        try:
-            self.tasks.send(command)
-        except (BrokenPipeError, OSError):
-            self.tasks_open = False
-            return False
-        return True
+        """Queue a command without blocking; False when its channel is closed."""
+        return self.tasks.send(command)
 
     def signal(self, signum: int) -> None:
-        if self.pid:
-            try:
+        """Signal this process (through its pidfd: never a stranger that reused the pid)."""
+        try:
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, signum)
+            elif self.pid and not self.status_lost:
                 os.kill(self.pid, signum)
-            except ProcessLookupError:
-                pass
+        except ProcessLookupError:
+            pass
+
+    def wait_gone(self, timeout: float) -> bool:
+        """Block up to ``timeout`` for the process to end (shutdown only)."""
+        deadline = time.monotonic() + timeout
+        while not self.has_exited():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            fd = self.death_fd
+            if fd is None:
+                time.sleep(min(remaining, 0.05))
+            else:
+                select.select([fd], [], [], remaining)
+        self.process.join(timeout=0)
+        return True
 
     def close(self) -> None:
-        for conn in (self.tasks, self.results):
+        self.tasks.close()
+        self.results.close()
+        if self.pidfd is not None:
             try:
-                conn.close()
+                os.close(self.pidfd)
             except OSError:
                 pass
+            self.pidfd = None
+
+
+def _open_pidfd(pid: int) -> int | None:
+    """A pidfd for ``pid`` (Linux 5.3+), or None where there is none (or it already ended)."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def spawn_worker(ctx: Any, config: Config, slot: int, supervisor_pid: int, now: float,
@@ -166,15 +210,17 @@ def spawn_worker(ctx: Any, config: Config, slot: int, supervisor_pid: int, now: 
     tasks_r, tasks_w = ctx.Pipe(duplex=False)
     results_r, results_w = ctx.Pipe(duplex=False)
     shared = ctx.RawArray("d", SHARED_SLOTS)
-    spec = WorkerSpec(config=config, index=slot, supervisor_pid=supervisor_pid,
+    spec = WorkerSpec(config=config, slot=slot, supervisor_pid=supervisor_pid,
                       tasks=tasks_r, results=results_w, shared=shared, handlers=handlers,
                       inherited_fds=inherited_fds, max_tasks=max_tasks)
     process = ctx.Process(target=worker_main, args=(spec,), name=f"ipcpool-worker-{slot}", daemon=False)
     process.start()
     tasks_r.close()
     results_w.close()
-    handle = WorkerHandle(slot=slot, process=process, tasks=tasks_w, results=results_r, shared=shared,
-                          started_at=now, pid=process.pid, last_heartbeat=now)
+    # Opened at once: the process cannot have been reaped and its pid reused in between.
+    handle = WorkerHandle(slot=slot, process=process, tasks=TaskChannel(tasks_w), results=ResultChannel(results_r),
+                          shared=shared, started_at=now, pid=process.pid, pidfd=_open_pidfd(process.pid),
+                          last_heartbeat=now)
     log.debug("spawned worker pid=%d slot=%d", process.pid, slot)
     return handle
 
@@ -183,9 +229,9 @@ FORKSERVER_LOST_STATUS = 255
 
 
 def describe_exit(code: int | None) -> str:
-    """A worker's exit status in words, as gunicorn's reap_workers says them."""
+    """A worker's exit status in words, as gunicorn's reap_workers says them (None: lost)."""
     if code is None:
-        return "still running"
+        return "exit status unknown (lost with the forkserver)"
     if code < 0:
         try:
             name = signal.Signals(-code).name
@@ -205,3 +251,70 @@ def describe_exit(code: int | None) -> str:
 
 def wall_to_iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+# -- workers of a supervisor that is gone ------------------------------------------------------
+
+
+def lock_holders(fd: int) -> list[int]:
+    """Pids that /proc/locks lists as holding a flock on the file open as ``fd`` (Linux).
+
+    The pid there is the one that took the lock, a candidate only: see
+    :func:`kill_lock_holders` before signalling any of them.
+    """
+    st = os.fstat(fd)
+    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids: list[int] = []
+    try:
+        with open("/proc/locks") as handle:
+            for line in handle:
+                parts = line.split()
+                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == wanted:
+                    pid = int(parts[4])
+                    if pid != os.getpid() and pid not in pids:
+                        pids.append(pid)
+    except OSError:
+        pass
+    return pids
+
+
+def has_open(pid: int, dev: int, ino: int) -> bool:
+    """Whether process ``pid`` has the file (``dev``, ``ino``) open: the lock it holds proves who it is."""
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return False
+    for name in names:
+        try:
+            st = os.stat(f"{fd_dir}/{name}")
+        except OSError:
+            continue
+        if st.st_ino == ino and st.st_dev == dev:
+            return True
+    return False
+
+
+def kill_lock_holders(fd: int, candidates: list[int]) -> list[int]:
+    """SIGKILL those of ``candidates`` that hold the file open as ``fd`` open; returns whom.
+
+    Never kills a stranger: a pid from /proc/locks may have been reused since.
+    Each candidate is pinned with a pidfd first, then checked to have our
+    lock file open; the signal goes through that pidfd, so it reaches the
+    process that was checked or nobody.
+    """
+    st = os.fstat(fd)
+    killed: list[int] = []
+    for pid in candidates:
+        pidfd = _open_pidfd(pid)
+        if pidfd is None:
+            continue  # gone already (or no pidfds here: then nobody is killed by pid alone)
+        try:
+            if has_open(pid, st.st_dev, st.st_ino):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                killed.append(pid)
+        except ProcessLookupError:
+            pass
+        finally:
+            os.close(pidfd)
+    return killed

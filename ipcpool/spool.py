@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ipcpool.errors import AlreadyRunning, InvalidMessage, SpoolError
+from ipcpool.errors import AlreadyRunning, InvalidMessage, MessageExists, SpoolError
 from ipcpool.message import GROUP_NAME, MESSAGE_ID, now_iso
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ MAX_NAME_BYTES = 180  # longer message names are shortened in errors/ so every d
 _COPY_SUFFIX = re.compile(r"\.(?:requeued|retried)\d+\Z")
 RETRIED_DIR = "retried"
 ERROR_SUFFIX = ".error.json"
+ACK_HOLD_PREFIX = ".ack-"  # processing/.ack-<id>: handled, its ack not yet written (see Spool.hold_for_ack)
 
 # Folder and file modes, set explicitly rather than left to the umask.
 # In "shared" mode, writers in the spool's group may write tmp/ and messages/
@@ -268,8 +269,35 @@ class Spool:
             os.close(fd)
 
     def publish(self, group: str, name: str, data: bytes) -> str:
-        """Atomically place a message file in ``<group>/messages/``."""
-        return self.write_atomic(group, MESSAGES, name, data)
+        """Atomically place a message file in ``<group>/messages/``; never replaces a queued one.
+
+        A file of that name already queued with the same bytes is the same
+        message (the ack retry path re-publishes): that is success. With
+        other bytes it raises :class:`MessageExists`, never overwrites.
+        """
+        final = self.path(group, MESSAGES, name)
+        tmp_path = self.path(group, TMP, self._tmp_name())
+        fd = os.open(tmp_path, _OPEN_WRITE, self.file_mode(MESSAGES))
+        try:
+            self._fill(fd, data, self.file_mode(MESSAGES) if self.shared else None)
+            for _attempt in range(3):
+                try:
+                    rename_noreplace(tmp_path, final)
+                    break
+                except FileExistsError:
+                    same = _same_bytes(final, data)
+                    if same is None:
+                        continue  # claimed or removed meanwhile: try again
+                    if not same:
+                        raise MessageExists(group, name) from None
+                    _unlink_quietly(tmp_path)
+                    return final
+        except BaseException:
+            _unlink_quietly(tmp_path)
+            raise
+        if self._fsync:
+            self.fsync_dir(self.path(group, MESSAGES))
+        return final
 
     # -- the claim cycle ------------------------------------------------------------
 
@@ -294,19 +322,24 @@ class Spool:
         """
         source = self.path(group, PROCESSING, name)
         target = name
-        for attempt in range(100):
+        stem, dot, ext = name.rpartition(".")
+        for attempt in range(1, 100):
             try:
                 rename_noreplace(source, self.path(group, MESSAGES, target))
                 return target
             except FileNotFoundError:
-                return None
+                if not os.path.lexists(source):
+                    return None
+                self.ensure_group(group)  # messages/ itself was removed: recreate it, then go on
+                continue
             except FileExistsError:
                 if _same_content(source, self.path(group, MESSAGES, target)):
                     _unlink_quietly(source)  # a re-publish of the same bytes: one copy is enough
                     return target
-                stem, dot, ext = name.rpartition(".")
-                target = f"{stem}.requeued{attempt + 1}.{ext}" if dot else f"{name}.requeued{attempt + 1}"
-        raise FileExistsError(f"cannot requeue {group}/{name}: too many files with its name in messages/")
+                # Counted names while they are few, then a random one: a collision never strands it.
+                suffix = f"requeued{attempt}" if attempt < 10 else f"requeued{attempt}-{os.urandom(4).hex()}"
+                target = f"{stem}.{suffix}.{ext}" if dot else f"{name}.{suffix}"
+        raise FileExistsError(errno.EEXIST, "cannot find a free name in messages/", name)
 
     def complete(self, group: str, name: str, *, recycle: int | None = None) -> None:
         """Remove a handled message from processing/.
@@ -437,16 +470,61 @@ class Spool:
     def write_response(self, group: str, request_id: str, data: bytes) -> None:
         self.write_atomic(group, RESPONSES, f"{_safe_id(request_id)}.json", data)
 
+    def write_nack(self, group: str, body: dict[str, Any]) -> str:
+        """``acks/<id>.nack``: the message ended in errors/, and why (JSON), for a waiting sender.
+
+        Kept, and pruned, as acks are; never counted as an ack (a nacked
+        message may be retried from errors/ and handled).
+        """
+        return self.write_atomic(group, ACKS, nack_name(body["id"]),
+                                 json.dumps(body, separators=(",", ":"), default=str).encode())
+
+    def hold_for_ack(self, group: str, name: str, message_id: str) -> str:
+        """A handled message whose ack could not be written: keep it, renamed, as the proof.
+
+        ``processing/.ack-<id>`` is never requeued (a dot-file); whoever
+        writes the ack later (the supervisor, now or at its next start)
+        removes it. Returns the name it now has (its own if even the rename
+        failed).
+        """
+        marker = f"{ACK_HOLD_PREFIX}{_safe_id(message_id)}"
+        try:
+            os.rename(self.path(group, PROCESSING, name), self.path(group, PROCESSING, marker))
+        except OSError:
+            return name
+        return marker
+
+    def ack_holds(self, group: str) -> list[str]:
+        """Markers left by :meth:`hold_for_ack` in a group's processing/."""
+        try:
+            with os.scandir(self.path(group, PROCESSING)) as entries:
+                return [e.name for e in entries if e.name.startswith(ACK_HOLD_PREFIX)]
+        except FileNotFoundError:
+            return []
+
+    def is_held_for_ack(self, group: str, message_id: str) -> bool:
+        return os.path.lexists(self.path(group, PROCESSING, f"{ACK_HOLD_PREFIX}{message_id}"))
+
+    def release_ack_hold(self, group: str, held: str, message_id: str | None = None) -> None:
+        """Write the held message's ack, then drop the held file (in that order: the dedupe never lapses)."""
+        self.write_ack(group, message_id or held[len(ACK_HOLD_PREFIX):])
+        _unlink_quietly(self.path(group, PROCESSING, held))
+
     # -- errors/ -------------------------------------------------------------------------
 
-    def quarantine(self, group: str, name: str, record: dict[str, Any], *, source: str = PROCESSING) -> str:
+    def quarantine(self, group: str, name: str, record: dict[str, Any], *, source: str = PROCESSING,
+                   nack: dict[str, Any] | None = None) -> str:
         """Move a message to errors/ with ``<epoch_ms>-<name>.error.json`` beside it.
 
         The reason is written first, so a crash in between never leaves a
-        message in errors/ without one. Names never collide or overwrite (a
-        same-millisecond twin gets a counter), a long name is shortened, and a
-        message whose own name ends in ``.error.json`` gets ``.msg`` appended.
-        Returns the new file name; FileNotFoundError when the message is gone.
+        message in errors/ without one; then, with ``nack``, the negative ack
+        ``acks/<id>.nack`` that answers a waiting sender (see :meth:`write_nack`);
+        then the move. Any failure undoes the first two and raises, so the
+        message is either quarantined and answered or still in ``source``.
+        Names never collide or overwrite (a same-millisecond twin gets a
+        counter), a long name is shortened, and a message whose own name ends
+        in ``.error.json`` gets ``.msg`` appended. Returns the new file name;
+        FileNotFoundError when the message is gone.
         """
         short = name if len(name.encode()) <= MAX_NAME_BYTES else \
             f"{name.encode()[:120].decode(errors='ignore')}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
@@ -463,10 +541,15 @@ class Spool:
         record = {"file": error_name, "originalName": name, "group": group, "time": now_iso(), **record}
         body = json.dumps(record, indent=2, default=str).encode()
         self.write_atomic(group, ERRORS, error_name + ERROR_SUFFIX, body)
+        nack_path = None
         try:
+            if nack is not None:
+                nack_path = self.write_nack(group, dict(nack, errorFile=f"{group}/{ERRORS}/{error_name}"))
             rename_noreplace(self.path(group, source, name), f"{errors_dir}/{error_name}")
-        except FileNotFoundError:
+        except BaseException:
             _unlink_quietly(f"{errors_dir}/{error_name}{ERROR_SUFFIX}")
+            if nack_path is not None:
+                _unlink_quietly(nack_path)
             raise
         if self._fsync:
             self.fsync_dir(errors_dir)
@@ -632,6 +715,27 @@ def _same_content(a: str, b: str) -> bool:
 def ack_name(message_id: str) -> str:
     """``<id>.ack``, for an id checked safe as a file name."""
     return f"{_safe_id(message_id)}.ack"
+
+
+def nack_name(message_id: str) -> str:
+    """``<id>.nack``: the negative ack beside where the ack would be."""
+    return f"{_safe_id(message_id)}.nack"
+
+
+def _same_bytes(path: str, data: bytes) -> bool | None:
+    """Whether the file holds exactly ``data``; None when it is gone."""
+    try:
+        fd = os.open(path, _OPEN_READ)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return False
+    try:
+        if os.fstat(fd).st_size != len(data):
+            return False
+        return os.read(fd, len(data) + 1) == data
+    finally:
+        os.close(fd)
 
 
 def _safe_id(message_id: str) -> str:

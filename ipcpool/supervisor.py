@@ -9,22 +9,33 @@ Data flow::
                              |                                            |
                              |  ("run", batch) on worker i's task pipe    |
                              v                                            |
-    worker 1..N  --("done", results) / ("hb", heartbeat) / ("retiring", n) on its result pipe--> supervisor
+    worker 1..N  --("done", results) / ("hb", heartbeat) / ("stopping", why)
+                   / ("retiring", n) on its result pipe--> supervisor
 
 The loop blocks in one call, an epoll wait (:class:`WaitSet`) over every
-worker's result pipe and process sentinel, the inotify descriptor, and the
-wake-up pipe (fed by signal handlers, and by the polling watcher's thread
-when that is configured), then runs non-blocking steps named by
-verbs: ``read_results``, ``drain_hints``, ``reap_workers``,
+worker's result pipe and process (its status pipe, or its pidfd once the
+forkserver that passes statuses on is gone), task pipes with a backlog, the
+inotify descriptor, and the wake-up pipe (fed by signal handlers, and by the
+polling watcher's thread when that is configured), then runs non-blocking
+steps named by verbs: ``read_results``, ``drain_hints``, ``reap_workers``,
 ``kill_stale_workers``, ``recycle_workers``, ``spawn_missing_workers``,
-``dispatch_pending``, ``run_timers``.
+``dispatch_pending``, ``run_timers``. Nothing in it blocks on one worker:
+the pipes are written and read without waiting (``ipcpool.channel``).
 
 The supervisor is the only process that claims files (rename into
 ``processing/``), so ``inflight`` always says which worker holds which file:
-when a worker dies, what it held goes back to ``messages/``; the delivery that
-was running when it died counts against the message, and after
-``[pool] max_deliveries`` such deliveries the message is quarantined as poison.
-It never imports or runs handler code.
+when a worker has really ended (a lost exit status is not a death), what it
+held goes back to ``messages/``; the delivery that was running when it died
+counts against the message, and after ``[pool] max_deliveries`` such
+deliveries the message is quarantined as poison. A transition that fails
+half-way (a requeue, a quarantine, the ack of a handled message on a full
+disk) leaves the message tracked in ``stranded`` and retried. It never
+imports or runs handler code.
+
+Signals: SIGTERM and SIGINT drain (a second SIGINT, or SIGQUIT, stops now:
+held messages go back); SIGHUP, SIGUSR1, SIGUSR2, SIGTTIN and SIGTTOU are
+logged and ignored, so a signal to the whole process group never kills the
+pool without a word. ``status.json`` always ends in the final state.
 """
 
 from __future__ import annotations
@@ -34,7 +45,6 @@ import fcntl
 import logging
 import os
 import random
-import select
 import signal
 import time
 from collections import OrderedDict, deque
@@ -42,21 +52,26 @@ from collections.abc import Iterator
 from typing import Any
 
 from ipcpool.config import Config
-from ipcpool.errors import EXIT_OK, EXIT_WORKER_BOOT, SpoolError
+from ipcpool.errors import EXIT_OK, EXIT_WORKER_BOOT, EXIT_WORKER_GRACE, SpoolError
 from ipcpool.health import ProcessProbe, write_status
-from ipcpool.message import now_iso
+from ipcpool.message import format_for, now_iso, summarize_bytes
 from ipcpool.pool import (
     Delivery,
     StopReason,
     WorkerHandle,
     WorkerState,
     describe_exit,
+    kill_lock_holders,
+    lock_holders,
     mp_context,
     spawn_worker,
 )
-from ipcpool.spool import ACKS, PROCESSING, RESPONSES, TMP, Spool, is_message_name
+from ipcpool.spool import ACKS, PROCESSING, RESPONSES, TMP, Spool, is_message_name, message_stem
 from ipcpool.status import build_status, count_errors
+from ipcpool.stranded import ACK, QUARANTINE, REQUEUE, RETRY_INTERVAL, Stranded
+from ipcpool.waitset import READABLE, WRITABLE, Waitable, WaitSet
 from ipcpool.watcher import CLOSED, FILE, GROUP, LOST, OVERFLOW, Hint, make_watcher
+from ipcpool.worker import SLOT_ACK_HOLDS, nack_body
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +84,24 @@ CRASH_BACKOFF_MAX = 0.5
 SHORT_LIFE = 1.0  # a worker that dies younger than this counts towards a crash streak
 EXTERNAL_HEARTBEAT_TTL = 3600.0
 MAX_EXTERNAL_HEARTBEATS = 1000
+SHUTDOWN_KILL_WAIT = 5.0  # seconds to wait for a SIGKILLed worker to be gone at exit
+
+DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGXCPU, signal.SIGXFSZ, signal.SIGALRM,
+                 signal.SIGVTALRM, signal.SIGPROF)
+STOP_NOW_SIGNALS = (signal.SIGQUIT,)
+IGNORED_SIGNALS = {
+    signal.SIGHUP: "there is no reload yet: the config is read at start, restart to apply a change",
+    signal.SIGUSR1: "no action is bound to it",
+    signal.SIGUSR2: "no action is bound to it",
+    signal.SIGTTIN: "no action is bound to it",
+    signal.SIGTTOU: "no action is bound to it",
+}
+PLANNED_STOPS = (StopReason.RECYCLE, StopReason.DRAIN, StopReason.TERMINATED)
 
 
 class Supervisor:
     def __init__(self, config: Config, *, clock: Any = time.monotonic,
-                 handlers: dict[str, Any] | None = None) -> None:
+                 handlers: dict[str, Any] | None = None, lock_fd: int | None = None) -> None:
         self.config = config
         self.handler_objects = handlers
         self.clock = clock
@@ -86,13 +114,15 @@ class Supervisor:
         self.crash_streak = [0] * self.pool_size
         self.pending: OrderedDict[Key, float] = OrderedDict()
         self.inflight: dict[Key, WorkerHandle] = {}
-        self.blocked: set[Key] = set()  # re-published while the same name is in flight
+        self.blocked: set[Key] = set()  # re-published while the same name is in flight (or stranded)
         self.unclaimable: set[Key] = set()  # rename refused (permissions): logged once, retried on rescans
         self.settling: dict[Key, float] = {}  # not decodable yet: wait until due
         self.failures: dict[Key, list[dict[str, Any]]] = {}
+        self.stranded = Stranded(self.spool, self._requeue_stranded)
         self.groups: set[str] = set()
         self.external: dict[tuple[str, str], dict[str, Any]] = {}
         self.totals = {"handled": 0, "failed": 0, "duplicates": 0, "poisoned": 0, "requeued": 0}
+        self.returned = 0  # messages put back into messages/ since the drain began
         self._hints: deque[Hint] = deque()
         self._signals: deque[int] = deque()
         self._seq = 0
@@ -100,7 +130,7 @@ class Supervisor:
         self._waitset = WaitSet()
         self._ctx = mp_context(fork=handlers is not None)
         self._watcher: Any = None
-        self._lock_fd: int | None = None
+        self._lock_fd: int | None = lock_fd  # the compat API takes the lock before it forks us
         self.state = "starting"
         self.exit_code = EXIT_OK
         self.halt_reason = ""
@@ -112,6 +142,7 @@ class Supervisor:
         self.next_status = 0.0
         self.next_rescan = 0.0
         self.next_housekeeping = 0.0
+        self.next_stranded_retry = 0.0
         self._housekeeping: Iterator[None] | None = None  # a pruning pass in progress
         self.errors_cache: dict[str, tuple[int, int]] = {}  # group -> (errors/ mtime, quarantined count)
         self.rescan_queue: deque[str] = deque()
@@ -125,7 +156,8 @@ class Supervisor:
         supervisor owns the root.
         """
         self.spool.ensure_root()
-        self._lock_fd = self.spool.acquire_lock()
+        if self._lock_fd is None:
+            self._lock_fd = self.spool.acquire_lock()
         try:
             self.boot()
             while self.state in ("running", "draining"):
@@ -134,6 +166,10 @@ class Supervisor:
                 except Exception:
                     log.exception("unexpected error in the supervisor loop; continuing")
                     time.sleep(self.tick)  # never spin on a repeating error
+        except BaseException as exc:
+            self.state = "failed"
+            self.halt_reason = self.halt_reason or f"{type(exc).__name__}: {exc}"
+            raise
         finally:
             self.shutdown()
         return self.exit_code
@@ -145,8 +181,7 @@ class Supervisor:
         for group in self.config.spool.groups:
             spool.ensure_group(group)
         self.failures = spool.load_deliveries()
-        for group in spool.list_groups():
-            self.reconcile_group(group)
+        recovered = sum(self.reconcile_group(group) for group in spool.list_groups())
         now = self.clock()
         for slot in range(self.pool_size):
             self.spawn(slot, now)
@@ -156,21 +191,32 @@ class Supervisor:
         self._watcher.start()
         for group in spool.list_groups():
             self.add_group(group)
+        log.info("%d messages queued at start (%d recovered from processing/)", len(self.pending), recovered)
         self.state = "running"
         self.next_rescan = now + self.config.spool.rescan_interval
 
-    def reconcile_group(self, group: str) -> None:
-        """After a crash, everything in processing/ goes back to messages/ (not held against it)."""
+    def reconcile_group(self, group: str) -> int:
+        """After a crash, everything in processing/ goes back to messages/ (not held against it).
+
+        Handled messages kept for an ack that could not be written get it now.
+        Returns how many messages went back.
+        """
+        for held in self.spool.ack_holds(group):
+            self._ack_held((group, held), None)
+        recovered = 0
         for name in self.spool.scan(group, PROCESSING):
-            if self.requeue((group, name)) is not None:
+            if self.requeue_or_strand((group, name)) is not None:
+                recovered += 1
                 log.warning("Recovered message from processing/ after restart group=%s file=%s", group, name)
+        return recovered
 
     def wait_for_old_workers(self) -> None:
         """Workers of a dead supervisor hold workers.lock shared until they exit: wait for them.
 
-        After a grace period the holders still listed are killed, once; then
-        start-up goes on regardless, so a lock leaked into some unrelated
-        process can delay a restart but never block it.
+        After a grace period the holders still there are killed, once, and
+        only those proven to hold the lock (never a process that merely
+        reused a listed pid); then start-up goes on regardless, so a lock
+        leaked into some unrelated process can delay a restart but never block it.
         """
         path = self.spool.state_dir / "workers.lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -189,10 +235,8 @@ class Supervisor:
                     if killed:
                         log.warning("workers.lock is still held; starting anyway")
                         return
-                    st = os.fstat(fd)
-                    for pid in _lock_holders(os.major(st.st_dev), os.minor(st.st_dev), st.st_ino):
-                        log.warning("killing orphaned worker pid=%d of a previous supervisor", pid)
-                        _kill_quietly(pid, signal.SIGKILL)
+                    for pid in kill_lock_holders(fd, lock_holders(fd)):
+                        log.warning("killed orphaned worker pid=%d of a previous supervisor", pid)
                     killed = True
                     deadline = time.monotonic() + grace
                 time.sleep(0.05)
@@ -204,18 +248,27 @@ class Supervisor:
             self._watcher.stop()
             self._watcher = None
         for worker in list(self.workers):
-            if worker.process.is_alive():
-                worker.process.kill()
-            worker.process.join(timeout=5)
+            # A worker whose exit status was lost may still run: it is ended before
+            # what it held goes back, so nothing is handled and requeued at once.
+            if not worker.has_exited():
+                worker.signal(signal.SIGKILL)
+                if not worker.wait_gone(SHUTDOWN_KILL_WAIT):
+                    log.error("worker pid=%d did not end after SIGKILL; what it held stays in processing/ "
+                              "until the next start", worker.pid)
+                    continue
+            self.read_leftovers(worker)
             self._release_held(worker, blame=False)
+            self._waitset.forget(worker)
             worker.close()
         self.workers.clear()
-        if self.state != "halted":
+        if self.state not in ("halted", "failed"):
             self.state = "stopped"
+        if self.returned:
+            log.info("returned %d messages to messages/", self.returned)
         try:
             self.write_status(self.clock())
-        except OSError:
-            pass
+        except OSError as exc:
+            log.error("cannot write the final status.json: %s", exc)
         log.info("Enhanced IPC system stopped (%s)", self.halt_reason or "drained")
         self._waitset.close()
         if self._lock_fd is not None:
@@ -226,14 +279,18 @@ class Supervisor:
 
     def step(self, timeout: float | None = None) -> None:
         """One iteration: block in one wait, then run every non-blocking step."""
-        waitables: list[tuple[Any, str, Any]] = [(self._wake_r, "wake", self)]
+        waitables: list[Waitable] = [(self._wake_r, READABLE, "wake", self)]
         watch_fd = self._watcher.fileno() if self._watcher is not None else None
         if watch_fd is not None:
-            waitables.append((watch_fd, "watch", self._watcher))
+            waitables.append((watch_fd, READABLE, "watch", self._watcher))
         for worker in self.workers:
-            waitables.append((worker.sentinel, "sentinel", worker))
-            if worker.results_open:
-                waitables.append((worker.results, "results", worker))
+            death = worker.death_fd
+            if death is not None:
+                waitables.append((death, READABLE, "death", worker))
+            if worker.results.open:
+                waitables.append((worker.results.fd, READABLE, "results", worker))
+            if worker.tasks.pending:
+                waitables.append((worker.tasks.fd, WRITABLE, "tasks", worker))
         if timeout is None:
             # A rescan or pruning pass in slices: come straight back.
             timeout = 0.0 if self.rescan_queue or self._housekeeping is not None else self.tick
@@ -243,6 +300,7 @@ class Supervisor:
         if watch_fd is not None and watch_fd in ready:
             self._hints.extend(self._watcher.read())
         self.handle_signals()
+        self.flush_tasks(ready)
         self.read_results(ready)
         self.drain_hints()
         now = self.clock()
@@ -272,20 +330,25 @@ class Supervisor:
         def record(signum: int, _frame: Any) -> None:
             self._signals.append(signum)  # only record: the loop acts on it
 
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (*DRAIN_SIGNALS, *STOP_NOW_SIGNALS, *IGNORED_SIGNALS):
             signal.signal(signum, record)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
 
     def handle_signals(self) -> None:
         while self._signals:
             signum = self._signals.popleft()
-            if self.state == "running":
-                log.info("received %s: draining (grace %gs)", signal.Signals(signum).name,
-                         self.config.pool.shutdown_grace)
-                self.begin_drain()
-            elif self.state == "draining" and signum == signal.SIGINT:
-                log.warning("second SIGINT: stopping now; held messages go back to messages/")
+            name = signal.Signals(signum).name
+            if signum in IGNORED_SIGNALS:
+                log.warning("received %s: ignored (%s)", name, IGNORED_SIGNALS[signal.Signals(signum)])
+            elif signum in STOP_NOW_SIGNALS or (self.state == "draining" and signum == signal.SIGINT):
+                log.warning("received %s%s: stopping now; held messages go back to messages/",
+                            "a second " if signum == signal.SIGINT else "", name)
+                if self.state == "running":
+                    self.begin_drain()
                 self.drain_deadline = 0.0
+            elif self.state == "running":
+                log.info("received %s: draining (grace %gs)", name, self.config.pool.shutdown_grace)
+                self.begin_drain()
 
     def begin_drain(self) -> None:
         self.state = "draining"
@@ -293,18 +356,19 @@ class Supervisor:
         for worker in self.workers:
             self.stop_worker(worker, StopReason.DRAIN)
 
-    # -- reading workers ------------------------------------------------------------------------
+    # -- talking to workers ------------------------------------------------------------------------
 
-    def read_results(self, ready: list[Any]) -> None:
-        ready_set = set(ready)
+    def flush_tasks(self, ready: set[int]) -> None:
+        """Task pipes that had a backlog and now have room."""
+        for worker in self.workers:
+            if worker.tasks.pending and worker.tasks.fd in ready:
+                worker.tasks.flush()
+
+    def read_results(self, ready: set[int]) -> None:
         for worker in list(self.workers):
-            if not worker.results_open or worker.results not in ready_set:
-                continue
-            try:
-                while worker.results_waiting():
-                    self.on_worker_message(worker, worker.results.recv())
-            except (EOFError, OSError):
-                worker.results_open = False
+            if worker.results.open and worker.results.fd in ready:
+                for message in worker.results.read():
+                    self.on_worker_message(worker, message)
 
     def on_worker_message(self, worker: WorkerHandle, message: tuple[Any, ...]) -> None:
         kind = message[0]
@@ -314,7 +378,13 @@ class Supervisor:
                 self.on_done(worker, seq, outcome, info)
         elif kind == "hb":
             worker.last_heartbeat = now
-            worker.heartbeat = message[1].get("payload", {})
+        elif kind == "stopping":  # SIGTERM reached the worker itself (kill, or the whole process group)
+            if worker.stop_reason is None:
+                log.info("worker pid=%d slot=%d received %s: it finishes its current message and returns "
+                         "the rest", worker.pid, worker.slot, message[1])
+                worker.stop_reason = StopReason.TERMINATED
+                worker.state = WorkerState.STOPPING
+                worker.stop_by = now + self.config.pool.shutdown_grace + self.config.pool.kill_grace
         elif kind == "retiring":  # reached its max_tasks: it returned the rest and exits by itself
             if worker.stop_reason is None:
                 log.info("recycling worker pid=%d after %d tasks", worker.pid, message[1])
@@ -337,21 +407,45 @@ class Supervisor:
         key = delivery.key
         self.inflight.pop(key, None)
         if outcome == "unsettled":
-            back = self.requeue(key, count=False)
+            back = self.requeue_or_strand(key, count=False)
             if back is not None:
+                self.pending.pop(back, None)
                 self.settling[back] = self.clock() + self.config.spool.settle_time
         elif outcome == "returned":
-            back = self.requeue(key, count=False)
-            if back is not None:
-                self.pending[back] = self.clock()
+            self.requeue_or_strand(key, count=False)
         else:
             self._count_outcome(worker, outcome, key, info)
             if key in self.failures:
                 del self.failures[key]
                 self.spool.drop_deliveries(*key)
-        if key in self.blocked:
-            self.blocked.discard(key)
-            self.pending[key] = self.clock()
+            self._take_over(key, info[-1] if outcome == "heartbeat" and info is not None else info)
+        self._unblock(key)
+
+    def _take_over(self, key: Key, info: Any) -> None:
+        """What a worker could not finish for a delivery: an ack to write, a move to errors/ to make."""
+        if not isinstance(info, dict):
+            return
+        if "ackHold" in info:
+            self._ack_held((key[0], info["ackHold"]), info.get("id"), errno_=info.get("errno"))
+        elif "quarantine" in info:
+            self.stranded.add(key, QUARANTINE, info.get("error", "the move to errors/ failed"),
+                              errno_=info.get("errno"), record=info["quarantine"], nack=info.get("nack"))
+
+    def _ack_held(self, key: Key, message_id: str | None, *, errno_: int | None = None) -> None:
+        """Write the ack of a handled message held in processing/, or keep trying."""
+        try:
+            self.spool.release_ack_hold(key[0], key[1], message_id)
+        except OSError as exc:
+            self.stranded.add(key, ACK, exc, message_id=message_id or key[1][5:])
+            self._mark_ack_holds(True)
+            return
+        log.info("ACK written for a handled message that had to wait for it group=%s id=%s",
+                 key[0], message_id or key[1])
+
+    def _mark_ack_holds(self, on: bool) -> None:
+        """Tell every worker whether handled messages wait for acks (then the ack check also looks for them)."""
+        for worker in self.workers:
+            worker.shared[SLOT_ACK_HOLDS] = 1.0 if on else 0.0
 
     def _count_outcome(self, worker: WorkerHandle, outcome: str, key: Key, info: Any) -> None:
         if outcome == "handled":
@@ -364,7 +458,7 @@ class Supervisor:
             worker.failed += 1
             self.totals["failed"] += 1
         elif outcome == "heartbeat" and info is not None:
-            pid, status = info
+            pid, status = info[0], info[1]
             self.external[(key[0], str(pid))] = {"status": status, "at": time.time()}
             if len(self.external) > MAX_EXTERNAL_HEARTBEATS:  # bounded: writers choose the keys
                 del self.external[min(self.external, key=lambda k: self.external[k]["at"])]
@@ -401,7 +495,7 @@ class Supervisor:
             if not closed:
                 return
             del self.settling[key]
-        if key in self.inflight:
+        if key in self.inflight or key in self.stranded:
             self.blocked.add(key)
         elif key not in self.pending:
             self.pending[key] = now
@@ -457,7 +551,7 @@ class Supervisor:
         prefetch = self.config.pool.prefetch
         # Top a worker up only once half its prefetch is free: fewer, larger batches.
         refill_at = max(1, prefetch // 2)
-        load = {w: w.outstanding() for w in self.workers if w.state is WorkerState.READY and w.tasks_open}
+        load = {w: w.outstanding() for w in self.workers if w.state is WorkerState.READY and w.tasks.open}
         ready = [w for w, n in load.items() if prefetch - n >= refill_at]
         if not ready:
             return
@@ -498,13 +592,14 @@ class Supervisor:
         try:
             return self.spool.claim(*key)
         except FileExistsError:
-            # A file stranded in processing/ under this name (a failed quarantine):
+            if key in self.stranded:  # its namesake in processing/ is being retried: this one waits for it
+                self.blocked.add(key)
+                return False
+            # An untracked file in processing/ under this name (put there by hand?):
             # put it back beside the new one, and claim both in turn.
             log.warning("stranded file in processing/ group=%s file=%s; requeueing it", *key)
-            back = self.requeue(key)
+            self.requeue_or_strand(key)
             self.pending[key] = self.clock()
-            if back is not None and back != key:
-                self.pending[back] = self.clock()
             return False
         except OSError as exc:
             if key not in self.unclaimable:
@@ -518,13 +613,15 @@ class Supervisor:
         inherited: tuple[int, ...] = ()
         if self.handler_objects is not None:  # forked: close what is the supervisor's, siblings' channels too
             own = (self._lock_fd, self._wake_r, self._wake_w, self._waitset.fileno())
-            siblings = [fd for w in self.workers for fd in (w.tasks.fileno(), w.results.fileno(), w.sentinel)]
+            siblings = [fd for w in self.workers for fd in (w.tasks.fd, w.results.fd, w.process.sentinel, w.pidfd)]
             inherited = tuple(fd for fd in (*own, *siblings) if fd is not None)
         max_tasks = self.config.pool.max_tasks_per_worker
         if max_tasks:  # jittered, so workers started together do not all retire together
             max_tasks += random.randint(0, max(1, max_tasks // 10))
         worker = spawn_worker(self._ctx, self.config, slot, os.getpid(), now, self.handler_objects, inherited,
                               max_tasks)
+        if self.stranded.ack_holds:
+            worker.shared[SLOT_ACK_HOLDS] = 1.0
         self.workers.append(worker)
 
     def spawn_missing_workers(self, now: float) -> None:
@@ -535,44 +632,52 @@ class Supervisor:
             if slot not in occupied and now >= self.next_spawn[slot]:
                 self.spawn(slot, now)
 
-    def reap_workers(self, now: float, ready: list[Any] | None = None) -> None:
-        """Handle every worker whose process ended (its sentinel fired, or any, when ``ready`` is None)."""
-        fired = None if ready is None else set(ready)
+    def reap_workers(self, now: float, ready: set[int] | None = None) -> None:
+        """Handle every worker whose process has really ended (checked when its death fd fired, or always
+        when ``ready`` is None)."""
         for worker in list(self.workers):
-            if fired is not None and worker.sentinel not in fired and worker.results_open:
+            fd = worker.death_fd
+            if ready is not None and fd is not None and fd not in ready:
                 continue
-            if worker.process.is_alive():
-                continue
+            if worker.has_exited():
+                self.reap(worker, now)
+
+    def reap(self, worker: WorkerHandle, now: float) -> None:
+        """A worker has ended: account for what it reported and held, then let it go, whatever fails."""
+        self.workers.remove(worker)
+        try:
             worker.process.join(timeout=0)
             self.read_leftovers(worker)
-            self.workers.remove(worker)
             was_starting = worker.state is WorkerState.STARTING
             worker.state = WorkerState.DEAD
-            code = worker.process.exitcode
+            code = worker.exit_code
             how = describe_exit(code)
-            if worker.stop_reason in (StopReason.RECYCLE, StopReason.DRAIN):
-                log.info("worker stopped pid=%d slot=%d (%s, %s)", worker.pid, worker.slot,
-                         worker.stop_reason.value, how)
+            reason = worker.stop_reason
+            if reason in PLANNED_STOPS or code == EXIT_WORKER_GRACE:
+                why = reason.value if reason is not None else "stopping"
+                if code == EXIT_WORKER_GRACE:
+                    why += ", shutdown grace ran out mid-handler"
+                log.info("worker stopped pid=%d slot=%d (%s, %s)", worker.pid, worker.slot, why, how)
                 self._release_held(worker, blame=False)
                 self.next_spawn[worker.slot] = now
-            elif was_starting and _is_boot_failure(code, worker.stop_reason):
+            elif was_starting and _is_boot_failure(code, reason):
                 self.on_boot_failure(worker, how, now)
+            elif code == 0 and reason is None and worker.current()[0] is None:
+                log.info("worker stopped by itself pid=%d slot=%d (%s: SIGTERM while idle?); replacing it",
+                         worker.pid, worker.slot, how)
+                self._release_held(worker, blame=False)
+                self.next_spawn[worker.slot] = now
             else:
                 self.on_crash(worker, how, now)
+        finally:
             self._waitset.forget(worker)  # before its fds close: a forked sibling may still hold copies
             worker.close()
             self.next_status = 0.0
 
     def read_leftovers(self, worker: WorkerHandle) -> None:
-        """Results a worker sent just before it died still count."""
-        if not worker.results_open:
-            return
-        try:
-            while worker.results_waiting():
-                self.on_worker_message(worker, worker.results.recv())
-        except (EOFError, OSError):
-            pass
-        worker.results_open = False
+        """Results a worker sent just before it ended still count."""
+        for message in worker.results.read():
+            self.on_worker_message(worker, message)
 
     def on_boot_failure(self, worker: WorkerHandle, how: str, now: float) -> None:
         self.boot_failures += 1
@@ -604,63 +709,108 @@ class Supervisor:
         self.next_spawn[slot] = now + (min(CRASH_BACKOFF_MAX, CRASH_BACKOFF * 2**streak) if streak > 1 else 0.0)
 
     def _release_held(self, worker: WorkerHandle, *, blame: bool, how: str = "") -> None:
-        """Everything a gone worker held goes back; the running delivery is blamed if asked."""
+        """Everything an ended worker held goes back; the running delivery is blamed if asked.
+
+        Each delivery is one transition: one that fails leaves its message
+        stranded (tracked, retried), never half-forgotten.
+        """
         current, _started = worker.current() if blame else (None, 0.0)
-        for delivery in list(worker.held.values()):
+        held, worker.held = list(worker.held.values()), OrderedDict()
+        for delivery in held:
             key = delivery.key
             self.inflight.pop(key, None)
             if delivery is current:
                 self.record_failed_delivery(delivery, worker, how)
-            elif (back := self.requeue(key)) is not None:
-                self.pending[back] = self.clock()
-            if key in self.blocked:
-                self.blocked.discard(key)
-                self.pending[key] = self.clock()
-        worker.held.clear()
+            else:
+                self.requeue_or_strand(key)
+            self._unblock(key)
+
+    def _unblock(self, key: Key) -> None:
+        """A copy of this name waited in messages/ for this one to be done: offer it now."""
+        if key in self.blocked and key not in self.inflight and key not in self.stranded:
+            self.blocked.discard(key)
+            self.pending[key] = self.clock()
 
     def record_failed_delivery(self, delivery: Delivery, worker: WorkerHandle, how: str) -> None:
         key = delivery.key
         history = self.failures.setdefault(key, [])
         history.append({"delivery": delivery.deliveries, "workerPid": worker.pid, "ended": how, "time": now_iso()})
         limit = self.config.pool.max_deliveries
-        if len(history) >= limit:
-            record = {"id": None, "type": None, "attempts": len(history),
-                      "reason": f"poison message: {len(history)} deliveries killed or hung a worker "
-                                f"([pool] max_deliveries = {limit})",
-                      "deliveries": history}
-            try:
-                self.spool.quarantine(key[0], key[1], record)
-                log.error("Poison message moved to errors/ group=%s file=%s after %d deliveries",
-                          key[0], key[1], len(history))
-                self.totals["poisoned"] += 1
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.error("cannot quarantine poison message group=%s file=%s: %s; it stays in processing/ "
-                          "until the next start", key[0], key[1], exc)
-            del self.failures[key]
-            self.spool.drop_deliveries(*key)
+        if len(history) < limit:
+            self.requeue_or_strand(key)
             return
+        summary = self._summarize(key)
+        record = {"id": summary.id, "type": summary.type, "attempts": len(history),
+                  "reason": f"poison message: {len(history)} deliveries killed or hung a worker "
+                            f"([pool] max_deliveries = {limit})",
+                  "deliveries": history}
+        nack = nack_body(key[0], record, summary, "poisoned")
+        try:
+            self.spool.quarantine(key[0], key[1], record, nack=nack)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            self.stranded.add(key, QUARANTINE, exc, record=record, nack=nack)
+            return  # its history stays until the move is made
+        else:
+            log.error("Poison message moved to errors/ id=%s type=%s group=%s file=%s after %d deliveries",
+                      summary.id, summary.type, key[0], key[1], len(history))
+            self.totals["poisoned"] += 1
+        del self.failures[key]
+        self.spool.drop_deliveries(*key)
+
+    def _summarize(self, key: Key) -> Any:
+        """The id and type a file in processing/ states (read here only on the rare poison path)."""
+        try:
+            data = self.spool.read_claimed(*key).data
+        except Exception:  # noqa: BLE001 - unreadable or refused: only the name speaks for it
+            data = b""
+        return summarize_bytes(data, format_for(key[1]), message_stem(key[1]))
+
+    def requeue_or_strand(self, key: Key, *, count: bool = True) -> Key | None:
+        """processing/ -> messages/ and queued; a failure leaves it stranded (tracked, retried)."""
+        try:
+            back = self.requeue(key, count=count)
+        except OSError as exc:
+            self.stranded.add(key, REQUEUE, exc)
+            return None
+        if back is not None:
+            self.pending[back] = self.clock()
+        return back
+
+    def _requeue_stranded(self, key: Key) -> None:
+        """The stranded list's retry of a requeue (an OSError keeps it stranded)."""
         back = self.requeue(key)
-        if back is None:  # gone (it was handled after all): forget its history
-            self.failures.pop(key, None)
-            self.spool.drop_deliveries(*key)
-            return
-        self.spool.save_deliveries(back[0], back[1], history)
-        self.pending[back] = self.clock()
+        if back is not None:
+            self.pending[back] = self.clock()
 
     def requeue(self, key: Key, *, count: bool = True) -> Key | None:
-        """processing/ -> messages/; the key it now has (renamed if its name was taken), or None."""
+        """processing/ -> messages/; the key it now has (renamed if its name was taken), or None if gone.
+
+        A message's delivery history follows it (and is saved: a restart must
+        not forget how often it killed a worker). Raises OSError when the
+        rename fails; nothing has changed then.
+        """
         name = self.spool.requeue(*key)
         if name is None:
+            if self.failures.pop(key, None) is not None:  # it was handled after all
+                self.spool.drop_deliveries(*key)
             return None
         if count:
             self.totals["requeued"] += 1
+        if self.state != "running":
+            self.returned += 1
         back = (key[0], name)
-        if name != key[1] and key in self.failures:
-            self.failures[back] = self.failures.pop(key)
-            self.spool.drop_deliveries(*key)
-            self.spool.save_deliveries(back[0], back[1], self.failures[back])
+        history = self.failures.pop(key, None)
+        if history is not None:
+            self.failures[back] = history
+            try:
+                if back != key:
+                    self.spool.drop_deliveries(*key)
+                self.spool.save_deliveries(back[0], back[1], history)
+            except OSError as exc:
+                log.warning("cannot save the delivery history of group=%s file=%s (%s); kept in memory",
+                            back[0], back[1], exc)
         return back
 
     def kill_stale_workers(self, now: float) -> None:
@@ -676,7 +826,7 @@ class Supervisor:
                     self.kill_worker(worker, StopReason.BOOT_TIMEOUT, "did not boot in time")
                 continue
             if worker.stop_by is not None and now > worker.stop_by:
-                self.kill_worker(worker, worker.stop_reason or StopReason.RECYCLE, "did not exit after recycling")
+                self.kill_worker(worker, worker.stop_reason or StopReason.RECYCLE, "did not exit in time")
                 continue
             if worker.stop_reason is StopReason.DRAIN and now < self.drain_deadline:
                 continue
@@ -743,6 +893,9 @@ class Supervisor:
                 if now >= due:
                     del self.settling[key]
                     self.pending.setdefault(key, now)
+        if self.stranded and now >= self.next_stranded_retry:
+            self.next_stranded_retry = now + RETRY_INTERVAL
+            self.retry_stranded()
         if now >= self.next_rescan and self.state == "running":
             self.next_rescan = now + self.config.spool.rescan_interval
             self.rescan()
@@ -762,6 +915,15 @@ class Supervisor:
                 self._housekeeping = self.housekeeping()
         if self._housekeeping is not None:
             self.continue_housekeeping()
+
+    def retry_stranded(self) -> None:
+        had_holds = self.stranded.ack_holds
+        for key in self.stranded.retry():
+            self.failures.pop(key, None)
+            self._unblock(key)
+        if had_holds and not self.stranded.ack_holds:
+            self._mark_ack_holds(False)
+        self.next_status = 0.0
 
     def _all_ready(self) -> bool:
         return len(self.workers) == self.pool_size and all(w.state is WorkerState.READY for w in self.workers)
@@ -816,71 +978,6 @@ class Supervisor:
         write_status(self.spool.root, build_status(self, now))
 
 
-class WaitSet:
-    """One epoll set kept across iterations (building a selector per wait cost more than the wait).
-
-    Each call names what to wait on as ``(waitable, role, owner)``; a
-    registration is kept while the same role of the same owner still asks
-    for it, so a reused fd number (a worker died, a new one got its fd) is
-    registered afresh. A dead worker's fds must be :meth:`forget`-ed before
-    they are closed. Returns the waitables that are ready.
-    """
-
-    def __init__(self) -> None:
-        self._epoll: select.epoll | None = None
-        self._registered: dict[int, tuple[Any, str, Any]] = {}
-
-    def wait(self, waitables: list[tuple[Any, str, Any]], timeout: float) -> list[Any]:
-        if self._epoll is None:  # created lazily, in the process that waits (compat forks the supervisor)
-            self._epoll = select.epoll()
-        epoll, registered = self._epoll, self._registered
-        wanted = {(w if isinstance(w, int) else w.fileno()): (w, role, owner) for w, role, owner in waitables}
-        for fd, (_, role, owner) in list(registered.items()):
-            now = wanted.get(fd)
-            if now is None or now[1] != role or now[2] is not owner:
-                del registered[fd]
-                try:
-                    epoll.unregister(fd)
-                except OSError:  # already gone with its closed fd
-                    pass
-        for fd, entry in wanted.items():
-            if fd not in registered:
-                try:
-                    epoll.register(fd, select.EPOLLIN)
-                except FileExistsError:
-                    epoll.modify(fd, select.EPOLLIN)
-                registered[fd] = entry
-        try:
-            events = epoll.poll(timeout)
-        except InterruptedError:
-            return []
-        return [registered[fd][0] for fd, _ in events if fd in registered]
-
-    def forget(self, owner: Any) -> None:
-        """Unregister an owner's fds while they are still open.
-
-        epoll tracks the open file, not the number: an fd closed here but
-        still open in a forked child would stay registered (and report HUP
-        forever) if it were not unregistered first.
-        """
-        for fd in [fd for fd, entry in self._registered.items() if entry[2] is owner]:
-            del self._registered[fd]
-            if self._epoll is not None:
-                try:
-                    self._epoll.unregister(fd)
-                except OSError:
-                    pass
-
-    def fileno(self) -> int | None:
-        return self._epoll.fileno() if self._epoll is not None else None
-
-    def close(self) -> None:
-        if self._epoll is not None:
-            self._epoll.close()
-            self._epoll = None
-        self._registered.clear()
-
-
 def _is_boot_failure(code: int | None, reason: StopReason | None) -> bool:
     """Died on its own before ready: a boot error exit, any error exit, or a fatal signal it raised."""
     if reason is StopReason.BOOT_TIMEOUT:
@@ -890,27 +987,3 @@ def _is_boot_failure(code: int | None, reason: StopReason | None) -> bool:
     if code > 0:
         return True
     return -code in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE, signal.SIGILL)
-
-
-def _lock_holders(major: int, minor: int, inode: int) -> list[int]:
-    """Pids holding a flock on this device and inode, read from /proc/locks (Linux)."""
-    pids: list[int] = []
-    wanted = f"{major:02x}:{minor:02x}:{inode}"
-    try:
-        with open("/proc/locks") as handle:
-            for line in handle:
-                parts = line.split()
-                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == wanted:
-                    pid = int(parts[4])
-                    if pid != os.getpid():
-                        pids.append(pid)
-    except OSError:
-        pass
-    return pids
-
-
-def _kill_quietly(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -14,9 +14,20 @@ has had nothing to do for IDLE_REPORT_DELAY_MS: under load, one report per
 batch rather than one wake-up of the supervisor per message.
 
 Only paths, ids and small status records cross the pipes. Each delivery ends
-in exactly one :class:`Outcome`, decided in :meth:`Worker.process`. The worker
+in exactly one :class:`Outcome`, decided in :meth:`Worker.process`; its info
+is None, or says what the supervisor must finish for it: ``{"ackHold": name,
+"id": id}`` (handled, but the ack could not be written: the file is kept as
+the proof until the supervisor writes it) or ``{"quarantine": record, "nack":
+nack}`` (the move to errors/ failed: the supervisor retries it). The worker
 also publishes which delivery it is running, and since when, in a small shared
 array: the supervisor reads it to time handlers out without asking.
+
+Stopping: a ``("stop",)`` from the supervisor, or SIGTERM sent to the worker
+itself (``kill``, or a signal to the whole process group as systemd and
+``timeout`` send), finishes the running delivery and returns the rest. After
+SIGTERM the worker gives that delivery ``[pool] shutdown_grace``, timed by its
+heartbeat thread (woken by the signal), then exits with EXIT_WORKER_GRACE
+and the supervisor puts it back.
 """
 
 from __future__ import annotations
@@ -37,20 +48,35 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ipcpool.config import Config
-from ipcpool.errors import EXIT_OK, EXIT_WORKER_BOOT, HandlerNotFound, InvalidMessage
+from ipcpool.errors import EXIT_OK, EXIT_WORKER_BOOT, EXIT_WORKER_GRACE, HandlerNotFound, InvalidMessage
 from ipcpool.handlers import Handler, HandlerTable, resolve_all
 from ipcpool.health import heartbeat_envelope, pid_alive, process_create_time
-from ipcpool.message import IPCMessageType, Message, decode, encode, format_for, now_iso, to_message
+from ipcpool.message import (
+    IPCMessageType,
+    Message,
+    Summary,
+    decode,
+    encode,
+    format_for,
+    now_iso,
+    summarize,
+    to_message,
+    unknown_summary,
+)
 from ipcpool.retry import handler_retrying
 from ipcpool.spool import Spool, ack_name, message_stem
 
 log = logging.getLogger(__name__)
 
-# Slots of the shared array a worker publishes its progress in.
-SLOT_SEQ, SLOT_STARTED, SLOT_HANDLED, SLOT_FAILED = range(4)
-SHARED_SLOTS = 4
+# Slots of the shared array: the worker publishes its progress in the first two;
+# the supervisor sets the third while handled messages wait for their acks
+# (then the ack check also looks for those held files).
+SLOT_SEQ, SLOT_STARTED, SLOT_ACK_HOLDS = range(3)
+SHARED_SLOTS = 3
 FUTURE_MTIME_SLACK = 1.0  # seconds an mtime may be ahead of our clock and still mean "just written"
 IDLE_REPORT_DELAY_MS = 20  # how long finished results wait for more work before being reported
+REPLY_RETRY_MS = 500  # how often a response that could not be written is tried again
+MAX_RECORD_TEXT = 8192  # a record handed to the supervisor (its write failed) keeps this much traceback
 _HEARTBEAT = IPCMessageType.HEARTBEAT.value  # a plain str: compared once per delivery
 
 
@@ -72,7 +98,7 @@ class WorkerSpec:
     """Everything a worker process needs, passed once at start."""
 
     config: Config
-    index: int
+    slot: int
     supervisor_pid: int
     tasks: Connection
     results: Connection
@@ -96,7 +122,9 @@ class Worker:
         self._done: list[tuple[int, str, Any]] = []
         self._current: tuple[str, str, float] | None = None
         self._stopping = False
+        self._term_at: float | None = None  # when SIGTERM asked this worker itself to stop
         self._retiring = False  # stopping because max_tasks was reached
+        self._pending_replies: list[tuple[str, str, bytes, float]] = []  # (group, id, bytes, give up at)
         self._max_tasks = spec.max_tasks
         self.handled = 0
         self.failed = 0
@@ -134,7 +162,11 @@ class Worker:
                 self.flush()
                 if self._retiring:
                     self.send(("retiring", self.handled + self.failed))
+                if self._pending_replies:
+                    self._retry_replies(final=True)
                 return EXIT_OK
+            if self._pending_replies:
+                self._retry_replies()
             if not self._queue:
                 # Out of work: report what is done, but not at once; under load the next
                 # task arrives first, and the supervisor is woken once per batch, not per message.
@@ -142,6 +174,8 @@ class Worker:
                     self.flush()
                     if self._stopping:
                         continue
+                if self._pending_replies and not self._done and not self._poller.poll(REPLY_RETRY_MS):
+                    continue
                 self._receive(block=not self._done)
                 continue
             if self._poller.poll(0):
@@ -163,11 +197,22 @@ class Worker:
             self._done.append((seq, Outcome.RETURNED.value, None))
 
     def on_sigterm(self, _signum: int, _frame: Any) -> None:
-        """Graceful stop: finish the current delivery, return the rest. Idle: exit now."""
-        if self._current is None and not self._queue and not self._done:
-            self.spool.drop_spares()
-            os._exit(EXIT_OK)
+        """Graceful stop: finish the current delivery (within shutdown_grace), return the rest. Idle: exit now.
+
+        Only records, as signal handlers should; the heartbeat thread, woken
+        by the same signal, tells the supervisor and keeps the time.
+        """
+        if self._current is None and not self._queue and not self._done and not self._pending_replies:
+            self.exit_now(EXIT_OK)
+        if self._term_at is None:
+            self._term_at = time.monotonic()
         self._stopping = True
+
+    def exit_now(self, code: int) -> None:
+        """Leave at once, with what was printed flushed (a handler's output is not lost)."""
+        self.spool.drop_spares()
+        _flush_stdio()
+        os._exit(code)
 
     def _receive(self, *, block: bool) -> None:
         while block or self._poller.poll(0):
@@ -176,7 +221,7 @@ class Worker:
                 command = self.tasks.recv()
             except (EOFError, OSError):
                 log.warning("worker %d: supervisor is gone; exiting", self._pid)
-                os._exit(EXIT_OK)
+                self.exit_now(EXIT_OK)
             if command[0] == "run":
                 self._queue.extend(command[1])
             elif command[0] == "stop":
@@ -202,14 +247,14 @@ class Worker:
 
     def _process(self, group: str, name: str, deliveries: int) -> tuple[Outcome, Any]:
         spool = self.spool
+        stem = message_stem(name)
         try:
             raw = spool.read_claimed(group, name)
         except FileNotFoundError:
             return Outcome.VANISHED, None
         except InvalidMessage as exc:
-            return self._reject(group, name, str(exc))
+            return self._reject(group, name, str(exc), unknown_summary(stem))
         fmt = format_for(name)
-        stem = message_stem(name)
         try:
             if fmt is None:
                 raise InvalidMessage("unsupported file extension: use .json or .msgpack")
@@ -219,12 +264,12 @@ class Worker:
             # (clock skew, touch -d) counts as settled, or it would wait forever.
             if -FUTURE_MTIME_SLACK < time.time() - raw.mtime < self._settle:
                 return Outcome.UNSETTLED, None
-            return self._reject(group, name, str(exc))
+            return self._reject(group, name, str(exc), unknown_summary(stem))
         try:
             message = to_message(obj, group=group, stem=stem, delivery_count=deliveries)
             self._check_allowed(message)
         except InvalidMessage as exc:
-            return self._reject(group, name, str(exc), message_id=_id_of(obj, stem))
+            return self._reject(group, name, str(exc), summarize(obj, stem))
         return self._dispatch(message, name, raw.recycle)
 
     def _check_allowed(self, message: Message) -> None:
@@ -238,8 +283,14 @@ class Worker:
     def _dispatch(self, message: Message, name: str, recycle: int | None) -> tuple[Outcome, Any]:
         spool, group = self.spool, message.group
         ack = ack_name(message.id) if message.requires_ack else None
-        if ack is not None and spool.has_ack_named(group, ack):
-            spool.write_ack_named(group, ack)
+        # A held file (handled, its ack not yet written) is looked for first: the
+        # supervisor writes the ack before it removes the file, so no moment is missed.
+        if ack is not None and ((self.shared[SLOT_ACK_HOLDS] and spool.is_held_for_ack(group, message.id))
+                                or spool.has_ack_named(group, ack)):
+            try:
+                spool.write_ack_named(group, ack)
+            except OSError:
+                pass  # the ack (or the held file that becomes it) is there already
             spool.complete(group, name, recycle=recycle)
             log.info("Duplicate IPC message skipped (already acked) id=%s group=%s", message.id, group)
             return Outcome.DUPLICATE, None
@@ -247,7 +298,7 @@ class Worker:
             return self._record_heartbeat(message, name, recycle)
         handler = self.handlers.lookup(message)
         if handler is None:
-            return self._reject(group, name, f"no handler for type {message.type}", message=message)
+            return self._reject(group, name, f"no handler for type {message.type}", _summary_of(message))
         log.debug("Processing IPC message id=%s group=%s type=%s delivery=%d",
                   message.id, group, message.type, message.delivery_count)
         attempts = 1
@@ -275,13 +326,28 @@ class Worker:
         # is deduplicated by the ack, so the ack must be the last word.
         if message.reply_to:
             self._reply(message, response)
-        if ack is not None:
-            spool.write_ack_named(group, ack)
-            log.debug("ACK sent id=%s group=%s", message.id, group)
-        spool.complete(group, name, recycle=recycle)
         self.handled += 1
-        self.shared[SLOT_HANDLED] = self.handled
-        return Outcome.HANDLED, None
+        return Outcome.HANDLED, self._finish(group, name, message.id, ack, recycle)
+
+    def _finish(self, group: str, name: str, message_id: str, ack: str | None, recycle: int | None) -> Any:
+        """Ack (when asked), then remove the handled file; None, or what the supervisor must finish.
+
+        A handler that succeeded is never run again because its ack could not
+        be written (a full disk, a removed folder): the file is kept, renamed,
+        as the proof, and the supervisor writes the ack when it can.
+        """
+        if ack is not None:
+            try:
+                self.spool.write_ack_named(group, ack)
+            except OSError as exc:
+                held = self.spool.hold_for_ack(group, name, message_id)
+                self.shared[SLOT_ACK_HOLDS] = 1.0  # from now on this worker's ack check looks for held files
+                log.error("IPC message handled but its ACK cannot be written (%s); it is kept as %s and "
+                          "acked as soon as there is room id=%s group=%s", exc.strerror or exc, held, message_id, group)
+                return {"ackHold": held, "id": message_id}
+            log.debug("ACK sent id=%s group=%s", message_id, group)
+        self.spool.complete(group, name, recycle=recycle)
+        return None
 
     def _run_handler(self, handler: Any, message: Message) -> bytes:
         """One attempt: the handler, then its response encoded (an unencodable result fails the attempt)."""
@@ -290,12 +356,12 @@ class Worker:
         return self._response_bytes(message, True, result) if message.reply_to else b""
 
     def _response_bytes(self, message: Message, success: bool, result: Any = None, error: str = "",
-                        error_type: str = "") -> bytes:
+                        error_type: str = "", error_file: str = "") -> bytes:
         payload: dict[str, Any] = {"requestId": message.id, "success": success}
         if success:
             payload["result"] = result
         else:
-            payload.update(error=error, errorType=error_type)
+            payload.update(error=error, errorType=error_type, errorFile=error_file)
         envelope = {
             "id": f"{message.id}-response", "type": "response", "groupFolder": message.reply_to,
             "payload": payload, "timestamp": now_iso(),
@@ -312,45 +378,86 @@ class Worker:
             log.warning("Response dropped: replyTo group %r does not exist id=%s group=%s",
                         reply_to, message.id, message.group)
             return
+        if not self._write_reply(reply_to, message.id, data):
+            self._pending_replies.append((reply_to, message.id, data,
+                                          time.monotonic() + self.config.spool.response_retention))
+
+    def _write_reply(self, group: str, request_id: str, data: bytes) -> bool:
+        """Write one response; False when it cannot be written now (it is kept and tried again)."""
         try:
-            self.spool.write_response(reply_to, message.id, data)
-        except FileNotFoundError:
-            self.spool.ensure_group(reply_to)
-            self.spool.write_response(reply_to, message.id, data)
+            try:
+                self.spool.write_response(group, request_id, data)
+            except FileNotFoundError:
+                self.spool.ensure_group(group)
+                self.spool.write_response(group, request_id, data)
+        except OSError as exc:
+            log.error("cannot write the response (%s); it is kept and written when it can id=%s group=%s",
+                      exc.strerror or exc, request_id, group)
+            return False
+        return True
+
+    def _retry_replies(self, *, final: bool = False) -> None:
+        """Responses that could not be written: try again; give up past response_retention or at exit."""
+        now = time.monotonic()
+        waiting, self._pending_replies = self._pending_replies, []
+        for group, request_id, data, give_up_at in waiting:
+            if self._write_reply_quietly(group, request_id, data):
+                log.info("Response written after a delay id=%s group=%s", request_id, group)
+            elif final or now > give_up_at:
+                log.error("Response dropped: it could not be written id=%s group=%s", request_id, group)
+            else:
+                self._pending_replies.append((group, request_id, data, give_up_at))
+
+    def _write_reply_quietly(self, group: str, request_id: str, data: bytes) -> bool:
+        try:
+            self.spool.write_response(group, request_id, data)
+        except OSError:
+            return False
+        return True
 
     def _fail(self, message: Message, name: str, exc: BaseException, attempts: int) -> tuple[Outcome, Any]:
         self.failed += 1
-        self.shared[SLOT_FAILED] = self.failed
         reason = f"handler raised {type(exc).__name__}: {exc}"
         log.error("IPC handler failed after %d attempt(s) id=%s group=%s type=%s: %s",
                   attempts, message.id, message.group, message.type, reason)
-        if message.reply_to:
-            self._reply(message, self._response_bytes(message, False, error=str(exc), error_type=type(exc).__name__))
         record = {
             "id": message.id, "type": message.type, "reason": reason,
             "exception": {"type": type(exc).__name__, "message": str(exc),
                           "traceback": "".join(traceback.format_exception(exc))},
             "attempts": attempts, "deliveries": message.delivery_count, "workerPid": self._pid,
         }
-        self._quarantine(message.group, name, record)
-        return Outcome.FAILED, None
+        error_file, info = self._quarantine(message.group, name, record, _summary_of(message), "failed")
+        if message.reply_to:
+            self._reply(message, self._response_bytes(message, False, error=str(exc), error_type=type(exc).__name__,
+                                                      error_file=error_file))
+        return Outcome.FAILED, info
 
-    def _reject(self, group: str, name: str, reason: str, *, message: Message | None = None,
-                message_id: str | None = None) -> tuple[Outcome, Any]:
+    def _reject(self, group: str, name: str, reason: str, summary: Summary) -> tuple[Outcome, Any]:
         self.failed += 1
-        self.shared[SLOT_FAILED] = self.failed
-        mid = message.id if message else message_id
-        log.warning("IPC message rejected id=%s group=%s file=%s: %s", mid, group, name, reason)
-        record = {"id": mid, "type": message.type if message else None, "reason": reason,
-                  "attempts": 0, "workerPid": self._pid}
-        self._quarantine(group, name, record)
-        return Outcome.INVALID, None
+        log.warning("IPC message rejected id=%s group=%s type=%s file=%s: %s",
+                    summary.id, group, summary.type, name, reason)
+        record = {"id": summary.id, "type": summary.type, "reason": reason, "attempts": 0, "workerPid": self._pid}
+        return Outcome.INVALID, self._quarantine(group, name, record, summary, "rejected")[1]
 
-    def _quarantine(self, group: str, name: str, record: dict[str, Any]) -> None:
+    def _quarantine(self, group: str, name: str, record: dict[str, Any], summary: Summary,
+                    outcome: str) -> tuple[str, Any]:
+        """Move to errors/ with the record and, for a sender that may be waiting, a nack.
+
+        Returns where the record is, and the info for the supervisor: None, or
+        the record to retry with when the move could not be made now.
+        """
+        nack = nack_body(group, record, summary, outcome)
         try:
-            self.spool.quarantine(group, name, record)
+            error_name = self.spool.quarantine(group, name, record, nack=nack)
         except FileNotFoundError:
-            log.warning("message vanished before it could be moved to errors/ group=%s file=%s", group, name)
+            log.warning("message vanished before it could be moved to errors/ id=%s group=%s file=%s",
+                        summary.id, group, name)
+            return "", None
+        except OSError as exc:
+            log.error("cannot move the message to errors/ (%s); the supervisor keeps trying id=%s group=%s file=%s",
+                      exc.strerror or exc, summary.id, group, name)
+            return "", {"quarantine": _bounded(record), "nack": nack}
+        return f"{group}/errors/{error_name}", None
 
     def _record_heartbeat(self, message: Message, name: str, recycle: int | None) -> tuple[Outcome, Any]:
         payload = message.payload if isinstance(message.payload, dict) else {}
@@ -360,10 +467,9 @@ class Worker:
             pid if isinstance(pid, int) and not isinstance(pid, bool) else str(pid)[:64],
             str(status)[:64] if status is not None else None,
         )
-        if message.requires_ack:
-            self.spool.write_ack(message.group, message.id)
-        self.spool.complete(message.group, name, recycle=recycle)
-        return Outcome.HEARTBEAT, info
+        held = self._finish(message.group, name, message.id, ack_name(message.id) if message.requires_ack else None,
+                            recycle)
+        return Outcome.HEARTBEAT, (*info, held)
 
     def _log_retry(self, state: Any) -> None:
         message = self._retrying_message
@@ -385,27 +491,86 @@ class Worker:
             failed=self.failed,
         )
 
-    def heartbeat_loop(self, interval: float) -> None:
+    def heartbeat_loop(self, interval: float, wake_fd: int) -> None:
+        """Heartbeats every ``interval``; after SIGTERM (which wakes it), the shutdown grace too."""
         supervisor = self.spec.supervisor_pid
         try:
             born = process_create_time(supervisor)
         except Exception:  # noqa: BLE001 - already gone
-            os._exit(EXIT_OK)
+            self.exit_now(EXIT_OK)
+        grace = self.config.pool.shutdown_grace
+        next_beat = time.monotonic() + interval
+        told = False
         while True:
-            time.sleep(interval)
-            if not pid_alive(supervisor, born):
-                log.warning("worker %d: supervisor %d is gone; exiting", self._pid, supervisor)
-                os._exit(EXIT_OK)
+            now = time.monotonic()
+            deadline = None if self._term_at is None else self._term_at + grace
+            wait = min(next_beat, deadline if deadline is not None else next_beat) - now
+            if wait > 0 and select.select([wake_fd], [], [], wait)[0]:
+                _drain(wake_fd)
+            now = time.monotonic()
             try:
-                self.send(("hb", self.heartbeat()))
+                if self._term_at is not None and not told:
+                    told = True
+                    log.info("worker %d: SIGTERM: finishing the current message (grace %gs), returning the rest",
+                             self._pid, grace)
+                    self.send(("stopping", "SIGTERM"))
+                if self._term_at is not None and now >= self._term_at + grace:
+                    log.warning("worker %d: shutdown_grace (%gs) ran out mid-handler; exiting, the supervisor "
+                                "puts the message back", self._pid, grace)
+                    self.exit_now(EXIT_WORKER_GRACE)
+                if now >= next_beat:
+                    next_beat = now + interval
+                    if not pid_alive(supervisor, born):
+                        log.warning("worker %d: supervisor %d is gone; exiting", self._pid, supervisor)
+                        self.exit_now(EXIT_OK)
+                    self.send(("hb", self.heartbeat()))
             except (BrokenPipeError, EOFError, OSError):
-                os._exit(EXIT_OK)
+                self.exit_now(EXIT_OK)
 
 
-def _id_of(obj: Any, stem: str) -> str:
-    if isinstance(obj, dict) and isinstance(obj.get("id"), str):
-        return obj["id"][:128]
-    return stem
+def _summary_of(message: Message) -> Summary:
+    return Summary(message.id, message.type, message.requires_ack, message.reply_to, message.timestamp)
+
+
+def nack_body(group: str, record: dict[str, Any], summary: Summary, outcome: str) -> dict[str, Any] | None:
+    """The nack for a message that ends in errors/, when a sender may be waiting for it.
+
+    Written when the message asked for an ack or a response, or when it could
+    not even be decoded (its sender may be waiting under the file's name).
+    ``timestamp`` is the envelope's own, so a sender can tell a nack of its
+    message from an older one of the same id.
+    """
+    if summary.id is None or not (summary.wants_answer or summary.type is None):
+        return None
+    return {"id": summary.id, "type": summary.type, "group": group, "outcome": outcome,
+            "reason": str(record.get("reason", ""))[:MAX_RECORD_TEXT], "timestamp": summary.timestamp,
+            "time": now_iso()}
+
+
+def _bounded(record: dict[str, Any]) -> dict[str, Any]:
+    """A record small enough to cross the result pipe: the traceback's end is what matters."""
+    exception = record.get("exception")
+    if isinstance(exception, dict) and len(exception.get("traceback", "")) > MAX_RECORD_TEXT:
+        exception = dict(exception, traceback="..." + exception["traceback"][-MAX_RECORD_TEXT:])
+        record = dict(record, exception=exception)
+    return record
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def _take_worker_lock(spool: Spool) -> None:
@@ -425,11 +590,20 @@ def _close_quietly(fd: int) -> None:
         pass
 
 
+# Signals a worker leaves to its supervisor: Ctrl-C and a closed terminal reach the
+# supervisor too, which drains the pool; the others mean nothing to a worker.
+IGNORED_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU)
+
+
 def worker_main(spec: WorkerSpec) -> None:
     """Process entry point. Never returns: exits with a code the supervisor understands."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains us
+    for signum in IGNORED_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # until the handlers are loaded
-    signal.set_wakeup_fd(-1)  # a forked (compat) worker must not write to the supervisor's wake pipe
+    # A signal also writes to this pipe (a forked compat worker must not write to the
+    # supervisor's): it wakes the heartbeat thread, which times the shutdown grace.
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     for fd in spec.inherited_fds:  # nor hold the supervisor's root lock after it dies
         _close_quietly(fd)
     from ipcpool.logs import setup_logging
@@ -453,16 +627,14 @@ def worker_main(spec: WorkerSpec) -> None:
     try:
         spec.results.send(("ready", os.getpid()))
         threading.Thread(
-            target=worker.heartbeat_loop, args=(spec.config.heartbeat.interval,), name="heartbeat", daemon=True
+            target=worker.heartbeat_loop, args=(spec.config.heartbeat.interval, wake_r), name="heartbeat",
+            daemon=True,
         ).start()
         code = worker.run()
     except (BrokenPipeError, EOFError, ConnectionError):
         log.warning("worker %d: supervisor is gone; exiting", os.getpid())
-        os._exit(EXIT_OK)
+        worker.exit_now(EXIT_OK)
     handlers.close()
-    worker.spool.drop_spares()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    worker.exit_now(code)
 
 

@@ -10,7 +10,7 @@ from ipcpool.pool import describe_exit
 
 
 @pytest.mark.parametrize(("code", "words"), [
-    (None, "still running"),
+    (None, "exit status unknown (lost with the forkserver)"),
     (0, "exited with code 0"),
     (3, "exited with code 3"),
     (-signal.SIGKILL, "killed by SIGKILL (perhaps out of memory?)"),
