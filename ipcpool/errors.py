@@ -111,7 +111,9 @@ class MessageNotHandled(IpcpoolError):
         self.error_file = error_file
         self.outcome = outcome
         where = f" (record: {error_file})" if error_file else ""
-        super().__init__(f"message {message_id} to group {group!r} was {outcome or 'not handled'}: {reason}{where}")
+        # Exception's own __init__: in MessageFailed the next class in line is HandlerError.
+        Exception.__init__(self, f"message {message_id} to group {group!r} was {outcome or 'not handled'}: "
+                                 f"{reason}{where}")
 
 
 class MessageRejected(MessageNotHandled):

@@ -29,6 +29,7 @@ from typing import Any
 from ipcpool.channel import ResultChannel, TaskChannel
 from ipcpool.config import Config
 from ipcpool.health import ProcessProbe, ProcessReading, pid_alive
+from ipcpool.spool import flock_holders
 from ipcpool.worker import SHARED_SLOTS, SLOT_SEQ, SLOT_STARTED, WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
@@ -257,25 +258,12 @@ def wall_to_iso(ts: float) -> str:
 
 
 def lock_holders(fd: int) -> list[int]:
-    """Pids that /proc/locks lists as holding a flock on the file open as ``fd`` (Linux).
+    """Other pids that /proc/locks lists as holding a flock on the file open as ``fd`` (Linux).
 
-    The pid there is the one that took the lock, a candidate only: see
-    :func:`kill_lock_holders` before signalling any of them.
+    Candidates only: see :func:`kill_lock_holders` before signalling any of them.
     """
     st = os.fstat(fd)
-    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    pids: list[int] = []
-    try:
-        with open("/proc/locks") as handle:
-            for line in handle:
-                parts = line.split()
-                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == wanted:
-                    pid = int(parts[4])
-                    if pid != os.getpid() and pid not in pids:
-                        pids.append(pid)
-    except OSError:
-        pass
-    return pids
+    return [pid for pid in flock_holders(st.st_dev, st.st_ino) or [] if pid != os.getpid()]
 
 
 def has_open(pid: int, dev: int, ino: int) -> bool:

@@ -512,20 +512,8 @@ class Spool:
 
     # -- errors/ -------------------------------------------------------------------------
 
-    def quarantine(self, group: str, name: str, record: dict[str, Any], *, source: str = PROCESSING,
-                   nack: dict[str, Any] | None = None) -> str:
-        """Move a message to errors/ with ``<epoch_ms>-<name>.error.json`` beside it.
-
-        The reason is written first, so a crash in between never leaves a
-        message in errors/ without one; then, with ``nack``, the negative ack
-        ``acks/<id>.nack`` that answers a waiting sender (see :meth:`write_nack`);
-        then the move. Any failure undoes the first two and raises, so the
-        message is either quarantined and answered or still in ``source``.
-        Names never collide or overwrite (a same-millisecond twin gets a
-        counter), a long name is shortened, and a message whose own name ends
-        in ``.error.json`` gets ``.msg`` appended. Returns the new file name;
-        FileNotFoundError when the message is gone.
-        """
+    def error_name_for(self, group: str, name: str) -> str:
+        """The free ``<epoch_ms>-<name>`` a message would get in errors/ (see :meth:`quarantine`)."""
         short = name if len(name.encode()) <= MAX_NAME_BYTES else \
             f"{name.encode()[:120].decode(errors='ignore')}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
         if short.endswith(ERROR_SUFFIX):
@@ -538,6 +526,25 @@ class Spool:
         while any(os.path.lexists(f"{errors_dir}/{error_name}{suffix}") for suffix in ("", ERROR_SUFFIX)):
             n += 1
             error_name = f"{stamp}-{n}-{short}"
+        return error_name
+
+    def quarantine(self, group: str, name: str, record: dict[str, Any], *, source: str = PROCESSING,
+                   nack: dict[str, Any] | None = None, error_name: str | None = None) -> str:
+        """Move a message to errors/ with ``<epoch_ms>-<name>.error.json`` beside it.
+
+        The reason is written first, so a crash in between never leaves a
+        message in errors/ without one; then, with ``nack``, the negative ack
+        ``acks/<id>.nack`` that answers a waiting sender (see :meth:`write_nack`);
+        then the move. Any failure undoes the first two and raises, so the
+        message is either quarantined and answered or still in ``source``.
+        Names never collide or overwrite (a same-millisecond twin gets a
+        counter), a long name is shortened, and a message whose own name ends
+        in ``.error.json`` gets ``.msg`` appended. Returns the new file name;
+        FileNotFoundError when the message is gone. ``error_name`` is one
+        :meth:`error_name_for` gave earlier (a response may already name it).
+        """
+        error_name = error_name or self.error_name_for(group, name)
+        errors_dir = self.path(group, ERRORS)
         record = {"file": error_name, "originalName": name, "group": group, "time": now_iso(), **record}
         body = json.dumps(record, indent=2, default=str).encode()
         self.write_atomic(group, ERRORS, error_name + ERROR_SUFFIX, body)
@@ -635,9 +642,29 @@ class Spool:
                 f"another ipcpool supervisor (pid {owner}) already runs on {self.root}; "
                 "stop it first, or point this one at another [spool] root"
             ) from None
+        self.record_lock_owner(fd)
+        return fd
+
+    @staticmethod
+    def record_lock_owner(fd: int) -> None:
+        """Write this process's pid into the held lock (also by a child the lock was handed to)."""
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return fd
+
+    def supervisor_running(self) -> bool | None:
+        """Whether a supervisor holds this root's lock now; None where that cannot be told.
+
+        Read from /proc/locks without touching the lock (taking it, even
+        briefly, could make a starting supervisor fail with AlreadyRunning).
+        """
+        try:
+            st = os.stat(self.state_dir / "lock")
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return None
+        holders = flock_holders(st.st_dev, st.st_ino)
+        return None if holders is None else bool(holders)
 
     def delivery_path(self, group: str, name: str) -> Path:
         """Hashed, so any message name fits; the record holds the real name."""
@@ -670,6 +697,26 @@ class Spool:
                 except (OSError, ValueError, KeyError, TypeError):
                     log.warning("unreadable delivery record %s; ignoring it", path)
         return found
+
+
+def flock_holders(dev: int, ino: int) -> list[int] | None:
+    """Pids /proc/locks lists as holding a flock on the file (``dev``, ``ino``); None without /proc/locks.
+
+    The pid is the one that took the lock: a candidate, never proof of who holds it now.
+    """
+    wanted = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
+    pids: list[int] = []
+    try:
+        with open("/proc/locks") as handle:
+            for line in handle:
+                parts = line.split()
+                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == wanted:
+                    pid = int(parts[4])
+                    if pid not in pids:
+                        pids.append(pid)
+    except (OSError, ValueError):
+        return None
+    return pids
 
 
 def _load_renameat2() -> Any:

@@ -101,7 +101,8 @@ PLANNED_STOPS = (StopReason.RECYCLE, StopReason.DRAIN, StopReason.TERMINATED)
 
 class Supervisor:
     def __init__(self, config: Config, *, clock: Any = time.monotonic,
-                 handlers: dict[str, Any] | None = None, lock_fd: int | None = None) -> None:
+                 handlers: dict[str, Any] | None = None, lock_fd: int | None = None,
+                 on_started: Any = None) -> None:
         self.config = config
         self.handler_objects = handlers
         self.clock = clock
@@ -131,6 +132,7 @@ class Supervisor:
         self._ctx = mp_context(fork=handlers is not None)
         self._watcher: Any = None
         self._lock_fd: int | None = lock_fd  # the compat API takes the lock before it forks us
+        self._on_started = on_started  # called once every worker is ready (the compat API waits for it)
         self.state = "starting"
         self.exit_code = EXIT_OK
         self.halt_reason = ""
@@ -158,6 +160,8 @@ class Supervisor:
         self.spool.ensure_root()
         if self._lock_fd is None:
             self._lock_fd = self.spool.acquire_lock()
+        else:
+            self.spool.record_lock_owner(self._lock_fd)
         try:
             self.boot()
             while self.state in ("running", "draining"):
@@ -888,6 +892,8 @@ class Supervisor:
             self.announced = True
             log.info("Enhanced IPC system started root=%s groups=%s workers=%d",
                      self.spool.root, ",".join(sorted(self.groups)), len(self.workers))
+            if self._on_started is not None:
+                self._on_started()
         if self.settling:
             for key, due in list(self.settling.items()):
                 if now >= due:

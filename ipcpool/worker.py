@@ -48,7 +48,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ipcpool.config import Config
-from ipcpool.errors import EXIT_OK, EXIT_WORKER_BOOT, EXIT_WORKER_GRACE, HandlerNotFound, InvalidMessage
+from ipcpool.errors import EXIT_OK, EXIT_WORKER_BOOT, EXIT_WORKER_GRACE, HandlerNotFound, InvalidMessage, SpoolError
 from ipcpool.handlers import Handler, HandlerTable, resolve_all
 from ipcpool.health import heartbeat_envelope, pid_alive, process_create_time
 from ipcpool.message import (
@@ -344,7 +344,7 @@ class Worker:
                 self.shared[SLOT_ACK_HOLDS] = 1.0  # from now on this worker's ack check looks for held files
                 log.error("IPC message handled but its ACK cannot be written (%s); it is kept as %s and "
                           "acked as soon as there is room id=%s group=%s", exc.strerror or exc, held, message_id, group)
-                return {"ackHold": held, "id": message_id}
+                return {"ackHold": held, "id": message_id, "errno": exc.errno}
             log.debug("ACK sent id=%s group=%s", message_id, group)
         self.spool.complete(group, name, recycle=recycle)
         return None
@@ -426,10 +426,16 @@ class Worker:
                           "traceback": "".join(traceback.format_exception(exc))},
             "attempts": attempts, "deliveries": message.delivery_count, "workerPid": self._pid,
         }
-        error_file, info = self._quarantine(message.group, name, record, _summary_of(message), "failed")
-        if message.reply_to:
+        error_name = None
+        if message.reply_to:  # the response first (it names the record), so a requester gets the fuller answer
+            try:
+                error_name = self.spool.error_name_for(message.group, name)
+            except (OSError, SpoolError):
+                pass
+            error_file = f"{message.group}/errors/{error_name}" if error_name else ""
             self._reply(message, self._response_bytes(message, False, error=str(exc), error_type=type(exc).__name__,
                                                       error_file=error_file))
+        info = self._quarantine(message.group, name, record, _summary_of(message), "failed", error_name)
         return Outcome.FAILED, info
 
     def _reject(self, group: str, name: str, reason: str, summary: Summary) -> tuple[Outcome, Any]:
@@ -437,27 +443,28 @@ class Worker:
         log.warning("IPC message rejected id=%s group=%s type=%s file=%s: %s",
                     summary.id, group, summary.type, name, reason)
         record = {"id": summary.id, "type": summary.type, "reason": reason, "attempts": 0, "workerPid": self._pid}
-        return Outcome.INVALID, self._quarantine(group, name, record, summary, "rejected")[1]
+        return Outcome.INVALID, self._quarantine(group, name, record, summary, "rejected")
 
-    def _quarantine(self, group: str, name: str, record: dict[str, Any], summary: Summary,
-                    outcome: str) -> tuple[str, Any]:
+    def _quarantine(self, group: str, name: str, record: dict[str, Any], summary: Summary, outcome: str,
+                    error_name: str | None = None) -> Any:
         """Move to errors/ with the record and, for a sender that may be waiting, a nack.
 
-        Returns where the record is, and the info for the supervisor: None, or
-        the record to retry with when the move could not be made now.
+        Returns the info for the supervisor: None, or the record to retry
+        with when the move could not be made now.
         """
         nack = nack_body(group, record, summary, outcome)
         try:
-            error_name = self.spool.quarantine(group, name, record, nack=nack)
+            self.spool.quarantine(group, name, record, nack=nack, error_name=error_name)
         except FileNotFoundError:
             log.warning("message vanished before it could be moved to errors/ id=%s group=%s file=%s",
                         summary.id, group, name)
-            return "", None
-        except OSError as exc:
+            return None
+        except (OSError, SpoolError) as exc:
             log.error("cannot move the message to errors/ (%s); the supervisor keeps trying id=%s group=%s file=%s",
-                      exc.strerror or exc, summary.id, group, name)
-            return "", {"quarantine": _bounded(record), "nack": nack}
-        return f"{group}/errors/{error_name}", None
+                      getattr(exc, "strerror", None) or exc, summary.id, group, name)
+            return {"quarantine": _bounded(record), "nack": nack, "error": str(exc),
+                    "errno": getattr(exc, "errno", None)}
+        return None
 
     def _record_heartbeat(self, message: Message, name: str, recycle: int | None) -> tuple[Outcome, Any]:
         payload = message.payload if isinstance(message.payload, dict) else {}
@@ -542,9 +549,11 @@ def nack_body(group: str, record: dict[str, Any], summary: Summary, outcome: str
     """
     if summary.id is None or not (summary.wants_answer or summary.type is None):
         return None
+    exception = record.get("exception")
     return {"id": summary.id, "type": summary.type, "group": group, "outcome": outcome,
-            "reason": str(record.get("reason", ""))[:MAX_RECORD_TEXT], "timestamp": summary.timestamp,
-            "time": now_iso()}
+            "reason": str(record.get("reason", ""))[:MAX_RECORD_TEXT],
+            "errorType": exception.get("type") if isinstance(exception, dict) else None,
+            "timestamp": summary.timestamp, "time": now_iso()}
 
 
 def _bounded(record: dict[str, Any]) -> dict[str, Any]:

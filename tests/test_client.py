@@ -59,13 +59,15 @@ def test_send_with_wait_and_send_and_wait_return_once_the_ack_exists(tmp_path, r
 # -- giving up ---------------------------------------------------------------------------------------
 
 
-def test_ack_timeout_after_one_plus_max_retries_attempts_leaves_one_queued_copy(tmp_path, root, caplog):
+def test_ack_timeout_after_one_plus_max_retries_attempts_leaves_one_copy(tmp_path, root, supervisor_factory, caplog):
     caplog.set_level(logging.INFO, logger="ipcpool.client")
+    config = write_config(tmp_path / "c.toml", root, sections={"pool": {"workers": 1, "handler_timeout": 30.0}})
+    sup = supervisor_factory(config)
     given_up: list[Message] = []
     policy = AckConfig(timeout=0.2, max_retries=2, retry_delay=0.05)
     with Client(root, "main", ack=policy, on_give_up=given_up.append) as client, \
             pytest.raises(AckTimeout) as caught:
-        client.send_and_wait("main", "task", {"n": 1})
+        client.send_and_wait("main", "task", {"sleep": 3})  # slower than every attempt's wait
 
     error = caught.value
     assert error.attempts == 3, "1 + max_retries attempts"
@@ -73,17 +75,19 @@ def test_ack_timeout_after_one_plus_max_retries_attempts_leaves_one_queued_copy(
     message_id = error.message_id
     assert message_id
     assert "ACK timeout" in str(error)
+    assert "the supervisor is running" in str(error), "the hint says why"
 
-    # the message was never handled, and re-sends kept one copy, under its id
-    assert _files(root, "main", "messages") == [f"{message_id}.json"]
+    # not acked yet, and the retries kept one copy, under its id (in flight: never re-sent)
     assert not _ack(root, message_id).exists()
+    assert _files(root, "main", "messages") + _files(root, "main", "processing") == [f"{message_id}.json"]
 
     timeouts = _client_log(caplog, "ACK timeout")
     assert len(timeouts) == 3, [r.getMessage() for r in timeouts]
     assert all(message_id in r.getMessage() for r in timeouts)
     retries = _client_log(caplog, "Retrying IPC message")
     assert len(retries) == 2, [r.getMessage() for r in retries]
-    assert all(message_id in r.getMessage() for r in retries)
+    assert all(message_id in r.getMessage() and "not re-sent" in r.getMessage() for r in retries)
+    sup.stop()
 
     assert len(given_up) == 1
     report = given_up[0]
@@ -106,13 +110,14 @@ def test_ack_timeout_with_no_retries_makes_one_attempt(tmp_path, root, caplog):
     assert _files(root, "main", "messages") == [f"{caught.value.message_id}.json"]
 
 
-def test_a_pool_that_starts_during_the_retries_acks_the_one_queued_copy(tmp_path, root, supervisor_factory, caplog):
+def test_a_pool_that_starts_while_a_sender_waits_acks_the_one_queued_copy(tmp_path, root, supervisor_factory,
+                                                                          caplog):
     caplog.set_level(logging.INFO, logger="ipcpool.client")
     config = write_config(tmp_path / "c.toml", root)
     outcome: dict[str, object] = {}
 
     def sender() -> None:
-        with Client(root, "main", ack=AckConfig(timeout=0.5, max_retries=60, retry_delay=0.05)) as client:
+        with Client(root, "main", ack=AckConfig(timeout=30, max_retries=1, retry_delay=0.05)) as client:
             try:
                 outcome["id"] = client.send_and_wait("main", "task", {"n": 1})
             except Exception as exc:
@@ -121,7 +126,7 @@ def test_a_pool_that_starts_during_the_retries_acks_the_one_queued_copy(tmp_path
     thread = threading.Thread(target=sender, daemon=True)
     thread.start()
     try:
-        wait_until(lambda: _client_log(caplog, "ACK timeout"), 20, message="the first attempt timing out")
+        wait_until(lambda: _files(root, "main", "messages"), 20, message="the message queued")
         supervisor_factory(config)
     finally:
         thread.join(60)
@@ -147,7 +152,8 @@ def test_async_ack_timeout_against_a_stopped_pool(tmp_path, root):
 
     with pytest.raises(AckTimeout) as caught:
         asyncio.run(asyncio.wait_for(scenario(), 30))
-    assert caught.value.attempts == 3
+    assert caught.value.attempts == 1, "no supervisor: the first attempt's time-out ends the wait"
+    assert "no ipcpool supervisor is running" in str(caught.value)
     assert caught.value.group == "main"
     assert _files(root, "main", "messages") == [f"{caught.value.message_id}.json"]
     assert [m.payload["recoverable"] for m in given_up] == [False]

@@ -233,7 +233,8 @@ def test_error_handler_hears_when_an_ack_never_comes(tmp_path):
         assert error.group == "main"
         assert error.payload["recoverable"] is False
         assert error.payload["messageId"] == message_id
-        assert error.payload["attempts"] == 2, "first try plus [ack] max_retries"
+        assert error.payload["attempts"] == 1, "no supervisor: the first attempt's time-out ends the wait"
+        assert "no ipcpool supervisor is running" in error.payload["error"]
         assert message_id in error.payload["error"]
         assert (root / "main" / "messages" / f"{message_id}.json").exists(), "the message is still queued"
 
@@ -267,3 +268,69 @@ def test_a_dead_forked_worker_leaves_the_supervisor_idle_not_spinning(tmp_path, 
     wait_until(lambda: time.monotonic() - started > 2.0, 5.0, interval=0.1, message="two idle seconds")
     used = sum(supervisor.cpu_times()[:2]) - before
     assert used < 0.5, f"the idle supervisor used {used:.2f} s of CPU in 2 s: its loop is spinning"
+
+
+# -- the README's example, as a user runs it ------------------------------------------------------------
+
+
+def _readme_example() -> str:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## The original API", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_example_run_verbatim_prints_received_every_time(tmp_path, env):
+    """Reproduces the issue: stop() right after send() stopped the pool before it handled anything, the
+    message sometimes never reached messages/, and no log line appeared."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "example.py"
+    script.write_text(_readme_example())
+    assert "start_enhanced_ipc" in script.read_text() and "ipc.stop()" in script.read_text()
+    for run in range(10):
+        cwd = tmp_path / f"run{run}"  # the default root, data/ipc, under the working directory
+        cwd.mkdir()
+        out = subprocess.run([sys.executable, str(script)], cwd=cwd, env=env, capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert "Received: {'taskId': 123, 'prompt': 'Execute'}" in out.stdout, (run, out.stdout, out.stderr)
+        for phrase in ("Enhanced IPC system started", "IPC message sent", "ACK received"):
+            assert phrase in out.stderr, (run, phrase, out.stderr)
+        queued = list((cwd / "data" / "ipc" / "main" / "messages").iterdir())
+        assert queued == [], "stop() let the pool handle what was queued"
+
+
+def test_send_has_published_when_it_returns(tmp_path):
+    system = IPCSystem(_config(tmp_path / "ipc"))
+    try:
+        for requires_ack in (False, True):
+            message_id = system.send("main", IPCMessageType.TASK, {"n": 1}, requires_ack)
+            assert (tmp_path / "ipc" / "main" / "messages" / f"{message_id}.json").exists()
+    finally:
+        system.stop(timeout=0)
+
+
+def test_a_second_system_on_one_root_raises_already_running_in_the_caller(tmp_path):
+    from ipcpool import AlreadyRunning
+
+    first = IPCSystem(_config(tmp_path / "ipc"))
+    second = IPCSystem(_config(tmp_path / "ipc"))
+    first.start()
+    try:
+        with pytest.raises(AlreadyRunning):
+            second.start()
+        assert not second.running
+        assert first.running
+    finally:
+        first.stop()
+
+
+def test_stop_drains_what_is_queued_within_the_grace(tmp_path):
+    path = tmp_path / "handled.jsonl"
+    system = IPCSystem(_config(tmp_path / "ipc", pool={"shutdown_grace": 30.0}))
+    system.register_handler(IPCMessageType.TASK, message_recorder(path, "task"))
+    system.start()
+    ids = [system.send("main", IPCMessageType.TASK, {"n": i}) for i in range(50)]
+    system.stop()
+    assert sorted(line["id"] for line in _lines(path)) == sorted(ids)

@@ -352,7 +352,8 @@ def test_cli_send_ack_times_out_against_a_stopped_pool(tmp_path, root, env):
     reasons = [line for line in out.stderr.splitlines() if line.startswith("ipcpool: ")]
     assert len(reasons) == 1, out.stderr
     assert "ACK timeout" in reasons[0]
-    assert "2 attempt(s)" in reasons[0], "1 + [ack] max_retries attempts"
+    assert "1 attempt(s)" in reasons[0], "no supervisor: the first attempt's time-out ends the wait"
+    assert "no ipcpool supervisor is running" in reasons[0]
     assert out.stderr.strip().splitlines()[-1] == reasons[0]
     queued = _files(root, "main", "messages")
     assert len(queued) == 1, "re-sends keep one copy"
