@@ -8,6 +8,7 @@ the pool.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -103,18 +104,62 @@ def status_path(root: str | os.PathLike[str]) -> Path:
 
 
 def write_status(root: str | os.PathLike[str], status: dict[str, Any]) -> None:
-    """Atomic write: readers see the previous record or this one, never half."""
+    """Atomic write: readers see the previous record or this one, never half.
+
+    On a full filesystem (the very time an operator needs the status) the
+    record is rewritten in place instead, when it fits in the space the file
+    already has: readers retry a record caught half-written.
+    """
     path = status_path(root)
+    data = json.dumps(status, separators=(",", ":"), default=str).encode()
     tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(status, separators=(",", ":"), default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not _rewrite_in_place(path, data):
+            raise
+
+
+def _rewrite_in_place(path: Path, data: bytes) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        if len(data) > os.fstat(fd).st_blocks * 512:
+            return False
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def read_status(root: str | os.PathLike[str]) -> dict[str, Any] | None:
+    for _attempt in range(3):  # a record rewritten in place may be caught half-written
+        try:
+            return json.loads(status_path(root).read_bytes())
+        except ValueError:
+            time.sleep(0.01)
+        except OSError:
+            return None
+    return None
+
+
+def spool_space(root: str | os.PathLike[str]) -> dict[str, int] | None:
+    """Free bytes and free inodes on the spool's filesystem (for unprivileged users), or None."""
     try:
-        return json.loads(status_path(root).read_text())
-    except (OSError, ValueError):
+        st = os.statvfs(root)
+    except OSError:
         return None
+    return {"freeBytes": st.f_bavail * st.f_frsize, "freeInodes": st.f_favail}
 
 
 def verdict(status: dict[str, Any] | None, *, now: float | None = None) -> tuple[bool, str]:
@@ -132,6 +177,12 @@ def verdict(status: dict[str, Any] | None, *, now: float | None = None) -> tuple
         return False, f"status is stale ({age:.1f}s old, interval {interval:g}s): the supervisor is stuck"
     if status.get("state") != "running":
         return False, f"supervisor is {status.get('state')}"
+    spool = status.get("spool") or {}
+    if spool.get("full"):
+        return False, (f"the spool's filesystem is full: {spool.get('ackHolds', 0)} handled message(s) wait for "
+                       f"their acks, {spool.get('stranded', 0)} transition(s) wait for room (they are retried)")
+    if spool.get("stranded"):
+        return False, f"{spool['stranded']} message(s) stranded in processing/ (retried): {spool.get('error')}"
     workers = status.get("workers", [])
     expected = int(status.get("expectedWorkers", len(workers)))
     ready = [w for w in workers if w.get("state") in ("ready", "busy")]

@@ -10,6 +10,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from ipcpool.health import spool_space
 from ipcpool.pool import wall_to_iso
 from ipcpool.spool import ERROR_SUFFIX, ERRORS
 
@@ -64,6 +65,20 @@ def build_status(sup: Supervisor, now: float) -> dict[str, Any]:
             for (group, pid), rec in sorted(sup.external.items())
         ],
         "totals": dict(sup.totals, queued=len(sup.pending), inflight=len(sup.inflight)),
+        "spool": _spool(sup),
+    }
+
+
+def _spool(sup: Supervisor) -> dict[str, Any]:
+    """The spool's own troubles: stranded transitions, a full filesystem, free space."""
+    stranded = sup.stranded
+    errors = [e.error for e in stranded.entries.values()]
+    return {
+        "full": stranded.no_space,
+        "stranded": len(stranded),
+        "ackHolds": stranded.ack_holds,
+        "error": errors[0] if errors else None,
+        **(spool_space(sup.spool.root) or {}),
     }
 
 
@@ -146,6 +161,10 @@ def render_table(status: dict[str, Any], healthy: tuple[bool, str]) -> str:
             lines.append(f"{h['group']:<24} {h['processId']!s:>10} {h['status']!s:<10} {h['age']:>7}")
     totals = status.get("totals", {})
     lines += ["", "totals: " + "  ".join(f"{k} {v}" for k, v in totals.items())]
+    spool = status.get("spool") or {}
+    if spool.get("stranded") or spool.get("full"):
+        lines.append(f"spool: {'FULL; ' if spool.get('full') else ''}{spool.get('stranded')} stranded "
+                     f"({spool.get('ackHolds')} acks waiting): {spool.get('error')}")
     return "\n".join(lines)
 
 

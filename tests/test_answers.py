@@ -81,9 +81,8 @@ def test_cli_send_ack_to_a_type_the_group_refuses_is_answered_once(tmp_path, roo
 
 
 def test_send_and_wait_raises_the_rejection_with_its_reason_and_record(root, pool):
-    with Client(root, "main", ack=LONG) as client:
-        with pytest.raises(MessageRejected) as caught:
-            client.send_and_wait("main", "nohandler", {"n": 1})
+    with Client(root, "main", ack=LONG) as client, pytest.raises(MessageRejected) as caught:
+        client.send_and_wait("main", "nohandler", {"n": 1})
     error = caught.value
     assert error.reason == "no handler for type nohandler"
     assert error.outcome == "rejected"
@@ -95,9 +94,8 @@ def test_send_and_wait_raises_the_rejection_with_its_reason_and_record(root, poo
 
 
 def test_send_and_wait_raises_message_failed_after_the_handler_retries(root, pool):
-    with Client(root, "main", ack=LONG) as client:
-        with pytest.raises(MessageFailed) as caught:
-            client.send_and_wait("main", "task", {"raise": "boom"})
+    with Client(root, "main", ack=LONG) as client, pytest.raises(MessageFailed) as caught:
+        client.send_and_wait("main", "task", {"raise": "boom"})
     error = caught.value
     assert isinstance(error, HandlerError)
     assert "boom" in error.reason and error.outcome == "failed" and error.error_type == "RuntimeError"
@@ -105,17 +103,15 @@ def test_send_and_wait_raises_message_failed_after_the_handler_retries(root, poo
 
 
 def test_request_raises_message_failed_carrying_the_record(root, pool):
-    with Client(root, "main") as client:
-        with pytest.raises(MessageFailed) as caught:
-            client.request("main", "task", {"raise": "boom"}, timeout=120)
+    with Client(root, "main") as client, pytest.raises(MessageFailed) as caught:
+        client.request("main", "task", {"raise": "boom"}, timeout=120)
     assert caught.value.error_type == "RuntimeError" and "boom" in caught.value.error
     wait_until(lambda: (root / caught.value.error_file).exists(), message="the record the response names")
 
 
 def test_a_poison_message_answers_its_sender(tmp_path, root, pool):
-    with Client(root, "main", ack=LONG) as client:
-        with pytest.raises(MessageFailed) as caught:
-            client.send_and_wait("main", "task", {"exit": 9})
+    with Client(root, "main", ack=LONG) as client, pytest.raises(MessageFailed) as caught:
+        client.send_and_wait("main", "task", {"exit": 9})
     error = caught.value
     assert error.outcome == "poisoned" and "poison" in error.reason
     deliveries = [r for r in records(tmp_path) if r["id"] == error.message_id]

@@ -1,7 +1,7 @@
 """Test handlers: record every delivery, and misbehave on request.
 
 The payload drives the behaviour, so one handler serves every scenario:
-``{"sleep": s}``, ``{"raise": "why"}``, ``{"exit": code}`` (os._exit),
+``{"sleep": s}``, ``{"wait_file": path}`` (until it exists), ``{"raise": "why"}``, ``{"exit": code}`` (os._exit),
 ``{"segv": true}``, ``{"sysexit": code}``, ``{"hang": true}`` (sleeps forever), ``{"leak_mb": n}``
 (keeps n MB per call), ``{"result": x}`` (returned to a requester).
 Each delivery appends one JSON line to ``$IPCPOOL_TEST_RECORDS/<pid>.jsonl``
@@ -42,6 +42,9 @@ def _behave(payload: Any) -> Any:
         return None
     if payload.get("sleep"):
         time.sleep(float(payload["sleep"]))
+    if payload.get("wait_file"):
+        while not os.path.exists(payload["wait_file"]):
+            time.sleep(0.01)
     if "exit" in payload:
         os._exit(int(payload["exit"]))
     if payload.get("segv"):
