@@ -13,7 +13,6 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, get_type_hints
 
 from ipcpool.errors import ConfigError
@@ -42,10 +41,9 @@ class SpoolConfig:
     max_queued: int = 0
     tmp_max_age: float = 3600.0
     response_retention: float = 3600.0
-
-    @property
-    def root_path(self) -> Path:
-        return Path(self.root)
+    retried_retention: float = 7 * 86400.0
+    strict_groups: bool = False
+    inboxes: tuple[str, ...] = ("messages",)
 
 
 @dataclass(frozen=True)
@@ -86,6 +84,11 @@ class AckConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    messages: bool = True  # one INFO line per finished message (id, group, type, outcome, duration)
+
+
+@dataclass(frozen=True)
 class GroupConfig:
     allowed_types: tuple[str, ...] = ()
 
@@ -99,19 +102,10 @@ class Config:
     retry: RetryConfig = field(default_factory=RetryConfig)
     heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
     ack: AckConfig = field(default_factory=AckConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     handlers: dict[str, str] = field(default_factory=dict)
     groups: dict[str, GroupConfig] = field(default_factory=dict)
     path: str | None = None
-
-    @property
-    def root(self) -> Path:
-        return Path(self.spool.root)
-
-    def handler_for(self, message_type: str) -> str | None:
-        return self.handlers.get(message_type) or self.handlers.get("*")
-
-    def replace(self, **sections: Any) -> Config:
-        return dataclasses.replace(self, **sections)
 
 
 _SECTIONS: dict[str, type] = {
@@ -120,7 +114,9 @@ _SECTIONS: dict[str, type] = {
     "retry": RetryConfig,
     "heartbeat": HeartbeatConfig,
     "ack": AckConfig,
+    "log": LogConfig,
 }
+INBOXES = ("messages", "tasks")  # the folders of a group that writers may drop messages into
 
 
 class _Checker:
@@ -193,6 +189,13 @@ def _check_spool(c: _Checker, spool: SpoolConfig) -> None:
     _positive(c, "[spool] max_queued", spool.max_queued, allow_zero=True)
     _positive(c, "[spool] tmp_max_age", spool.tmp_max_age)
     _positive(c, "[spool] response_retention", spool.response_retention)
+    _positive(c, "[spool] retried_retention", spool.retried_retention)
+    if "messages" not in spool.inboxes:
+        raise c.fail("[spool] inboxes", f'must include "messages", got {list(spool.inboxes)}')
+    for inbox in spool.inboxes:
+        _one_of(c, "[spool] inboxes", inbox, INBOXES)
+    if len(set(spool.inboxes)) != len(spool.inboxes):
+        raise c.fail("[spool] inboxes", f"names an inbox twice: {list(spool.inboxes)}")
 
 
 def _check_numbers(c: _Checker, config: Config) -> None:

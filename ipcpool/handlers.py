@@ -59,8 +59,12 @@ class HandlerTable:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def lookup(self, message: Message) -> Handler | None:
-        key = "legacy" if message.legacy else message.type
-        return self._handlers.get(key, self._fallback)
+        """The handler for the message's type; a legacy body without a handler of its type goes to
+        ``legacy``; anything else without one to ``"*"``."""
+        handler = self._handlers.get(message.type)
+        if handler is None and message.legacy:
+            handler = self._handlers.get("legacy")
+        return handler if handler is not None else self._fallback
 
     def has(self, message_type: str) -> bool:
         return message_type in self._handlers

@@ -60,8 +60,9 @@ class Message:
     requires_ack: bool = False
     reply_to: str | None = None
     delivery_count: int = 1
-    legacy: bool = False
+    legacy: bool = False  # not an envelope: the whole body is the payload (type: its own string type, or "legacy")
     extra: dict[str, Any] = field(default_factory=dict)
+    inbox: str = "messages"  # the group's folder it arrived in: messages, or tasks
 
     def to_wire(self) -> dict[str, Any]:
         """The envelope with the original wire keys, unknown keys kept."""
@@ -376,16 +377,20 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def to_message(obj: Any, *, group: str, stem: str, delivery_count: int = 1) -> Message:
+def to_message(obj: Any, *, group: str, stem: str, delivery_count: int = 1, inbox: str = "messages") -> Message:
     """Validate a decoded wire object that arrived in ``group`` as file ``stem.*``.
 
     Non-envelopes are legacy messages: the whole body is the payload and the id
-    is the file's stem. An envelope that names another group is rejected.
+    is the file's stem. A legacy body with a string ``type`` of its own (the
+    original system's task commands: ``{"type": "schedule_task", ...}``) keeps
+    it as its type, so the handler configured for that type takes it (else
+    ``legacy``, else ``"*"``). An envelope that names another group is rejected.
     """
     if not is_envelope(obj):
+        own = obj.get("type") if isinstance(obj, dict) else None
         return Message(
-            id=stem, type="legacy", group=group, payload=obj, timestamp=now_iso(),
-            delivery_count=delivery_count, legacy=True,
+            id=stem, type=own if isinstance(own, str) and TYPE_NAME.match(own) else "legacy", group=group,
+            payload=obj, timestamp=now_iso(), delivery_count=delivery_count, legacy=True, inbox=inbox,
         )
     _check_envelope_fields(obj)
     claimed = obj.get("groupFolder")
@@ -408,6 +413,7 @@ def to_message(obj: Any, *, group: str, stem: str, delivery_count: int = 1) -> M
         reply_to=obj.get("replyTo"),
         delivery_count=delivery_count,
         extra=extra,
+        inbox=inbox,
     )
 
 
@@ -439,7 +445,9 @@ def summarize(obj: Any, stem: str) -> Summary:
     message_id = obj.get("id")
     if not (isinstance(message_id, str) and MESSAGE_ID.match(message_id)):
         message_id = fallback
-    type_ = obj.get("type") if is_envelope(obj) else "legacy"
+    type_ = obj.get("type")
+    if not is_envelope(obj) and not (isinstance(type_, str) and TYPE_NAME.match(type_)):
+        type_ = "legacy"
     reply_to = obj.get("replyTo")
     timestamp = obj.get("timestamp")
     return Summary(
@@ -464,8 +472,3 @@ def summarize_bytes(data: bytes, fmt: str | None, stem: str) -> Summary:
         return summarize(decode(data, fmt), stem)
     except InvalidMessage:
         return unknown_summary(stem)
-
-
-def parse(data: bytes, fmt: str, *, group: str, stem: str, delivery_count: int = 1) -> Message:
-    """Bytes of a message file to a validated Message; raises InvalidMessage with the reason."""
-    return to_message(decode(data, fmt), group=group, stem=stem, delivery_count=delivery_count)

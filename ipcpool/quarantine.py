@@ -16,7 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ipcpool.spool import ERROR_SUFFIX, ERRORS, MESSAGES, RETRIED_DIR, Spool, rename_noreplace
+from ipcpool.config import INBOXES
+from ipcpool.message import MESSAGE_ID
+from ipcpool.spool import ACKS, ERROR_SUFFIX, ERRORS, MESSAGES, RETRIED_DIR, Spool, nack_name, rename_noreplace
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -48,7 +50,14 @@ class ErrorEntry:
         recorded = self.record.get("originalName")
         if isinstance(recorded, str) and _plain_name(recorded):
             return recorded
-        return self.file.split("-", 1)[-1]
+        name = self.file.split("-", 1)[-1]
+        return name.split("~", 1)[1] if self.inbox != MESSAGES and "~" in name else name
+
+    @property
+    def inbox(self) -> str:
+        """The inbox it came from and goes back to (messages/, unless its record names another we know)."""
+        recorded = self.record.get("inbox")
+        return recorded if isinstance(recorded, str) and recorded in INBOXES else MESSAGES
 
     @property
     def message_id(self) -> str:
@@ -116,21 +125,35 @@ def has_message(spool: Spool, entry: ErrorEntry) -> bool:
 
 
 def retry(spool: Spool, entry: ErrorEntry) -> str:
-    """Back into messages/ under its original name (fresh delivery count); record kept in errors/retried/."""
+    """Back into its inbox under its original name (fresh delivery count); record kept in errors/retried/.
+
+    Its nack goes: the message has another chance, and a sender waiting anew must not see the old answer.
+    """
     name = entry.original_name
-    spool.drop_deliveries(entry.group, name)
+    inbox = entry.inbox
+    spool.drop_deliveries(entry.group, name if inbox == MESSAGES else f"{inbox}/{name}")
     source = spool.path(entry.group, ERRORS, entry.file)
     try:  # never replace a newer message that took the name meanwhile
-        rename_noreplace(source, spool.path(entry.group, MESSAGES, name))
+        rename_noreplace(source, spool.path(entry.group, inbox, name))
     except FileExistsError:
         stem, dot, ext = name.rpartition(".")
         name = f"{stem}.retried{entry.epoch_ms}.{ext}" if dot else f"{name}.retried{entry.epoch_ms}"
-        rename_noreplace(source, spool.path(entry.group, MESSAGES, name))
+        rename_noreplace(source, spool.path(entry.group, inbox, name))
     retried = os.path.join(spool.path(entry.group, ERRORS), RETRIED_DIR)
-    os.makedirs(retried, mode=0o700, exist_ok=True)
+    try:
+        os.mkdir(retried, spool.dir_mode(ERRORS))
+        os.chmod(retried, spool.dir_mode(ERRORS))  # the spool's mode, whatever the umask
+    except FileExistsError:
+        pass
     os.rename(spool.path(entry.group, ERRORS, entry.file + ERROR_SUFFIX),
               os.path.join(retried, entry.file + ERROR_SUFFIX))
-    return name
+    message_id = entry.record.get("id")
+    if isinstance(message_id, str) and MESSAGE_ID.match(message_id):
+        try:
+            os.unlink(spool.path(entry.group, ACKS, nack_name(message_id)))
+        except OSError:
+            pass
+    return name if inbox == MESSAGES else f"{inbox}/{name}"
 
 
 def purge(spool: Spool, entry: ErrorEntry) -> None:

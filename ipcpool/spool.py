@@ -66,12 +66,25 @@ MAX_SPARES = 16  # handled files one process keeps for its next acks (more when 
 
 
 def is_message_name(name: str) -> bool:
-    """Whether a directory entry in messages/ is a candidate (not a temp file)."""
-    return not name.startswith(".") and not name.endswith(".tmp")
+    """Whether an inbox entry (``x.json``, or ``tasks/x.json``) is a candidate, not a writer's temp file."""
+    base = name[name.rfind("/") + 1:]
+    return not base.startswith(".") and not base.endswith(".tmp")
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """A message's name as the supervisor keys it, to (inbox, file name).
+
+    Files from ``messages/`` are keyed by their own name; those from another
+    inbox by ``<inbox>/<file name>``, which is also where they are claimed:
+    ``processing/<inbox>/<file name>``. File names never contain ``/``.
+    """
+    inbox, slash, base = name.partition("/")
+    return (inbox, base) if slash else (MESSAGES, name)
 
 
 def message_stem(name: str) -> str:
-    """A message file's name without its extension or a copy suffix ipcpool added (``.requeued1``)."""
+    """A message file's name without its inbox, extension or a copy suffix ipcpool added (``.requeued1``)."""
+    name = name[name.rfind("/") + 1:]
     stem = name.rsplit(".", 1)[0] if "." in name else name
     return _COPY_SUFFIX.sub("", stem) if "." in stem else stem
 
@@ -99,8 +112,10 @@ class Spool:
         mode: str = "private",
         max_message_bytes: int = 1024 * 1024,
         private_staging: bool = False,
+        inboxes: tuple[str, ...] = (MESSAGES,),
     ) -> None:
         self.root = Path(root).absolute()
+        self.inboxes = inboxes  # where writers drop messages; messages/ first
         self.durability = durability
         self.shared = mode == "shared"
         self.max_message_bytes = max_message_bytes
@@ -120,7 +135,7 @@ class Spool:
     def from_config(cls, config: Any, *, private_staging: bool = True) -> Spool:
         """The supervisor's and workers' view (private staging); senders use Client."""
         spool = config.spool
-        return cls(spool.root, durability=spool.durability, mode=spool.mode,
+        return cls(spool.root, durability=spool.durability, mode=spool.mode, inboxes=spool.inboxes,
                    max_message_bytes=spool.max_message_bytes, private_staging=private_staging)
 
     # -- layout ---------------------------------------------------------------
@@ -130,6 +145,13 @@ class Spool:
         if name:
             return f"{self._root_s}/{group}/{sub}/{name}"
         return f"{self._root_s}/{group}/{sub}"
+
+    def inbox_path(self, group: str, name: str) -> str:
+        """Where a message keyed ``name`` (see :func:`split_name`) waits to be claimed."""
+        if "/" not in name:
+            return f"{self._root_s}/{group}/{MESSAGES}/{name}"
+        inbox, base = split_name(name)
+        return f"{self._root_s}/{group}/{inbox}/{base}"
 
     @property
     def state_dir(self) -> Path:
@@ -163,7 +185,11 @@ class Spool:
         if not GROUP_NAME.match(group):
             raise SpoolError(f"invalid group name {group!r}")
         gdir = self.root / group
-        for path, mode in ((gdir, self.dir_mode()), *((gdir / sub, self.dir_mode(sub)) for sub in SUBDIRS)):
+        extra = [inbox for inbox in self.inboxes if inbox != MESSAGES]
+        folders = [(gdir, self.dir_mode()), *((gdir / sub, self.dir_mode(sub)) for sub in SUBDIRS),
+                   *((gdir / inbox, self.dir_mode(MESSAGES)) for inbox in extra),
+                   *((gdir / PROCESSING / inbox, self.dir_mode(PROCESSING)) for inbox in extra)]
+        for path, mode in folders:
             self._mkdir(path, mode)
             if not stat.S_ISDIR(os.lstat(path).st_mode):
                 raise SpoolError(f"{path} is not a real directory (a symlink?); refusing group {group!r}")
@@ -308,7 +334,7 @@ class Spool:
         (FileExistsError: the caller requeues the stranded one first).
         """
         try:
-            rename_noreplace(self.path(group, MESSAGES, name), self.path(group, PROCESSING, name))
+            rename_noreplace(self.inbox_path(group, name), self.path(group, PROCESSING, name))
         except FileNotFoundError:
             return False
         return True
@@ -325,7 +351,7 @@ class Spool:
         stem, dot, ext = name.rpartition(".")
         for attempt in range(1, 100):
             try:
-                rename_noreplace(source, self.path(group, MESSAGES, target))
+                rename_noreplace(source, self.inbox_path(group, target))
                 return target
             except FileNotFoundError:
                 if not os.path.lexists(source):
@@ -333,7 +359,7 @@ class Spool:
                 self.ensure_group(group)  # messages/ itself was removed: recreate it, then go on
                 continue
             except FileExistsError:
-                if _same_content(source, self.path(group, MESSAGES, target)):
+                if _same_content(source, self.inbox_path(group, target)):
                     _unlink_quietly(source)  # a re-publish of the same bytes: one copy is enough
                     return target
                 # Counted names while they are few, then a random one: a collision never strands it.
@@ -513,7 +539,13 @@ class Spool:
     # -- errors/ -------------------------------------------------------------------------
 
     def error_name_for(self, group: str, name: str) -> str:
-        """The free ``<epoch_ms>-<name>`` a message would get in errors/ (see :meth:`quarantine`)."""
+        """The free ``<epoch_ms>-<name>`` a message would get in errors/ (see :meth:`quarantine`).
+
+        A message from another inbox than messages/ gets ``<epoch_ms>-<inbox>~<name>``.
+        """
+        inbox, name = split_name(name)
+        if inbox != MESSAGES:
+            name = f"{inbox}~{name}"
         short = name if len(name.encode()) <= MAX_NAME_BYTES else \
             f"{name.encode()[:120].decode(errors='ignore')}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
         if short.endswith(ERROR_SUFFIX):
@@ -545,7 +577,9 @@ class Spool:
         """
         error_name = error_name or self.error_name_for(group, name)
         errors_dir = self.path(group, ERRORS)
-        record = {"file": error_name, "originalName": name, "group": group, "time": now_iso(), **record}
+        inbox, base = split_name(name)
+        record = {"file": error_name, "originalName": base, "inbox": inbox, "group": group, "time": now_iso(),
+                  **record}
         body = json.dumps(record, indent=2, default=str).encode()
         self.write_atomic(group, ERRORS, error_name + ERROR_SUFFIX, body)
         nack_path = None
@@ -568,9 +602,25 @@ class Spool:
         """Names of candidate message files in one of a group's folders (no stat per file)."""
         try:
             with os.scandir(self.path(group, sub)) as entries:
-                return [e.name for e in entries if is_message_name(e.name)]
+                return [e.name for e in entries if is_message_name(e.name) and not e.is_dir(follow_symlinks=False)]
         except FileNotFoundError:
             return []
+
+    def scan_inboxes(self, group: str) -> list[str]:
+        """Every message waiting in the group's inboxes, keyed as :func:`split_name` reads them."""
+        names = self.scan(group, MESSAGES)
+        for inbox in self.inboxes:
+            if inbox != MESSAGES:
+                names += [f"{inbox}/{name}" for name in self.scan(group, inbox)]
+        return names
+
+    def scan_processing(self, group: str) -> list[str]:
+        """Every claimed message in processing/ (and processing/<inbox>/), keyed the same way."""
+        names = self.scan(group, PROCESSING)
+        for inbox in self.inboxes:
+            if inbox != MESSAGES:
+                names += [f"{inbox}/{name}" for name in self.scan(group, f"{PROCESSING}/{inbox}")]
+        return names
 
     def count(self, group: str, sub: str) -> int:
         try:

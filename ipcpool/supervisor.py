@@ -66,7 +66,7 @@ from ipcpool.pool import (
     mp_context,
     spawn_worker,
 )
-from ipcpool.spool import ACKS, PROCESSING, RESPONSES, TMP, Spool, is_message_name, message_stem
+from ipcpool.spool import ACKS, RESPONSES, TMP, Spool, is_message_name, message_stem
 from ipcpool.status import build_status, count_errors
 from ipcpool.stranded import ACK, QUARANTINE, REQUEUE, RETRY_INTERVAL, Stranded
 from ipcpool.waitset import READABLE, WRITABLE, Waitable, WaitSet
@@ -191,7 +191,8 @@ class Supervisor:
             self.spawn(slot, now)
         self._watcher = make_watcher(str(spool.root), self._on_hint,
                                      polling=self.config.spool.watcher == "polling",
-                                     poll_interval=min(1.0, self.config.spool.rescan_interval))
+                                     poll_interval=min(1.0, self.config.spool.rescan_interval),
+                                     inboxes=self.config.spool.inboxes)
         self._watcher.start()
         for group in spool.list_groups():
             self.add_group(group)
@@ -208,7 +209,7 @@ class Supervisor:
         for held in self.spool.ack_holds(group):
             self._ack_held((group, held), None)
         recovered = 0
-        for name in self.spool.scan(group, PROCESSING):
+        for name in self.spool.scan_processing(group):
             if self.requeue_or_strand((group, name)) is not None:
                 recovered += 1
                 log.warning("Recovered message from processing/ after restart group=%s file=%s", group, name)
@@ -521,7 +522,7 @@ class Supervisor:
     def scan_group(self, group: str) -> None:
         now = self.clock()
         try:
-            names = self.spool.scan(group)
+            names = self.spool.scan_inboxes(group)
         except OSError as exc:
             log.error("cannot scan group %s: %s", group, exc)
             return

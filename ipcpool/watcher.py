@@ -51,11 +51,20 @@ class Watcher(Protocol):
     def stop(self) -> None: ...
 
 
-def make_watcher(root: str, notify: Notify, *, polling: bool, poll_interval: float = 1.0) -> Watcher:
-    """The native reader on Linux; watchdog's observers (with a thread calling ``notify``) elsewhere."""
+def make_watcher(root: str, notify: Notify, *, polling: bool, poll_interval: float = 1.0,
+                 inboxes: tuple[str, ...] = ("messages",)) -> Watcher:
+    """The native reader on Linux; watchdog's observers (with a thread calling ``notify``) elsewhere.
+
+    Each group's ``inboxes`` are watched; a file in an inbox other than
+    messages/ is hinted as ``<inbox>/<name>``.
+    """
     if not polling and sys.platform.startswith("linux"):
-        return InotifyWatcher(root)
-    return ObserverWatcher(root, notify, polling=polling, poll_interval=poll_interval)
+        return InotifyWatcher(root, inboxes)
+    return ObserverWatcher(root, notify, polling=polling, poll_interval=poll_interval, inboxes=inboxes)
+
+
+def _prefix(inbox: str) -> str:
+    return "" if inbox == "messages" else f"{inbox}/"
 
 
 def parse_events(buf: bytes) -> list[tuple[int, int, str]]:
@@ -81,11 +90,12 @@ class InotifyWatcher:
     half a second (each claim is one) and which hides queue overflows.
     """
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, inboxes: tuple[str, ...] = ("messages",)) -> None:
         from watchdog.observers.inotify_c import InotifyConstants as IN
         from watchdog.observers.inotify_c import inotify_init
 
         self.root = root
+        self.inboxes = inboxes
         fd = inotify_init()
         if fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init failed")
@@ -97,8 +107,8 @@ class InotifyWatcher:
         self._closed_bit = int(IN.IN_CLOSE_WRITE)
         self._overflow_bit = int(IN.IN_Q_OVERFLOW)
         self._ignored_bit = int(IN.IN_IGNORED)
-        self._groups: dict[int, str | None] = {}  # wd -> group (None: the root)
-        self._watches: dict[str, int] = {}
+        self._groups: dict[int, tuple[str | None, str]] = {}  # wd -> (group or None for the root, name prefix)
+        self._watches: dict[str, list[int]] = {}
 
     def fileno(self) -> int:
         return self._fd
@@ -113,28 +123,34 @@ class InotifyWatcher:
         return wd
 
     def start(self) -> None:
-        self._groups[self._add_watch(self.root, self._root_mask)] = None
+        self._groups[self._add_watch(self.root, self._root_mask)] = (None, "")
 
     def watch_group(self, group: str) -> bool:
         if group in self._watches:
             return True
-        try:
-            wd = self._add_watch(os.path.join(self.root, group, "messages"), self._group_mask)
-        except OSError as exc:  # ENOSPC: the watch limit; rescans still find its messages
-            log.warning("cannot watch group %s (%s); rescans will still find its messages", group, exc)
-            return False
-        self._watches[group] = wd
-        self._groups[wd] = group
+        wds: list[int] = []
+        for inbox in self.inboxes:
+            try:
+                wd = self._add_watch(os.path.join(self.root, group, inbox), self._group_mask)
+            except OSError as exc:  # ENOSPC: the watch limit; rescans still find its messages
+                log.warning("cannot watch group %s (%s); rescans will still find its messages", group, exc)
+                self._remove(wds)
+                return False
+            wds.append(wd)
+            self._groups[wd] = (group, _prefix(inbox))
+        self._watches[group] = wds
         log.info("IPC watcher setup for group %s", group)
         return True
 
     def unwatch_group(self, group: str) -> None:
+        self._remove(self._watches.pop(group, []))
+
+    def _remove(self, wds: list[int]) -> None:
         from watchdog.observers.inotify_c import inotify_rm_watch
 
-        wd = self._watches.pop(group, None)
-        if wd is not None:
-            self._groups.pop(wd, None)
-            inotify_rm_watch(self._fd, wd)
+        for wd in wds:
+            if self._groups.pop(wd, None) is not None:
+                inotify_rm_watch(self._fd, wd)
 
     def read(self) -> list[Hint]:
         """Every pending event as a hint; never blocks."""
@@ -148,19 +164,21 @@ class InotifyWatcher:
                 if mask & self._overflow_bit:
                     hints.append((OVERFLOW, None, None))
                     continue
-                if wd not in self._groups:
+                watched = self._groups.get(wd)
+                if watched is None:
                     continue
-                group = self._groups[wd]
+                group, prefix = watched
                 if mask & self._ignored_bit:  # the watched folder is gone
-                    self._groups.pop(wd, None)
+                    del self._groups[wd]
                     if group is not None:
-                        self._watches.pop(group, None)
+                        self._remove(self._watches.pop(group, []))
                     hints.append((LOST, group, None))
                 elif name:
                     if group is None:
                         hints.append((GROUP, name, None))
                     else:
-                        hints.append((CLOSED if mask & self._closed_bit else FILE, group, name))
+                        hints.append((CLOSED if mask & self._closed_bit else FILE, group, prefix + name if prefix
+                                      else name))
 
     def stop(self) -> None:
         if self._fd >= 0:
@@ -169,9 +187,10 @@ class InotifyWatcher:
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, group: str | None, notify: Notify) -> None:
+    def __init__(self, group: str | None, notify: Notify, prefix: str = "") -> None:
         self.group = group
         self.notify = notify
+        self.prefix = prefix
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type not in ("created", "moved", "closed", "modified"):
@@ -182,7 +201,7 @@ class _Handler(FileSystemEventHandler):
             if event.is_directory:
                 self.notify((GROUP, name, None))
         elif not event.is_directory:
-            self.notify((CLOSED if event.event_type == "closed" else FILE, self.group, name))
+            self.notify((CLOSED if event.event_type == "closed" else FILE, self.group, self.prefix + name))
 
 
 class ObserverWatcher:
@@ -197,7 +216,9 @@ class ObserverWatcher:
     def read(self) -> list[Hint]:
         return []
 
-    def __init__(self, root: str, notify: Notify, *, polling: bool, poll_interval: float) -> None:
+    def __init__(self, root: str, notify: Notify, *, polling: bool, poll_interval: float,
+                 inboxes: tuple[str, ...] = ("messages",)) -> None:
+        self.inboxes = inboxes
         if polling:
             self._observer: Any = PollingObserver(timeout=poll_interval)
         else:
@@ -206,7 +227,7 @@ class ObserverWatcher:
             self._observer = Observer()
         self.root = root
         self.notify = notify
-        self._watches: dict[str, Any] = {}
+        self._watches: dict[str, list[Any]] = {}
 
     def start(self) -> None:
         self._observer.schedule(_Handler(None, self.notify), self.root, recursive=False)
@@ -215,18 +236,23 @@ class ObserverWatcher:
     def watch_group(self, group: str) -> bool:
         if group in self._watches:
             return True
-        path = os.path.join(self.root, group, "messages")
-        try:
-            self._watches[group] = self._observer.schedule(_Handler(group, self.notify), path, recursive=False)
-        except OSError as exc:
-            log.warning("cannot watch group %s (%s); rescans will still find its messages", group, exc)
-            return False
+        watches: list[Any] = []
+        for inbox in self.inboxes:
+            path = os.path.join(self.root, group, inbox)
+            try:
+                watches.append(self._observer.schedule(_Handler(group, self.notify, _prefix(inbox)), path,
+                                                       recursive=False))
+            except OSError as exc:
+                log.warning("cannot watch group %s (%s); rescans will still find its messages", group, exc)
+                for watch in watches:
+                    self._observer.unschedule(watch)
+                return False
+        self._watches[group] = watches
         log.info("IPC watcher setup for group %s", group)
         return True
 
     def unwatch_group(self, group: str) -> None:
-        watch = self._watches.pop(group, None)
-        if watch is not None:
+        for watch in self._watches.pop(group, []):
             self._observer.unschedule(watch)
 
     def stop(self) -> None:

@@ -64,7 +64,7 @@ from ipcpool.message import (
     unknown_summary,
 )
 from ipcpool.retry import handler_retrying
-from ipcpool.spool import Spool, ack_name, message_stem
+from ipcpool.spool import MESSAGES, Spool, ack_name, message_stem, split_name
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,8 @@ class Worker:
                 return Outcome.UNSETTLED, None
             return self._reject(group, name, str(exc), unknown_summary(stem))
         try:
-            message = to_message(obj, group=group, stem=stem, delivery_count=deliveries)
+            message = to_message(obj, group=group, stem=stem, delivery_count=deliveries,
+                                 inbox=split_name(name)[0] if "/" in name else MESSAGES)
             self._check_allowed(message)
         except InvalidMessage as exc:
             return self._reject(group, name, str(exc), summarize(obj, stem))

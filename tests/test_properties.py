@@ -1,4 +1,4 @@
-"""Property tests: whatever bytes arrive, parse() returns a Message or raises InvalidMessage, nothing else."""
+"""Property tests: whatever bytes arrive, decode + to_message give a Message or raise InvalidMessage, nothing else."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from ipcpool.errors import InvalidMessage
-from ipcpool.message import MAX_INT_DIGITS, Message, build_envelope, encode, parse
+from ipcpool.message import MAX_INT_DIGITS, Message, build_envelope, decode, encode, to_message
 
 SETTINGS = settings(
     max_examples=300,
@@ -100,7 +100,7 @@ roundtrip_values = st.recursive(
 
 def _parse_or_invalid(data: bytes, fmt: str) -> Message | None:
     try:
-        result = parse(data, fmt, group="main", stem="x")
+        result = to_message(decode(data, fmt), group="main", stem="x")
     except InvalidMessage:
         return None
     assert isinstance(result, Message)
@@ -218,7 +218,7 @@ def test_accepted_msgpack_messages_are_json_carriable(envelope):
 def test_round_trip_any_payload(payload, fmt, requires_ack, extra):
     envelope = build_envelope("main", "task", payload, requires_ack=requires_ack)
     envelope.update(extra)
-    message = parse(encode(envelope, fmt), fmt, group="main", stem="ignored")
+    message = to_message(decode(encode(envelope, fmt), fmt), group="main", stem="ignored")
     assert message.payload == payload
     assert message.requires_ack is requires_ack
     assert message.extra == extra

@@ -28,7 +28,7 @@ def _record(message: Message, handler: str) -> None:
     line = json.dumps({
         "id": message.id, "type": message.type, "group": message.group, "payload": message.payload,
         "delivery": message.delivery_count, "pid": os.getpid(), "legacy": message.legacy,
-        "handler": handler, "at": time.time(), "extra": message.extra,
+        "handler": handler, "at": time.time(), "extra": message.extra, "inbox": message.inbox,
     })
     fd = os.open(os.path.join(directory, f"{os.getpid()}.jsonl"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
