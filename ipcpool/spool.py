@@ -565,10 +565,10 @@ class Spool:
         """Move a message to errors/ with ``<epoch_ms>-<name>.error.json`` beside it.
 
         The reason is written first, so a crash in between never leaves a
-        message in errors/ without one; then, with ``nack``, the negative ack
-        ``acks/<id>.nack`` that answers a waiting sender (see :meth:`write_nack`);
-        then the move. Any failure undoes the first two and raises, so the
-        message is either quarantined and answered or still in ``source``.
+        message in errors/ without one; then the move; then, with ``nack``,
+        the negative ack ``acks/<id>.nack`` that answers a waiting sender (see
+        :meth:`write_nack`). Any failure undoes what was done and raises, so
+        the message is either quarantined and answered or still in ``source``.
         Names never collide or overwrite (a same-millisecond twin gets a
         counter), a long name is shortened, and a message whose own name ends
         in ``.error.json`` gets ``.msg`` appended. Returns the new file name;
@@ -582,15 +582,16 @@ class Spool:
                   **record}
         body = json.dumps(record, indent=2, default=str).encode()
         self.write_atomic(group, ERRORS, error_name + ERROR_SUFFIX, body)
-        nack_path = None
+        moved = False
         try:
-            if nack is not None:
-                nack_path = self.write_nack(group, dict(nack, errorFile=f"{group}/{ERRORS}/{error_name}"))
             rename_noreplace(self.path(group, source, name), f"{errors_dir}/{error_name}")
+            moved = True
+            if nack is not None:  # last: a sender told of the record finds the message there too
+                self.write_nack(group, dict(nack, errorFile=f"{group}/{ERRORS}/{error_name}"))
         except BaseException:
+            if moved:  # the nack failed: put the message back, so the whole move is retried
+                os.rename(f"{errors_dir}/{error_name}", self.path(group, source, name))
             _unlink_quietly(f"{errors_dir}/{error_name}{ERROR_SUFFIX}")
-            if nack_path is not None:
-                _unlink_quietly(nack_path)
             raise
         if self._fsync:
             self.fsync_dir(errors_dir)
