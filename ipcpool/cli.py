@@ -1,8 +1,10 @@
 """``ipcpool run | send | request | check | health | status | errors``.
 
 Each sub-command is one small function; the exit codes are errors.EXIT_*:
-0 done, 1 did not succeed (ack timeout, unhealthy, queue full, already
-running), 2 bad config or arguments, 3 workers cannot boot.
+0 done, 1 did not succeed (ack timeout, a message rejected or failed,
+unhealthy, queue full, already running), 2 bad config or arguments, 3
+workers cannot boot. Output piped into a reader that stops early (``head``)
+ends quietly with 0. The ``errors`` sub-commands live in ``errors_cli``.
 """
 
 from __future__ import annotations
@@ -15,36 +17,74 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ipcpool import __version__
 from ipcpool.config import ROOT_ENV, Config, load_config
 from ipcpool.errors import (
     EXIT_CONFIG,
     EXIT_FAILURE,
     EXIT_OK,
-    AckTimeout,
-    AlreadyRunning,
     ConfigError,
-    HandlerError,
     HandlerNotFound,
     IpcpoolError,
-    QueueFull,
-    ResponseTimeout,
-    SpoolError,
+    UnknownGroup,
 )
 from ipcpool.logs import setup_logging
+from ipcpool.message import GROUP_NAME, TYPE_NAME
 
 log = logging.getLogger("ipcpool")
 CONFIG_ENV = "IPCPOOL_CONFIG"
 
 
 def _config(args: argparse.Namespace) -> Config:
-    return load_config(args.config)
+    config = load_config(args.config)
+    workers = getattr(args, "workers", None)
+    if workers is not None:
+        import dataclasses
+
+        config = dataclasses.replace(config, pool=dataclasses.replace(config.pool, workers=workers))
+    return config
 
 
 def _payload(text: str) -> Any:
+    """``--payload``: JSON text, ``-`` for standard input, or ``@FILE`` (no argument-list limit)."""
+    if text == "-":
+        text, where = sys.stdin.read(), "standard input"
+    elif text.startswith("@"):
+        try:
+            with open(text[1:], encoding="utf-8") as handle:
+                text, where = handle.read(), text[1:]
+        except OSError as exc:
+            raise ConfigError(f"--payload {text}: cannot read {text[1:]}: {exc.strerror}") from exc
+    else:
+        where = "--payload"
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise ConfigError(f"--payload is not valid JSON: {exc}") from exc
+        raise ConfigError(f"--payload is not valid JSON ({where}): {exc}") from exc
+
+
+def _group_arg(text: str) -> str:
+    if not GROUP_NAME.match(text):
+        raise argparse.ArgumentTypeError(
+            f"invalid group name {text!r}: use 1-64 letters, digits, '_' or '-', starting with a letter or digit")
+    return text
+
+
+def _type_arg(text: str) -> str:
+    if not TYPE_NAME.match(text):
+        raise argparse.ArgumentTypeError(
+            f"invalid message type {text!r}: a short name of letters, digits, '_', '.', ':' or '-'")
+    return text
+
+
+def _workers_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -67,6 +107,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         handlers = resolve_all(config.handlers)
     except HandlerNotFound as exc:
         raise ConfigError(f"{args.config}: [handlers] {exc}") from exc
+    if not handlers:
+        print(f"{args.config}: warning: [handlers] is empty: every message would go to errors/ "
+              '("no handler for type X"); name a handler per type, or "*"', file=sys.stderr)
     print(f"{args.config}: ok (root {config.spool.root}, {config.pool.workers} workers, "
           f"{len(handlers)} handlers: {', '.join(sorted(handlers)) or 'none'})")
     return EXIT_OK
@@ -80,8 +123,8 @@ def _client(args: argparse.Namespace, **overrides: Any) -> Any:
 
 def cmd_send(args: argparse.Namespace) -> int:
     overrides = {"format": args.format} if args.format else {}
+    payload = _payload(args.payload)
     with _client(args, **overrides) as client:
-        payload = _payload(args.payload)
         if args.ack:
             message_id = client.send_and_wait(args.group, args.type, payload, timeout=args.timeout)
         else:
@@ -91,8 +134,9 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_request(args: argparse.Namespace) -> int:
+    payload = _payload(args.payload)
     with _client(args) as client:
-        result = client.request(args.group, args.type, _payload(args.payload), timeout=args.timeout)
+        result = client.request(args.group, args.type, payload, timeout=args.timeout)
     print(json.dumps(result))
     return EXIT_OK
 
@@ -112,89 +156,25 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from ipcpool.health import read_status, verdict
-    from ipcpool.status import render_table
+    from ipcpool.spool import Spool
+    from ipcpool.status import folder_counts, render_table
 
     config = _config(args)
     status = read_status(config.spool.root)
     healthy = verdict(status)
-    if status is None:
-        print(healthy[1])
-        return EXIT_FAILURE
-    print(json.dumps(status, indent=1) if args.json else render_table(status, healthy))
+    if status is None or status.get("state") != "running" or not healthy[0]:
+        # The supervisor may be down: what is in the folders is still true.
+        status = dict(status or {}, folders=folder_counts(Spool.from_config(config, private_staging=False)))
+    print(json.dumps(dict(status, healthy=healthy[0], reason=healthy[1]), indent=1) if args.json
+          else render_table(status, healthy))
     return EXIT_OK if healthy[0] else EXIT_FAILURE
 
 
-def cmd_errors(args: argparse.Namespace) -> int:
-    from ipcpool import quarantine
-    from ipcpool.spool import Spool
-
-    spool = Spool.from_config(_config(args))
-    action = args.errors_command
-    if action == "list":
-        entries = quarantine.list_errors(spool, args.group)
-        if args.json:
-            print(json.dumps([e.summary() for e in entries], indent=1))
-        else:
-            for e in entries:
-                s = e.summary()
-                print(f"{s['time']}  {s['group']}  {s['id']}  {s['type']}  attempts={s['attempts']}  {s['reason']}")
-            print(f"{len(entries)} quarantined message(s)", file=sys.stderr)
-        return EXIT_OK
-    if action == "show":
-        matches = quarantine.find(spool, args.id, args.group)
-        if not matches:
-            print(f"no quarantined message with id {args.id}", file=sys.stderr)
-            return EXIT_FAILURE
-        for e in matches:
-            body = quarantine.read_message(spool, e)
-            print(json.dumps({"group": e.group, "file": e.file, "error": e.record,
-                              "message": body.decode("utf-8", "replace") if body is not None else None}, indent=1))
-        return EXIT_OK
-    if action == "retry":
-        return _errors_retry(spool, args)
-    return _errors_purge(spool, args)
-
-
-def _errors_retry(spool: Any, args: argparse.Namespace) -> int:
-    from ipcpool import quarantine
-
-    if not args.all and not args.ids:
-        raise ConfigError("errors retry: name message ids, or --all")
-    entries = quarantine.list_errors(spool, args.group)
-    if not args.all:
-        wanted = set(args.ids)
-        entries = [e for e in entries if e.message_id in wanted or e.file in wanted]
-        missing = wanted - {e.message_id for e in entries} - {e.file for e in entries}
-        if missing:
-            print(f"not in errors/: {', '.join(sorted(missing))}", file=sys.stderr)
-    for e in entries:
-        if not quarantine.has_message(spool, e):
-            print(f"skipped {e.group}/{e.file}: its error record has no message (purge it)", file=sys.stderr)
-            continue
-        name = quarantine.retry(spool, e)
-        print(f"retried {e.group}/{name}")
-    return EXIT_OK if entries or args.all else EXIT_FAILURE
-
-
-def _errors_purge(spool: Any, args: argparse.Namespace) -> int:
-    from ipcpool import quarantine
-
-    if not args.all and not args.older_than:
-        raise ConfigError("errors purge: give --all or --older-than DURATION (like 7d)")
-    entries = quarantine.list_errors(spool, args.group)
-    if args.older_than:
-        try:
-            entries = quarantine.older_than(entries, quarantine.parse_duration(args.older_than))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
-    for e in entries:
-        quarantine.purge(spool, e)
-    print(f"purged {len(entries)} quarantined message(s)")
-    return EXIT_OK
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from ipcpool.errors_cli import add_errors_command
+
     parser = argparse.ArgumentParser(prog="ipcpool", description="Supervised worker pool for file-based IPC.")
+    parser.add_argument("--version", action="version", version=f"ipcpool {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     default_config = os.environ.get(CONFIG_ENV)
 
@@ -210,15 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    command("run", cmd_run, "run the supervisor and its workers")
+    run = command("run", cmd_run, "run the supervisor and its workers")
+    run.add_argument("--workers", "-w", type=_workers_arg, help="worker processes (overrides [pool] workers)")
     command("check", cmd_check, "validate the config and import every handler")
     for name, func, text in (("send", cmd_send, "publish one message and print its id"),
                              ("request", cmd_request, "send a request and print the response's result as JSON")):
         p = command(name, func, text)
-        p.add_argument("--group", "-g", required=True, help="destination group")
-        p.add_argument("--type", "-t", required=True, help="message type (task, command, ... or custom)")
-        p.add_argument("--payload", "-p", default="{}", help="payload as JSON (default {})")
-        p.add_argument("--from", dest="from_group", default="main", help="this sender's own group (replies)")
+        p.add_argument("--group", "-g", required=True, type=_group_arg, help="destination group")
+        p.add_argument("--type", "-t", required=True, type=_type_arg,
+                       help="message type (task, command, ... or custom)")
+        p.add_argument("--payload", "-p", default="{}",
+                       help="payload as JSON (default {}); - reads standard input, @FILE reads a file")
+        p.add_argument("--from", dest="from_group", default="main", type=_group_arg,
+                       help="this sender's own group (replies)")
         if name == "send":
             p.add_argument("--format", choices=("json", "msgpack"), help="wire format (default: [spool] format)")
             p.add_argument("--ack", action="store_true", help="wait for the ack, retrying per [ack]")
@@ -229,23 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                              ("status", cmd_status, "show workers, groups and totals")):
         p = command(name, func, text)
         p.add_argument("--json", action="store_true", help="print the whole record as JSON")
-    errors = command("errors", cmd_errors, "list, show, retry or purge quarantined messages", config=False)
-    esub = errors.add_subparsers(dest="errors_command", required=True)
-    for name, text in (("list", "list quarantined messages"), ("show", "show one message and its error record"),
-                       ("retry", "move messages back into messages/"), ("purge", "delete quarantined messages")):
-        p = esub.add_parser(name, help=text, description=text)
-        add_config(p)
-        p.add_argument("--group", "-g", help="only this group")
-        if name == "list":
-            p.add_argument("--json", action="store_true")
-        elif name == "show":
-            p.add_argument("id", help="message id (or error file name)")
-        elif name == "retry":
-            p.add_argument("ids", nargs="*", help="message ids")
-            p.add_argument("--all", action="store_true")
-        else:
-            p.add_argument("--all", action="store_true")
-            p.add_argument("--older-than", help="only older than DURATION (30s, 15m, 24h, 7d)")
+    add_errors_command(sub, add_config)
     return parser
 
 
@@ -254,15 +222,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ConfigError as exc:
+    except (ConfigError, UnknownGroup) as exc:
         print(f"ipcpool: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except (AckTimeout, ResponseTimeout, QueueFull, HandlerError, AlreadyRunning, SpoolError) as exc:
-        print(f"ipcpool: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
     except IpcpoolError as exc:
         print(f"ipcpool: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except BrokenPipeError:
+        # The reader stopped early (`ipcpool status | head`): not an error. Point stdout at
+        # /dev/null so the interpreter's own flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from ipcpool.errors import (
     MessageRejected,
     QueueFull,
     ResponseTimeout,
+    UnknownGroup,
 )
 from ipcpool.message import (
     IPCMessageType,
@@ -87,8 +88,13 @@ class Client:
         max_message_bytes: int = 1024 * 1024,
         ack: AckConfig | None = None,
         on_give_up: ErrorCallback | None = None,
+        groups: tuple[str, ...] | None = None,
+        strict_groups: bool = False,
     ) -> None:
-        self.group = check_group_name(group)
+        self.configured_groups = groups  # [spool] groups, when known: others are warned of (or refused)
+        self.strict_groups = strict_groups
+        self._warned: set[str] = set()
+        self.group = self._check_group(check_group_name(group))
         self.format = format
         self.max_queued = max_queued
         self.max_message_bytes = max_message_bytes
@@ -106,6 +112,7 @@ class Client:
         options: dict[str, Any] = dict(
             format=cfg.spool.format, durability=cfg.spool.durability, mode=cfg.spool.mode,
             max_queued=cfg.spool.max_queued, max_message_bytes=cfg.spool.max_message_bytes, ack=cfg.ack,
+            groups=cfg.spool.groups, strict_groups=cfg.spool.strict_groups,
         )
         options.update(overrides)
         return cls(cfg.spool.root, group, **options)
@@ -130,12 +137,26 @@ class Client:
         """Build and encode a message as the receiver will validate it (nothing is published)."""
         envelope = build_envelope(group, str(type_), payload, requires_ack=requires_ack,
                                   reply_to=reply_to, message_id=message_id)
+        self._check_group(group)
         fmt = fmt or self.format
         data = encode(envelope, fmt)
         if len(data) > self.max_message_bytes:
             raise InvalidMessage(f"message is {len(data)} bytes, over the receiver's limit of "
                                  f"{self.max_message_bytes} ([spool] max_message_bytes)")
         return Prepared(group, envelope, fmt, data)
+
+    def _check_group(self, group: str) -> str:
+        """A group missing from [spool] groups is most likely a typo: say so once (or refuse, when strict)."""
+        known = self.configured_groups
+        if known is None or group in known:
+            return group
+        if self.strict_groups:
+            raise UnknownGroup(group, known)
+        if group not in self._warned:
+            self._warned.add(group)
+            log.warning("group %r is not in [spool] groups (%s); a typo? Its folder is created, and served only "
+                        "because the supervisor picks up new group folders", group, ", ".join(known))
+        return group
 
     def _ensure_group(self, group: str) -> None:
         if group not in self._known_groups:

@@ -31,12 +31,26 @@ class ConfigError(IpcpoolError):
 class InvalidMessage(IpcpoolError):
     """A message file cannot be decoded or is not a valid envelope.
 
-    Its text is the reason written to ``errors/``.
+    Its text is the reason written to ``errors/``; ``head`` holds the first
+    bytes of a file refused before it was read whole (too large), so the
+    record can still say what the message claims to be.
     """
+
+    head: bytes = b""
 
 
 class SpoolError(IpcpoolError):
     """The spool directory is unusable (permissions, ownership, a symlinked group)."""
+
+
+class UnknownGroup(IpcpoolError):
+    """A group that is not in ``[spool] groups``, refused because ``[spool] strict_groups`` is on."""
+
+    def __init__(self, group: str, known: tuple[str, ...]) -> None:
+        self.group = group
+        self.known = known
+        super().__init__(f"group {group!r} is not in [spool] groups ({', '.join(known)}) and [spool] strict_groups "
+                         "is on; add it there, or check the name for a typo")
 
 
 class AlreadyRunning(IpcpoolError):

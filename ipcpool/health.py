@@ -27,7 +27,7 @@ HEARTBEAT_LATE_INTERVALS = 2  # a worker heartbeat older than this many interval
 
 
 def heartbeat_envelope(
-    *, pid: int, busy: bool, current: str | None, current_age: float | None, handled: int, failed: int
+    *, pid: int, busy: bool, current: dict[str, Any] | None, current_age: float | None, handled: int, failed: int
 ) -> dict[str, Any]:
     """A ``heartbeat`` message as the original system's agents send them, plus counters."""
     return {
@@ -103,18 +103,27 @@ def status_path(root: str | os.PathLike[str]) -> Path:
     return Path(root) / ".ipcpool" / STATUS_FILE
 
 
-def write_status(root: str | os.PathLike[str], status: dict[str, Any]) -> None:
+def write_status(root: str | os.PathLike[str], status: dict[str, Any], *, mode: int = 0o600) -> None:
     """Atomic write: readers see the previous record or this one, never half.
 
-    On a full filesystem (the very time an operator needs the status) the
-    record is rewritten in place instead, when it fits in the space the file
-    already has: readers retry a record caught half-written.
+    ``mode`` is set whatever the umask: in shared mode writers may read the
+    record, never write it (they could forge the health verdict). On a full
+    filesystem (the very time an operator needs the status) the record is
+    rewritten in place instead, when it fits in the space the file already
+    has: readers retry a record caught half-written.
     """
     path = status_path(root)
     data = json.dumps(status, separators=(",", ":"), default=str).encode()
     tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
     try:
-        tmp.write_bytes(data)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:  # a short write (a nearly full disk) goes on from where it stopped
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except OSError as exc:
         try:

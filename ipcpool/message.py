@@ -426,6 +426,7 @@ class Summary:
     requires_ack: bool = False
     reply_to: str | None = None
     timestamp: str | None = None
+    decoded: bool = True  # False: all of this was read off a file name or a file's first bytes
 
     @property
     def wants_answer(self) -> bool:
@@ -459,9 +460,51 @@ def summarize(obj: Any, stem: str) -> Summary:
     )
 
 
+SNIFF_BYTES = 65536  # how much of a message that cannot be decoded is read to find its id and type
+_SNIFF_JSON = re.compile(rb'"(id|type|replyTo)"\s*:\s*"([A-Za-z0-9_.:-]{1,128})"|"(requiresAck)"\s*:\s*(true)')
+
+
+def sniff(head: bytes, fmt: str | None, stem: str) -> Summary:
+    """What a message that cannot be decoded (cut short, malformed, too large) says of itself in its
+    first bytes: the first ``id``, ``type``, ``replyTo`` and ``requiresAck`` found, where usable.
+
+    Only for records and nacks: nothing here is trusted to route a message.
+    """
+    found: dict[str, Any] = {}
+    if fmt == "json":
+        for match in _SNIFF_JSON.finditer(head[:SNIFF_BYTES]):
+            key = (match.group(1) or match.group(3)).decode()
+            found.setdefault(key, True if match.group(4) else match.group(2).decode())
+    elif fmt == "msgpack":
+        found = _sniff_msgpack(head[:SNIFF_BYTES])
+    if not found:
+        return unknown_summary(stem)
+    said = summarize(found, stem)
+    type_ = found.get("type")  # as found, or None: not summarize()'s "legacy" for a dict without one
+    return Summary(said.id, type_ if isinstance(type_, str) and TYPE_NAME.match(type_) else None,
+                   said.requires_ack, said.reply_to, decoded=False)
+
+
+def _sniff_msgpack(head: bytes) -> dict[str, Any]:
+    """The top-level map's small fields, read one by one until the bytes run out."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(head) + 1)
+    unpacker.feed(head)
+    found: dict[str, Any] = {}
+    try:
+        for _ in range(unpacker.read_map_header()):
+            key = unpacker.unpack()
+            if key in ("id", "type", "replyTo", "requiresAck"):
+                found[key] = unpacker.unpack()
+            else:
+                unpacker.skip()
+    except Exception:  # noqa: BLE001 - cut short or malformed: what was read so far is all there is
+        pass
+    return found
+
+
 def unknown_summary(stem: str) -> Summary:
     """A message not decoded (or not read): only its file name speaks for it."""
-    return Summary(stem if MESSAGE_ID.match(stem) else None, None)
+    return Summary(stem if MESSAGE_ID.match(stem) else None, None, decoded=False)
 
 
 def summarize_bytes(data: bytes, fmt: str | None, stem: str) -> Summary:

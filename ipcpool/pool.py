@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 def mp_context(*, fork: bool = False) -> Any:
-    """The forkserver context, preloading only ipcpool's worker module (never handlers).
+    """The forkserver context, preloading only ipcpool's worker module (never handlers), and naming it.
 
     ``fork=True`` is for the compat API, whose handlers are callables that only
     a forked child can inherit.
@@ -44,7 +44,7 @@ def mp_context(*, fork: bool = False) -> Any:
     if fork:
         return multiprocessing.get_context("fork")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["ipcpool.worker"])
+    ctx.set_forkserver_preload(["ipcpool.forkserver_preload"])
     return ctx
 
 
@@ -92,6 +92,7 @@ class WorkerHandle:
     pidfd: int | None = None  # this very process, even after its pid is reused
     status_lost: bool = False  # its exit status went with the forkserver; watched through the pidfd
     last_heartbeat: float = 0.0
+    current_message: dict[str, Any] | None = None  # what its last heartbeat said it was running
     handled: int = 0
     failed: int = 0
     stop_reason: StopReason | None = None
@@ -229,8 +230,11 @@ def spawn_worker(ctx: Any, config: Config, slot: int, supervisor_pid: int, now: 
 FORKSERVER_LOST_STATUS = 255
 
 
-def describe_exit(code: int | None) -> str:
-    """A worker's exit status in words, as gunicorn's reap_workers says them (None: lost)."""
+def describe_exit(code: int | None, *, killed_by_us: bool = False) -> str:
+    """A worker's exit status in words, as gunicorn's reap_workers says them (None: lost).
+
+    A SIGKILL nobody here sent may well be the kernel's out-of-memory killer.
+    """
     if code is None:
         return "exit status unknown (lost with the forkserver)"
     if code < 0:
@@ -238,7 +242,7 @@ def describe_exit(code: int | None) -> str:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        if -code == signal.SIGKILL:
+        if -code == signal.SIGKILL and not killed_by_us:
             return f"killed by {name} (perhaps out of memory?)"
         if -code == signal.SIGSEGV:
             return f"crashed with {name} (segmentation fault)"

@@ -44,8 +44,9 @@ def check_spool_permissions(config: Config) -> None:
     """Raise SpoolError when the root or a group folder is unsafe; warn when running as root."""
     root = Path(config.spool.root).absolute()
     if os.geteuid() == 0:
-        log.warning("running as root: a spool that other users can write becomes a root-owned attack surface; "
-                    "prefer a dedicated user")
+        log.warning("running as root: handlers run as root, and a spool other users can write becomes a root-owned "
+                    "attack surface. Run ipcpool as a dedicated user instead: `useradd --system ipcpool`, "
+                    "`chown -R ipcpool %s`, then start it as that user (systemd: User=ipcpool)", root)
     _check_dir(root, "spool root")
     if not root.is_dir():
         return

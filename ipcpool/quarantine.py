@@ -97,8 +97,51 @@ def list_errors(spool: Spool, group: str | None = None) -> list[ErrorEntry]:
     return entries
 
 
-def find(spool: Spool, message_id: str, group: str | None = None) -> list[ErrorEntry]:
-    return [e for e in list_errors(spool, group) if message_id in (e.message_id, e.file)]
+def find(spool: Spool, wanted: str, group: str | None = None) -> tuple[list[ErrorEntry], set[str]]:
+    """Records whose id or file is ``wanted``, else whose id or file starts with it; and their ids.
+
+    Several records may share one id (a message quarantined, retried, and
+    quarantined again); several ids mean the prefix was not unique.
+    """
+    entries = list_errors(spool, group)
+    matches = [e for e in entries if wanted in (e.message_id, e.file)]
+    if not matches:
+        matches = [e for e in entries if e.message_id.startswith(wanted) or e.file.startswith(wanted)]
+    return matches, {e.message_id for e in matches}
+
+
+def render(entry: ErrorEntry, message: str | None) -> str:
+    """One record as an operator reads it: fields, each delivery, the traceback as text, the message."""
+    record = entry.record
+    lines = [f"{entry.group}/errors/{entry.file}"]
+    fields = [("id", entry.message_id), ("type", record.get("type") or "-"), ("time", record.get("time")),
+              ("reason", record.get("reason")), ("attempts", record.get("attempts")),
+              ("deliveries", record.get("deliveries") if not isinstance(record.get("deliveries"), list)
+               else len(record["deliveries"])),
+              ("worker pid", record.get("workerPid"))]
+    if entry.inbox != MESSAGES:
+        fields.insert(2, ("inbox", entry.inbox))
+    lines += [f"  {name:<11} {value}" for name, value in fields if value is not None]
+    history = record.get("deliveries")
+    if isinstance(history, list):
+        lines.append("  deliveries that killed or hung a worker:")
+        lines += [f"    {d.get('delivery')}. pid {d.get('workerPid')}: {d.get('ended')} ({d.get('time')})"
+                  for d in history if isinstance(d, dict)]
+    exception = record.get("exception")
+    if isinstance(exception, dict) and exception.get("traceback"):
+        lines.append("  traceback:")
+        lines += [f"    {line}" for line in str(exception["traceback"]).rstrip("\n").splitlines()]
+    lines.append("  message:" if message is not None else "  message: (not in errors/ any more)")
+    if message is not None:
+        lines += [f"    {line}" for line in _pretty(message).splitlines()]
+    return "\n".join(lines)
+
+
+def _pretty(text: str) -> str:
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        return text
 
 
 def _read_regular(path: str, limit: int) -> bytes | None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ipcpool.errors import AlreadyRunning, InvalidMessage, MessageExists, SpoolError
-from ipcpool.message import GROUP_NAME, MESSAGE_ID, now_iso
+from ipcpool.message import GROUP_NAME, MESSAGE_ID, SNIFF_BYTES, now_iso
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ DELIVERIES_DIR = "deliveries"
 MAX_NAME_BYTES = 180  # longer message names are shortened in errors/ so every derived name fits in 255
 _COPY_SUFFIX = re.compile(r"\.(?:requeued|retried)\d+\Z")
 RETRIED_DIR = "retried"
+RETRIED = f"errors/{RETRIED_DIR}"  # records of retried messages, kept [spool] retried_retention
 ERROR_SUFFIX = ".error.json"
 ACK_HOLD_PREFIX = ".ack-"  # processing/.ack-<id>: handled, its ack not yet written (see Spool.hold_for_ack)
 
@@ -169,8 +170,23 @@ class Spool:
         try:
             path.mkdir(mode=mode)
         except FileExistsError:
+            if self._staging is not None:  # the supervisor's side: the folders it owns get their modes
+                self._own_folder(path, mode)
             return
         os.chmod(path, mode)
+
+    def _own_folder(self, path: Path, mode: int) -> None:
+        """A folder made before ipcpool started (a writer's ``mkdir -p``, often 0755): bring it to the
+        documented mode when it is ours, refuse it when it is not (its owner could swap what is in it)."""
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            return  # the caller says what is wrong with it
+        if st.st_uid != self._euid:
+            raise SpoolError(f"{path} is owned by uid {st.st_uid}, not by this user (uid {self._euid}); ipcpool "
+                             f"must own its folders: `chown {self._euid} {path}`, or run as its owner")
+        if stat.S_IMODE(st.st_mode) != mode:
+            log.info("folder %s had mode %o; setting the documented %o", path, stat.S_IMODE(st.st_mode), mode)
+            os.chmod(path, mode)
 
     def ensure_root(self) -> None:
         self.root.parent.mkdir(parents=True, exist_ok=True)
@@ -390,6 +406,15 @@ class Spool:
                 return
         _unlink_quietly(source)
 
+    def unlink_quietly(self, group: str, sub: str, name: str) -> None:
+        """Remove a file in a group folder; one that is gone already is no error, another failure is logged."""
+        try:
+            os.unlink(self.path(group, sub, name))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot remove %s/%s/%s: %s", group, sub, name, exc)
+
     def drop_spares(self) -> None:
         """Unlink the files kept for reuse (a worker's clean exit)."""
         while self._spares:
@@ -421,7 +446,10 @@ class Spool:
                 raise InvalidMessage(f"refused: a hard link ({st.st_nlink} links); publish by copy, then rename")
             limit = self.max_message_bytes
             if st.st_size > limit:
-                raise InvalidMessage(f"too large: {st.st_size} bytes, the limit is {limit} ([spool] max_message_bytes)")
+                error = InvalidMessage(
+                    f"too large: {st.st_size} bytes, the limit is {limit} ([spool] max_message_bytes)")
+                error.head = os.read(fd, SNIFF_BYTES)
+                raise error
             # One read, sized by fstat (not a 1 MiB buffer per message); a short read
             # of a regular file is its end.
             asked = min(st.st_size + 1, limit + 1)
@@ -443,7 +471,9 @@ class Spool:
             chunks.append(chunk)
             total += len(chunk)
         if total > limit:
-            raise InvalidMessage(f"too large: more than {limit} bytes ([spool] max_message_bytes)")
+            error = InvalidMessage(f"too large: more than {limit} bytes ([spool] max_message_bytes)")
+            error.head = chunks[0][:SNIFF_BYTES]
+            raise error
         return b"".join(chunks)
 
     def _recyclable(self, fd: int, st: os.stat_result) -> int | None:

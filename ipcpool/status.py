@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from ipcpool.health import spool_space
 from ipcpool.pool import wall_to_iso
-from ipcpool.spool import ERROR_SUFFIX, ERRORS
+from ipcpool.spool import ERROR_SUFFIX, ERRORS, Spool, message_stem
+from ipcpool.worker import SLOT_SEQ
 
 if TYPE_CHECKING:
     from ipcpool.supervisor import Supervisor
@@ -25,9 +26,9 @@ def build_status(sup: Supervisor, now: float) -> dict[str, Any]:
     for worker in sup.workers:
         current, started = worker.current()
         reading = worker.reading
-        busy = bool(worker.held)
+        outstanding = worker.outstanding()
         state = worker.state.value
-        if state == "ready" and busy:
+        if state == "ready" and outstanding:
             state = "busy"
         workers.append({
             "pid": worker.pid,
@@ -39,8 +40,9 @@ def build_status(sup: Supervisor, now: float) -> dict[str, Any]:
             "handled": worker.handled,
             "failed": worker.failed,
             "restarts": sup.restarts[worker.slot],
-            "held": len(worker.held),
-            "currentMessage": f"{current.group}/{current.name}" if current else None,
+            "running": 1 if current else 0,
+            "held": outstanding - (1 if current else 0),  # handed over, not started yet (its prefetch)
+            "currentMessage": _current_message(worker, current),
             "currentAge": round(now - started, 3) if current else None,
             "createTime": _create_time(worker.probe),
         })
@@ -64,9 +66,21 @@ def build_status(sup: Supervisor, now: float) -> dict[str, Any]:
             {"group": group, "processId": pid, "status": rec["status"], "age": round(wall - rec["at"], 1)}
             for (group, pid), rec in sorted(sup.external.items())
         ],
-        "totals": dict(sup.totals, queued=len(sup.pending), inflight=len(sup.inflight)),
+        "totals": dict(sup.totals, queued=len(sup.pending), held=sum(w["held"] for w in workers),
+                       running=sum(w["running"] for w in workers), inflight=len(sup.inflight)),
         "spool": _spool(sup),
     }
+
+
+def _current_message(worker: Any, current: Any) -> dict[str, Any] | None:
+    """The running message's id and type: from the worker's heartbeat when it is about this
+    delivery, else the id its file name gives (senders name files after ids)."""
+    if current is None:
+        return None
+    told = worker.current_message
+    if isinstance(told, dict) and told.get("seq") == current.seq:
+        return {"id": told.get("id"), "type": told.get("type"), "group": current.group}
+    return {"id": message_stem(current.name), "type": None, "group": current.group}
 
 
 def _spool(sup: Supervisor) -> dict[str, Any]:
@@ -84,7 +98,8 @@ def _spool(sup: Supervisor) -> dict[str, Any]:
 
 def _groups(sup: Supervisor, now: float) -> dict[str, Any]:
     stats: dict[str, dict[str, Any]] = {
-        g: {"queued": 0, "processing": 0, "errors": sup.errors_cache.get(g, (0, 0))[1], "oldestQueuedAge": None}
+        g: {"queued": 0, "held": 0, "running": 0, "processing": 0, "errors": sup.errors_cache.get(g, (0, 0))[1],
+            "oldestQueuedAge": None}
         for g in sorted(sup.groups)
     }
     for (group, _name), seen in sup.pending.items():
@@ -94,10 +109,33 @@ def _groups(sup: Supervisor, now: float) -> dict[str, Any]:
         entry["queued"] += 1
         if entry["oldestQueuedAge"] is None:
             entry["oldestQueuedAge"] = round(now - seen, 3)
-    for group, _name in sup.inflight:
-        if group in stats:
-            stats[group]["processing"] += 1
+    for worker in sup.workers:
+        current, _started = worker.current()
+        seq = int(worker.shared[SLOT_SEQ])
+        for delivery in worker.held.values():
+            entry = stats.get(delivery.group)
+            if entry is None:
+                continue
+            entry["processing"] += 1
+            if delivery is current:
+                entry["running"] += 1
+            elif delivery.seq > seq:  # not reached yet (those before it are done, not yet reported)
+                entry["held"] += 1
     return stats
+
+
+def folder_counts(spool: Spool) -> dict[str, dict[str, int]]:
+    """What each group's folders hold, counted on disk: true with or without a supervisor."""
+    counts = {}
+    for group in spool.list_groups():
+        try:
+            with os.scandir(spool.path(group, ERRORS)) as entries:
+                errors = sum(1 for e in entries if e.name.endswith(ERROR_SUFFIX))
+        except FileNotFoundError:
+            errors = 0
+        counts[group] = {"queued": len(spool.scan_inboxes(group)), "processing": len(spool.scan_processing(group)),
+                         "errors": errors}
+    return counts
 
 
 def count_errors(sup: Supervisor, group: str) -> int:
@@ -133,27 +171,31 @@ def _own_create_time() -> float | None:
         return None
 
 
-def render_table(status: dict[str, Any], healthy: tuple[bool, str]) -> str:
-    """``ipcpool status``: the record as a readable table."""
+def render_table(status: dict[str, Any], healthy: tuple[bool, str], *, now: float | None = None) -> str:
+    """``ipcpool status``: the record as a readable table (the folders alone when the supervisor is down)."""
+    now = time.time() if now is None else now
+    if "folders" in status:
+        return _render_down(status, healthy, now)
     sup = status.get("supervisor", {})
     lines = [
         f"supervisor pid {sup.get('pid')}  state {status.get('state')}  up {sup.get('uptime')}s  "
         f"root {status.get('root')}",
         f"health: {'OK' if healthy[0] else 'UNHEALTHY'} - {healthy[1]}",
+        f"snapshot: {now - float(status.get('writtenAt', now)):.1f}s old (written every {status.get('interval')}s)",
         "",
         f"{'WORKER':>8} {'SLOT':>4} {'STATE':<9} {'HB AGE':>7} {'RSS MB':>7} {'CPU%':>6} "
-        f"{'HANDLED':>8} {'FAILED':>7} {'RESTARTS':>8}  CURRENT",
+        f"{'HANDLED':>8} {'FAILED':>7} {'RESTARTS':>8} {'HELD':>5}  RUNNING",
     ]
     for w in status.get("workers", []):
-        current = f"{w['currentMessage']} ({w['currentAge']}s)" if w.get("currentMessage") else "-"
         lines.append(
             f"{w['pid']:>8} {w['slot']:>4} {w['state']:<9} {w['heartbeatAge']:>7} {_n(w.get('rssMb')):>7} "
-            f"{_n(w.get('cpuPercent')):>6} {w['handled']:>8} {w['failed']:>7} {w['restarts']:>8}  {current}"
+            f"{_n(w.get('cpuPercent')):>6} {w['handled']:>8} {w['failed']:>7} {w['restarts']:>8} "
+            f"{w.get('held', 0):>5}  {_running(w)}"
         )
-    lines += ["", f"{'GROUP':<24} {'QUEUED':>7} {'PROCESSING':>10} {'ERRORS':>7} {'OLDEST':>8}"]
+    lines += ["", f"{'GROUP':<24} {'QUEUED':>7} {'HELD':>6} {'RUNNING':>8} {'ERRORS':>7} {'OLDEST':>8}"]
     for name, g in status.get("groups", {}).items():
-        lines.append(f"{name:<24} {g['queued']:>7} {g['processing']:>10} {g['errors']:>7} "
-                     f"{_n(g.get('oldestQueuedAge')):>8}")
+        lines.append(f"{name:<24} {g['queued']:>7} {g.get('held', 0):>6} {g.get('running', 0):>8} "
+                     f"{g['errors']:>7} {_n(g.get('oldestQueuedAge')):>8}")
     external = status.get("externalHeartbeats", [])
     if external:
         lines += ["", f"{'EXTERNAL HEARTBEAT':<24} {'PROCESS':>10} {'STATUS':<10} {'AGE':>7}"]
@@ -165,6 +207,32 @@ def render_table(status: dict[str, Any], healthy: tuple[bool, str]) -> str:
     if spool.get("stranded") or spool.get("full"):
         lines.append(f"spool: {'FULL; ' if spool.get('full') else ''}{spool.get('stranded')} stranded "
                      f"({spool.get('ackHolds')} acks waiting): {spool.get('error')}")
+    return "\n".join(lines)
+
+
+def _running(worker: dict[str, Any]) -> str:
+    current = worker.get("currentMessage")
+    if not current:
+        return "-"
+    if isinstance(current, str):  # a record from an older ipcpool
+        return f"{current} ({worker.get('currentAge')}s)"
+    return f"{current.get('type') or '?'} {current.get('id')} ({worker.get('currentAge')}s)"
+
+
+def _render_down(status: dict[str, Any], healthy: tuple[bool, str], now: float) -> str:
+    """No supervisor running (or a stale record): say so, and count what the folders hold."""
+    sup = status.get("supervisor") or {}
+    if sup:
+        seen = f"last record: pid {sup.get('pid')}, state {status.get('state')}, " \
+               f"{now - float(status.get('writtenAt', now)):.1f}s ago"
+    else:
+        seen = "no status.json: it never ran on this root"
+    lines = [f"supervisor: DOWN ({healthy[1]})", seen, "",
+             f"{'GROUP':<24} {'QUEUED':>7} {'PROCESSING':>10} {'ERRORS':>7}"]
+    for name, g in status["folders"].items():
+        lines.append(f"{name:<24} {g['queued']:>7} {g['processing']:>10} {g['errors']:>7}")
+    if not status["folders"]:
+        lines.append("(no group folders)")
     return "\n".join(lines)
 
 

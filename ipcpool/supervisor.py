@@ -40,7 +40,6 @@ pool without a word. ``status.json`` always ends in the final state.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
@@ -51,6 +50,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator
 from typing import Any
 
+from ipcpool import proctitle
 from ipcpool.config import Config
 from ipcpool.errors import EXIT_OK, EXIT_WORKER_BOOT, EXIT_WORKER_GRACE, SpoolError
 from ipcpool.health import ProcessProbe, write_status
@@ -66,7 +66,7 @@ from ipcpool.pool import (
     mp_context,
     spawn_worker,
 )
-from ipcpool.spool import ACKS, RESPONSES, TMP, Spool, is_message_name, message_stem
+from ipcpool.spool import ACKS, PROCESSING, RESPONSES, RETRIED, TMP, Spool, is_message_name, message_stem
 from ipcpool.status import build_status, count_errors
 from ipcpool.stranded import ACK, QUARANTINE, REQUEUE, RETRY_INTERVAL, Stranded
 from ipcpool.waitset import READABLE, WRITABLE, Waitable, WaitSet
@@ -112,6 +112,7 @@ class Supervisor:
         self.restarts = [0] * self.pool_size
         self.next_spawn = [0.0] * self.pool_size
         self.boot_failures = 0
+        self.last_boot_error = ""
         self.crash_streak = [0] * self.pool_size
         self.pending: OrderedDict[Key, float] = OrderedDict()
         self.inflight: dict[Key, WorkerHandle] = {}
@@ -121,6 +122,7 @@ class Supervisor:
         self.failures: dict[Key, list[dict[str, Any]]] = {}
         self.stranded = Stranded(self.spool, self._requeue_stranded)
         self.groups: set[str] = set()
+        self.refused_groups: set[str] = set()  # folders strict_groups keeps out (each logged once)
         self.external: dict[tuple[str, str], dict[str, Any]] = {}
         self.totals = {"handled": 0, "failed": 0, "duplicates": 0, "poisoned": 0, "requeued": 0}
         self.returned = 0  # messages put back into messages/ since the drain began
@@ -180,6 +182,7 @@ class Supervisor:
 
     def boot(self) -> None:
         spool = self.spool
+        proctitle.Title().set(proctitle.supervisor(spool.root))
         self._install_signals()
         self.wait_for_old_workers()
         for group in self.config.spool.groups:
@@ -383,6 +386,7 @@ class Supervisor:
                 self.on_done(worker, seq, outcome, info)
         elif kind == "hb":
             worker.last_heartbeat = now
+            worker.current_message = message[1].get("payload", {}).get("currentMessage")
         elif kind == "stopping":  # SIGTERM reached the worker itself (kill, or the whole process group)
             if worker.stop_reason is None:
                 log.info("worker pid=%d slot=%d received %s: it finishes its current message and returns "
@@ -508,6 +512,13 @@ class Supervisor:
     def add_group(self, group: str) -> None:
         if group in self.groups:
             return
+        spool_config = self.config.spool
+        if spool_config.strict_groups and group not in spool_config.groups:
+            if group not in self.refused_groups:
+                self.refused_groups.add(group)
+                log.warning("ignoring group folder %s: it is not in [spool] groups and [spool] strict_groups is on",
+                            group)
+            return
         try:
             self.spool.ensure_group(group)
         except (SpoolError, OSError) as exc:
@@ -632,10 +643,17 @@ class Supervisor:
     def spawn_missing_workers(self, now: float) -> None:
         if self.state != "running":
             return
+        # After a boot failure, one worker at a time tries again: the pool halts after
+        # max_boot_failures without a crowd of workers still booting behind the last one.
+        probing = self.boot_failures > 0
+        if probing and any(w.state is WorkerState.STARTING for w in self.workers):
+            return
         occupied = {w.slot for w in self.workers}
         for slot in range(self.pool_size):
             if slot not in occupied and now >= self.next_spawn[slot]:
                 self.spawn(slot, now)
+                if probing:
+                    return
 
     def reap_workers(self, now: float, ready: set[int] | None = None) -> None:
         """Handle every worker whose process has really ended (checked when its death fd fired, or always
@@ -656,7 +674,7 @@ class Supervisor:
             was_starting = worker.state is WorkerState.STARTING
             worker.state = WorkerState.DEAD
             code = worker.exit_code
-            how = describe_exit(code)
+            how = describe_exit(code, killed_by_us=worker.kill_at is not None)
             reason = worker.stop_reason
             if reason in PLANNED_STOPS or code == EXIT_WORKER_GRACE:
                 why = reason.value if reason is not None else "stopping"
@@ -687,10 +705,13 @@ class Supervisor:
     def on_boot_failure(self, worker: WorkerHandle, how: str, now: float) -> None:
         self.boot_failures += 1
         self._release_held(worker, blame=False)
-        detail = worker.boot_error or how
+        detail = (worker.boot_error or how).strip()
         limit = self.config.pool.max_boot_failures
+        # The traceback once; the same failure again is named by its first line.
+        shown = detail if detail != self.last_boot_error else f"{detail.splitlines()[0]} (the same error again)"
+        self.last_boot_error = detail
         log.error("worker failed to boot pid=%d slot=%d (%s), failure %d of %d: %s",
-                  worker.pid, worker.slot, how, self.boot_failures, limit, detail.strip())
+                  worker.pid, worker.slot, how, self.boot_failures, limit, shown)
         if self.boot_failures >= limit:
             self.halt(EXIT_WORKER_BOOT, f"workers cannot boot: {detail.strip().splitlines()[0]}")
             return
@@ -844,8 +865,10 @@ class Supervisor:
                 continue
             current, started = worker.current()
             if current is not None and now - started > pool.handler_timeout:
+                said = self._summarize(current.key)
                 self.kill_worker(worker, StopReason.TIMEOUT,
-                                 f"handler ran {now - started:.1f}s on group={current.group} file={current.name}")
+                                 f"handler ran {now - started:.1f}s (handler_timeout {pool.handler_timeout:g}s) "
+                                 f"id={said.id} type={said.type} group={current.group} file={current.name}")
 
     def kill_worker(self, worker: WorkerHandle, reason: StopReason, why: str) -> None:
         """TERM now, KILL after [pool] kill_grace."""
@@ -943,7 +966,8 @@ class Supervisor:
                 worker.reading = worker.probe.read()
 
     def housekeeping(self) -> Iterator[None]:
-        """Prune old acks and uncollected responses; remove temp files crashed writers left.
+        """Prune old acks, nacks, uncollected responses and retried records; remove temp files crashed
+        writers left; forget the histories of messages that are gone.
 
         A generator, one folder entry per step: :meth:`continue_housekeeping`
         runs it in slices, as rescans are, so a day of acks never stalls dispatch.
@@ -952,19 +976,27 @@ class Supervisor:
         wall = time.time()
         for group in list(self.groups):
             for sub, age in ((ACKS, cfg.ack.retention), (RESPONSES, cfg.spool.response_retention),
-                             (TMP, cfg.spool.tmp_max_age)):
+                             (TMP, cfg.spool.tmp_max_age), (RETRIED, cfg.spool.retried_retention)):
                 for name in self.spool.scan_ages(group, sub, wall - age):
                     if name is not None:
-                        try:
-                            os.unlink(self.spool.path(group, sub, name))
-                        except OSError as exc:
-                            if exc.errno != errno.ENOENT:
-                                log.warning("cannot prune %s/%s/%s: %s", group, sub, name, exc)
+                        self.spool.unlink_quietly(group, sub, name)
                     yield
         self.spool.prune_staging({os.getpid(), *(w.pid for w in self.workers if w.pid)})
+        self.forget_gone_deliveries()
         cutoff = wall - EXTERNAL_HEARTBEAT_TTL
         for key in [k for k, v in self.external.items() if v["at"] < cutoff]:
             del self.external[key]
+
+    def forget_gone_deliveries(self) -> None:
+        """Delivery histories of messages no longer anywhere (an operator removed them) are dropped."""
+        spool = self.spool
+        for key in list(self.failures):
+            if key in self.inflight or key in self.stranded or key in self.pending:
+                continue
+            if not os.path.lexists(spool.inbox_path(*key)) and not os.path.lexists(spool.path(key[0], PROCESSING,
+                                                                                                key[1])):
+                del self.failures[key]
+                spool.drop_deliveries(*key)
 
     def continue_housekeeping(self) -> None:
         """Run the pending housekeeping for at most RESCAN_SLICE seconds."""
@@ -982,7 +1014,7 @@ class Supervisor:
     # -- status --------------------------------------------------------------------
 
     def write_status(self, now: float) -> None:
-        write_status(self.spool.root, build_status(self, now))
+        write_status(self.spool.root, build_status(self, now), mode=self.spool.file_mode())
 
 
 def _is_boot_failure(code: int | None, reason: StopReason | None) -> bool:

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from ipcpool import proctitle
 from ipcpool.config import Config
 from ipcpool.errors import EXIT_OK, EXIT_WORKER_BOOT, EXIT_WORKER_GRACE, HandlerNotFound, InvalidMessage, SpoolError
 from ipcpool.handlers import Handler, HandlerTable, resolve_all
@@ -59,9 +60,9 @@ from ipcpool.message import (
     encode,
     format_for,
     now_iso,
+    sniff,
     summarize,
     to_message,
-    unknown_summary,
 )
 from ipcpool.retry import handler_retrying
 from ipcpool.spool import MESSAGES, Spool, ack_name, message_stem, split_name
@@ -120,15 +121,19 @@ class Worker:
         self._send_lock = threading.Lock()
         self._queue: deque[tuple[int, str, str, int]] = deque()
         self._done: list[tuple[int, str, Any]] = []
-        self._current: tuple[str, str, float] | None = None
+        self._current: tuple[str, str, float] | None = None  # (group, name, since) of the running delivery
+        self._current_message: dict[str, Any] | None = None  # its seq, id and type, once decoded
         self._stopping = False
         self._term_at: float | None = None  # when SIGTERM asked this worker itself to stop
         self._retiring = False  # stopping because max_tasks was reached
         self._pending_replies: list[tuple[str, str, bytes, float]] = []  # (group, id, bytes, give up at)
+        self._seq = 0  # the delivery being processed
+        self.title = proctitle.Title()
         self._max_tasks = spec.max_tasks
         self.handled = 0
         self.failed = 0
         self._settle = spec.config.spool.settle_time
+        self._log_messages = spec.config.log.messages  # the INFO line per finished message
         self._allowed = {g: set(c.allowed_types) for g, c in spec.config.groups.items() if c.allowed_types}
         self._record_heartbeats = not handlers.has(_HEARTBEAT)  # outside processes' heartbeats: recorded, not handled
         self._pid = os.getpid()
@@ -240,9 +245,10 @@ class Worker:
         shared[SLOT_SEQ] = seq
         shared[SLOT_STARTED] = time.monotonic()
         self._current = (group, name, time.time())
+        self._seq = seq
         result = self._process(group, name, deliveries)
         shared[SLOT_STARTED] = 0.0
-        self._current = None
+        self._current = self._current_message = None
         return result
 
     def _process(self, group: str, name: str, deliveries: int) -> tuple[Outcome, Any]:
@@ -253,7 +259,7 @@ class Worker:
         except FileNotFoundError:
             return Outcome.VANISHED, None
         except InvalidMessage as exc:
-            return self._reject(group, name, str(exc), unknown_summary(stem))
+            return self._reject(group, name, str(exc), sniff(exc.head, format_for(name), stem))
         fmt = format_for(name)
         try:
             if fmt is None:
@@ -264,7 +270,7 @@ class Worker:
             # (clock skew, touch -d) counts as settled, or it would wait forever.
             if -FUTURE_MTIME_SLACK < time.time() - raw.mtime < self._settle:
                 return Outcome.UNSETTLED, None
-            return self._reject(group, name, str(exc), unknown_summary(stem))
+            return self._reject(group, name, str(exc), sniff(raw.data, fmt, stem))
         try:
             message = to_message(obj, group=group, stem=stem, delivery_count=deliveries,
                                  inbox=split_name(name)[0] if "/" in name else MESSAGES)
@@ -293,16 +299,19 @@ class Worker:
             except OSError:
                 pass  # the ack (or the held file that becomes it) is there already
             spool.complete(group, name, recycle=recycle)
-            log.info("Duplicate IPC message skipped (already acked) id=%s group=%s", message.id, group)
+            log.info("Duplicate IPC message skipped (already acked) id=%s group=%s type=%s",
+                     message.id, group, message.type)
             return Outcome.DUPLICATE, None
         if message.type == _HEARTBEAT and self._record_heartbeats:
             return self._record_heartbeat(message, name, recycle)
         handler = self.handlers.lookup(message)
         if handler is None:
             return self._reject(group, name, f"no handler for type {message.type}", _summary_of(message))
+        self._current_message = {"seq": self._seq, "id": message.id, "type": message.type}
         log.debug("Processing IPC message id=%s group=%s type=%s delivery=%d",
                   message.id, group, message.type, message.delivery_count)
         attempts = 1
+        started = time.perf_counter()
         try:
             first: Exception | None = None
             try:
@@ -322,13 +331,18 @@ class Worker:
                             raise first
                         response = self._run_handler(handler, message)
         except BaseException as exc:  # noqa: BLE001 - a handler may raise anything, SystemExit included
-            return self._fail(message, name, exc, attempts)
+            return self._fail(message, name, exc, attempts, (time.perf_counter() - started) * 1000)
+        elapsed_ms = (time.perf_counter() - started) * 1000
         # The reply before the ack: a redelivery after a crash between the two
         # is deduplicated by the ack, so the ack must be the last word.
         if message.reply_to:
             self._reply(message, response)
         self.handled += 1
-        return Outcome.HANDLED, self._finish(group, name, message.id, ack, recycle)
+        info = self._finish(group, name, message.id, ack, recycle)
+        if self._log_messages:
+            log.info("IPC message handled id=%s group=%s type=%s in %.1f ms", message.id, group, message.type,
+                     elapsed_ms)
+        return Outcome.HANDLED, info
 
     def _finish(self, group: str, name: str, message_id: str, ack: str | None, recycle: int | None) -> Any:
         """Ack (when asked), then remove the handled file; None, or what the supervisor must finish.
@@ -375,6 +389,11 @@ class Worker:
     def _reply(self, message: Message, data: bytes) -> None:
         reply_to = message.reply_to
         assert reply_to is not None
+        spool_config = self.config.spool
+        if spool_config.strict_groups and reply_to not in spool_config.groups:
+            log.warning("Response dropped: replyTo group %r is not in [spool] groups ([spool] strict_groups) "
+                        "id=%s group=%s", reply_to, message.id, message.group)
+            return
         if not self.spool.is_group_dir(reply_to):
             log.warning("Response dropped: replyTo group %r does not exist id=%s group=%s",
                         reply_to, message.id, message.group)
@@ -416,15 +435,15 @@ class Worker:
             return False
         return True
 
-    def _fail(self, message: Message, name: str, exc: BaseException, attempts: int) -> tuple[Outcome, Any]:
+    def _fail(self, message: Message, name: str, exc: BaseException, attempts: int,
+              elapsed_ms: float) -> tuple[Outcome, Any]:
         self.failed += 1
         reason = f"handler raised {type(exc).__name__}: {exc}"
-        log.error("IPC handler failed after %d attempt(s) id=%s group=%s type=%s: %s",
-                  attempts, message.id, message.group, message.type, reason)
+        log.error("IPC handler failed after %d attempt(s) id=%s group=%s type=%s in %.1f ms: %s",
+                  attempts, message.id, message.group, message.type, elapsed_ms, reason)
         record = {
             "id": message.id, "type": message.type, "reason": reason,
-            "exception": {"type": type(exc).__name__, "message": str(exc),
-                          "traceback": "".join(traceback.format_exception(exc))},
+            "exception": {"type": type(exc).__name__, "message": str(exc), "traceback": handler_traceback(exc)},
             "attempts": attempts, "deliveries": message.delivery_count, "workerPid": self._pid,
         }
         error_name = None
@@ -493,7 +512,7 @@ class Worker:
         return heartbeat_envelope(
             pid=self._pid,
             busy=current is not None,
-            current=f"{current[0]}/{current[1]}" if current else None,
+            current=self._current_message if current else None,
             current_age=time.time() - current[2] if current else None,
             handled=self.handled,
             failed=self.failed,
@@ -509,6 +528,7 @@ class Worker:
         grace = self.config.pool.shutdown_grace
         next_beat = time.monotonic() + interval
         told = False
+        title = self.title
         while True:
             now = time.monotonic()
             deadline = None if self._term_at is None else self._term_at + grace
@@ -532,8 +552,30 @@ class Worker:
                         log.warning("worker %d: supervisor %d is gone; exiting", self._pid, supervisor)
                         self.exit_now(EXIT_OK)
                     self.send(("hb", self.heartbeat()))
+                    title.set(proctitle.worker(self.spec.slot, self._current_message,
+                                               "stopping" if self._stopping else "idle"))
             except (BrokenPipeError, EOFError, OSError):
                 self.exit_now(EXIT_OK)
+
+
+_NOT_THE_HANDLERS = (f"{os.sep}tenacity{os.sep}", f"{os.sep}concurrent{os.sep}futures{os.sep}")
+
+
+def handler_traceback(exc: BaseException) -> str:
+    """The traceback as text, without the retry machinery's frames (tenacity's, and its futures')."""
+    summary = traceback.TracebackException.from_exception(exc)
+    for te in _chain(summary):
+        te.stack = traceback.StackSummary.from_list(
+            [frame for frame in te.stack if not any(part in frame.filename for part in _NOT_THE_HANDLERS)])
+    return "".join(summary.format())
+
+
+def _chain(te: traceback.TracebackException) -> list[traceback.TracebackException]:
+    seen: list[traceback.TracebackException] = []
+    while te is not None and te not in seen:
+        seen.append(te)
+        te = te.__cause__ or te.__context__  # type: ignore[assignment]
+    return seen
 
 
 def _summary_of(message: Message) -> Summary:
@@ -548,7 +590,7 @@ def nack_body(group: str, record: dict[str, Any], summary: Summary, outcome: str
     ``timestamp`` is the envelope's own, so a sender can tell a nack of its
     message from an older one of the same id.
     """
-    if summary.id is None or not (summary.wants_answer or summary.type is None):
+    if summary.id is None or not (summary.wants_answer or not summary.decoded):
         return None
     exception = record.get("exception")
     return {"id": summary.id, "type": summary.type, "group": group, "outcome": outcome,
@@ -619,6 +661,7 @@ def worker_main(spec: WorkerSpec) -> None:
     from ipcpool.logs import setup_logging
 
     setup_logging()
+    proctitle.Title().set(proctitle.worker(spec.slot, None, "starting"))
     os.umask(0o077 if spec.config.spool.mode == "private" else 0o007)
     try:
         table = spec.handlers if spec.handlers is not None else resolve_all(spec.config.handlers)
@@ -632,6 +675,7 @@ def worker_main(spec: WorkerSpec) -> None:
             pass
         os._exit(EXIT_WORKER_BOOT)
     worker = Worker(spec, handlers)
+    worker.title.set(proctitle.worker(spec.slot, None))
     signal.signal(signal.SIGTERM, worker.on_sigterm)
     _take_worker_lock(worker.spool)
     try:

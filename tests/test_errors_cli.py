@@ -125,9 +125,9 @@ def test_errors_show_prints_the_message_and_its_error_record(tmp_path, root, env
     boom = Client(root, "main").send("main", "task", {"raise": "boom", "tag": "shown"})
     [record_file] = _wait_quarantined(root, "main", boom)
 
-    out = cli(env, "errors", "show", "--config", str(config), boom)
+    out = cli(env, "errors", "show", "--config", str(config), boom, "--json")
     assert out.returncode == 0, out.stderr
-    shown = json.loads(out.stdout)
+    (shown,) = json.loads(out.stdout)
     assert shown["group"] == "main"
     assert shown["file"] == record_file[: -len(ERROR_SUFFIX)]
     assert shown["error"]["id"] == boom
@@ -137,9 +137,9 @@ def test_errors_show_prints_the_message_and_its_error_record(tmp_path, root, env
     assert message["id"] == boom
     assert message["payload"] == {"raise": "boom", "tag": "shown"}
 
-    by_file = cli(env, "errors", "show", "--config", str(config), shown["file"])
+    by_file = cli(env, "errors", "show", "--config", str(config), shown["file"], "--json")
     assert by_file.returncode == 0, by_file.stderr
-    assert json.loads(by_file.stdout)["error"]["id"] == boom
+    assert json.loads(by_file.stdout)[0]["error"]["id"] == boom
 
     missing = cli(env, "errors", "show", "--config", str(config), "no-such-id")
     assert missing.returncode == 1

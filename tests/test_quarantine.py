@@ -100,10 +100,13 @@ def test_list_errors_tolerates_an_unreadable_record(spool, root):
 def test_find_by_id_and_by_file(spool):
     a = _quarantine(spool, "a.json", b"{}", {"reason": "x", "id": "uuid-a"})
     _quarantine(spool, "b.json", b"{}", {"reason": "y", "id": "uuid-b"})
-    assert [e.file for e in find(spool, "uuid-a")] == [a]
-    assert [e.file for e in find(spool, a)] == [a]
-    assert find(spool, "uuid-a", "group1") == []
-    assert find(spool, "nothing") == []
+    assert [e.file for e in find(spool, "uuid-a")[0]] == [a]
+    assert [e.file for e in find(spool, a)[0]] == [a]
+    assert find(spool, "uuid-a", "group1") == ([], set())
+    assert find(spool, "nothing") == ([], set())
+    # a unique prefix finds it; a shared one names every id it could be
+    assert [e.file for e in find(spool, "uuid-a"[:6])[0]] == [a]
+    assert find(spool, "uuid-")[1] == {"uuid-a", "uuid-b"}
 
 
 def test_read_message(spool):

@@ -1,0 +1,135 @@
+"""``ipcpool errors list | show | retry | purge``: what operators do with ``errors/``.
+
+``show`` prints a record for a person (the reason, how each delivery ended,
+the traceback as text, the message); ``--json`` prints it for a program.
+Ids may be given by a unique prefix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ipcpool import quarantine
+from ipcpool.config import load_config
+from ipcpool.errors import EXIT_FAILURE, EXIT_OK, ConfigError
+from ipcpool.spool import Spool
+
+
+def add_errors_command(sub: Any, add_config: Callable[[argparse.ArgumentParser], None]) -> None:
+    text = "list, show, retry or purge quarantined messages"
+    errors = sub.add_parser("errors", help=text, description=text)
+    errors.set_defaults(func=cmd_errors)
+    esub = errors.add_subparsers(dest="errors_command", required=True)
+    for name, help_text in (("list", "list quarantined messages"),
+                            ("show", "show a message and its error record (by id, a unique id prefix, or file)"),
+                            ("retry", "move messages back into their inbox"),
+                            ("purge", "delete quarantined messages")):
+        p = esub.add_parser(name, help=help_text, description=help_text)
+        add_config(p)
+        p.add_argument("--group", "-g", help="only this group")
+        if name == "list":
+            p.add_argument("--json", action="store_true")
+        elif name == "show":
+            p.add_argument("id", help="message id, a unique prefix of one, or an errors/ file name")
+            p.add_argument("--json", action="store_true", help="the records and messages as JSON")
+        elif name == "retry":
+            p.add_argument("ids", nargs="*", help="message ids")
+            p.add_argument("--all", action="store_true")
+        else:
+            p.add_argument("--all", action="store_true")
+            p.add_argument("--older-than", help="only older than DURATION (30s, 15m, 24h, 7d)")
+            p.add_argument("--dry-run", "-n", action="store_true", help="print what would be deleted, delete nothing")
+
+
+def cmd_errors(args: argparse.Namespace) -> int:
+    spool = Spool.from_config(load_config(args.config))
+    action = args.errors_command
+    if action == "list":
+        return _list(spool, args)
+    if action == "show":
+        return _show(spool, args)
+    if action == "retry":
+        return _retry(spool, args)
+    return _purge(spool, args)
+
+
+def _list(spool: Spool, args: argparse.Namespace) -> int:
+    entries = quarantine.list_errors(spool, args.group)
+    if args.json:
+        print(json.dumps([e.summary() for e in entries], indent=1))
+        return EXIT_OK
+    for e in entries:
+        s = e.summary()
+        print(f"{s['time']}  {s['group']}  {s['id']}  {s['type'] or '-'}  attempts={s['attempts']}  {s['reason']}")
+    print(f"{len(entries)} quarantined message(s)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _show(spool: Spool, args: argparse.Namespace) -> int:
+    matches, ids = quarantine.find(spool, args.id, args.group)
+    if not matches:
+        print(f"no quarantined message with id (or id prefix, or file) {args.id}", file=sys.stderr)
+        return EXIT_FAILURE
+    if len(ids) > 1:
+        print(f"{args.id!r} is the start of {len(ids)} ids: {', '.join(sorted(ids))}; give more of the id",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps([{"group": e.group, "file": e.file, "error": e.record, "message": _text(spool, e)}
+                          for e in matches], indent=1))
+        return EXIT_OK
+    if len(matches) > 1:
+        print(f"{len(matches)} records share id {next(iter(ids))} (quarantined more than once):\n")
+    for n, entry in enumerate(matches):
+        if n:
+            print()
+        print(quarantine.render(entry, _text(spool, entry)))
+    return EXIT_OK
+
+
+def _text(spool: Spool, entry: quarantine.ErrorEntry) -> str | None:
+    body = quarantine.read_message(spool, entry)
+    return body.decode("utf-8", "replace") if body is not None else None
+
+
+def _retry(spool: Spool, args: argparse.Namespace) -> int:
+    if not args.all and not args.ids:
+        raise ConfigError("errors retry: name message ids, or --all")
+    entries = quarantine.list_errors(spool, args.group)
+    if not args.all:
+        wanted = set(args.ids)
+        entries = [e for e in entries if e.message_id in wanted or e.file in wanted]
+        missing = wanted - {e.message_id for e in entries} - {e.file for e in entries}
+        if missing:
+            print(f"not in errors/: {', '.join(sorted(missing))}", file=sys.stderr)
+    for e in entries:
+        if not quarantine.has_message(spool, e):
+            print(f"skipped {e.group}/{e.file}: its error record has no message (purge it)", file=sys.stderr)
+            continue
+        name = quarantine.retry(spool, e)
+        print(f"retried {e.group}/{name}")
+    return EXIT_OK if entries or args.all else EXIT_FAILURE
+
+
+def _purge(spool: Spool, args: argparse.Namespace) -> int:
+    if not args.all and not args.older_than:
+        raise ConfigError("errors purge: give --all or --older-than DURATION (like 7d)")
+    entries = quarantine.list_errors(spool, args.group)
+    if args.older_than:
+        try:
+            entries = quarantine.older_than(entries, quarantine.parse_duration(args.older_than))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+    if args.dry_run:
+        for e in entries:
+            print(f"would purge {e.group}/{e.file}  {e.message_id}  {e.record.get('reason')}")
+        print(f"would purge {len(entries)} quarantined message(s); nothing was deleted")
+        return EXIT_OK
+    for e in entries:
+        quarantine.purge(spool, e)
+    print(f"purged {len(entries)} quarantined message(s)")
+    return EXIT_OK

@@ -1,0 +1,41 @@
+"""Process titles, as ``ps`` and ``top`` show them (the one module that imports setproctitle).
+
+Like gunicorn's and Celery's: ``ipcpool: supervisor <root>``, ``ipcpool:
+forkserver``, ``ipcpool: worker <slot> idle`` or ``ipcpool: worker <slot>
+<type> <id>``. A title is set only when it changes, and a worker's from its
+heartbeat thread, once per heartbeat interval at most: never a call per message.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import setproctitle
+
+
+class Title:
+    """This process's title; :meth:`set` does nothing when it would not change."""
+
+    def __init__(self) -> None:
+        self._current = ""
+
+    def set(self, text: str) -> None:
+        if text != self._current:
+            self._current = text
+            setproctitle.setproctitle(text)
+
+
+def supervisor(root: object) -> str:
+    return f"ipcpool: supervisor {root}"
+
+
+def worker(slot: int, current: dict[str, object] | None, state: str = "idle") -> str:
+    if current:
+        return f"ipcpool: worker {slot} {current.get('type')} {current.get('id')}"
+    return f"ipcpool: worker {slot} {state}"
+
+
+def name_the_forkserver() -> None:
+    """Called at import of ``ipcpool.forkserver_preload``, in multiprocessing's forkserver only."""
+    if "multiprocessing.forkserver" in sys.modules and sys.argv[:1] == ["-c"]:
+        setproctitle.setproctitle("ipcpool: forkserver")
