@@ -40,6 +40,15 @@ def handle_legacy(message: Message) -> None:
     log.info("legacy message file=%s group=%s payload=%r", message.id, message.group, message.payload)
 
 
+def handle_task_command(message: Message) -> dict[str, Any]:
+    """A task command the original system's agents write into tasks/: plain JSON whose own "type"
+    (schedule_task, pause_task, ...) chose this handler; the whole body is the payload."""
+    body = message.payload if isinstance(message.payload, dict) else {}
+    log.info("task command %s id=%s group=%s inbox=%s taskId=%s", message.type, message.id, message.group,
+             message.inbox, body.get("taskId"))
+    return {"command": message.type, "taskId": body.get("taskId"), "accepted": True}
+
+
 def handle_error(message: Message) -> None:
     """An ``error`` message another process reported."""
     payload = message.payload if isinstance(message.payload, dict) else {}

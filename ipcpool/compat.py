@@ -36,7 +36,7 @@ from typing import Any
 
 from ipcpool.client import AsyncClient, Client, Prepared
 from ipcpool.config import Config, load_config, parse_config
-from ipcpool.errors import IpcpoolError
+from ipcpool.errors import IpcpoolError, WorkerBootError
 from ipcpool.logs import setup_logging
 from ipcpool.message import IPCMessageType, Message
 from ipcpool.spool import MESSAGES, PROCESSING, Spool
@@ -131,8 +131,8 @@ class IPCSystem:
                 self._process.kill()
                 self._process.join()
                 code, self._process = self._process.exitcode, None
-                raise IpcpoolError(f"the ipcpool supervisor did not start within {START_TIMEOUT:g}s "
-                                   f"(exit code {code}); see its log above")
+                raise WorkerBootError(f"the ipcpool supervisor did not start within {START_TIMEOUT:g}s "
+                                      f"(exit code {code}); see its log above")
         finally:
             os.close(started_r)
 

@@ -62,7 +62,7 @@ class HandlerNotFound(IpcpoolError):
 
 
 class WorkerBootError(IpcpoolError):
-    """Workers keep dying before they are ready; the supervisor halts."""
+    """The pool did not start: its workers keep dying before they are ready (the compat API's start)."""
 
 
 class AckTimeout(IpcpoolError):

@@ -17,10 +17,6 @@ from ipcpool.config import AckConfig, RetryConfig
 
 log = logging.getLogger(__name__)
 
-RetryError = tenacity.RetryError
-TryAgain = tenacity.TryAgain
-
-
 def handler_retrying(
     policy: RetryConfig,
     *,
@@ -38,20 +34,6 @@ def handler_retrying(
         before_sleep=before_sleep,
         reraise=True,
         **kwargs,
-    )
-
-
-def async_handler_retrying(
-    policy: RetryConfig,
-    *,
-    before_sleep: Callable[[tenacity.RetryCallState], None] | None = None,
-) -> tenacity.AsyncRetrying:
-    return tenacity.AsyncRetrying(
-        stop=tenacity.stop_after_attempt(policy.attempts),
-        wait=_backoff(policy.delay, policy.backoff, policy.max_delay),
-        retry=tenacity.retry_if_exception_type(Exception),
-        before_sleep=before_sleep,
-        reraise=True,
     )
 
 

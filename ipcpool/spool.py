@@ -503,9 +503,6 @@ class Spool:
 
     # -- acks and responses -----------------------------------------------------------
 
-    def ack_path(self, group: str, message_id: str) -> str:
-        return self.path(group, ACKS, ack_name(message_id))
-
     def has_ack(self, group: str, message_id: str) -> bool:
         return self.has_ack_named(group, ack_name(message_id))
 
@@ -659,10 +656,6 @@ class Spool:
                 return sum(1 for _ in entries)
         except FileNotFoundError:
             return 0
-
-    def iter_old_files(self, group: str, sub: str, older_than: float) -> Iterator[str]:
-        """Names in a group folder whose mtime is older than ``older_than`` (epoch seconds)."""
-        return (name for name in self.scan_ages(group, sub, older_than) if name is not None)
 
     def scan_ages(self, group: str, sub: str, older_than: float) -> Iterator[str | None]:
         """Each name older than ``older_than``, and None for each younger entry.

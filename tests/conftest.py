@@ -24,6 +24,23 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 HANDLERS_DIR = Path(__file__).resolve().parent / "handlers"
+# The console script pip installed beside this interpreter: what a user types.
+IPCPOOL = Path(sys.executable).with_name("ipcpool")
+
+
+def ipcpool_cli(env: dict[str, str], cwd: Path, *args: str, input: str | None = None,  # noqa: A002
+                timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run the real ``ipcpool`` executable in its own session; killed as a group if it outlives ``timeout``."""
+    command = [str(IPCPOOL)] if IPCPOOL.exists() else [sys.executable, "-m", "ipcpool"]
+    proc = subprocess.Popen([*command, *args], cwd=cwd, env=env, text=True, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"ipcpool {' '.join(args)} did not exit in {timeout}s\n{out}\n{err}") from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -419,5 +419,9 @@ def test_prod_config_matches_the_documented_defaults():
     assert config.retry == defaults.retry
     assert config.heartbeat == defaults.heartbeat
     assert config.ack == defaults.ack
-    assert dataclasses.replace(config.spool, groups=defaults.spool.groups) == defaults.spool
+    # prod.toml names its groups and takes the original agents' task commands; every other key is a default
+    assert dataclasses.replace(config.spool, groups=defaults.spool.groups, inboxes=defaults.spool.inboxes) \
+        == defaults.spool
+    assert config.spool.inboxes == ("messages", "tasks")
+    assert config.log == defaults.log
     assert config.groups["group1"].allowed_types == ("task", "command", "heartbeat")

@@ -43,7 +43,7 @@ def test_ack_is_written_into_the_handled_file_and_holds_only_a_timestamp(tmp_pat
     st = _handle(spool, "m.json")
     assert len(_staging(tmp_path)) == 1 and not os.listdir(spool.path("main", PROCESSING))
     spool.write_ack("main", "m")
-    ack = Path(spool.ack_path("main", "m"))
+    ack = Path(spool.path("main", "acks", "m.ack"))
     text = ack.read_text()
     dt.datetime.fromisoformat(text.replace("Z", "+00:00"))  # a timestamp, none of the message's 9 KB left
     ack_st = ack.stat()
@@ -112,7 +112,7 @@ def test_a_lost_spare_falls_back_to_a_fresh_file(tmp_path: Path) -> None:
     for name in _staging(tmp_path):  # housekeeping (or an operator) removed them meanwhile
         os.unlink(tmp_path / STATE_DIR / STAGING_DIR / name)
     spool.write_ack("main", "a")
-    assert Path(spool.ack_path("main", "a")).read_text().endswith("Z")
+    assert Path(spool.path("main", "acks", "a.ack")).read_text().endswith("Z")
     assert _staging(tmp_path) == []
 
 
@@ -127,7 +127,7 @@ def test_a_file_owned_by_another_user_is_never_recycled(tmp_path: Path) -> None:
     spool.complete("main", "m.json", recycle=raw.recycle)
     assert _staging(tmp_path) == [] and not os.listdir(spool.path("main", PROCESSING))
     spool.write_ack("main", "m")
-    assert os.stat(spool.ack_path("main", "m")).st_uid == 0
+    assert os.stat(spool.path("main", "acks", "m.ack")).st_uid == 0
 
 
 def test_prune_staging_removes_only_files_of_gone_processes(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ from ipcpool.retry import (
     ack_retrying,
     ack_wait_strategy,
     async_ack_retrying,
-    async_handler_retrying,
     handler_retrying,
 )
 
@@ -143,23 +142,6 @@ def test_handler_retrying_is_fresh_per_call():
         with pytest.raises(Boom):
             handler_retrying(policy, sleep=lambda s: None)(_failing(calls, Boom()))
         assert len(calls) == 2
-
-
-def test_async_handler_retrying_makes_exactly_attempts_tries():
-    calls: list[int] = []
-
-    async def main():
-        async for attempt in async_handler_retrying(RetryConfig(attempts=3, delay=0.0)):
-            with attempt:
-                calls.append(1)
-                raise Boom("async")
-
-    with pytest.raises(Boom):
-        asyncio.run(main())
-    assert len(calls) == 3
-
-
-# -- ack retries -------------------------------------------------------------------------------------------
 
 
 def _run_ack(policy: AckConfig) -> tuple[int, list[float]]:

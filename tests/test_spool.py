@@ -175,7 +175,7 @@ def test_published_file_modes_shared_are_not_left_to_the_umask(root, umask_022):
     spool = _make(root, mode="shared")
     assert _mode(spool.publish("main", "m.json", b"{}")) == 0o660
     spool.write_ack("main", "abc")
-    assert _mode(spool.ack_path("main", "abc")) == 0o640
+    assert _mode(spool.path("main", "acks", "abc.ack")) == 0o640
 
 
 def test_publish_does_not_follow_a_symlink_in_tmp(spool, root, tmp_path, monkeypatch):
@@ -373,7 +373,7 @@ def test_acks(spool, root):
     spool.write_ack("main", "m-1")
     assert spool.has_ack("main", "m-1")
     path = root / "main" / ACKS / "m-1.ack"
-    assert spool.ack_path("main", "m-1") == str(path)
+    assert spool.path("main", "acks", "m-1.ack") == str(path)
     text = path.read_text()
     assert text.endswith("Z") and "T" in text
     assert os.listdir(root / "main" / TMP) == []
@@ -470,15 +470,15 @@ def test_is_message_name():
     assert not is_message_name("a.json.tmp")
 
 
-def test_iter_old_files(spool, root):
+def test_scan_ages_names_the_old_files(spool, root):
     tmp = root / "main" / TMP
     (tmp / "old").write_bytes(b"")
     (tmp / "new").write_bytes(b"")
     now = time.time()
     os.utime(tmp / "old", (now - 7200, now - 7200))
-    assert list(spool.iter_old_files("main", TMP, now - 3600)) == ["old"]
-    assert sorted(spool.iter_old_files("main", TMP, now + 10)) == ["new", "old"]
-    assert list(spool.iter_old_files("missing", TMP, now)) == []
+    assert [n for n in spool.scan_ages("main", TMP, now - 3600) if n] == ["old"]
+    assert sorted(n for n in spool.scan_ages("main", TMP, now + 10) if n) == ["new", "old"]
+    assert [n for n in spool.scan_ages("missing", TMP, now) if n] == []
 
 
 def test_scan_ages_yields_a_pause_point_for_every_young_entry(spool, root):
