@@ -30,7 +30,7 @@ from typing import Any
 
 from bare_loop import BareSystem
 from bench_common import BenchError, Proc, filesystem_of, machine_info
-from bench_ipcpool import IpcpoolSystem
+from bench_ipcpool import IpcpoolSystem, log_line_cost_us
 from bench_peers import PeerSystem
 from bench_report import evaluate, table, write_json
 from bench_scenarios import FULL, QUICK, SCENARIOS, Row, Sizes, System, ack_rtt, drain, idle, latency, throughput
@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
 
             shutil.rmtree(base, ignore_errors=True)
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    machine["log_line_us"] = round(log_line_cost_us(), 2)
     rows.sort(key=lambda r: SCENARIOS.index(r.scenario))  # reported (1) to (6), whatever order they ran in
     evaluate(rows, single)
     print(table(rows, machine, mode))
