@@ -476,12 +476,12 @@ class Worker:
         try:
             self.spool.quarantine(group, name, record, nack=nack, error_name=error_name)
         except FileNotFoundError:
-            log.warning("message vanished before it could be moved to errors/ id=%s group=%s file=%s",
-                        summary.id, group, name)
+            log.warning("message vanished before it could be moved to errors/ id=%s type=%s group=%s file=%s",
+                        summary.id, summary.type, group, name)
             return None
         except (OSError, SpoolError) as exc:
-            log.error("cannot move the message to errors/ (%s); the supervisor keeps trying id=%s group=%s file=%s",
-                      getattr(exc, "strerror", None) or exc, summary.id, group, name)
+            log.error("cannot move the message to errors/ (%s); the supervisor keeps trying id=%s type=%s "
+                      "group=%s file=%s", getattr(exc, "strerror", None) or exc, summary.id, summary.type, group, name)
             return {"quarantine": _bounded(record), "nack": nack, "error": str(exc),
                     "errno": getattr(exc, "errno", None)}
         return None
