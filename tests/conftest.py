@@ -15,12 +15,14 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from redis_server import HELPER_PIDS, RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 HANDLERS_DIR = Path(__file__).resolve().parent / "handlers"
@@ -225,6 +227,33 @@ def supervisor_factory(tmp_path: Path, env: dict[str, str]) -> Iterator[Callable
         sup.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server per test process, shared (tests keep apart by key prefix)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix no other test uses: each test has its own deployment on the shared server."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, for tests that kill, restart or reconfigure it."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(autouse=True)
 def no_leftover_processes() -> Iterator[None]:
     """Fail a test that leaves child processes (supervisors, workers, forkservers) running."""
@@ -234,7 +263,8 @@ def no_leftover_processes() -> Iterator[None]:
     deadline = time.monotonic() + 15
     leftovers: list[psutil.Process] = []
     while time.monotonic() < deadline:
-        leftovers = [p for p in me.children(recursive=True) if p.pid not in before and _running(p)]
+        leftovers = [p for p in me.children(recursive=True)
+                     if p.pid not in before and p.pid not in HELPER_PIDS and _running(p)]
         if not leftovers:
             return
         time.sleep(0.05)
