@@ -88,12 +88,12 @@ def _workers_arg(text: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ipcpool.preflight import check_spool_permissions
     from ipcpool.supervisor import Supervisor
+    from ipcpool.transport import preflight
 
     config = _config(args)
     os.umask(0o077 if config.spool.mode == "private" else 0o007)
-    check_spool_permissions(config)
+    preflight(config)
     log.info("starting ipcpool supervisor config=%s root=%s workers=%d", args.config,
              os.path.abspath(config.spool.root), config.pool.workers)
     return Supervisor(config).run()
@@ -156,15 +156,19 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from ipcpool.health import read_status, verdict
-    from ipcpool.spool import Spool
-    from ipcpool.status import folder_counts, render_table
+    from ipcpool.status import render_table
+    from ipcpool.transport import make_inspector
 
     config = _config(args)
     status = read_status(config.spool.root)
     healthy = verdict(status)
     if status is None or status.get("state") != "running" or not healthy[0]:
-        # The supervisor may be down: what is in the folders is still true.
-        status = dict(status or {}, folders=folder_counts(Spool.from_config(config, private_staging=False)))
+        # The supervisor may be down: what the transport holds is still true.
+        inspector = make_inspector(config)
+        try:
+            status = dict(status or {}, folders=inspector.counts())
+        finally:
+            inspector.close()
     print(json.dumps(dict(status, healthy=healthy[0], reason=healthy[1]), indent=1) if args.json
           else render_table(status, healthy))
     return EXIT_OK if healthy[0] else EXIT_FAILURE

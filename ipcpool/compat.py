@@ -37,9 +37,10 @@ from typing import Any
 from ipcpool.client import AsyncClient, Client, Prepared
 from ipcpool.config import Config, load_config, parse_config
 from ipcpool.errors import IpcpoolError, WorkerBootError
+from ipcpool.localroot import LocalRoot
 from ipcpool.logs import setup_logging
 from ipcpool.message import IPCMessageType, Message
-from ipcpool.spool import MESSAGES, PROCESSING, Spool
+from ipcpool.transport import make_inspector
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +114,9 @@ class IPCSystem:
         if self._process is not None and self._process.is_alive():
             return
         _ensure_logging()
-        spool = Spool.from_config(self.config)
-        spool.ensure_root()
-        lock_fd = spool.acquire_lock()
+        local = LocalRoot(self.config.spool.root)
+        local.ensure(0o700 if self.config.spool.mode == "private" else 0o2750)
+        lock_fd = local.acquire_lock()
         started_r, started_w = os.pipe()
         try:
             ctx = multiprocessing.get_context("fork")
@@ -158,11 +159,14 @@ class IPCSystem:
 
     def _wait_idle(self, deadline: float) -> None:
         """Until no group has a message queued or in flight, or the deadline, or the supervisor is gone."""
-        spool = Spool.from_config(self.config, private_staging=False)
-        while time.monotonic() < deadline and self._process.is_alive():
-            if not any(spool.scan(group, sub) for group in spool.list_groups() for sub in (MESSAGES, PROCESSING)):
-                return
-            time.sleep(IDLE_POLL)
+        inspector = make_inspector(self.config)
+        try:
+            while time.monotonic() < deadline and self._process.is_alive():
+                if not inspector.busy():
+                    return
+                time.sleep(IDLE_POLL)
+        finally:
+            inspector.close()
 
     @property
     def running(self) -> bool:

@@ -84,6 +84,20 @@ class AckConfig:
 
 
 @dataclass(frozen=True)
+class TransportConfig:
+    backend: str = "spool"  # "spool" (files under [spool] root) or "redis" (Redis Streams, many hosts)
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: str = "redis://127.0.0.1:6379/0"  # IPCPOOL_REDIS_URL overrides; user:password@ and rediss:// work
+    prefix: str = "ipcpool"  # every key starts with it: two deployments on one Redis keep apart
+    lease: float = 30.0  # seconds a dead supervisor's messages stay its own before others reclaim them
+    ca_file: str = ""  # TLS (rediss://): the CA bundle to verify the server with
+    outage_timeout: float = 60.0  # seconds senders keep retrying while Redis is unreachable
+
+
+@dataclass(frozen=True)
 class LogConfig:
     messages: bool = True  # one INFO line per finished message (id, group, type, outcome, duration)
 
@@ -103,6 +117,8 @@ class Config:
     heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
     ack: AckConfig = field(default_factory=AckConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
     handlers: dict[str, str] = field(default_factory=dict)
     groups: dict[str, GroupConfig] = field(default_factory=dict)
     path: str | None = None
@@ -115,7 +131,12 @@ _SECTIONS: dict[str, type] = {
     "heartbeat": HeartbeatConfig,
     "ack": AckConfig,
     "log": LogConfig,
+    "transport": TransportConfig,
+    "redis": RedisConfig,
 }
+BACKENDS = ("spool", "redis")
+REDIS_URL_ENV = "IPCPOOL_REDIS_URL"
+REDIS_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 INBOXES = ("messages", "tasks")  # the folders of a group that writers may drop messages into
 
 
@@ -196,6 +217,33 @@ def _check_spool(c: _Checker, spool: SpoolConfig) -> None:
         _one_of(c, "[spool] inboxes", inbox, INBOXES)
     if len(set(spool.inboxes)) != len(spool.inboxes):
         raise c.fail("[spool] inboxes", f"names an inbox twice: {list(spool.inboxes)}")
+
+
+def _check_transport(c: _Checker, config: Config) -> None:
+    _one_of(c, "[transport] backend", config.transport.backend, BACKENDS)
+    redis = config.redis
+    if not redis.url.startswith(("redis://", "rediss://", "unix://")):
+        raise c.fail("[redis] url", f'must start with redis://, rediss:// or unix://, got "{redact_url(redis.url)}"')
+    if not REDIS_PREFIX.match(redis.prefix):
+        raise c.fail("[redis] prefix", f"must be 1-64 letters, digits, '_', '.' or '-', got {_shown(redis.prefix)}")
+    _positive(c, "[redis] lease", redis.lease)
+    if redis.lease < 3 * config.heartbeat.interval:
+        floor = 3 * config.heartbeat.interval
+        raise c.fail("[redis] lease", f"must be at least 3 x [heartbeat] interval ({floor:g}s): leases are renewed "
+                                      f"from the heartbeat, got {redis.lease:g}s")
+    _positive(c, "[redis] outage_timeout", redis.outage_timeout, allow_zero=True)
+    if redis.ca_file and not os.path.isfile(redis.ca_file):
+        raise c.fail("[redis] ca_file", f"is not a readable file: {redis.ca_file}")
+
+
+def redact_url(url: str) -> str:
+    """A Redis URL as it may be logged: the password replaced by ***."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0] if ":" in credentials else ""
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://***@{host}"
 
 
 def _check_numbers(c: _Checker, config: Config) -> None:
@@ -287,6 +335,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>", *, environ: dic
     env = os.environ if environ is None else environ
     if env.get(ROOT_ENV):
         sections["spool"] = dataclasses.replace(sections["spool"], root=env[ROOT_ENV])
+    if env.get(REDIS_URL_ENV):
+        sections["redis"] = dataclasses.replace(sections["redis"], url=env[REDIS_URL_ENV])
     config = Config(
         **sections,
         handlers=_handlers(c, data.get("handlers", {})),
@@ -295,6 +345,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>", *, environ: dic
     )
     _check_spool(c, config.spool)
     _check_numbers(c, config)
+    _check_transport(c, config)
     return config
 
 

@@ -13,10 +13,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ipcpool import quarantine
+from ipcpool import records
 from ipcpool.config import load_config
 from ipcpool.errors import EXIT_FAILURE, EXIT_OK, ConfigError
-from ipcpool.spool import Spool
+from ipcpool.transport import make_inspector
 
 
 def add_errors_command(sub: Any, add_config: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -46,19 +46,23 @@ def add_errors_command(sub: Any, add_config: Callable[[argparse.ArgumentParser],
 
 
 def cmd_errors(args: argparse.Namespace) -> int:
-    spool = Spool.from_config(load_config(args.config))
-    action = args.errors_command
-    if action == "list":
-        return _list(spool, args)
-    if action == "show":
-        return _show(spool, args)
-    if action == "retry":
-        return _retry(spool, args)
-    return _purge(spool, args)
+    inspector = make_inspector(load_config(args.config))
+    try:
+        dead = inspector.dead_letters()
+        action = args.errors_command
+        if action == "list":
+            return _list(dead, args)
+        if action == "show":
+            return _show(dead, args)
+        if action == "retry":
+            return _retry(dead, args)
+        return _purge(dead, args)
+    finally:
+        inspector.close()
 
 
-def _list(spool: Spool, args: argparse.Namespace) -> int:
-    entries = quarantine.list_errors(spool, args.group)
+def _list(dead: Any, args: argparse.Namespace) -> int:
+    entries = dead.list(args.group)
     if args.json:
         print(json.dumps([e.summary() for e in entries], indent=1))
         return EXIT_OK
@@ -69,8 +73,8 @@ def _list(spool: Spool, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _show(spool: Spool, args: argparse.Namespace) -> int:
-    matches, ids = quarantine.find(spool, args.id, args.group)
+def _show(dead: Any, args: argparse.Namespace) -> int:
+    matches, ids = dead.find(args.id, args.group)
     if not matches:
         print(f"no quarantined message with id (or id prefix, or file) {args.id}", file=sys.stderr)
         return EXIT_FAILURE
@@ -79,7 +83,7 @@ def _show(spool: Spool, args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_FAILURE
     if args.json:
-        print(json.dumps([{"group": e.group, "file": e.file, "error": e.record, "message": _text(spool, e)}
+        print(json.dumps([{"group": e.group, "file": e.file, "error": e.record, "message": _text(dead, e)}
                           for e in matches], indent=1))
         return EXIT_OK
     if len(matches) > 1:
@@ -87,19 +91,19 @@ def _show(spool: Spool, args: argparse.Namespace) -> int:
     for n, entry in enumerate(matches):
         if n:
             print()
-        print(quarantine.render(entry, _text(spool, entry)))
+        print(records.render(entry, _text(dead, entry)))
     return EXIT_OK
 
 
-def _text(spool: Spool, entry: quarantine.ErrorEntry) -> str | None:
-    body = quarantine.read_message(spool, entry)
+def _text(dead: Any, entry: records.ErrorEntry) -> str | None:
+    body = dead.read(entry)
     return body.decode("utf-8", "replace") if body is not None else None
 
 
-def _retry(spool: Spool, args: argparse.Namespace) -> int:
+def _retry(dead: Any, args: argparse.Namespace) -> int:
     if not args.all and not args.ids:
         raise ConfigError("errors retry: name message ids, or --all")
-    entries = quarantine.list_errors(spool, args.group)
+    entries = dead.list(args.group)
     if not args.all:
         wanted = set(args.ids)
         entries = [e for e in entries if e.message_id in wanted or e.file in wanted]
@@ -107,21 +111,21 @@ def _retry(spool: Spool, args: argparse.Namespace) -> int:
         if missing:
             print(f"not in errors/: {', '.join(sorted(missing))}", file=sys.stderr)
     for e in entries:
-        if not quarantine.has_message(spool, e):
+        if not dead.has_message(e):
             print(f"skipped {e.group}/{e.file}: its error record has no message (purge it)", file=sys.stderr)
             continue
-        name = quarantine.retry(spool, e)
+        name = dead.retry(e)
         print(f"retried {e.group}/{name}")
     return EXIT_OK if entries or args.all else EXIT_FAILURE
 
 
-def _purge(spool: Spool, args: argparse.Namespace) -> int:
+def _purge(dead: Any, args: argparse.Namespace) -> int:
     if not args.all and not args.older_than:
         raise ConfigError("errors purge: give --all or --older-than DURATION (like 7d)")
-    entries = quarantine.list_errors(spool, args.group)
+    entries = dead.list(args.group)
     if args.older_than:
         try:
-            entries = quarantine.older_than(entries, quarantine.parse_duration(args.older_than))
+            entries = records.older_than(entries, records.parse_duration(args.older_than))
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
     if args.dry_run:
@@ -130,6 +134,6 @@ def _purge(spool: Spool, args: argparse.Namespace) -> int:
         print(f"would purge {len(entries)} quarantined message(s); nothing was deleted")
         return EXIT_OK
     for e in entries:
-        quarantine.purge(spool, e)
+        dead.purge(e)
     print(f"purged {len(entries)} quarantined message(s)")
     return EXIT_OK

@@ -29,7 +29,7 @@ from typing import Any
 from ipcpool.channel import ResultChannel, TaskChannel
 from ipcpool.config import Config
 from ipcpool.health import ProcessProbe, ProcessReading, pid_alive
-from ipcpool.spool import flock_holders
+from ipcpool.localroot import flock_holders
 from ipcpool.worker import SHARED_SLOTS, SLOT_SEQ, SLOT_STARTED, WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)

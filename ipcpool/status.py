@@ -1,4 +1,4 @@
-"""The status record: built from the supervisor's state, rendered as a table.
+"""The status record: the supervisor's snapshot plus the transport's stats, rendered as a table.
 
 ``status.json`` is the supervisor's only public view of itself: ``ipcpool
 health`` judges it, ``ipcpool status`` prints it, and operators may read it.
@@ -10,9 +10,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from ipcpool.health import spool_space
 from ipcpool.pool import wall_to_iso
-from ipcpool.spool import ERROR_SUFFIX, ERRORS, Spool, message_stem
 from ipcpool.worker import SLOT_SEQ
 
 if TYPE_CHECKING:
@@ -20,8 +18,11 @@ if TYPE_CHECKING:
 
 
 def build_status(sup: Supervisor, now: float) -> dict[str, Any]:
+    """The supervisor's snapshot of its workers, with the transport's view of the queues beside it."""
     wall = time.time()
     interval = sup.config.heartbeat.interval
+    source = sup.source.stats()
+    groups = {name: dict(g, held=0, running=0, processing=0) for name, g in source["groups"].items()}
     workers = []
     for worker in sup.workers:
         current, started = worker.current()
@@ -30,6 +31,7 @@ def build_status(sup: Supervisor, now: float) -> dict[str, Any]:
         state = worker.state.value
         if state == "ready" and outstanding:
             state = "busy"
+        _count_held(worker, current, groups)
         workers.append({
             "pid": worker.pid,
             "slot": worker.slot,
@@ -52,7 +54,8 @@ def build_status(sup: Supervisor, now: float) -> dict[str, Any]:
         "interval": interval,
         "writtenAt": wall,
         "writtenAtIso": wall_to_iso(wall),
-        "root": str(sup.spool.root),
+        "root": str(sup.local.root),
+        "transport": sup.source.backend,
         "supervisor": {
             "pid": os.getpid(),
             "startedAt": wall_to_iso(sup.started_wall),
@@ -61,97 +64,41 @@ def build_status(sup: Supervisor, now: float) -> dict[str, Any]:
         },
         "expectedWorkers": sup.pool_size,
         "workers": workers,
-        "groups": _groups(sup, now),
+        "groups": groups,
         "externalHeartbeats": [
             {"group": group, "processId": pid, "status": rec["status"], "age": round(wall - rec["at"], 1)}
             for (group, pid), rec in sorted(sup.external.items())
         ],
-        "totals": dict(sup.totals, queued=len(sup.pending), held=sum(w["held"] for w in workers),
-                       running=sum(w["running"] for w in workers), inflight=len(sup.inflight)),
-        "spool": _spool(sup),
+        "totals": dict(sup.totals, queued=sum(g["queued"] for g in groups.values()),
+                       held=sum(w["held"] for w in workers), running=sum(w["running"] for w in workers),
+                       inflight=sum(len(w.held) for w in sup.workers)),
+        "spool": source["transport"],
     }
+
+
+def _count_held(worker: Any, current: Any, groups: dict[str, dict[str, Any]]) -> None:
+    seq = int(worker.shared[SLOT_SEQ])
+    for delivery in worker.held.values():
+        entry = groups.get(delivery.group)
+        if entry is None:
+            continue
+        entry["processing"] += 1
+        if delivery is current:
+            entry["running"] += 1
+        elif delivery.seq > seq:  # not reached yet (those before it are done, not yet reported)
+            entry["held"] += 1
 
 
 def _current_message(worker: Any, current: Any) -> dict[str, Any] | None:
     """The running message's id and type: from the worker's heartbeat when it is about this
-    delivery, else the id its file name gives (senders name files after ids)."""
+    delivery, else the id its name gives (senders name files after ids)."""
     if current is None:
         return None
     told = worker.current_message
     if isinstance(told, dict) and told.get("seq") == current.seq:
         return {"id": told.get("id"), "type": told.get("type"), "group": current.group}
-    return {"id": message_stem(current.name), "type": None, "group": current.group}
-
-
-def _spool(sup: Supervisor) -> dict[str, Any]:
-    """The spool's own troubles: stranded transitions, a full filesystem, free space."""
-    stranded = sup.stranded
-    errors = [e.error for e in stranded.entries.values()]
-    return {
-        "full": stranded.no_space,
-        "stranded": len(stranded),
-        "ackHolds": stranded.ack_holds,
-        "error": errors[0] if errors else None,
-        **(spool_space(sup.spool.root) or {}),
-    }
-
-
-def _groups(sup: Supervisor, now: float) -> dict[str, Any]:
-    stats: dict[str, dict[str, Any]] = {
-        g: {"queued": 0, "held": 0, "running": 0, "processing": 0, "errors": sup.errors_cache.get(g, (0, 0))[1],
-            "oldestQueuedAge": None}
-        for g in sorted(sup.groups)
-    }
-    for (group, _name), seen in sup.pending.items():
-        entry = stats.get(group)
-        if entry is None:
-            continue
-        entry["queued"] += 1
-        if entry["oldestQueuedAge"] is None:
-            entry["oldestQueuedAge"] = round(now - seen, 3)
-    for worker in sup.workers:
-        current, _started = worker.current()
-        seq = int(worker.shared[SLOT_SEQ])
-        for delivery in worker.held.values():
-            entry = stats.get(delivery.group)
-            if entry is None:
-                continue
-            entry["processing"] += 1
-            if delivery is current:
-                entry["running"] += 1
-            elif delivery.seq > seq:  # not reached yet (those before it are done, not yet reported)
-                entry["held"] += 1
-    return stats
-
-
-def folder_counts(spool: Spool) -> dict[str, dict[str, int]]:
-    """What each group's folders hold, counted on disk: true with or without a supervisor."""
-    counts = {}
-    for group in spool.list_groups():
-        try:
-            with os.scandir(spool.path(group, ERRORS)) as entries:
-                errors = sum(1 for e in entries if e.name.endswith(ERROR_SUFFIX))
-        except FileNotFoundError:
-            errors = 0
-        counts[group] = {"queued": len(spool.scan_inboxes(group)), "processing": len(spool.scan_processing(group)),
-                         "errors": errors}
-    return counts
-
-
-def count_errors(sup: Supervisor, group: str) -> int:
-    """Quarantined messages in a group, recounted (during rescans) only when the folder changed."""
-    path = sup.spool.path(group, ERRORS)
-    try:
-        mtime = os.stat(path).st_mtime_ns
-    except OSError:
-        return 0
-    cached = sup.errors_cache.get(group)
-    if cached and cached[0] == mtime:
-        return cached[1]
-    with os.scandir(path) as entries:
-        count = sum(1 for e in entries if e.name.endswith(ERROR_SUFFIX))
-    sup.errors_cache[group] = (mtime, count)
-    return count
+    name = current.name[current.name.rfind("/") + 1:]
+    return {"id": name.rsplit(".", 1)[0], "type": None, "group": current.group}
 
 
 def _create_time(probe: Any) -> float | None:

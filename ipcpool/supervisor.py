@@ -1,36 +1,33 @@
-"""The supervisor: one process, one loop, every message in exactly one place.
+"""The supervisor: one process, one loop, every worker watched, every message accounted for.
 
 Data flow::
 
-    senders --rename--> <group>/messages/
-                             |  inotify fd, read in the loop -> hints (file, closed, group, overflow)
+    transport (Source) --take--> held by worker i
+                             |  ("run", [receipt, ...]) on worker i's task pipe
                              v
-    pending (ordered, deduplicated) --claim: rename into processing/--> inflight
-                             |                                            |
-                             |  ("run", batch) on worker i's task pipe    |
-                             v                                            |
     worker 1..N  --("done", results) / ("hb", heartbeat) / ("stopping", why)
-                   / ("retiring", n) on its result pipe--> supervisor
+                   / ("retiring", n) on its result pipe--> supervisor --> finished / requeue / quarantine
 
 The loop blocks in one call, an epoll wait (:class:`WaitSet`) over every
 worker's result pipe and process (its status pipe, or its pidfd once the
 forkserver that passes statuses on is gone), task pipes with a backlog, the
-inotify descriptor, and the wake-up pipe (fed by signal handlers, and by the
-polling watcher's thread when that is configured), then runs non-blocking
-steps named by verbs: ``read_results``, ``drain_hints``, ``reap_workers``,
-``kill_stale_workers``, ``recycle_workers``, ``spawn_missing_workers``,
-``dispatch_pending``, ``run_timers``. Nothing in it blocks on one worker:
-the pipes are written and read without waiting (``ipcpool.channel``).
+transport's descriptor (inotify for the spool, a socket for Redis), and the
+wake-up pipe (fed by signal handlers, and by a watcher thread when one is
+configured), then runs non-blocking steps named by verbs: ``read_results``,
+``poll`` (the transport), ``reap_workers``, ``kill_stale_workers``,
+``recycle_workers``, ``spawn_missing_workers``, ``dispatch``, ``run_timers``.
+Nothing in it blocks on one worker: the pipes are written and read without
+waiting (``ipcpool.channel``).
 
-The supervisor is the only process that claims files (rename into
-``processing/``), so ``inflight`` always says which worker holds which file:
-when a worker has really ended (a lost exit status is not a death), what it
-held goes back to ``messages/``; the delivery that was running when it died
-counts against the message, and after ``[pool] max_deliveries`` such
-deliveries the message is quarantined as poison. A transition that fails
-half-way (a requeue, a quarantine, the ack of a handled message on a full
-disk) leaves the message tracked in ``stranded`` and retried. It never
-imports or runs handler code.
+The supervisor is the pool: it spawns, reaps, kills and recycles workers,
+dispatches by their live load, decides when a message is poison, and handles
+signals. Where messages live is the transport's business (``ipcpool.transport``):
+the supervisor takes messages from it and gives them back. Every message a
+worker holds is in that worker's ``held``; when a worker has really ended (a
+lost exit status is not a death), what it held goes back; the delivery that
+was running when it died counts against the message, and after
+``[pool] max_deliveries`` such deliveries the message is quarantined as poison.
+It never imports or runs handler code.
 
 Signals: SIGTERM and SIGINT drain (a second SIGINT, or SIGQUIT, stops now:
 held messages go back); SIGHUP, SIGUSR1, SIGUSR2, SIGTTIN and SIGTTOU are
@@ -47,14 +44,14 @@ import random
 import signal
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterator
 from typing import Any
 
 from ipcpool import proctitle
 from ipcpool.config import Config
-from ipcpool.errors import EXIT_OK, EXIT_WORKER_BOOT, EXIT_WORKER_GRACE, SpoolError
+from ipcpool.errors import EXIT_OK, EXIT_WORKER_BOOT, EXIT_WORKER_GRACE
 from ipcpool.health import ProcessProbe, write_status
-from ipcpool.message import format_for, now_iso, summarize_bytes
+from ipcpool.localroot import LocalRoot
+from ipcpool.message import now_iso
 from ipcpool.pool import (
     Delivery,
     StopReason,
@@ -66,18 +63,14 @@ from ipcpool.pool import (
     mp_context,
     spawn_worker,
 )
-from ipcpool.spool import ACKS, PROCESSING, RESPONSES, RETRIED, TMP, Spool, is_message_name, message_stem
-from ipcpool.status import build_status, count_errors
-from ipcpool.stranded import ACK, QUARANTINE, REQUEUE, RETRY_INTERVAL, Stranded
+from ipcpool.status import build_status
+from ipcpool.transport import make_source
 from ipcpool.waitset import READABLE, WRITABLE, Waitable, WaitSet
-from ipcpool.watcher import CLOSED, FILE, GROUP, LOST, OVERFLOW, Hint, make_watcher
 from ipcpool.worker import SLOT_ACK_HOLDS, nack_body
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (group, file name)
 HOUSEKEEPING_INTERVAL = 60.0
-RESCAN_SLICE = 0.0002  # seconds of scanning per loop iteration
 BOOT_BACKOFF = 0.1  # first respawn delay after a boot failure; doubles each time
 CRASH_BACKOFF = 0.02  # respawn delay after repeated young crashes; doubles, capped
 CRASH_BACKOFF_MAX = 0.5
@@ -106,7 +99,8 @@ class Supervisor:
         self.config = config
         self.handler_objects = handlers
         self.clock = clock
-        self.spool = Spool.from_config(config)
+        self.local = LocalRoot(config.spool.root)
+        self.source = make_source(config, clock=clock, on_hint=self._wake)
         self.pool_size = config.pool.workers
         self.workers: list[WorkerHandle] = []
         self.restarts = [0] * self.pool_size
@@ -114,27 +108,17 @@ class Supervisor:
         self.boot_failures = 0
         self.last_boot_error = ""
         self.crash_streak = [0] * self.pool_size
-        self.pending: OrderedDict[Key, float] = OrderedDict()
-        self.inflight: dict[Key, WorkerHandle] = {}
-        self.blocked: set[Key] = set()  # re-published while the same name is in flight (or stranded)
-        self.unclaimable: set[Key] = set()  # rename refused (permissions): logged once, retried on rescans
-        self.settling: dict[Key, float] = {}  # not decodable yet: wait until due
-        self.failures: dict[Key, list[dict[str, Any]]] = {}
-        self.stranded = Stranded(self.spool, self._requeue_stranded)
-        self.groups: set[str] = set()
-        self.refused_groups: set[str] = set()  # folders strict_groups keeps out (each logged once)
         self.external: dict[tuple[str, str], dict[str, Any]] = {}
         self.totals = {"handled": 0, "failed": 0, "duplicates": 0, "poisoned": 0, "requeued": 0}
-        self.returned = 0  # messages put back into messages/ since the drain began
-        self._hints: deque[Hint] = deque()
+        self.returned = 0  # messages put back since the drain began
         self._signals: deque[int] = deque()
         self._seq = 0
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._waitset = WaitSet()
         self._ctx = mp_context(fork=handlers is not None)
-        self._watcher: Any = None
         self._lock_fd: int | None = lock_fd  # the compat API takes the lock before it forks us
         self._on_started = on_started  # called once every worker is ready (the compat API waits for it)
+        self._holds_acks = False  # the transport's last word on it, told to every worker
         self.state = "starting"
         self.exit_code = EXIT_OK
         self.halt_reason = ""
@@ -144,12 +128,8 @@ class Supervisor:
         interval = config.heartbeat.interval
         self.tick = min(0.25, interval / 4)
         self.next_status = 0.0
-        self.next_rescan = 0.0
+        self.next_renew = 0.0
         self.next_housekeeping = 0.0
-        self.next_stranded_retry = 0.0
-        self._housekeeping: Iterator[None] | None = None  # a pruning pass in progress
-        self.errors_cache: dict[str, tuple[int, int]] = {}  # group -> (errors/ mtime, quarantined count)
-        self.rescan_queue: deque[str] = deque()
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -159,11 +139,11 @@ class Supervisor:
         Raises AlreadyRunning, before touching anything, when another
         supervisor owns the root.
         """
-        self.spool.ensure_root()
+        self.local.ensure(0o700 if self.config.spool.mode == "private" else 0o2750)
         if self._lock_fd is None:
-            self._lock_fd = self.spool.acquire_lock()
+            self._lock_fd = self.local.acquire_lock()
         else:
-            self.spool.record_lock_owner(self._lock_fd)
+            self.local.record_lock_owner(self._lock_fd)
         try:
             self.boot()
             while self.state in ("running", "draining"):
@@ -181,42 +161,15 @@ class Supervisor:
         return self.exit_code
 
     def boot(self) -> None:
-        spool = self.spool
-        proctitle.Title().set(proctitle.supervisor(spool.root))
+        proctitle.Title().set(proctitle.supervisor(self.local.root))
         self._install_signals()
         self.wait_for_old_workers()
-        for group in self.config.spool.groups:
-            spool.ensure_group(group)
-        self.failures = spool.load_deliveries()
-        recovered = sum(self.reconcile_group(group) for group in spool.list_groups())
+        recovered = self.source.open()
         now = self.clock()
         for slot in range(self.pool_size):
             self.spawn(slot, now)
-        self._watcher = make_watcher(str(spool.root), self._on_hint,
-                                     polling=self.config.spool.watcher == "polling",
-                                     poll_interval=min(1.0, self.config.spool.rescan_interval),
-                                     inboxes=self.config.spool.inboxes)
-        self._watcher.start()
-        for group in spool.list_groups():
-            self.add_group(group)
-        log.info("%d messages queued at start (%d recovered from processing/)", len(self.pending), recovered)
+        log.info("%d messages queued at start (%d recovered from processing/)", self.source.backlog(), recovered)
         self.state = "running"
-        self.next_rescan = now + self.config.spool.rescan_interval
-
-    def reconcile_group(self, group: str) -> int:
-        """After a crash, everything in processing/ goes back to messages/ (not held against it).
-
-        Handled messages kept for an ack that could not be written get it now.
-        Returns how many messages went back.
-        """
-        for held in self.spool.ack_holds(group):
-            self._ack_held((group, held), None)
-        recovered = 0
-        for name in self.spool.scan_processing(group):
-            if self.requeue_or_strand((group, name)) is not None:
-                recovered += 1
-                log.warning("Recovered message from processing/ after restart group=%s file=%s", group, name)
-        return recovered
 
     def wait_for_old_workers(self) -> None:
         """Workers of a dead supervisor hold workers.lock shared until they exit: wait for them.
@@ -226,8 +179,7 @@ class Supervisor:
         reused a listed pid); then start-up goes on regardless, so a lock
         leaked into some unrelated process can delay a restart but never block it.
         """
-        path = self.spool.state_dir / "workers.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(self.local.workers_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         grace = 2 * self.config.heartbeat.interval + 1.0
         deadline = time.monotonic() + grace
         killed = False
@@ -252,17 +204,14 @@ class Supervisor:
             os.close(fd)
 
     def shutdown(self) -> None:
-        if self._watcher is not None:
-            self._watcher.stop()
-            self._watcher = None
         for worker in list(self.workers):
             # A worker whose exit status was lost may still run: it is ended before
             # what it held goes back, so nothing is handled and requeued at once.
             if not worker.has_exited():
                 worker.signal(signal.SIGKILL)
                 if not worker.wait_gone(SHUTDOWN_KILL_WAIT):
-                    log.error("worker pid=%d did not end after SIGKILL; what it held stays in processing/ "
-                              "until the next start", worker.pid)
+                    log.error("worker pid=%d did not end after SIGKILL; what it held stays claimed until the "
+                              "next start", worker.pid)
                     continue
             self.read_leftovers(worker)
             self._release_held(worker, blame=False)
@@ -277,6 +226,7 @@ class Supervisor:
             self.write_status(self.clock())
         except OSError as exc:
             log.error("cannot write the final status.json: %s", exc)
+        self.source.close()
         log.info("Enhanced IPC system stopped (%s)", self.halt_reason or "drained")
         self._waitset.close()
         if self._lock_fd is not None:
@@ -287,10 +237,11 @@ class Supervisor:
 
     def step(self, timeout: float | None = None) -> None:
         """One iteration: block in one wait, then run every non-blocking step."""
+        source = self.source
         waitables: list[Waitable] = [(self._wake_r, READABLE, "wake", self)]
-        watch_fd = self._watcher.fileno() if self._watcher is not None else None
-        if watch_fd is not None:
-            waitables.append((watch_fd, READABLE, "watch", self._watcher))
+        source_fd = source.fileno()
+        if source_fd is not None:
+            waitables.append((source_fd, READABLE, "source", source))
         for worker in self.workers:
             death = worker.death_fd
             if death is not None:
@@ -300,28 +251,26 @@ class Supervisor:
             if worker.tasks.pending:
                 waitables.append((worker.tasks.fd, WRITABLE, "tasks", worker))
         if timeout is None:
-            # A rescan or pruning pass in slices: come straight back.
-            timeout = 0.0 if self.rescan_queue or self._housekeeping is not None else self.tick
+            timeout = 0.0 if source.busy() else self.tick  # sliced work (a rescan, pruning): come straight back
         ready = self._waitset.wait(waitables, timeout)
         if self._wake_r in ready:
             self._drain_wake_pipe()
-        if watch_fd is not None and watch_fd in ready:
-            self._hints.extend(self._watcher.read())
+        if source_fd is not None and source_fd in ready:
+            source.read_events()
         self.handle_signals()
         self.flush_tasks(ready)
         self.read_results(ready)
-        self.drain_hints()
         now = self.clock()
+        source.poll(now)
         self.reap_workers(now, ready)
         self.kill_stale_workers(now)
         self.recycle_workers()
         self.spawn_missing_workers(now)
-        self.dispatch_pending()
+        self.dispatch()
         self.run_timers(now)
 
-    def _on_hint(self, hint: Hint) -> None:
-        """The polling watcher's thread: enqueue and wake, nothing else."""
-        self._hints.append(hint)
+    def _wake(self) -> None:
+        """A watcher thread has news for the loop (thread-safe: one byte into the wake-up pipe)."""
         try:
             os.write(self._wake_w, b"h")
         except BlockingIOError:
@@ -413,50 +362,16 @@ class Supervisor:
         delivery = worker.held.pop(seq, None)
         if delivery is None:
             return
-        key = delivery.key
-        self.inflight.pop(key, None)
-        if outcome == "unsettled":
-            back = self.requeue_or_strand(key, count=False)
-            if back is not None:
-                self.pending.pop(back, None)
-                self.settling[back] = self.clock() + self.config.spool.settle_time
-        elif outcome == "returned":
-            self.requeue_or_strand(key, count=False)
+        if outcome == "unsettled":  # not decodable yet, and still changing: back, and offered when settled
+            self._requeue(delivery, counted=False, later=self.config.spool.settle_time)
+        elif outcome == "returned":  # never started: the worker is stopping
+            self._requeue(delivery, counted=False)
         else:
-            self._count_outcome(worker, outcome, key, info)
-            if key in self.failures:
-                del self.failures[key]
-                self.spool.drop_deliveries(*key)
-            self._take_over(key, info[-1] if outcome == "heartbeat" and info is not None else info)
-        self._unblock(key)
+            self._count_outcome(worker, outcome, delivery.group, info)
+            self.source.finished(delivery.group, delivery.name, outcome,
+                                 info[-1] if outcome == "heartbeat" and info is not None else info)
 
-    def _take_over(self, key: Key, info: Any) -> None:
-        """What a worker could not finish for a delivery: an ack to write, a move to errors/ to make."""
-        if not isinstance(info, dict):
-            return
-        if "ackHold" in info:
-            self._ack_held((key[0], info["ackHold"]), info.get("id"), errno_=info.get("errno"))
-        elif "quarantine" in info:
-            self.stranded.add(key, QUARANTINE, info.get("error", "the move to errors/ failed"),
-                              errno_=info.get("errno"), record=info["quarantine"], nack=info.get("nack"))
-
-    def _ack_held(self, key: Key, message_id: str | None, *, errno_: int | None = None) -> None:
-        """Write the ack of a handled message held in processing/, or keep trying."""
-        try:
-            self.spool.release_ack_hold(key[0], key[1], message_id)
-        except OSError as exc:
-            self.stranded.add(key, ACK, exc, message_id=message_id or key[1][5:])
-            self._mark_ack_holds(True)
-            return
-        log.info("ACK written for a handled message that had to wait for it group=%s id=%s",
-                 key[0], message_id or key[1])
-
-    def _mark_ack_holds(self, on: bool) -> None:
-        """Tell every worker whether handled messages wait for acks (then the ack check also looks for them)."""
-        for worker in self.workers:
-            worker.shared[SLOT_ACK_HOLDS] = 1.0 if on else 0.0
-
-    def _count_outcome(self, worker: WorkerHandle, outcome: str, key: Key, info: Any) -> None:
+    def _count_outcome(self, worker: WorkerHandle, outcome: str, group: str, info: Any) -> None:
         if outcome == "handled":
             worker.handled += 1
             self.totals["handled"] += 1
@@ -468,108 +383,25 @@ class Supervisor:
             self.totals["failed"] += 1
         elif outcome == "heartbeat" and info is not None:
             pid, status = info[0], info[1]
-            self.external[(key[0], str(pid))] = {"status": status, "at": time.time()}
+            self.external[(group, str(pid))] = {"status": status, "at": time.time()}
             if len(self.external) > MAX_EXTERNAL_HEARTBEATS:  # bounded: writers choose the keys
                 del self.external[min(self.external, key=lambda k: self.external[k]["at"])]
 
-    # -- watcher hints and scans --------------------------------------------------------------------
-
-    def drain_hints(self) -> None:
-        hints = self._hints
-        now = self.clock()
-        while hints:
-            kind, group, name = hints.popleft()
-            if kind in (FILE, CLOSED):
-                if group in self.groups and name is not None:
-                    self.offer(group, name, now, closed=kind == CLOSED)
-            elif kind == GROUP and group is not None:
-                if self.spool.is_group_dir(group):
-                    self.add_group(group)
-            elif kind == OVERFLOW:
-                if self.next_rescan > 0.0:  # one line per overflow, however many watches saw it
-                    log.warning("filesystem events were lost (inotify overflow); rescanning now")
-                self.next_rescan = 0.0
-            elif kind == LOST and group is not None:
-                self.groups.discard(group)
-                if self._watcher is not None:
-                    self._watcher.unwatch_group(group)
-                self.next_rescan = 0.0
-
-    def offer(self, group: str, name: str, now: float, *, closed: bool = False) -> None:
-        """A file may be ready in messages/: queue it unless it is already known."""
-        if not is_message_name(name):
-            return
-        key = (group, name)
-        if key in self.settling:
-            if not closed:
-                return
-            del self.settling[key]
-        if key in self.inflight or key in self.stranded:
-            self.blocked.add(key)
-        elif key not in self.pending:
-            self.pending[key] = now
-
-    def add_group(self, group: str) -> None:
-        if group in self.groups:
-            return
-        spool_config = self.config.spool
-        if spool_config.strict_groups and group not in spool_config.groups:
-            if group not in self.refused_groups:
-                self.refused_groups.add(group)
-                log.warning("ignoring group folder %s: it is not in [spool] groups and [spool] strict_groups is on",
-                            group)
-            return
-        try:
-            self.spool.ensure_group(group)
-        except (SpoolError, OSError) as exc:
-            log.warning("refusing group %s: %s", group, exc)
-            return
-        self.groups.add(group)
-        if self._watcher is not None:
-            self._watcher.watch_group(group)
-        self.scan_group(group)
-        count_errors(self, group)
-
-    def scan_group(self, group: str) -> None:
-        now = self.clock()
-        try:
-            names = self.spool.scan_inboxes(group)
-        except OSError as exc:
-            log.error("cannot scan group %s: %s", group, exc)
-            return
-        for name in names:
-            self.offer(group, name, now)
-
-    def rescan(self) -> None:
-        """Start a rescan: new groups now, every group's messages/ in slices (see continue_rescan)."""
-        self.unclaimable.clear()  # retried (and logged again) at most once per rescan
-        for group in self.spool.list_groups():
-            if group not in self.groups:
-                self.add_group(group)
-            else:
-                self.rescan_queue.append(group)
-
-    def continue_rescan(self) -> None:
-        """Scan queued groups for at most RESCAN_SLICE seconds, so a thousand groups never stall the loop."""
-        deadline = time.monotonic() + RESCAN_SLICE
-        queue = self.rescan_queue
-        while queue and time.monotonic() < deadline:
-            group = queue.popleft()
-            if group in self.groups:
-                self.scan_group(group)
-                count_errors(self, group)
-
     # -- dispatch ------------------------------------------------------------------------------------------
 
-    def dispatch_pending(self) -> None:
-        if self.state != "running" or not self.pending:
+    def dispatch(self) -> None:
+        """Hand what the transport has to the workers with room, by their live load."""
+        if self.state != "running":
             return
         prefetch = self.config.pool.prefetch
         # Top a worker up only once half its prefetch is free: fewer, larger batches.
         refill_at = max(1, prefetch // 2)
         load = {w: w.outstanding() for w in self.workers if w.state is WorkerState.READY and w.tasks.open}
         ready = [w for w, n in load.items() if prefetch - n >= refill_at]
-        if not ready:
+        source = self.source
+        source.want(sum(prefetch - load[w] for w in ready))
+        backlog = source.backlog()
+        if not ready or not backlog:
             return
         # Even shares: no worker holds more than its part of all the work pending or
         # outstanding, so a burst never queues behind one worker. Until the pool first
@@ -577,58 +409,28 @@ class Supervisor:
         # later, a replacement booting does not hold work back from the others.
         booting = 0 if self.announced else sum(
             1 for w in self.workers if w.stop_reason is None and w.state is WorkerState.STARTING)
-        work = len(self.pending) + sum(load.values())
-        share = -(-work // (len(load) + booting))
+        share = -(-(backlog + sum(load.values())) // (len(load) + booting))
         ready.sort(key=load.__getitem__)
         for worker in ready:
             room = min(prefetch, share) - load[worker]
             if room <= 0:
                 continue
             batch: list[tuple[int, str, str, int]] = []
-            while room > 0 and self.pending:
-                key, _seen = self.pending.popitem(last=False)
-                if key in self.inflight:
-                    self.blocked.add(key)
-                    continue
-                if not self.claim(key):
-                    continue
+            for group, ref, deliveries in source.take(room):
                 self._seq += 1
-                delivery = Delivery(self._seq, key[0], key[1], len(self.failures.get(key, ())) + 1)
-                worker.held[self._seq] = delivery
-                self.inflight[key] = worker
-                batch.append((self._seq, key[0], key[1], delivery.deliveries))
-                room -= 1
+                worker.held[self._seq] = Delivery(self._seq, group, ref, deliveries)
+                batch.append((self._seq, group, ref, deliveries))
             if batch and not worker.send(("run", batch)):
                 log.warning("worker pid=%d channel closed while dispatching", worker.pid)
-            if not self.pending:
+            if not source.backlog():
                 break
-
-    def claim(self, key: Key) -> bool:
-        """Rename into processing/; a file that cannot be claimed never stops the loop."""
-        try:
-            return self.spool.claim(*key)
-        except FileExistsError:
-            if key in self.stranded:  # its namesake in processing/ is being retried: this one waits for it
-                self.blocked.add(key)
-                return False
-            # An untracked file in processing/ under this name (put there by hand?):
-            # put it back beside the new one, and claim both in turn.
-            log.warning("stranded file in processing/ group=%s file=%s; requeueing it", *key)
-            self.requeue_or_strand(key)
-            self.pending[key] = self.clock()
-            return False
-        except OSError as exc:
-            if key not in self.unclaimable:
-                log.error("cannot claim group=%s file=%s: %s; leaving it in messages/", key[0], key[1], exc)
-            self.unclaimable.add(key)
-            return False
 
     # -- supervision --------------------------------------------------------------------------
 
     def spawn(self, slot: int, now: float) -> None:
         inherited: tuple[int, ...] = ()
         if self.handler_objects is not None:  # forked: close what is the supervisor's, siblings' channels too
-            own = (self._lock_fd, self._wake_r, self._wake_w, self._waitset.fileno())
+            own = (self._lock_fd, self._wake_r, self._wake_w, self._waitset.fileno(), self.source.fileno())
             siblings = [fd for w in self.workers for fd in (w.tasks.fd, w.results.fd, w.process.sentinel, w.pidfd)]
             inherited = tuple(fd for fd in (*own, *siblings) if fd is not None)
         max_tasks = self.config.pool.max_tasks_per_worker
@@ -636,7 +438,7 @@ class Supervisor:
             max_tasks += random.randint(0, max(1, max_tasks // 10))
         worker = spawn_worker(self._ctx, self.config, slot, os.getpid(), now, self.handler_objects, inherited,
                               max_tasks)
-        if self.stranded.ack_holds:
+        if self._holds_acks:
             worker.shared[SLOT_ACK_HOLDS] = 1.0
         self.workers.append(worker)
 
@@ -713,7 +515,7 @@ class Supervisor:
         log.error("worker failed to boot pid=%d slot=%d (%s), failure %d of %d: %s",
                   worker.pid, worker.slot, how, self.boot_failures, limit, shown)
         if self.boot_failures >= limit:
-            self.halt(EXIT_WORKER_BOOT, f"workers cannot boot: {detail.strip().splitlines()[0]}")
+            self.halt(EXIT_WORKER_BOOT, f"workers cannot boot: {detail.splitlines()[0]}")
             return
         self.next_spawn[worker.slot] = now + BOOT_BACKOFF * 2 ** (self.boot_failures - 1)
 
@@ -735,109 +537,40 @@ class Supervisor:
         self.next_spawn[slot] = now + (min(CRASH_BACKOFF_MAX, CRASH_BACKOFF * 2**streak) if streak > 1 else 0.0)
 
     def _release_held(self, worker: WorkerHandle, *, blame: bool, how: str = "") -> None:
-        """Everything an ended worker held goes back; the running delivery is blamed if asked.
-
-        Each delivery is one transition: one that fails leaves its message
-        stranded (tracked, retried), never half-forgotten.
-        """
+        """Everything an ended worker held goes back; the running delivery is blamed if asked."""
         current, _started = worker.current() if blame else (None, 0.0)
         held, worker.held = list(worker.held.values()), OrderedDict()
         for delivery in held:
-            key = delivery.key
-            self.inflight.pop(key, None)
             if delivery is current:
                 self.record_failed_delivery(delivery, worker, how)
             else:
-                self.requeue_or_strand(key)
-            self._unblock(key)
+                self._requeue(delivery)
 
-    def _unblock(self, key: Key) -> None:
-        """A copy of this name waited in messages/ for this one to be done: offer it now."""
-        if key in self.blocked and key not in self.inflight and key not in self.stranded:
-            self.blocked.discard(key)
-            self.pending[key] = self.clock()
+    def _requeue(self, delivery: Delivery, *, counted: bool = True, later: float = 0.0) -> None:
+        self.source.requeue(delivery.group, delivery.name, later=later, counted=counted)
+        if counted:
+            self.totals["requeued"] += 1
+        if self.state != "running":
+            self.returned += 1
 
     def record_failed_delivery(self, delivery: Delivery, worker: WorkerHandle, how: str) -> None:
-        key = delivery.key
-        history = self.failures.setdefault(key, [])
-        history.append({"delivery": delivery.deliveries, "workerPid": worker.pid, "ended": how, "time": now_iso()})
+        """This delivery killed or hung its worker: counted against the message; poison at the limit."""
+        group, ref = delivery.group, delivery.name
+        history = self.source.failed_delivery(group, ref, {
+            "delivery": delivery.deliveries, "workerPid": worker.pid, "ended": how, "time": now_iso()})
         limit = self.config.pool.max_deliveries
         if len(history) < limit:
-            self.requeue_or_strand(key)
+            self._requeue(delivery)
             return
-        summary = self._summarize(key)
+        summary = self.source.summarize(group, ref)
         record = {"id": summary.id, "type": summary.type, "attempts": len(history),
                   "reason": f"poison message: {len(history)} deliveries killed or hung a worker "
                             f"([pool] max_deliveries = {limit})",
                   "deliveries": history}
-        nack = nack_body(key[0], record, summary, "poisoned")
-        try:
-            self.spool.quarantine(key[0], key[1], record, nack=nack)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            self.stranded.add(key, QUARANTINE, exc, record=record, nack=nack)
-            return  # its history stays until the move is made
-        else:
+        if self.source.quarantine(group, ref, record, nack_body(group, record, summary, "poisoned")):
             log.error("Poison message moved to errors/ id=%s type=%s group=%s file=%s after %d deliveries",
-                      summary.id, summary.type, key[0], key[1], len(history))
+                      summary.id, summary.type, group, ref, len(history))
             self.totals["poisoned"] += 1
-        del self.failures[key]
-        self.spool.drop_deliveries(*key)
-
-    def _summarize(self, key: Key) -> Any:
-        """The id and type a file in processing/ states (read here only on the rare poison path)."""
-        try:
-            data = self.spool.read_claimed(*key).data
-        except Exception:  # noqa: BLE001 - unreadable or refused: only the name speaks for it
-            data = b""
-        return summarize_bytes(data, format_for(key[1]), message_stem(key[1]))
-
-    def requeue_or_strand(self, key: Key, *, count: bool = True) -> Key | None:
-        """processing/ -> messages/ and queued; a failure leaves it stranded (tracked, retried)."""
-        try:
-            back = self.requeue(key, count=count)
-        except OSError as exc:
-            self.stranded.add(key, REQUEUE, exc)
-            return None
-        if back is not None:
-            self.pending[back] = self.clock()
-        return back
-
-    def _requeue_stranded(self, key: Key) -> None:
-        """The stranded list's retry of a requeue (an OSError keeps it stranded)."""
-        back = self.requeue(key)
-        if back is not None:
-            self.pending[back] = self.clock()
-
-    def requeue(self, key: Key, *, count: bool = True) -> Key | None:
-        """processing/ -> messages/; the key it now has (renamed if its name was taken), or None if gone.
-
-        A message's delivery history follows it (and is saved: a restart must
-        not forget how often it killed a worker). Raises OSError when the
-        rename fails; nothing has changed then.
-        """
-        name = self.spool.requeue(*key)
-        if name is None:
-            if self.failures.pop(key, None) is not None:  # it was handled after all
-                self.spool.drop_deliveries(*key)
-            return None
-        if count:
-            self.totals["requeued"] += 1
-        if self.state != "running":
-            self.returned += 1
-        back = (key[0], name)
-        history = self.failures.pop(key, None)
-        if history is not None:
-            self.failures[back] = history
-            try:
-                if back != key:
-                    self.spool.drop_deliveries(*key)
-                self.spool.save_deliveries(back[0], back[1], history)
-            except OSError as exc:
-                log.warning("cannot save the delivery history of group=%s file=%s (%s); kept in memory",
-                            back[0], back[1], exc)
-        return back
 
     def kill_stale_workers(self, now: float) -> None:
         pool = self.config.pool
@@ -865,7 +598,7 @@ class Supervisor:
                 continue
             current, started = worker.current()
             if current is not None and now - started > pool.handler_timeout:
-                said = self._summarize(current.key)
+                said = self.source.summarize(current.group, current.name)
                 self.kill_worker(worker, StopReason.TIMEOUT,
                                  f"handler ran {now - started:.1f}s (handler_timeout {pool.handler_timeout:g}s) "
                                  f"id={said.id} type={said.type} group={current.group} file={current.name}")
@@ -915,22 +648,17 @@ class Supervisor:
         if self.state == "running" and not self.announced and self._all_ready():
             self.announced = True
             log.info("Enhanced IPC system started root=%s groups=%s workers=%d",
-                     self.spool.root, ",".join(sorted(self.groups)), len(self.workers))
+                     self.local.root, ",".join(sorted(self.source.stats()["groups"])), len(self.workers))
             if self._on_started is not None:
                 self._on_started()
-        if self.settling:
-            for key, due in list(self.settling.items()):
-                if now >= due:
-                    del self.settling[key]
-                    self.pending.setdefault(key, now)
-        if self.stranded and now >= self.next_stranded_retry:
-            self.next_stranded_retry = now + RETRY_INTERVAL
-            self.retry_stranded()
-        if now >= self.next_rescan and self.state == "running":
-            self.next_rescan = now + self.config.spool.rescan_interval
-            self.rescan()
-        if self.rescan_queue:
-            self.continue_rescan()
+        holds = bool(getattr(self.source, "holds_acks", False))
+        if holds != self._holds_acks:
+            self._holds_acks = holds
+            for worker in self.workers:  # their ack checks then also look for messages held for their acks
+                worker.shared[SLOT_ACK_HOLDS] = 1.0 if holds else 0.0
+        if now >= self.next_renew:
+            self.next_renew = now + self.config.heartbeat.interval
+            self.source.renew([(d.group, d.name) for w in self.workers for d in w.held.values()])
         if now >= self.next_status:
             self.next_status = now + self.config.heartbeat.interval
             self.reap_workers(now)
@@ -941,19 +669,10 @@ class Supervisor:
                 log.error("cannot write status.json: %s", exc)
         if now >= self.next_housekeeping and self.state == "running":
             self.next_housekeeping = now + HOUSEKEEPING_INTERVAL
-            if self._housekeeping is None:
-                self._housekeeping = self.housekeeping()
-        if self._housekeeping is not None:
-            self.continue_housekeeping()
-
-    def retry_stranded(self) -> None:
-        had_holds = self.stranded.ack_holds
-        for key in self.stranded.retry():
-            self.failures.pop(key, None)
-            self._unblock(key)
-        if had_holds and not self.stranded.ack_holds:
-            self._mark_ack_holds(False)
-        self.next_status = 0.0
+            self.source.housekeeping({w.pid for w in self.workers if w.pid})
+            cutoff = time.time() - EXTERNAL_HEARTBEAT_TTL
+            for key in [k for k, v in self.external.items() if v["at"] < cutoff]:
+                del self.external[key]
 
     def _all_ready(self) -> bool:
         return len(self.workers) == self.pool_size and all(w.state is WorkerState.READY for w in self.workers)
@@ -965,56 +684,11 @@ class Supervisor:
             if worker.probe is not None:
                 worker.reading = worker.probe.read()
 
-    def housekeeping(self) -> Iterator[None]:
-        """Prune old acks, nacks, uncollected responses and retried records; remove temp files crashed
-        writers left; forget the histories of messages that are gone.
-
-        A generator, one folder entry per step: :meth:`continue_housekeeping`
-        runs it in slices, as rescans are, so a day of acks never stalls dispatch.
-        """
-        cfg = self.config
-        wall = time.time()
-        for group in list(self.groups):
-            for sub, age in ((ACKS, cfg.ack.retention), (RESPONSES, cfg.spool.response_retention),
-                             (TMP, cfg.spool.tmp_max_age), (RETRIED, cfg.spool.retried_retention)):
-                for name in self.spool.scan_ages(group, sub, wall - age):
-                    if name is not None:
-                        self.spool.unlink_quietly(group, sub, name)
-                    yield
-        self.spool.prune_staging({os.getpid(), *(w.pid for w in self.workers if w.pid)})
-        self.forget_gone_deliveries()
-        cutoff = wall - EXTERNAL_HEARTBEAT_TTL
-        for key in [k for k, v in self.external.items() if v["at"] < cutoff]:
-            del self.external[key]
-
-    def forget_gone_deliveries(self) -> None:
-        """Delivery histories of messages no longer anywhere (an operator removed them) are dropped."""
-        spool = self.spool
-        for key in list(self.failures):
-            if key in self.inflight or key in self.stranded or key in self.pending:
-                continue
-            if not os.path.lexists(spool.inbox_path(*key)) and not os.path.lexists(spool.path(key[0], PROCESSING,
-                                                                                                key[1])):
-                del self.failures[key]
-                spool.drop_deliveries(*key)
-
-    def continue_housekeeping(self) -> None:
-        """Run the pending housekeeping for at most RESCAN_SLICE seconds."""
-        assert self._housekeeping is not None
-        deadline = time.monotonic() + RESCAN_SLICE
-        try:
-            while time.monotonic() < deadline:
-                next(self._housekeeping)
-        except StopIteration:
-            self._housekeeping = None
-        except OSError as exc:
-            log.error("housekeeping failed: %s", exc)
-            self._housekeeping = None
-
     # -- status --------------------------------------------------------------------
 
     def write_status(self, now: float) -> None:
-        write_status(self.spool.root, build_status(self, now), mode=self.spool.file_mode())
+        write_status(self.local.root, build_status(self, now),
+                     mode=0o600 if self.config.spool.mode == "private" else 0o640)
 
 
 def _is_boot_failure(code: int | None, reason: StopReason | None) -> bool:

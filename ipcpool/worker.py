@@ -52,20 +52,20 @@ from ipcpool.config import Config
 from ipcpool.errors import EXIT_OK, EXIT_WORKER_BOOT, EXIT_WORKER_GRACE, HandlerNotFound, InvalidMessage, SpoolError
 from ipcpool.handlers import Handler, HandlerTable, resolve_all
 from ipcpool.health import heartbeat_envelope, pid_alive, process_create_time
+from ipcpool.localroot import LocalRoot
 from ipcpool.message import (
     IPCMessageType,
     Message,
     Summary,
     decode,
     encode,
-    format_for,
     now_iso,
     sniff,
     summarize,
     to_message,
 )
 from ipcpool.retry import handler_retrying
-from ipcpool.spool import MESSAGES, Spool, ack_name, message_stem, split_name
+from ipcpool.transport import make_store
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class Worker:
     def __init__(self, spec: WorkerSpec, handlers: HandlerTable) -> None:
         self.spec = spec
         self.config = spec.config
-        self.spool = Spool.from_config(spec.config)
+        self.store = make_store(spec.config)
         self.handlers = handlers
         self.shared = spec.shared
         self.tasks = spec.tasks
@@ -215,7 +215,7 @@ class Worker:
 
     def exit_now(self, code: int) -> None:
         """Leave at once, with what was printed flushed (a handler's output is not lost)."""
-        self.spool.drop_spares()
+        self.store.close()
         _flush_stdio()
         os._exit(code)
 
@@ -252,15 +252,13 @@ class Worker:
         return result
 
     def _process(self, group: str, name: str, deliveries: int) -> tuple[Outcome, Any]:
-        spool = self.spool
-        stem = message_stem(name)
         try:
-            raw = spool.read_claimed(group, name)
+            raw = self.store.read(group, name)
         except FileNotFoundError:
             return Outcome.VANISHED, None
         except InvalidMessage as exc:
-            return self._reject(group, name, str(exc), sniff(exc.head, format_for(name), stem))
-        fmt = format_for(name)
+            return self._reject(group, name, str(exc), sniff(exc.head, *self.store.names(name)))
+        fmt, stem = raw.fmt, raw.stem
         try:
             if fmt is None:
                 raise InvalidMessage("unsupported file extension: use .json or .msgpack")
@@ -272,12 +270,11 @@ class Worker:
                 return Outcome.UNSETTLED, None
             return self._reject(group, name, str(exc), sniff(raw.data, fmt, stem))
         try:
-            message = to_message(obj, group=group, stem=stem, delivery_count=deliveries,
-                                 inbox=split_name(name)[0] if "/" in name else MESSAGES)
+            message = to_message(obj, group=group, stem=stem, delivery_count=deliveries, inbox=raw.inbox)
             self._check_allowed(message)
         except InvalidMessage as exc:
             return self._reject(group, name, str(exc), summarize(obj, stem))
-        return self._dispatch(message, name, raw.recycle)
+        return self._dispatch(message, name, raw.token)
 
     def _check_allowed(self, message: Message) -> None:
         allowed = self._allowed.get(message.group)
@@ -287,23 +284,16 @@ class Worker:
                 f"([groups.{message.group}] allowed_types)"
             )
 
-    def _dispatch(self, message: Message, name: str, recycle: int | None) -> tuple[Outcome, Any]:
-        spool, group = self.spool, message.group
-        ack = ack_name(message.id) if message.requires_ack else None
-        # A held file (handled, its ack not yet written) is looked for first: the
-        # supervisor writes the ack before it removes the file, so no moment is missed.
-        if ack is not None and ((self.shared[SLOT_ACK_HOLDS] and spool.is_held_for_ack(group, message.id))
-                                or spool.has_ack_named(group, ack)):
-            try:
-                spool.write_ack_named(group, ack)
-            except OSError:
-                pass  # the ack (or the held file that becomes it) is there already
-            spool.complete(group, name, recycle=recycle)
+    def _dispatch(self, message: Message, name: str, token: Any) -> tuple[Outcome, Any]:
+        store, group = self.store, message.group
+        ack = message.id if message.requires_ack else None
+        if ack is not None and store.is_acked(group, ack, holds=bool(self.shared[SLOT_ACK_HOLDS])):
+            store.complete_duplicate(group, name, ack, token)
             log.info("Duplicate IPC message skipped (already acked) id=%s group=%s type=%s",
                      message.id, group, message.type)
             return Outcome.DUPLICATE, None
         if message.type == _HEARTBEAT and self._record_heartbeats:
-            return self._record_heartbeat(message, name, recycle)
+            return self._record_heartbeat(message, name, token)
         handler = self.handlers.lookup(message)
         if handler is None:
             return self._reject(group, name, f"no handler for type {message.type}", _summary_of(message))
@@ -338,31 +328,27 @@ class Worker:
         if message.reply_to:
             self._reply(message, response)
         self.handled += 1
-        info = self._finish(group, name, message.id, ack, recycle)
+        info = self._finish(group, name, message.id, ack, token)
         if self._log_messages:
             log.info("IPC message handled id=%s group=%s type=%s in %.1f ms", message.id, group, message.type,
                      elapsed_ms)
         return Outcome.HANDLED, info
 
-    def _finish(self, group: str, name: str, message_id: str, ack: str | None, recycle: int | None) -> Any:
-        """Ack (when asked), then remove the handled file; None, or what the supervisor must finish.
+    def _finish(self, group: str, ref: str, message_id: str, ack: str | None, token: Any) -> Any:
+        """Ack (when asked), then remove the handled message; None, or what the supervisor must finish.
 
         A handler that succeeded is never run again because its ack could not
-        be written (a full disk, a removed folder): the file is kept, renamed,
-        as the proof, and the supervisor writes the ack when it can.
+        be written (a full disk, a removed folder, Redis away): the transport
+        keeps it as the proof, and the supervisor writes the ack when it can.
         """
-        if ack is not None:
-            try:
-                self.spool.write_ack_named(group, ack)
-            except OSError as exc:
-                held = self.spool.hold_for_ack(group, name, message_id)
-                self.shared[SLOT_ACK_HOLDS] = 1.0  # from now on this worker's ack check looks for held files
-                log.error("IPC message handled but its ACK cannot be written (%s); it is kept as %s and "
-                          "acked as soon as there is room id=%s group=%s", exc.strerror or exc, held, message_id, group)
-                return {"ackHold": held, "id": message_id, "errno": exc.errno}
+        info = self.store.complete(group, ref, ack, token)
+        if info is not None:
+            self.shared[SLOT_ACK_HOLDS] = 1.0  # from now on this worker's ack check looks for held messages
+            log.error("IPC message handled but its ACK cannot be written (%s); it is kept as %s and acked as soon "
+                      "as it can be id=%s group=%s", info.get("error"), info.get("ackHold"), message_id, group)
+        elif ack is not None:
             log.debug("ACK sent id=%s group=%s", message_id, group)
-        self.spool.complete(group, name, recycle=recycle)
-        return None
+        return info
 
     def _run_handler(self, handler: Any, message: Message) -> bytes:
         """One attempt: the handler, then its response encoded (an unencodable result fails the attempt)."""
@@ -394,27 +380,16 @@ class Worker:
             log.warning("Response dropped: replyTo group %r is not in [spool] groups ([spool] strict_groups) "
                         "id=%s group=%s", reply_to, message.id, message.group)
             return
-        if not self.spool.is_group_dir(reply_to):
-            log.warning("Response dropped: replyTo group %r does not exist id=%s group=%s",
-                        reply_to, message.id, message.group)
-            return
-        if not self._write_reply(reply_to, message.id, data):
-            self._pending_replies.append((reply_to, message.id, data,
-                                          time.monotonic() + self.config.spool.response_retention))
-
-    def _write_reply(self, group: str, request_id: str, data: bytes) -> bool:
-        """Write one response; False when it cannot be written now (it is kept and tried again)."""
         try:
-            try:
-                self.spool.write_response(group, request_id, data)
-            except FileNotFoundError:
-                self.spool.ensure_group(group)
-                self.spool.write_response(group, request_id, data)
-        except OSError as exc:
+            if not self.store.reply(reply_to, message.id, data):
+                log.warning("Response dropped: replyTo group %r does not exist id=%s group=%s",
+                            reply_to, message.id, message.group)
+            return
+        except (OSError, SpoolError) as exc:
             log.error("cannot write the response (%s); it is kept and written when it can id=%s group=%s",
-                      exc.strerror or exc, request_id, group)
-            return False
-        return True
+                      getattr(exc, "strerror", None) or exc, message.id, reply_to)
+        self._pending_replies.append((reply_to, message.id, data,
+                                      time.monotonic() + self.config.spool.response_retention))
 
     def _retry_replies(self, *, final: bool = False) -> None:
         """Responses that could not be written: try again; give up past response_retention or at exit."""
@@ -430,8 +405,8 @@ class Worker:
 
     def _write_reply_quietly(self, group: str, request_id: str, data: bytes) -> bool:
         try:
-            self.spool.write_response(group, request_id, data)
-        except OSError:
+            self.store.reply(group, request_id, data)
+        except (OSError, SpoolError):
             return False
         return True
 
@@ -449,10 +424,10 @@ class Worker:
         error_name = None
         if message.reply_to:  # the response first (it names the record), so a requester gets the fuller answer
             try:
-                error_name = self.spool.error_name_for(message.group, name)
+                error_name = self.store.error_ref(message.group, name)
             except (OSError, SpoolError):
                 pass
-            error_file = f"{message.group}/errors/{error_name}" if error_name else ""
+            error_file = error_name or ""
             self._reply(message, self._response_bytes(message, False, error=str(exc), error_type=type(exc).__name__,
                                                       error_file=error_file))
         info = self._quarantine(message.group, name, record, _summary_of(message), "failed", error_name)
@@ -474,7 +449,7 @@ class Worker:
         """
         nack = nack_body(group, record, summary, outcome)
         try:
-            self.spool.quarantine(group, name, record, nack=nack, error_name=error_name)
+            self.store.quarantine(group, name, record, nack, error_name or "")
         except FileNotFoundError:
             log.warning("message vanished before it could be moved to errors/ id=%s type=%s group=%s file=%s",
                         summary.id, summary.type, group, name)
@@ -486,7 +461,7 @@ class Worker:
                     "errno": getattr(exc, "errno", None)}
         return None
 
-    def _record_heartbeat(self, message: Message, name: str, recycle: int | None) -> tuple[Outcome, Any]:
+    def _record_heartbeat(self, message: Message, name: str, token: Any) -> tuple[Outcome, Any]:
         payload = message.payload if isinstance(message.payload, dict) else {}
         pid = payload.get("processId")
         status = payload.get("status")
@@ -494,8 +469,7 @@ class Worker:
             pid if isinstance(pid, int) and not isinstance(pid, bool) else str(pid)[:64],
             str(status)[:64] if status is not None else None,
         )
-        held = self._finish(message.group, name, message.id, ack_name(message.id) if message.requires_ack else None,
-                            recycle)
+        held = self._finish(message.group, name, message.id, message.id if message.requires_ack else None, token)
         return Outcome.HEARTBEAT, (*info, held)
 
     def _log_retry(self, state: Any) -> None:
@@ -625,12 +599,12 @@ def _flush_stdio() -> None:
             pass
 
 
-def _take_worker_lock(spool: Spool) -> None:
+def _take_worker_lock(root: LocalRoot) -> None:
     """Hold a shared lock for life: a new supervisor waits on it for old workers to be gone.
 
     A handler that forks must not pass the lock on to a child that outlives us.
     """
-    fd = os.open(spool.state_dir / "workers.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(root.workers_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_SH)
     os.register_at_fork(after_in_child=lambda: _close_quietly(fd))
 
@@ -677,7 +651,7 @@ def worker_main(spec: WorkerSpec) -> None:
     worker = Worker(spec, handlers)
     worker.title.set(proctitle.worker(spec.slot, None))
     signal.signal(signal.SIGTERM, worker.on_sigterm)
-    _take_worker_lock(worker.spool)
+    _take_worker_lock(LocalRoot(spec.config.spool.root))
     try:
         spec.results.send(("ready", os.getpid()))
         threading.Thread(

@@ -176,7 +176,7 @@ def test_a_queued_message_is_never_replaced(tmp_path, root):
         assert os.listdir(root / "main" / "tmp") == [], "the refused copy left nothing behind"
         # an identical re-publish (the ack retry path) is the same message: accepted, one copy
         data = (root / "main" / "messages" / "job-1.json").read_bytes()
-        client.spool.publish("main", "job-1.json", data)
+        client.outbox.publish("main", "job-1.json", data)
         assert os.listdir(root / "main" / "messages") == ["job-1.json"]
 
 

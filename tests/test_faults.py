@@ -239,10 +239,10 @@ def test_an_ack_the_filesystem_refuses_is_written_later_and_never_reruns_the_han
     wait_until(lambda: "cannot write its ack" in sup.log(), 30, message="the supervisor's retry refused too")
     assert _names(root, "processing") == [f".ack-{first.message_id}"], "the handled file kept as the proof"
     # The sender re-sends (its ack did not come): the copy is a duplicate, not a second run.
-    client.spool.publish("main", "resent.json", first.data)
+    client.outbox.publish("main", "resent.json", first.data)
     wait_until(lambda: "Duplicate IPC message skipped" in sup.log(), 30, message="the re-send deduplicated")
-    code, reason = _health(env, config)
-    assert code == 1 and "stranded" in reason
+    wait_until(lambda: (h := _health(env, config))[0] == 1 and "stranded" in h[1], 30,
+               message="health to say a message is stranded (status is written every interval)")
     immutable(root / "main" / "acks", on=False)
     wait_until(lambda: (root / "main" / "acks" / f"{first.message_id}.ack").exists(), 30, message="the ack written")
     wait_until(lambda: _names(root, "processing") == [], 30, message="the held file removed")

@@ -26,7 +26,7 @@ import pytest
 from conftest import SupervisorProcess, wait_until, write_config
 
 import ipcpool
-from ipcpool.spool import Spool
+from ipcpool.transport.spool.spool import Spool
 
 pytestmark = pytest.mark.xdist_group("hostile")
 

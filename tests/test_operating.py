@@ -417,18 +417,20 @@ def test_waits_leave_no_watches_and_async_waits_that_timed_out_are_forgotten(tmp
     with Client(root, "main", ack=AckConfig(timeout=0.05, max_retries=0)) as client:
         for i in range(20):
             client.wait_for_ack("main", f"never-{i}", 0.01)
-        assert client._waiter._dir_wds == {}
-        fdinfo = Path(f"/proc/self/fdinfo/{client._waiter.fileno()}").read_text()
+        waiter = client.outbox.waiter
+        assert waiter._dir_wds == {}
+        fdinfo = Path(f"/proc/self/fdinfo/{waiter.fileno()}").read_text()
         assert "inotify wd:" not in fdinfo, "every watch removed after its wait"
 
     async def scenario() -> AsyncClient:
         async_client = AsyncClient(Client(root, "main"))
-        await asyncio.gather(*(async_client._wait_for([str(root / "main" / "acks" / f"x{i}.ack")], 0.05,
-                                                      lambda _path: True) for i in range(50)))
+        outbox = async_client.client.outbox
+        await asyncio.gather(*(outbox.async_wait_answer("main", f"x{i}", 0.05, lambda _body: True)
+                               for i in range(50)))
         return async_client
 
     async_client = asyncio.run(scenario())
-    assert async_client._wakeups == set()
+    assert async_client.client.outbox._wakeups == set()
     async_client.close()
 
 

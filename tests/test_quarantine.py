@@ -1,4 +1,4 @@
-"""ipcpool.quarantine: durations and list/find/retry/purge on real files quarantined through Spool."""
+"""The spool's dead letters: durations and list/find/retry/purge on real files quarantined through Spool."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from ipcpool import quarantine
 from ipcpool.errors import IpcpoolError
-from ipcpool.quarantine import ErrorEntry, find, list_errors, older_than, parse_duration, purge, read_message, retry
-from ipcpool.spool import ERRORS, MESSAGES, PROCESSING, RETRIED_DIR, Spool
+from ipcpool.records import ErrorEntry, older_than, parse_duration
+from ipcpool.transport.spool.deadletters import find, list_errors, purge, read_message, retry
+from ipcpool.transport.spool.layout import ERRORS, MESSAGES, PROCESSING, RETRIED_DIR
+from ipcpool.transport.spool.spool import Spool
 
 
 @pytest.fixture
@@ -200,7 +201,7 @@ def test_entry_with_a_foreign_file_name():
     entry = ErrorEntry("main", "not-a-timestamp", {})
     assert entry.epoch_ms == 0
     assert entry.original_name == "a-timestamp"
-    assert quarantine.older_than([entry], 1, now=10.0) == [entry]
+    assert older_than([entry], 1, now=10.0) == [entry]
 
 
 @pytest.mark.parametrize("forged", ["../../outside.json", "/etc/passwd", "..", ".hidden.json", "a/b.json", ""])

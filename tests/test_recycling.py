@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ipcpool.spool import ACKS, MAX_SPARES, PROCESSING, RESPONSES, STAGING_DIR, STATE_DIR, Spool
+from ipcpool.transport.spool.claims import MAX_SPARES
+from ipcpool.transport.spool.layout import ACKS, PROCESSING, RESPONSES, STAGING_DIR, STATE_DIR
+from ipcpool.transport.spool.spool import Spool
 
 BIG = b'{"id": "m", "type": "task", "payload": "' + b"x" * 9000 + b'"}'
 
@@ -165,11 +167,11 @@ def test_read_lease_is_released_even_if_a_fork_keeps_the_file_open(tmp_path: Pat
             children.append(pid)
         real_close(fd)
 
-    monkeypatch.setattr("ipcpool.spool.os.close", fork_then_close)
+    monkeypatch.setattr("ipcpool.transport.spool.reads.os.close", fork_then_close)
     previous = signal.signal(signal.SIGIO, signal.SIG_IGN)  # a broken lease would kill this test process
     try:
         raw = spool.read_claimed("main", "m.json")
-        monkeypatch.setattr("ipcpool.spool.os.close", real_close)
+        monkeypatch.setattr("ipcpool.transport.spool.reads.os.close", real_close)
         assert children and raw.recycle is not None
         # With the lease still held by the child's copy this open fails with EAGAIN
         # (non-blocking), and a blocking one would send SIGIO to this process.

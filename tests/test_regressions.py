@@ -9,7 +9,8 @@ import time
 from conftest import records, wait_until, write_config
 
 from ipcpool import Client
-from ipcpool.spool import MESSAGES, PROCESSING, Spool
+from ipcpool.transport.spool.layout import MESSAGES, PROCESSING
+from ipcpool.transport.spool.spool import Spool
 
 
 def _error_records(root, group="main"):

@@ -1,4 +1,4 @@
-"""ipcpool.spool on a real temporary root: layout, modes, atomic writes, claims, refusals, quarantine, locks."""
+"""The spool transport's files on a real root: layout, modes, atomic writes, claims, refusals, quarantine, locks."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ipcpool.errors import AlreadyRunning, InvalidMessage, SpoolError
-from ipcpool.spool import (
+from ipcpool.transport.spool.layout import (
     ACKS,
     ERRORS,
     MESSAGES,
@@ -22,9 +22,9 @@ from ipcpool.spool import (
     STATE_DIR,
     SUBDIRS,
     TMP,
-    Spool,
     is_message_name,
 )
+from ipcpool.transport.spool.spool import Spool
 
 
 def _mode(path: str | Path) -> int:

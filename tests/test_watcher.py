@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from ipcpool.watcher import CLOSED, FILE, GROUP, LOST, FileWaiter, InotifyWatcher
+from ipcpool.transport.spool.waiter import FileWaiter
+from ipcpool.transport.spool.watcher import CLOSED, FILE, GROUP, LOST, InotifyWatcher
 
 linux_only = pytest.mark.skipif(not os.path.exists("/proc/sys/fs/inotify"), reason="inotify only")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipcpool.errors import SpoolError
-from ipcpool.spool import Spool
+from ipcpool.transport.spool.spool import Spool
 
 log = logging.getLogger(__name__)
 

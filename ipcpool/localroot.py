@@ -1,0 +1,103 @@
+"""The local root's own state: the one-supervisor lock, the workers' lock, status.json's folder.
+
+Every supervisor has a local root (``[spool] root``), whatever its transport:
+``<root>/.ipcpool/lock`` keeps one supervisor per root, ``workers.lock`` is
+held shared by each of its workers (so a new supervisor waits for a dead one's
+workers), and ``status.json`` is its public view of itself.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from ipcpool.errors import AlreadyRunning
+
+STATE_DIR = ".ipcpool"
+LOCK_FILE = "lock"
+WORKERS_LOCK = "workers.lock"
+
+
+class LocalRoot:
+    """One root's state folder and locks (also the base of the spool transport's Spool)."""
+
+    root: Path
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).absolute()
+
+    def ensure(self, mode: int) -> None:
+        """The root and its state folder exist (made with ``mode``; a folder already there is left as it is)."""
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        for path in (self.root, self.state_dir):
+            try:
+                path.mkdir(mode=mode)
+            except FileExistsError:
+                continue
+            os.chmod(path, mode)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    @property
+    def workers_lock(self) -> Path:
+        return self.state_dir / WORKERS_LOCK
+
+    def acquire_lock(self) -> int:
+        """Take the one-supervisor-per-root lock; the fd must stay open for the process's life."""
+        path = self.state_dir / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise AlreadyRunning(
+                f"another ipcpool supervisor (pid {owner}) already runs on {self.root}; "
+                "stop it first, or point this one at another [spool] root"
+            ) from None
+        self.record_lock_owner(fd)
+        return fd
+
+    @staticmethod
+    def record_lock_owner(fd: int) -> None:
+        """Write this process's pid into the held lock (also by a child the lock was handed to)."""
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+    def supervisor_running(self) -> bool | None:
+        """Whether a supervisor holds this root's lock now; None where that cannot be told.
+
+        Read from /proc/locks without touching the lock (taking it, even
+        briefly, could make a starting supervisor fail with AlreadyRunning).
+        """
+        try:
+            st = os.stat(self.state_dir / LOCK_FILE)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return None
+        holders = flock_holders(st.st_dev, st.st_ino)
+        return None if holders is None else bool(holders)
+
+
+def flock_holders(dev: int, ino: int) -> list[int] | None:
+    """Pids /proc/locks lists as holding a flock on the file (``dev``, ``ino``); None without /proc/locks.
+
+    The pid is the one that took the lock: a candidate, never proof of who holds it now.
+    """
+    wanted = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
+    pids: list[int] = []
+    try:
+        with open("/proc/locks") as handle:
+            for line in handle:
+                parts = line.split()
+                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == wanted:
+                    pid = int(parts[4])
+                    if pid not in pids:
+                        pids.append(pid)
+    except (OSError, ValueError):
+        return None
+    return pids

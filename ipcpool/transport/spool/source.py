@@ -1,0 +1,493 @@
+"""The spool's supervisor side: which files are waiting, which are claimed, and the safety nets.
+
+Every message the supervisor knows of is in exactly one place here:
+``pending`` (seen in an inbox, not claimed; oldest first), ``taken`` (claimed
+into processing/, in the pool's hands), ``settling`` (did not decode yet: a
+direct writer may still be writing; offered again when due) or ``stranded``
+(a transition failed; retried every second). A name re-published while its
+namesake is taken or stranded waits in ``blocked`` and is offered once that
+one is done. ``unclaimable`` remembers renames the filesystem refused, so each
+is logged once per rescan.
+
+Events are hints, the directory is the truth: the watcher's hints feed
+``pending``; every ``rescan_interval``, and at once after an inotify
+overflow, every group is rescanned in short slices (a thousand groups never
+hold a new message back by more than a slice), and so is housekeeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from ipcpool.config import Config
+from ipcpool.errors import SpoolError
+from ipcpool.health import spool_space
+from ipcpool.message import Summary, format_for, summarize_bytes
+from ipcpool.transport.spool.layout import (
+    ACKS,
+    ERROR_SUFFIX,
+    ERRORS,
+    PROCESSING,
+    RESPONSES,
+    RETRIED,
+    TMP,
+    is_message_name,
+    message_stem,
+)
+from ipcpool.transport.spool.spool import Spool
+from ipcpool.transport.spool.stranded import ACK, QUARANTINE, REQUEUE, RETRY_INTERVAL, Stranded
+from ipcpool.transport.spool.watcher import CLOSED, FILE, GROUP, LOST, OVERFLOW, Hint, make_watcher
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (group, name): a file's name in messages/, or "tasks/<name>"
+SLICE = 0.0002  # seconds of rescanning or pruning per poll
+
+
+class SpoolSource:
+    """The supervisor's view of one spool root (see the module docstring)."""
+
+    backend = "spool"
+
+    def __init__(self, config: Config, *, clock: Callable[[], float], on_hint: Callable[[], None]) -> None:
+        self.config = config
+        self.clock = clock
+        self._wake = on_hint  # the polling watcher's thread: wake the supervisor's loop
+        self.spool = Spool.from_config(config)
+        self.pending: OrderedDict[Key, float] = OrderedDict()
+        self.taken: set[Key] = set()
+        self.blocked: set[Key] = set()
+        self.unclaimable: set[Key] = set()
+        self.settling: dict[Key, float] = {}
+        self.failures: dict[Key, list[dict[str, Any]]] = {}
+        self.stranded = Stranded(self.spool, self._requeue_stranded)
+        self.groups: set[str] = set()
+        self.refused_groups: set[str] = set()  # folders strict_groups keeps out (each logged once)
+        self.errors_cache: dict[str, tuple[int, int]] = {}  # group -> (errors/ mtime, quarantined count)
+        self.rescan_queue: deque[str] = deque()
+        self._hints: deque[Hint] = deque()
+        self._watcher: Any = None
+        self._housekeeping: Iterator[None] | None = None
+        self._live_pids: set[int] = set()
+        self.next_rescan = 0.0
+        self.next_stranded_retry = 0.0
+
+    # -- the Source interface ----------------------------------------------------------------------
+
+    def open(self) -> int:
+        spool = self.spool
+        spool.ensure_root()
+        for group in self.config.spool.groups:
+            spool.ensure_group(group)
+        self.failures = spool.load_deliveries()
+        recovered = sum(self._reconcile(group) for group in spool.list_groups())
+        self._watcher = make_watcher(str(spool.root), self._on_hint,
+                                     polling=self.config.spool.watcher == "polling",
+                                     poll_interval=min(1.0, self.config.spool.rescan_interval),
+                                     inboxes=self.config.spool.inboxes)
+        self._watcher.start()
+        for group in spool.list_groups():
+            self.add_group(group)
+        self.next_rescan = self.clock() + self.config.spool.rescan_interval
+        return recovered
+
+    def fileno(self) -> int | None:
+        return self._watcher.fileno() if self._watcher is not None else None
+
+    def read_events(self) -> None:
+        """The watcher's descriptor is readable: take its events."""
+        if self._watcher is not None:
+            self._hints.extend(self._watcher.read())
+
+    def poll(self, now: float) -> None:
+        self._drain_hints(now)
+        if self.settling:
+            for key, due in list(self.settling.items()):
+                if now >= due:
+                    del self.settling[key]
+                    self.pending.setdefault(key, now)
+        if self.stranded and now >= self.next_stranded_retry:
+            self.next_stranded_retry = now + RETRY_INTERVAL
+            self._retry_stranded()
+        if now >= self.next_rescan:
+            self.next_rescan = now + self.config.spool.rescan_interval
+            self.rescan()
+        if self.rescan_queue:
+            self._continue_rescan()
+        if self._housekeeping is not None:
+            self._continue_housekeeping()
+
+    def busy(self) -> bool:
+        return bool(self.rescan_queue) or self._housekeeping is not None or bool(self._hints)
+
+    def backlog(self) -> int:
+        return len(self.pending)
+
+    def want(self, room: int) -> None:
+        """The pool could take ``room`` more: nothing to ask for here (the inboxes are the backlog)."""
+
+    def take(self, room: int) -> list[tuple[str, str, int]]:
+        taken: list[tuple[str, str, int]] = []
+        pending = self.pending
+        while room > 0 and pending:
+            key, _seen = pending.popitem(last=False)
+            if key in self.taken:
+                self.blocked.add(key)
+                continue
+            if not self._claim(key):
+                continue
+            self.taken.add(key)
+            history = self.failures.get(key)
+            taken.append((key[0], key[1], len(history) + 1 if history else 1))
+            room -= 1
+        return taken
+
+    def finished(self, group: str, ref: str, outcome: str, info: Any) -> None:
+        key = (group, ref)
+        self.taken.discard(key)
+        if key in self.failures:
+            del self.failures[key]
+            self.spool.drop_deliveries(*key)
+        if isinstance(info, dict):
+            if "ackHold" in info:
+                self._ack_held((group, info["ackHold"]), info.get("id"))
+            elif "quarantine" in info:
+                self.stranded.add(key, QUARANTINE, info.get("error", "the move to errors/ failed"),
+                                  errno_=info.get("errno"), record=info["quarantine"], nack=info.get("nack"))
+        self._unblock(key)
+
+    def requeue(self, group: str, ref: str, *, later: float = 0.0, counted: bool = True) -> None:
+        key = (group, ref)
+        self.taken.discard(key)
+        try:
+            back = self._requeue(key)
+        except OSError as exc:
+            self.stranded.add(key, REQUEUE, exc)
+        else:
+            if back is not None:
+                if later:
+                    self.pending.pop(back, None)
+                    self.settling[back] = self.clock() + later
+                else:
+                    self.pending[back] = self.clock()
+        self._unblock(key)
+
+    def failed_delivery(self, group: str, ref: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
+        history = self.failures.setdefault((group, ref), [])
+        history.append(entry)
+        return list(history)
+
+    def quarantine(self, group: str, ref: str, record: dict[str, Any], nack: dict[str, Any] | None) -> bool:
+        key = (group, ref)
+        self.taken.discard(key)
+        try:
+            self.spool.quarantine(group, ref, record, nack=nack)
+        except FileNotFoundError:
+            done = False
+        except OSError as exc:
+            self.stranded.add(key, QUARANTINE, exc, record=record, nack=nack)
+            return False  # its history stays until the move is made
+        else:
+            done = True
+        self.failures.pop(key, None)
+        self.spool.drop_deliveries(*key)
+        self._unblock(key)
+        return done
+
+    def summarize(self, group: str, ref: str) -> Summary:
+        try:
+            data = self.spool.read_claimed(group, ref).data
+        except Exception:  # noqa: BLE001 - unreadable or refused: only the name speaks for it
+            data = b""
+        return summarize_bytes(data, format_for(ref), message_stem(ref))
+
+    def renew(self, held: Iterable[tuple[str, str]]) -> None:
+        """Nothing to renew: one supervisor per root, by the lock."""
+
+    def housekeeping(self, live_pids: set[int] | None = None) -> None:
+        if live_pids is not None:
+            self._live_pids = live_pids
+        if self._housekeeping is None:
+            self._housekeeping = self._prune()
+
+    def stats(self) -> dict[str, Any]:
+        now = self.clock()
+        groups: dict[str, dict[str, Any]] = {
+            g: {"queued": 0, "errors": self.errors_cache.get(g, (0, 0))[1], "oldestQueuedAge": None}
+            for g in sorted(self.groups)
+        }
+        for (group, _name), seen in self.pending.items():
+            entry = groups.get(group)
+            if entry is not None:
+                entry["queued"] += 1
+                if entry["oldestQueuedAge"] is None:
+                    entry["oldestQueuedAge"] = round(now - seen, 3)
+        errors = [e.error for e in self.stranded.entries.values()]
+        trouble = {"full": self.stranded.no_space, "stranded": len(self.stranded), "ackHolds": self.stranded.ack_holds,
+                   "error": errors[0] if errors else None, **(spool_space(self.spool.root) or {})}
+        return {"groups": groups, "transport": trouble}
+
+    @property
+    def holds_acks(self) -> bool:
+        """Handled messages wait for their acks: workers' ack checks must look for the held files too."""
+        return bool(self.stranded.ack_holds)
+
+    def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+
+    # -- boot ---------------------------------------------------------------------------------------------
+
+    def _reconcile(self, group: str) -> int:
+        """After a crash, everything in processing/ goes back (not held against it); returns how many.
+
+        Handled messages kept for an ack that could not be written get it now.
+        """
+        for held in self.spool.ack_holds(group):
+            self._ack_held((group, held), None)
+        recovered = 0
+        for name in self.spool.scan_processing(group):
+            key = (group, name)
+            try:
+                back = self._requeue(key)
+            except OSError as exc:
+                self.stranded.add(key, REQUEUE, exc)
+                continue
+            if back is not None:
+                self.pending[back] = self.clock()
+                recovered += 1
+                log.warning("Recovered message from processing/ after restart group=%s file=%s", group, name)
+        return recovered
+
+    # -- watcher hints and scans ---------------------------------------------------------------------------
+
+    def _on_hint(self, hint: Hint) -> None:
+        """The polling watcher's thread: enqueue and wake, nothing else."""
+        self._hints.append(hint)
+        self._wake()
+
+    def _drain_hints(self, now: float) -> None:
+        hints = self._hints
+        while hints:
+            kind, group, name = hints.popleft()
+            if kind in (FILE, CLOSED):
+                if group in self.groups and name is not None:
+                    self.offer(group, name, now, closed=kind == CLOSED)
+            elif kind == GROUP and group is not None:
+                if self.spool.is_group_dir(group):
+                    self.add_group(group)
+            elif kind == OVERFLOW:
+                if self.next_rescan > 0.0:  # one line per overflow, however many watches saw it
+                    log.warning("filesystem events were lost (inotify overflow); rescanning now")
+                self.next_rescan = 0.0
+            elif kind == LOST and group is not None:
+                self.groups.discard(group)
+                if self._watcher is not None:
+                    self._watcher.unwatch_group(group)
+                self.next_rescan = 0.0
+
+    def offer(self, group: str, name: str, now: float, *, closed: bool = False) -> None:
+        """A file may be ready in an inbox: queue it unless it is already known."""
+        if not is_message_name(name):
+            return
+        key = (group, name)
+        if key in self.settling:
+            if not closed:
+                return
+            del self.settling[key]
+        if key in self.taken or key in self.stranded:
+            self.blocked.add(key)
+        elif key not in self.pending:
+            self.pending[key] = now
+
+    def add_group(self, group: str) -> None:
+        if group in self.groups:
+            return
+        spool_config = self.config.spool
+        if spool_config.strict_groups and group not in spool_config.groups:
+            if group not in self.refused_groups:
+                self.refused_groups.add(group)
+                log.warning("ignoring group folder %s: it is not in [spool] groups and [spool] strict_groups is on",
+                            group)
+            return
+        try:
+            self.spool.ensure_group(group)
+        except (SpoolError, OSError) as exc:
+            log.warning("refusing group %s: %s", group, exc)
+            return
+        self.groups.add(group)
+        if self._watcher is not None:
+            self._watcher.watch_group(group)
+        self._scan_group(group)
+        self._count_errors(group)
+
+    def _scan_group(self, group: str) -> None:
+        now = self.clock()
+        try:
+            names = self.spool.scan_inboxes(group)
+        except OSError as exc:
+            log.error("cannot scan group %s: %s", group, exc)
+            return
+        for name in names:
+            self.offer(group, name, now)
+
+    def rescan(self) -> None:
+        """Start a rescan: new groups now, every group's inboxes in slices."""
+        self.unclaimable.clear()  # retried (and logged again) at most once per rescan
+        for group in self.spool.list_groups():
+            if group not in self.groups:
+                self.add_group(group)
+            else:
+                self.rescan_queue.append(group)
+
+    def _continue_rescan(self) -> None:
+        """Scan queued groups for at most SLICE seconds, so a thousand groups never stall the loop."""
+        deadline = time.monotonic() + SLICE
+        queue = self.rescan_queue
+        while queue and time.monotonic() < deadline:
+            group = queue.popleft()
+            if group in self.groups:
+                self._scan_group(group)
+                self._count_errors(group)
+
+    def _count_errors(self, group: str) -> int:
+        """Quarantined messages in a group, recounted (during rescans) only when the folder changed."""
+        path = self.spool.path(group, ERRORS)
+        try:
+            mtime = os.stat(path).st_mtime_ns
+        except OSError:
+            return 0
+        cached = self.errors_cache.get(group)
+        if cached and cached[0] == mtime:
+            return cached[1]
+        with os.scandir(path) as entries:
+            count = sum(1 for e in entries if e.name.endswith(ERROR_SUFFIX))
+        self.errors_cache[group] = (mtime, count)
+        return count
+
+    # -- moving files -------------------------------------------------------------------------------------------
+
+    def _claim(self, key: Key) -> bool:
+        """Rename into processing/; a file that cannot be claimed never stops the loop."""
+        try:
+            return self.spool.claim(*key)
+        except FileExistsError:
+            if key in self.stranded:  # its namesake in processing/ is being retried: this one waits for it
+                self.blocked.add(key)
+                return False
+            # An untracked file in processing/ under this name (put there by hand?):
+            # put it back beside the new one, and claim both in turn.
+            log.warning("stranded file in processing/ group=%s file=%s; requeueing it", *key)
+            try:
+                back = self._requeue(key)
+            except OSError as exc:
+                self.stranded.add(key, REQUEUE, exc)
+            else:
+                if back is not None and back != key:
+                    self.pending[back] = self.clock()
+            self.pending[key] = self.clock()
+            return False
+        except OSError as exc:
+            if key not in self.unclaimable:
+                log.error("cannot claim group=%s file=%s: %s; leaving it in messages/", key[0], key[1], exc)
+            self.unclaimable.add(key)
+            return False
+
+    def _requeue(self, key: Key) -> Key | None:
+        """processing/ -> its inbox; the key it now has (renamed if its name was taken), or None if gone.
+
+        A message's delivery history follows it (and is saved: a restart must
+        not forget how often it killed a worker). Raises OSError when the
+        rename fails; nothing has changed then.
+        """
+        name = self.spool.requeue(*key)
+        if name is None:
+            if self.failures.pop(key, None) is not None:  # it was handled after all
+                self.spool.drop_deliveries(*key)
+            return None
+        back = (key[0], name)
+        history = self.failures.pop(key, None)
+        if history is not None:
+            self.failures[back] = history
+            try:
+                if back != key:
+                    self.spool.drop_deliveries(*key)
+                self.spool.save_deliveries(back[0], back[1], history)
+            except OSError as exc:
+                log.warning("cannot save the delivery history of group=%s file=%s (%s); kept in memory",
+                            back[0], back[1], exc)
+        return back
+
+    def _requeue_stranded(self, key: Key) -> None:
+        """The stranded list's retry of a requeue (an OSError keeps it stranded)."""
+        back = self._requeue(key)
+        if back is not None:
+            self.pending[back] = self.clock()
+
+    def _ack_held(self, key: Key, message_id: str | None) -> None:
+        """Write the ack of a handled message held in processing/, or keep trying."""
+        try:
+            self.spool.release_ack_hold(key[0], key[1], message_id)
+        except OSError as exc:
+            self.stranded.add(key, ACK, exc, message_id=message_id or key[1][5:])
+            return
+        log.info("ACK written for a handled message that had to wait for it group=%s id=%s",
+                 key[0], message_id or key[1])
+
+    def _unblock(self, key: Key) -> None:
+        """A copy of this name waited in its inbox for this one to be done: offer it now."""
+        if key in self.blocked and key not in self.taken and key not in self.stranded:
+            self.blocked.discard(key)
+            self.pending[key] = self.clock()
+
+    def _retry_stranded(self) -> None:
+        for key in self.stranded.retry():
+            self.failures.pop(key, None)
+            self._unblock(key)
+
+    # -- housekeeping -------------------------------------------------------------------------------------------
+
+    def _prune(self) -> Iterator[None]:
+        """Prune old acks, nacks, uncollected responses and retried records; remove temp files crashed
+        writers left; forget the histories of messages that are gone. A generator, one folder entry
+        per step, run in slices by poll()."""
+        cfg = self.config
+        wall = time.time()
+        for group in list(self.groups):
+            for sub, age in ((ACKS, cfg.ack.retention), (RESPONSES, cfg.spool.response_retention),
+                             (TMP, cfg.spool.tmp_max_age), (RETRIED, cfg.spool.retried_retention)):
+                for name in self.spool.scan_ages(group, sub, wall - age):
+                    if name is not None:
+                        self.spool.unlink_quietly(group, sub, name)
+                    yield
+        self.spool.prune_staging({os.getpid(), *self._live_pids})
+        self._forget_gone_deliveries()
+
+    def _forget_gone_deliveries(self) -> None:
+        """Delivery histories of messages no longer anywhere (an operator removed them) are dropped."""
+        spool = self.spool
+        for key in list(self.failures):
+            if key in self.taken or key in self.stranded or key in self.pending:
+                continue
+            if not os.path.lexists(spool.inbox_path(*key)) and not os.path.lexists(spool.path(key[0], PROCESSING,
+                                                                                                key[1])):
+                del self.failures[key]
+                spool.drop_deliveries(*key)
+
+    def _continue_housekeeping(self) -> None:
+        assert self._housekeeping is not None
+        deadline = time.monotonic() + SLICE
+        try:
+            while time.monotonic() < deadline:
+                next(self._housekeeping)
+        except StopIteration:
+            self._housekeeping = None
+        except OSError as exc:
+            log.error("housekeeping failed: %s", exc)
+            self._housekeeping = None
