@@ -95,6 +95,7 @@ class RedisConfig:
     lease: float = 30.0  # seconds a dead supervisor's messages stay its own before others reclaim them
     ca_file: str = ""  # TLS (rediss://): the CA bundle to verify the server with
     outage_timeout: float = 60.0  # seconds senders keep retrying while Redis is unreachable
+    dead_letter_retention: float = 7 * 86400.0  # seconds a dead letter is kept in its group's dead-letter stream
 
 
 @dataclass(frozen=True)
@@ -232,6 +233,7 @@ def _check_transport(c: _Checker, config: Config) -> None:
         raise c.fail("[redis] lease", f"must be at least 3 x [heartbeat] interval ({floor:g}s): leases are renewed "
                                       f"from the heartbeat, got {redis.lease:g}s")
     _positive(c, "[redis] outage_timeout", redis.outage_timeout, allow_zero=True)
+    _positive(c, "[redis] dead_letter_retention", redis.dead_letter_retention)
     if redis.ca_file and not os.path.isfile(redis.ca_file):
         raise c.fail("[redis] ca_file", f"is not a readable file: {redis.ca_file}")
 

@@ -53,6 +53,13 @@ class UnknownGroup(IpcpoolError):
                          "is on; add it there, or check the name for a typo")
 
 
+class TransportUnavailable(IpcpoolError, ConnectionError):
+    """The transport cannot be reached now (Redis is down or unreachable); worth retrying.
+
+    A ConnectionError, so code that copes with a failing write (OSError) copes with it too.
+    """
+
+
 class AlreadyRunning(IpcpoolError):
     """Another supervisor holds this spool root's lock."""
 

@@ -1,0 +1,97 @@
+"""Connecting to Redis, and living through its outages (the one place that builds redis-py clients).
+
+``[redis] url`` (or ``IPCPOOL_REDIS_URL``) may carry an ACL user and password
+and may be ``rediss://`` (TLS, verified against ``[redis] ca_file`` when
+given); it is logged only with the password replaced. An outage is logged
+once when it starts and once when it ends, never once per attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
+import redis.exceptions
+
+from ipcpool.config import Config, redact_url
+from ipcpool.errors import TransportUnavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# What a lost or refused connection looks like: worth waiting for and retrying.
+UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError,
+               OSError)
+RETRY_FIRST, RETRY_MAX = 0.1, 5.0  # seconds between attempts during an outage: doubling, capped
+
+
+def connect(config: Config, *, timeout: float | None = 10.0) -> redis.Redis:
+    """A client for ``[redis] url``: bytes in and out (message bodies are bytes), never decoded or unpickled."""
+    # RESP2: the replies read straight off a connection (the blocking reads) are lists on every server.
+    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": 5.0,
+                               "health_check_interval": 30, "decode_responses": False, "protocol": 2}
+    if config.redis.url.startswith("rediss://") and config.redis.ca_file:
+        options["ssl_ca_certs"] = config.redis.ca_file
+    return redis.Redis.from_url(config.redis.url, **options)
+
+
+def where(config: Config) -> str:
+    """``[redis] url`` as it may be shown: the password replaced by ***."""
+    return redact_url(config.redis.url)
+
+
+class Outage:
+    """Tracks one connection's outages: one line when Redis goes away, one when it is back."""
+
+    def __init__(self, config: Config, who: str) -> None:
+        self.where = where(config)
+        self.who = who
+        self.since: float | None = None
+        self.next_try = 0.0
+        self._delay = RETRY_FIRST
+
+    @property
+    def down(self) -> bool:
+        return self.since is not None
+
+    def failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+            log.error("Redis at %s is unreachable (%s); the %s retries with back-off and carries on when it is back",
+                      self.where, exc, self.who)
+            self._delay = RETRY_FIRST
+        self.next_try = now + self._delay
+        self._delay = min(RETRY_MAX, self._delay * 2)
+
+    def ok(self) -> None:
+        if self.since is not None:
+            log.info("Redis at %s is back after %.1fs", self.where, time.monotonic() - self.since)
+            self.since = None
+
+    def may_try(self) -> bool:
+        return self.since is None or time.monotonic() >= self.next_try
+
+
+def retrying(outage: Outage, timeout: float, operation: Callable[[], T]) -> T:
+    """Run ``operation`` until it succeeds, backing off through an outage; TransportUnavailable after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = operation()
+        except UNAVAILABLE as exc:
+            outage.failed(exc)
+            if outage.next_try > deadline:
+                raise TransportUnavailable(f"Redis at {outage.where} is unreachable ({exc}); gave up after "
+                                           f"{timeout:g}s ([redis] outage_timeout)") from exc
+            time.sleep(max(0.0, outage.next_try - time.monotonic()))
+            continue
+        outage.ok()
+        return result
+
+
+def unavailable(exc: BaseException, config: Config) -> TransportUnavailable:
+    return TransportUnavailable(f"Redis at {where(config)} is unreachable: {exc}")

@@ -1,0 +1,136 @@
+"""The atomic steps, as Lua scripts: each is one round trip, and all of it happens or none.
+
+Their KEYS and ARGV are spelled out where they are called (``calls`` below).
+
+- ``publish``: refuse a different message queued under the name (``exists``), a
+  full queue (``full``); the same bytes again are the same message (``same``);
+  else XADD (fields m: the bytes, f: the format, s: the stem, i: the inbox, q:
+  the name it is queued under), remember the name, register the group. A
+  local file moved in (``marker``) is published once per file identity, and
+  its name is not remembered (two files may share a name, as in the spool).
+- ``complete``: the ack (ledger, and the sender's answer), XACK, XDEL, forget
+  the name: a handled message is acknowledged and deleted at once, so the
+  stream holds only what is queued or in flight.
+- ``quarantine``: the message and its record into the dead-letter stream, the
+  nack (and the sender's answer), XACK, XDEL, forget the name and its deliveries.
+- ``renew``: extend the lease on entries this consumer still owns (XCLAIM to
+  itself, JUSTID: the delivery counter is untouched); entries another
+  consumer took meanwhile are left alone and named in the reply.
+- ``release``: make entries this consumer holds claimable by anyone at once
+  (a drain: what no worker started goes back to the queue).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PUBLISH = """
+local held = redis.call('GET', KEYS[2])
+if held then
+  if held == ARGV[5] then return {'same'} end
+  return {'exists'}
+end
+local limit = tonumber(ARGV[6])
+if limit > 0 and redis.call('XLEN', KEYS[1]) >= limit then return {'full'} end
+if ARGV[9] == '1' then
+  if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', 86400) then return {'same'} end
+end
+local id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[1], 'f', ARGV[2], 's', ARGV[3], 'i', ARGV[4], 'q', ARGV[10])
+if ARGV[9] ~= '1' then redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[7]) end
+redis.call('SADD', KEYS[3], ARGV[8])
+return {'ok', id}
+"""
+
+COMPLETE = """
+if ARGV[3] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
+  redis.call('LPUSH', KEYS[3], 'ack')
+  redis.call('EXPIRE', KEYS[3], ARGV[5])
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+redis.call('DEL', KEYS[4], KEYS[5])
+return 1
+"""
+
+QUARANTINE = """
+local found = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+if #found == 0 then return 0 end
+local fields = found[1][2]
+local entry = {}
+for i = 1, #fields, 2 do entry[fields[i]] = fields[i + 1] end
+redis.call('XADD', KEYS[2], '*', 'm', entry['m'] or '', 'f', entry['f'] or '', 's', entry['s'] or '',
+           'i', entry['i'] or 'messages', 'r', ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5])
+  redis.call('LPUSH', KEYS[4], ARGV[4])
+  redis.call('EXPIRE', KEYS[4], ARGV[6])
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+redis.call('DEL', KEYS[5], KEYS[6])
+if entry['q'] then redis.call('DEL', ARGV[7] .. entry['q']) end
+return 1
+"""
+
+RENEW = """
+local lost = {}
+for i = 3, #ARGV do
+  local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if pending[1] and pending[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+"""
+
+RELEASE = """
+for i = 4, #ARGV do
+  local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if pending[1] and pending[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID', 'IDLE', ARGV[3])
+  end
+end
+return 1
+"""
+
+
+class Scripts:
+    """The scripts registered on one client (redis-py reloads one the server forgot: NOSCRIPT)."""
+
+    def __init__(self, client: Any) -> None:
+        self.publish = client.register_script(PUBLISH)
+        self.complete = client.register_script(COMPLETE)
+        self.quarantine = client.register_script(QUARANTINE)
+        self.renew = client.register_script(RENEW)
+        self.release = client.register_script(RELEASE)
+
+
+def publish(scripts: Scripts, keys: Any, group: str, name: str, stem: str, data: bytes, fmt: str, inbox: str,
+            digest: str, max_queued: int, ttl: int, marker: str | None = None) -> list[Any]:
+    return scripts.publish(keys=[keys.stream(group), keys.queued(group, name), keys.groups,
+                                 marker or keys.queued(group, name)],
+                           args=[data, fmt, stem, inbox, digest, max_queued, ttl, group, "1" if marker else "0",
+                                 name])
+
+
+def complete(scripts: Scripts, keys: Any, group: str, entry: str, name: str, ack_id: str | None, ack_value: str,
+             retention: int, answer_ttl: int, *, client: Any = None) -> Any:
+    ack_key = keys.ack(group, ack_id) if ack_id else keys.queued(group, name)
+    answer = keys.answer(group, ack_id) if ack_id else keys.queued(group, name)
+    return scripts.complete(keys=[keys.stream(group), ack_key, answer, keys.queued(group, name),
+                                  keys.deliveries(group, entry)],
+                            args=["ipcpool", entry, ack_value if ack_id else "", retention, answer_ttl],
+                            client=client)
+
+
+def quarantine(scripts: Scripts, keys: Any, group: str, entry: str, name: str, message_id: str | None,
+               record: bytes, nack: bytes | None, retention: int, answer_ttl: int) -> Any:
+    nack_key = keys.nack(group, message_id) if message_id else keys.queued(group, name)
+    answer = keys.answer(group, message_id) if message_id else keys.queued(group, name)
+    return scripts.quarantine(keys=[keys.stream(group), keys.dead(group), nack_key, answer, keys.queued(group, name),
+                                    keys.deliveries(group, entry)],
+                              args=["ipcpool", entry, record, nack if nack is not None else b"", retention,
+                                    answer_ttl, keys.queued(group, "")])

@@ -1,0 +1,460 @@
+"""The supervisor's side on Redis: take entries from the groups' streams, hold them under a lease.
+
+- **Taking.** One blocking ``XREADGROUP ... BLOCK`` is kept outstanding on a
+  connection of its own while the pool has room, for as many entries as it
+  has room for; its socket is in the supervisor's epoll set (through this
+  source's own epoll), so a new entry reaches a worker without polling.
+- **Leases, not visibility timeouts.** Every entry this supervisor holds
+  (in a worker's hands or waiting here) is renewed each heartbeat interval
+  (``XCLAIM`` to itself, ``JUSTID``: only entries it still owns). A dead
+  supervisor's entries are reclaimed by the others with ``XAUTOCLAIM`` once
+  idle for ``[redis] lease``; nothing is locked, so a SIGKILL leaves nothing
+  held. A restarted supervisor (the same consumer name: its host and root)
+  takes back its own pending entries at once.
+- **Poison across hosts.** The deliveries that killed or hung a worker are a
+  list in Redis per entry, so the count goes on wherever the entry goes.
+- **Outages.** When Redis goes away the source stops handing out entries,
+  logs once, retries with back-off; what cannot be finished now (an ack, a
+  dead-lettering) is kept and finished when Redis is back.
+- **Files feed the cluster.** The local root's inboxes are still watched (a
+  :class:`~ipcpool.transport.spool.source.SpoolSource`); each file is moved
+  into its group's stream exactly once (a marker of its identity), then removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import select
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis.exceptions
+
+from ipcpool.config import Config
+from ipcpool.message import Summary, summarize_bytes
+from ipcpool.transport.redis.connection import UNAVAILABLE, Outage, connect
+from ipcpool.transport.redis.ingest import Ingest
+from ipcpool.transport.redis.keys import CONSUMER_GROUP, Keys
+from ipcpool.transport.redis.scripts import Scripts, complete, quarantine
+from ipcpool.transport.redis.store import _text
+
+log = logging.getLogger(__name__)
+
+MAX_READ = 256  # entries one read may take
+RECLAIM_COUNT = 100
+
+
+def consumer_name(root: str) -> str:
+    """The same for a supervisor restarted on the same host and root: it takes back its own entries."""
+    return f"{socket.gethostname()}:{hashlib.sha1(os.path.abspath(root).encode()).hexdigest()[:10]}"
+
+
+class RedisSource:
+    backend = "redis"
+
+    def __init__(self, config: Config, *, clock: Callable[[], float], on_hint: Callable[[], None]) -> None:
+        self.config = config
+        self.clock = clock
+        self.client = connect(config)
+        self.keys = Keys(config.redis.prefix)
+        self.scripts = Scripts(self.client)
+        self.consumer = consumer_name(config.spool.root)
+        self.lease_ms = int(config.redis.lease * 1000)
+        self.block_ms = int(min(config.spool.rescan_interval, 5.0) * 1000)
+        self.groups: set[str] = set()
+        self.queue: deque[tuple[str, str]] = deque()  # entries taken from Redis, not yet handed to a worker
+        self.later: dict[tuple[str, str], float] = {}  # entries to hand out again, not before then
+        self.failures: dict[tuple[str, str], int] = {}  # deliveries that killed a worker, as far as known here
+        self.pending_work: dict[tuple[str, str], dict[str, Any]] = {}  # acks and dead-letterings to finish
+        self.outage = Outage(config, "supervisor")
+        self.room = 0
+        self._reader: Any = None  # the connection blocking reads are made on (its own: it blocks)
+        self._reader_fd = -1
+        self._outstanding = False  # a read is in flight on it
+        self._held: set[tuple[str, str]] = set()  # what the workers held at the last renewal
+        self._poller = select.epoll()
+        self.ingest = Ingest(config, self.client, self.keys, self.scripts, self.consumer, clock=clock,
+                             on_hint=on_hint)
+        self._watch_fd = None
+        self.next_groups = 0.0
+        self.next_reclaim = 0.0
+        self._housekeeping = False
+
+    # -- the Source interface -----------------------------------------------------------------------------------
+
+    def open(self) -> int:
+        self.ingest.open()
+        watch_fd = self.ingest.fileno()
+        if watch_fd is not None:
+            self._watch_fd = watch_fd
+            self._poller.register(watch_fd, select.EPOLLIN)
+        self._refresh_groups()
+        recovered = self._recover()
+        self.next_reclaim = self.clock() + self.config.redis.lease / 2
+        return recovered
+
+    def fileno(self) -> int:
+        return self._poller.fileno()
+
+    def read_events(self) -> None:
+        for fd, _mask in self._poller.poll(0):
+            if fd == self._watch_fd:
+                self.ingest.read_events()
+            elif self._outstanding and fd == self._reader_fd:
+                self._read_reply()
+
+    def poll(self, now: float) -> None:
+        self.ingest.poll(now)
+        if self.outage.down and not self.outage.may_try():
+            return
+        try:
+            self.ingest.forward(now)
+            if self.pending_work:
+                self._finish_pending()
+            if now >= self.next_groups:
+                self.next_groups = now + self.config.spool.rescan_interval
+                self._refresh_groups()
+            if now >= self.next_reclaim:
+                self.next_reclaim = now + self.config.redis.lease / 2
+                self._reclaim()
+            if self.later:
+                for key, due in list(self.later.items()):
+                    if now >= due:
+                        del self.later[key]
+                        self.queue.append(key)
+            if self._housekeeping:
+                self._housekeeping = False
+                self._prune()
+            self._issue_read()
+        except UNAVAILABLE as exc:
+            self._lost(exc)
+            return
+        if self.outage.down:
+            self.outage.ok()
+            self._take_back_unknown()
+
+    def busy(self) -> bool:
+        return self.ingest.busy()
+
+    def backlog(self) -> int:
+        return 0 if self.outage.down else len(self.queue)
+
+    def want(self, room: int) -> None:
+        self.room = room
+
+    def take(self, room: int) -> list[tuple[str, str, int]]:
+        taken: list[tuple[str, str, int]] = []
+        queue = self.queue
+        while room > 0 and queue:
+            key = queue.popleft()
+            taken.append((key[0], key[1], self.failures.get(key, 0) + 1))
+            room -= 1
+        return taken
+
+    def finished(self, group: str, ref: str, outcome: str, info: Any) -> None:
+        key = (group, ref)
+        self.failures.pop(key, None)
+        if isinstance(info, dict) and ("ackHold" in info or "quarantine" in info):
+            self.pending_work[key] = info
+            log.error("Redis is unreachable: finishing group=%s entry=%s id=%s when it is back", group, ref,
+                      info.get("id") or (info.get("quarantine") or {}).get("id"))
+
+    def requeue(self, group: str, ref: str, *, later: float = 0.0, counted: bool = True) -> None:
+        key = (group, ref)
+        if later:
+            self.later[key] = self.clock() + later
+        else:
+            self.queue.appendleft(key)  # it was next once; it is next again
+
+    def failed_delivery(self, group: str, ref: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
+        key = self.keys.deliveries(group, ref)
+        try:
+            _, _, history = (self.client.pipeline(transaction=True).rpush(key, json.dumps(entry))
+                             .expire(key, max(1, int(self.config.ack.retention))).lrange(key, 0, -1).execute())
+            found = [json.loads(item) for item in history]
+        except UNAVAILABLE as exc:
+            self._lost(exc)
+            found = [entry] * (self.failures.get((group, ref), 0) + 1)
+        self.failures[(group, ref)] = len(found)
+        return found
+
+    def quarantine(self, group: str, ref: str, record: dict[str, Any], nack: dict[str, Any] | None) -> bool:
+        key = (group, ref)
+        self.failures.pop(key, None)
+        try:
+            return bool(self._dead_letter(group, ref, record, nack))
+        except UNAVAILABLE as exc:
+            self._lost(exc)
+            self.pending_work[key] = {"quarantine": record, "nack": nack}
+            return False
+
+    def summarize(self, group: str, ref: str) -> Summary:
+        try:
+            entries = self.client.xrange(self.keys.stream(group), ref, ref)
+        except UNAVAILABLE:
+            entries = []
+        if not entries:
+            return summarize_bytes(b"", None, ref)
+        fields = entries[0][1]
+        fmt = _text(fields.get(b"f")) or None
+        return summarize_bytes(fields.get(b"m") or b"", fmt, _text(fields.get(b"s")) or ref)
+
+    def renew(self, held: Iterable[tuple[str, str]]) -> None:
+        """Extend the lease on everything held here: in workers' hands, and waiting in this queue."""
+        self._held = set(held)
+        by_group: dict[str, list[str]] = {}
+        for group, ref in (*self._held, *self.queue, *self.later):
+            by_group.setdefault(group, []).append(ref)
+        if not by_group or (self.outage.down and not self.outage.may_try()):
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for group, refs in by_group.items():
+            self.scripts.renew(keys=[self.keys.stream(group)], args=[CONSUMER_GROUP, self.consumer, *refs],
+                               client=pipe)
+        try:
+            results = pipe.execute()
+        except UNAVAILABLE as exc:
+            self._lost(exc)
+            return
+        for group, lost in zip(by_group, results, strict=True):
+            for ref in lost or ():
+                log.error("lost the lease on group=%s entry=%s: another supervisor took it (this one was out of "
+                          "touch longer than [redis] lease); its handler may run twice", group, _text(ref))
+
+    def housekeeping(self, live_pids: set[int] | None = None) -> None:
+        self.ingest.housekeeping(live_pids or set())
+        self._housekeeping = True
+
+    def stats(self) -> dict[str, Any]:
+        groups: dict[str, dict[str, Any]] = {}
+        names = sorted(self.groups)
+        pipe = self.client.pipeline(transaction=False)
+        for group in names:
+            stream = self.keys.stream(group)
+            pipe.xlen(stream)
+            pipe.xpending(stream, CONSUMER_GROUP)
+            pipe.xlen(self.keys.dead(group))
+            pipe.xrange(stream, "-", "+", count=1)
+        try:
+            replies = pipe.execute() if names else []
+        except (*UNAVAILABLE, redis.exceptions.ResponseError):
+            replies = []
+        now_ms = time.time() * 1000
+        for n, group in enumerate(names):
+            if not replies:
+                groups[group] = {"queued": 0, "errors": 0, "oldestQueuedAge": None}
+                continue
+            depth, pending, dead, first = replies[4 * n: 4 * n + 4]
+            count = pending.get("pending", 0) if isinstance(pending, dict) else 0
+            oldest = None
+            if first:
+                oldest = round(max(0.0, now_ms - int(_text(first[0][0]).split("-", 1)[0])) / 1000, 3)
+            groups[group] = {"queued": max(0, depth - count), "pending": count, "errors": dead,
+                             "oldestQueuedAge": oldest}
+        trouble = {"full": False, "stranded": len(self.pending_work), "ackHolds": 0,
+                   "error": f"Redis is unreachable since {round(time.monotonic() - self.outage.since, 1)}s"
+                   if self.outage.since is not None else None,
+                   "consumer": self.consumer, "redisDown": self.outage.down, **self.ingest.stats()}
+        return {"groups": groups, "transport": trouble}
+
+    def announce(self, status: dict[str, Any]) -> None:
+        """This supervisor's status, for `ipcpool status` on any host (it expires unless renewed)."""
+        ttl = max(1, int(3 * self.config.heartbeat.interval) + 1)
+        try:
+            self.client.set(self.keys.supervisor(self.consumer), json.dumps(status, default=str), ex=ttl)
+        except UNAVAILABLE as exc:
+            self._lost(exc)
+
+    @property
+    def holds_acks(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        """Hand back what no worker started: the others may take it at once, not after the lease."""
+        waiting = list(self.queue) + list(self.later)
+        self.queue.clear()
+        self.later.clear()
+        self._release(waiting)
+        self._drop_reader()
+        try:
+            self.client.delete(self.keys.supervisor(self.consumer))
+        except UNAVAILABLE:
+            pass
+        self.ingest.close()
+        self._poller.close()
+        self.client.close()
+
+    # -- reading ----------------------------------------------------------------------------------------------
+
+    def _issue_read(self) -> None:
+        """Keep one blocking XREADGROUP outstanding while the pool has room and nothing waits here."""
+        if self._outstanding or not self.groups or self.room <= len(self.queue):
+            return
+        count = min(MAX_READ, self.room - len(self.queue))
+        if self._reader is None:
+            self._reader = self.client.connection_pool.make_connection()  # its own: it blocks
+            self._reader.connect()
+        names = sorted(self.groups)
+        self._reader.send_command("XREADGROUP", "GROUP", CONSUMER_GROUP, self.consumer, "COUNT", count,
+                                  "BLOCK", self.block_ms, "STREAMS", *(self.keys.stream(g) for g in names),
+                                  *([">"] * len(names)))
+        self._reader_fd = self._reader._sock.fileno()
+        self._poller.register(self._reader_fd, select.EPOLLIN)
+        self._outstanding = True
+
+    def _read_reply(self) -> None:
+        self._outstanding = False
+        self._poller.unregister(self._reader_fd)
+        try:
+            reply = self._reader.read_response()
+        except UNAVAILABLE as exc:
+            self._lost(exc)
+            return
+        except redis.exceptions.ResponseError as exc:  # NOGROUP: a stream's consumer group went away
+            log.warning("reading the streams failed (%s); recreating consumer groups", exc)
+            self.groups.clear()
+            self.next_groups = 0.0
+            return
+        prefix = len(self.keys.stream(""))
+        for stream, entries in reply or ():
+            group = _text(stream)[prefix:]
+            for entry_id, _fields in entries:
+                self.queue.append((group, _text(entry_id)))
+
+    def _drop_reader(self) -> None:
+        """The reader's connection failed (or we close): entries it may have taken unread come back to
+        this consumer when it recovers (its own pending entries), or to anyone after the lease."""
+        if self._reader is None:
+            return
+        if self._outstanding:
+            try:
+                self._poller.unregister(self._reader_fd)
+            except (OSError, ValueError):
+                pass
+            self._outstanding = False
+        self._reader.disconnect()
+        self._reader = None
+
+    def _take_back_unknown(self) -> None:
+        """After an outage: entries Redis gave this consumer that it never heard of (a read cut short)."""
+        known = self._held | set(self.queue) | set(self.later)
+        before = len(self.queue)
+        self._recover(skip=known)
+        if len(self.queue) > before:
+            log.warning("took back %d messages a read cut short by the outage had taken", len(self.queue) - before)
+
+    def _recover(self, *, skip: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset()) -> int:
+        """This consumer's own pending entries (a previous run of this supervisor): ours again, at once."""
+        recovered = 0
+        for group in sorted(self.groups):
+            reply = self.client.xreadgroup(CONSUMER_GROUP, self.consumer, {self.keys.stream(group): "0"},
+                                           count=100_000)
+            for _stream, entries in reply or ():
+                gone = [entry_id for entry_id, fields in entries if not fields]
+                if gone:
+                    self.client.xack(self.keys.stream(group), CONSUMER_GROUP, *gone)
+                for entry_id, fields in entries:
+                    key = (group, _text(entry_id))
+                    if fields and key not in skip:
+                        self.queue.append(key)
+                        recovered += 1
+        self._learn_failures([key for key in self.queue if key not in skip])
+        if recovered and not skip:
+            log.warning("Recovered %d messages this supervisor held before its restart", recovered)
+        return recovered
+
+    def _reclaim(self) -> None:
+        """Entries of supervisors that stopped renewing them (dead, or cut off) longer than the lease."""
+        claimed: list[tuple[str, str]] = []
+        for group in sorted(self.groups):
+            ids = self.client.xautoclaim(self.keys.stream(group), CONSUMER_GROUP, self.consumer, self.lease_ms,
+                                         start_id="0-0", count=RECLAIM_COUNT, justid=True)
+            claimed += [(group, _text(entry_id)) for entry_id in ids or ()]
+        if claimed:
+            log.warning("reclaimed %d messages from supervisors that stopped renewing their lease", len(claimed))
+            self._learn_failures(claimed)
+            self.queue.extend(claimed)
+
+    def _learn_failures(self, keys: list[tuple[str, str]]) -> None:
+        if not keys:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for group, ref in keys:
+            pipe.llen(self.keys.deliveries(group, ref))
+        for key, count in zip(keys, pipe.execute(), strict=True):
+            if count:
+                self.failures[key] = count
+
+    def _refresh_groups(self) -> None:
+        known = {_text(g) for g in self.client.smembers(self.keys.groups)}
+        known |= set(self.config.spool.groups) | self.ingest.groups()
+        for group in sorted(known - self.groups):
+            if self.config.spool.strict_groups and group not in self.config.spool.groups:
+                continue
+            try:
+                self.client.xgroup_create(self.keys.stream(group), CONSUMER_GROUP, id="0", mkstream=True)
+            except redis.exceptions.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            self.client.sadd(self.keys.groups, group)
+            self.groups.add(group)  # read from the next read on (an outstanding one returns within block_ms)
+            log.info("IPC watcher setup for group %s (Redis stream %s)", group, self.keys.stream(group))
+
+    # -- finishing ---------------------------------------------------------------------------------------------
+
+    def _dead_letter(self, group: str, ref: str, record: dict[str, Any], nack: dict[str, Any] | None) -> int:
+        error_file = f"{group}/dead-letters/{ref}"
+        body = dict(record, originalEntry=ref, group=group)
+        nack_body = json.dumps(dict(nack, errorFile=error_file)).encode() if nack is not None else None
+        return int(quarantine(self.scripts, self.keys, group, ref, ref, record.get("id"),
+                              json.dumps(body, default=str).encode(), nack_body, max(1, int(self.config.ack.retention)),
+                              _answer_ttl(self.config)))
+
+    def _finish_pending(self) -> None:
+        for key, info in list(self.pending_work.items()):
+            group, ref = key
+            if "quarantine" in info:
+                self._dead_letter(group, ref, info["quarantine"], info.get("nack"))
+            else:
+                complete(self.scripts, self.keys, group, ref, info.get("name") or ref, info.get("id"),
+                         time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+                         max(1, int(self.config.ack.retention)), _answer_ttl(self.config))
+            del self.pending_work[key]
+            log.info("finished group=%s entry=%s now that Redis is back", group, ref)
+
+    def _release(self, keys: list[tuple[str, str]]) -> None:
+        by_group: dict[str, list[str]] = {}
+        for group, ref in keys:
+            by_group.setdefault(group, []).append(ref)
+        try:
+            for group, refs in by_group.items():
+                self.scripts.release(keys=[self.keys.stream(group)],
+                                     args=[CONSUMER_GROUP, self.consumer, self.lease_ms + 1, *refs])
+        except UNAVAILABLE:
+            pass  # they come back to anyone after the lease anyway
+
+    def _prune(self) -> None:
+        """Dead letters past their retention; consumers of gone supervisors that hold nothing."""
+        cutoff_ms = int((time.time() - self.config.redis.dead_letter_retention) * 1000)
+        for group in sorted(self.groups):
+            self.client.execute_command("XTRIM", self.keys.dead(group), "MINID", cutoff_ms)
+            for consumer in self.client.xinfo_consumers(self.keys.stream(group), CONSUMER_GROUP):
+                name = _text(consumer.get("name"))
+                if name != self.consumer and not consumer.get("pending") and consumer.get("idle", 0) > self.lease_ms:
+                    self.client.xgroup_delconsumer(self.keys.stream(group), CONSUMER_GROUP, name)
+
+    def _lost(self, exc: BaseException) -> None:
+        self.outage.failed(exc)
+        self._drop_reader()
+
+
+def _answer_ttl(config: Config) -> int:
+    from ipcpool.config import ack_retry_window
+
+    return max(60, int(ack_retry_window(config.ack)) + 60)
