@@ -147,11 +147,26 @@ def cmd_health(args: argparse.Namespace) -> int:
     config = _config(args)
     status = read_status(config.spool.root)
     ok, reason = verdict(status)
+    if ok and config.transport.backend == "redis":  # the local supervisor is fine: is its Redis?
+        ok, reason = _redis_reachable(config, reason)
     if args.json:
         print(json.dumps({"healthy": ok, "reason": reason, "status": status}, indent=1))
     else:
         print(reason)
     return EXIT_OK if ok else EXIT_FAILURE
+
+
+def _redis_reachable(config: Config, reason: str) -> tuple[bool, str]:
+    from ipcpool.transport import make_inspector
+
+    inspector = make_inspector(config)
+    try:
+        inspector.ping()
+    except IpcpoolError as exc:
+        return False, str(exc)
+    finally:
+        inspector.close()
+    return True, reason
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -162,13 +177,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = _config(args)
     status = read_status(config.spool.root)
     healthy = verdict(status)
-    if status is None or status.get("state") != "running" or not healthy[0]:
-        # The supervisor may be down: what the transport holds is still true.
-        inspector = make_inspector(config)
-        try:
+    inspector = make_inspector(config)
+    try:
+        if status is None or status.get("state") != "running" or not healthy[0]:
+            # The supervisor may be down: what the transport holds is still true.
             status = dict(status or {}, folders=inspector.counts())
-        finally:
-            inspector.close()
+        if config.transport.backend == "redis":  # every live supervisor of the cluster, each group's queue
+            status = dict(status, cluster={"supervisors": inspector.supervisors(), "groups": inspector.counts()})
+    finally:
+        inspector.close()
     print(json.dumps(dict(status, healthy=healthy[0], reason=healthy[1]), indent=1) if args.json
           else render_table(status, healthy))
     return EXIT_OK if healthy[0] else EXIT_FAILURE

@@ -150,6 +150,7 @@ def render_table(status: dict[str, Any], healthy: tuple[bool, str], *, now: floa
             lines.append(f"{h['group']:<24} {h['processId']!s:>10} {h['status']!s:<10} {h['age']:>7}")
     totals = status.get("totals", {})
     lines += ["", "totals: " + "  ".join(f"{k} {v}" for k, v in totals.items())]
+    lines += _render_cluster(status.get("cluster"))
     spool = status.get("spool") or {}
     if spool.get("stranded") or spool.get("full"):
         lines.append(f"spool: {'FULL; ' if spool.get('full') else ''}{spool.get('stranded')} stranded "
@@ -166,6 +167,23 @@ def _running(worker: dict[str, Any]) -> str:
     return f"{current.get('type') or '?'} {current.get('id')} ({worker.get('currentAge')}s)"
 
 
+def _render_cluster(cluster: dict[str, Any] | None) -> list[str]:
+    """Redis: every live supervisor sharing the queues, and each group's queue as Redis holds it."""
+    if not cluster:
+        return []
+    lines = ["", f"{'SUPERVISOR (cluster)':<40} {'STATE':<9} {'WORKERS':>7} {'HANDLED':>8} {'UP S':>8}"]
+    for sup in sorted(cluster.get("supervisors", []), key=lambda s: str(s.get("spool", {}).get("consumer"))):
+        workers = sup.get("workers", [])
+        handled = sum(int(w.get("handled", 0)) for w in workers)
+        name = sup.get("spool", {}).get("consumer", "?")
+        lines.append(f"{name!s:<40} {sup.get('state', '?')!s:<9} {len(workers):>7} "
+                     f"{handled:>8} {sup.get('supervisor', {}).get('uptime', '-')!s:>8}")
+    lines += ["", f"{'GROUP (cluster)':<24} {'QUEUED':>7} {'PENDING':>8} {'DEAD':>6}"]
+    for name, g in cluster.get("groups", {}).items():
+        lines.append(f"{name:<24} {g['queued']:>7} {g['processing']:>8} {g['errors']:>6}")
+    return lines
+
+
 def _render_down(status: dict[str, Any], healthy: tuple[bool, str], now: float) -> str:
     """No supervisor running (or a stale record): say so, and count what the folders hold."""
     sup = status.get("supervisor") or {}
@@ -180,6 +198,7 @@ def _render_down(status: dict[str, Any], healthy: tuple[bool, str], now: float) 
         lines.append(f"{name:<24} {g['queued']:>7} {g['processing']:>10} {g['errors']:>7}")
     if not status["folders"]:
         lines.append("(no group folders)")
+    lines += _render_cluster(status.get("cluster"))
     return "\n".join(lines)
 
 

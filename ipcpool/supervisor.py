@@ -78,6 +78,7 @@ SHORT_LIFE = 1.0  # a worker that dies younger than this counts towards a crash 
 EXTERNAL_HEARTBEAT_TTL = 3600.0
 MAX_EXTERNAL_HEARTBEATS = 1000
 SHUTDOWN_KILL_WAIT = 5.0  # seconds to wait for a SIGKILLed worker to be gone at exit
+RETRY_UNAVAILABLE = 1.0  # seconds before a message a worker could not read (its transport away) is handed out again
 
 DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGXCPU, signal.SIGXFSZ, signal.SIGALRM,
                  signal.SIGVTALRM, signal.SIGPROF)
@@ -364,8 +365,8 @@ class Supervisor:
             return
         if outcome == "unsettled":  # not decodable yet, and still changing: back, and offered when settled
             self._requeue(delivery, counted=False, later=self.config.spool.settle_time)
-        elif outcome == "returned":  # never started: the worker is stopping
-            self._requeue(delivery, counted=False)
+        elif outcome == "returned":  # never started: the worker is stopping, or the transport was away
+            self._requeue(delivery, counted=False, later=RETRY_UNAVAILABLE if info else 0.0)
         else:
             self._count_outcome(worker, outcome, delivery.group, info)
             self.source.finished(delivery.group, delivery.name, outcome,
@@ -687,8 +688,10 @@ class Supervisor:
     # -- status --------------------------------------------------------------------
 
     def write_status(self, now: float) -> None:
-        write_status(self.local.root, build_status(self, now),
-                     mode=0o600 if self.config.spool.mode == "private" else 0o640)
+        status = build_status(self, now)
+        write_status(self.local.root, status, mode=0o600 if self.config.spool.mode == "private" else 0o640)
+        if self.state not in ("stopped", "halted", "failed"):
+            self.source.announce(status)  # a transport shared by hosts shows every supervisor
 
 
 def _is_boot_failure(code: int | None, reason: StopReason | None) -> bool:

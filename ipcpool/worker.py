@@ -49,7 +49,15 @@ from typing import Any
 
 from ipcpool import proctitle
 from ipcpool.config import Config
-from ipcpool.errors import EXIT_OK, EXIT_WORKER_BOOT, EXIT_WORKER_GRACE, HandlerNotFound, InvalidMessage, SpoolError
+from ipcpool.errors import (
+    EXIT_OK,
+    EXIT_WORKER_BOOT,
+    EXIT_WORKER_GRACE,
+    HandlerNotFound,
+    InvalidMessage,
+    SpoolError,
+    TransportUnavailable,
+)
 from ipcpool.handlers import Handler, HandlerTable, resolve_all
 from ipcpool.health import heartbeat_envelope, pid_alive, process_create_time
 from ipcpool.localroot import LocalRoot
@@ -128,6 +136,7 @@ class Worker:
         self._retiring = False  # stopping because max_tasks was reached
         self._pending_replies: list[tuple[str, str, bytes, float]] = []  # (group, id, bytes, give up at)
         self._seq = 0  # the delivery being processed
+        self._transport_down = False  # the transport could not be reached (logged once until it can)
         self.title = proctitle.Title()
         self._max_tasks = spec.max_tasks
         self.handled = 0
@@ -246,7 +255,16 @@ class Worker:
         shared[SLOT_STARTED] = time.monotonic()
         self._current = (group, name, time.time())
         self._seq = seq
-        result = self._process(group, name, deliveries)
+        try:
+            result = self._process(group, name, deliveries)
+            self._transport_down = False
+        except TransportUnavailable as exc:
+            # Redis went away before the handler ran (reading, or the dedupe check): it goes back
+            # and is tried again later; after a handler ran, complete() keeps it for the supervisor.
+            if not self._transport_down:  # one line per outage, not one per message
+                self._transport_down = True
+                log.warning("worker %d: %s; what it holds goes back until it is reachable", self._pid, exc)
+            result = Outcome.RETURNED, {"unavailable": True}
         shared[SLOT_STARTED] = 0.0
         self._current = self._current_message = None
         return result

@@ -50,22 +50,52 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process; ``kill`` and ``restart`` keep its folder, so its AOF is replayed."""
 
-    def __init__(self, folder: Path, *extra: str) -> None:
+    def __init__(self, folder: Path, *extra: str, tls: bool = False) -> None:
         self.binary = require_redis_server()
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = free_port()  # plain TCP: the readiness check (and plain clients)
+        self.tls_port = free_port() if tls else None
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
+        if tls:
+            self._make_certificates()
 
     @property
     def url(self) -> str:
+        if self.tls_port is not None:
+            return f"rediss://127.0.0.1:{self.tls_port}/0"
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.folder / "ca.crt"
+
+    def _make_certificates(self) -> None:
+        """A throwaway CA and a server certificate for 127.0.0.1 (openssl)."""
+        if shutil.which("openssl") is None:
+            pytest.skip("openssl is not installed (.ci/run installs it)")
+        f = self.folder
+
+        def run(*args: str) -> None:
+            subprocess.run(["openssl", *args], cwd=f, check=True, capture_output=True)
+
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+            "-subj", "/CN=ipcpool test CA")
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=127.0.0.1")
+        (f / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+        run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf")
 
     def start(self) -> RedisServer:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
                 "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
                 "--logfile", str(self.folder / "redis.log"), *self.extra]
+        if self.tls_port is not None:
+            f = self.folder
+            args += ["--tls-port", str(self.tls_port), "--tls-cert-file", str(f / "server.crt"), "--tls-key-file",
+                     str(f / "server.key"), "--tls-ca-cert-file", str(f / "ca.crt"), "--tls-auth-clients", "no"]
         self.proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         HELPER_PIDS.add(self.proc.pid)
@@ -82,7 +112,7 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
+                return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))  # up (a password is asked for)
         except OSError:
             return False
 

@@ -105,6 +105,9 @@ class Source(Protocol):
     def stats(self) -> dict[str, Any]:
         """Per group (queued, oldest, errors) and the transport's troubles, for status.json."""
 
+    def announce(self, status: dict[str, Any]) -> None:
+        """Publish this supervisor's status where every host can read it (a shared transport)."""
+
     def close(self) -> None: ...
 
 
@@ -191,6 +194,12 @@ class Inspector(Protocol):
 
     def dead_letters(self) -> Any:
         """The dead letters (``errors/``, or the dead-letter streams): list, read, retry, purge."""
+
+    def supervisors(self) -> list[dict[str, Any]]:
+        """Every live supervisor's status (a shared transport; the spool has one, in status.json)."""
+
+    def ping(self) -> None:
+        """Raise TransportUnavailable when the transport cannot be reached."""
 
     def close(self) -> None: ...
 

@@ -30,7 +30,7 @@ import os
 import select
 import socket
 import time
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -68,7 +68,9 @@ class RedisSource:
         self.lease_ms = int(config.redis.lease * 1000)
         self.block_ms = int(min(config.spool.rescan_interval, 5.0) * 1000)
         self.groups: set[str] = set()
-        self.queue: deque[tuple[str, str]] = deque()  # entries taken from Redis, not yet handed to a worker
+        # Entries taken from Redis, not yet handed to a worker: an ordered set (an entry is never in it
+        # twice, whichever way it came: a read, a reclaim, a recovery).
+        self.queue: OrderedDict[tuple[str, str], None] = OrderedDict()
         self.later: dict[tuple[str, str], float] = {}  # entries to hand out again, not before then
         self.failures: dict[tuple[str, str], int] = {}  # deliveries that killed a worker, as far as known here
         self.pending_work: dict[tuple[str, str], dict[str, Any]] = {}  # acks and dead-letterings to finish
@@ -77,7 +79,7 @@ class RedisSource:
         self._reader: Any = None  # the connection blocking reads are made on (its own: it blocks)
         self._reader_fd = -1
         self._outstanding = False  # a read is in flight on it
-        self._held: set[tuple[str, str]] = set()  # what the workers held at the last renewal
+        self.out: set[tuple[str, str]] = set()  # handed to the pool and not given back yet
         self._poller = select.epoll()
         self.ingest = Ingest(config, self.client, self.keys, self.scripts, self.consumer, clock=clock,
                              on_hint=on_hint)
@@ -114,6 +116,8 @@ class RedisSource:
         if self.outage.down and not self.outage.may_try():
             return
         try:
+            if self.outage.down:  # back: first what a read cut short may have taken, then new reads
+                self._take_back_unknown()
             self.ingest.forward(now)
             if self.pending_work:
                 self._finish_pending()
@@ -127,7 +131,7 @@ class RedisSource:
                 for key, due in list(self.later.items()):
                     if now >= due:
                         del self.later[key]
-                        self.queue.append(key)
+                        self._enqueue(key)
             if self._housekeeping:
                 self._housekeeping = False
                 self._prune()
@@ -135,9 +139,7 @@ class RedisSource:
         except UNAVAILABLE as exc:
             self._lost(exc)
             return
-        if self.outage.down:
-            self.outage.ok()
-            self._take_back_unknown()
+        self.outage.ok()
 
     def busy(self) -> bool:
         return self.ingest.busy()
@@ -152,13 +154,15 @@ class RedisSource:
         taken: list[tuple[str, str, int]] = []
         queue = self.queue
         while room > 0 and queue:
-            key = queue.popleft()
+            key = queue.popitem(last=False)[0]
+            self.out.add(key)
             taken.append((key[0], key[1], self.failures.get(key, 0) + 1))
             room -= 1
         return taken
 
     def finished(self, group: str, ref: str, outcome: str, info: Any) -> None:
         key = (group, ref)
+        self.out.discard(key)
         self.failures.pop(key, None)
         if isinstance(info, dict) and ("ackHold" in info or "quarantine" in info):
             self.pending_work[key] = info
@@ -167,10 +171,12 @@ class RedisSource:
 
     def requeue(self, group: str, ref: str, *, later: float = 0.0, counted: bool = True) -> None:
         key = (group, ref)
+        self.out.discard(key)
         if later:
             self.later[key] = self.clock() + later
         else:
-            self.queue.appendleft(key)  # it was next once; it is next again
+            self.queue[key] = None
+            self.queue.move_to_end(key, last=False)  # it was next once; it is next again
 
     def failed_delivery(self, group: str, ref: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
         key = self.keys.deliveries(group, ref)
@@ -186,6 +192,7 @@ class RedisSource:
 
     def quarantine(self, group: str, ref: str, record: dict[str, Any], nack: dict[str, Any] | None) -> bool:
         key = (group, ref)
+        self.out.discard(key)
         self.failures.pop(key, None)
         try:
             return bool(self._dead_letter(group, ref, record, nack))
@@ -207,9 +214,8 @@ class RedisSource:
 
     def renew(self, held: Iterable[tuple[str, str]]) -> None:
         """Extend the lease on everything held here: in workers' hands, and waiting in this queue."""
-        self._held = set(held)
         by_group: dict[str, list[str]] = {}
-        for group, ref in (*self._held, *self.queue, *self.later):
+        for group, ref in {*held, *self.out, *self.queue, *self.later, *self.pending_work}:
             by_group.setdefault(group, []).append(ref)
         if not by_group or (self.outage.down and not self.outage.may_try()):
             return
@@ -325,7 +331,7 @@ class RedisSource:
         for stream, entries in reply or ():
             group = _text(stream)[prefix:]
             for entry_id, _fields in entries:
-                self.queue.append((group, _text(entry_id)))
+                self._enqueue((group, _text(entry_id)))
 
     def _drop_reader(self) -> None:
         """The reader's connection failed (or we close): entries it may have taken unread come back to
@@ -341,9 +347,13 @@ class RedisSource:
         self._reader.disconnect()
         self._reader = None
 
+    def _enqueue(self, key: tuple[str, str]) -> None:
+        if key not in self.out and key not in self.later and key not in self.pending_work:
+            self.queue[key] = None
+
     def _take_back_unknown(self) -> None:
         """After an outage: entries Redis gave this consumer that it never heard of (a read cut short)."""
-        known = self._held | set(self.queue) | set(self.later)
+        known = self.out | set(self.queue) | set(self.later) | set(self.pending_work)
         before = len(self.queue)
         self._recover(skip=known)
         if len(self.queue) > before:
@@ -361,8 +371,8 @@ class RedisSource:
                     self.client.xack(self.keys.stream(group), CONSUMER_GROUP, *gone)
                 for entry_id, fields in entries:
                     key = (group, _text(entry_id))
-                    if fields and key not in skip:
-                        self.queue.append(key)
+                    if fields and key not in skip and key not in self.queue:
+                        self._enqueue(key)
                         recovered += 1
         self._learn_failures([key for key in self.queue if key not in skip])
         if recovered and not skip:
@@ -379,7 +389,8 @@ class RedisSource:
         if claimed:
             log.warning("reclaimed %d messages from supervisors that stopped renewing their lease", len(claimed))
             self._learn_failures(claimed)
-            self.queue.extend(claimed)
+            for key in claimed:
+                self._enqueue(key)
 
     def _learn_failures(self, keys: list[tuple[str, str]]) -> None:
         if not keys:

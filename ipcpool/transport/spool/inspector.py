@@ -35,5 +35,11 @@ class SpoolInspector:
     def dead_letters(self) -> SpoolDeadLetters:
         return SpoolDeadLetters(self.spool)
 
+    def ping(self) -> None:
+        """Nothing to reach: the spool is a folder."""
+
+    def supervisors(self) -> list[dict[str, object]]:
+        return []
+
     def close(self) -> None:
         pass

@@ -232,6 +232,9 @@ class SpoolSource:
                    "error": errors[0] if errors else None, **(spool_space(self.spool.root) or {})}
         return {"groups": groups, "transport": trouble}
 
+    def announce(self, status: dict[str, Any]) -> None:
+        """One supervisor per root: status.json says it all."""
+
     @property
     def holds_acks(self) -> bool:
         """Handled messages wait for their acks: workers' ack checks must look for the held files too."""

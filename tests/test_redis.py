@@ -1,0 +1,350 @@
+"""Redis Streams as a real Redis runs it: many supervisors, leases, poison across hosts, outages,
+start-up checks, security, bounded memory, and chaos with everything killed that can be."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import redis
+from conftest import SupervisorProcess, ipcpool_cli, records, wait_until, write_config
+from redis_server import RedisServer
+
+from ipcpool import Client, MessageExists, QueueFull
+from ipcpool.config import load_config
+
+
+def _sections(url: str, prefix: str, **extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    sections: dict[str, dict[str, Any]] = {"transport": {"backend": "redis"},
+                                           "redis": {"url": url, "prefix": prefix, "lease": 2.0}}
+    for name, values in extra.items():
+        sections.setdefault(name, {}).update(values)
+    return sections
+
+
+def _host(tmp_path: Path, name: str, url: str, prefix: str, **extra: dict[str, Any]) -> Path:
+    """One "host": a config with a local root of its own."""
+    (tmp_path / name).mkdir(exist_ok=True)
+    return write_config(tmp_path / name / "c.toml", tmp_path / name / "ipc", sections=_sections(url, prefix, **extra))
+
+
+def _start(tmp_path: Path, env: dict[str, str], config: Path, name: str, started: list[SupervisorProcess]
+           ) -> SupervisorProcess:
+    sup = SupervisorProcess(config, tmp_path, env, tmp_path / f"{name}.log").start()
+    started.append(sup)
+    return sup
+
+
+@pytest.fixture
+def hosts() -> Any:
+    started: list[SupervisorProcess] = []
+    yield started
+    for sup in started:
+        if sup.proc is not None and sup.proc.poll() is None:
+            sup.stop()
+        else:
+            for child in sup.descendants():
+                child.kill()
+
+
+def _workers(sup: SupervisorProcess) -> list[int]:
+    found = []
+    for child in sup.descendants():
+        try:
+            if "ipcpool: worker" in " ".join(child.cmdline()):
+                found.append(child.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _raw(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url)
+
+
+# -- leases and poison across hosts ------------------------------------------------------------------------
+
+
+def test_a_handler_three_times_longer_than_the_lease_runs_once_on_one_host(tmp_path, env, redis_url, redis_prefix,
+                                                                          hosts):
+    a = _start(tmp_path, env, _host(tmp_path, "a", redis_url, redis_prefix, redis={"lease": 1.0}), "a", hosts)
+    b = _start(tmp_path, env, _host(tmp_path, "b", redis_url, redis_prefix, redis={"lease": 1.0}), "b", hosts)
+    with Client.from_config(tmp_path / "a" / "c.toml") as client:
+        client.send_and_wait("main", "task", {"sleep": 3.5}, message_id="long-one", timeout=60)
+    (record,) = records(tmp_path)
+    assert record["id"] == "long-one"
+    assert "lost the lease" not in a.log() + b.log()
+    assert "reclaimed" not in a.log() + b.log(), "no supervisor took what a live one held"
+
+
+def test_delivery_counts_are_kept_in_redis_and_go_on_on_another_host(tmp_path, redis_url, redis_prefix):
+    """A consumer records a delivery that killed a worker, then stops renewing (dies); another
+    reclaims the entry after the lease and knows it is the second delivery."""
+    from ipcpool.transport.redis.source import RedisSource
+
+    configs = [load_config(_host(tmp_path, name, redis_url, redis_prefix, redis={"lease": 0.75})) for name in "ab"]
+    with Client.from_config(configs[0]) as client:
+        client.send("main", "task", {"n": 1}, message_id="counted")
+    a = RedisSource(configs[0], clock=time.monotonic, on_hint=lambda: None)
+    b = RedisSource(configs[1], clock=time.monotonic, on_hint=lambda: None)
+    try:
+        a.open()
+        a.want(10)
+        wait_until(lambda: (a.read_events(), a.poll(time.monotonic()), a.backlog())[2], 10, message="a takes it")
+        ((group, ref, deliveries),) = a.take(10)
+        assert deliveries == 1
+        history = a.failed_delivery(group, ref, {"delivery": 1, "ended": "exited with code 7"})
+        assert len(history) == 1
+        b.open()
+        b.want(10)
+        b.next_reclaim = 0.0
+        wait_until(lambda: (b.poll(time.monotonic()), setattr(b, "next_reclaim", 0.0), b.backlog())[2], 20,
+                   message="b reclaims it once a's lease lapsed")
+        ((_g, ref_b, deliveries_b),) = b.take(10)
+        assert ref_b == ref and deliveries_b == 2, "the count went on on the other host"
+    finally:
+        a.close()
+        b.close()
+
+
+# -- many supervisors, and everything killed -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_chaos_three_supervisors_share_a_queue_through_kills_and_a_redis_restart(tmp_path, env, private_redis, hosts):
+    url, prefix = private_redis.url, "chaos"
+    extra = {"pool": {"workers": 2, "max_deliveries": 1000, "handler_timeout": 30.0},
+             "heartbeat": {"interval": 0.25, "miss_limit": 8}, "redis": {"lease": 2.0, "outage_timeout": 60.0}}
+    configs = [_host(tmp_path, f"h{i}", url, prefix, **extra) for i in range(3)]
+    sups = [_start(tmp_path, env, configs[i], f"h{i}", hosts) for i in range(3)]
+    sent: list[list[str]] = [[], []]
+    killed: set[int] = set()
+    stop = threading.Event()
+
+    def sender(n: int) -> None:
+        with Client.from_config(configs[n]) as client:
+            for i in range(1500):
+                sent[n].append(client.send("main", "task", {"n": i, "sender": n}, requires_ack=True))
+
+    def killer() -> None:
+        rng = random.Random(7)
+        while not stop.wait(0.1):
+            live = [s for s in sups if s.proc.poll() is None]
+            victims = [pid for s in live for pid in _workers(s)]
+            if victims:
+                pid = rng.choice(victims)
+                killed.add(pid)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(2)] + [threading.Thread(target=killer)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: len(records(tmp_path)) >= 1000, 120, message="a third handled")
+        killed |= set(_workers(sups[2]))
+        sups[2].kill()  # SIGKILL a supervisor midway; it is not restarted
+        wait_until(lambda: len(records(tmp_path)) >= 2000, 120, message="two thirds handled")
+        private_redis.kill()  # and Redis itself, restarted from its AOF
+        time.sleep(0.5)
+        private_redis.start()
+        for thread in threads[:2]:
+            thread.join(120)
+        ids = sent[0] + sent[1]
+        assert len(ids) == 3000, "every publish returned"
+        client = _raw(url)
+
+        def all_acked() -> bool:
+            pipe = client.pipeline(transaction=False)
+            for message_id in ids:
+                pipe.exists(f"{prefix}:ack:main:{message_id}")
+            return all(pipe.execute())
+
+        wait_until(all_acked, 180, interval=0.5, message="every message acked")
+    finally:
+        stop.set()
+        threads[2].join(10)
+    seen = records(tmp_path)
+    counts = Counter(r["id"] for r in seen)
+    assert set(counts) == set(ids), "nothing lost"
+    for message_id in [i for i, c in counts.items() if c > 1]:  # only deliveries in flight at a kill repeat
+        deliveries = sorted((r for r in seen if r["id"] == message_id), key=lambda r: r["at"])
+        assert all(r["pid"] in killed for r in deliveries[:-1]), deliveries
+    client = _raw(url)
+    assert client.xlen(f"{prefix}:stream:main") == 0, "every finished entry deleted"
+    assert client.xpending(f"{prefix}:stream:main", "ipcpool")["pending"] == 0, "nothing left pending"
+    for sup in sups[:2]:
+        assert sup.stop() == 0
+
+
+# -- Redis going away ----------------------------------------------------------------------------------------------
+
+
+def test_redis_going_away_loses_nothing_and_is_logged_once(tmp_path, env, private_redis, hosts):
+    config = _host(tmp_path, "h", private_redis.url, "outage")
+    sup = _start(tmp_path, env, config, "h", hosts)
+    with Client.from_config(config) as client:
+        before = [client.send("main", "task", {"n": i}, requires_ack=True) for i in range(20)]
+        wait_until(lambda: all(client.is_acked("main", i) for i in before), 30, message="the first ones")
+        private_redis.kill()
+        wait_until(lambda: "is unreachable" in sup.log(), 30, message="the outage noticed")
+        during: list[str] = []
+        sender = threading.Thread(target=lambda: during.extend(
+            client.send("main", "task", {"n": 100 + i}, requires_ack=True) for i in range(5)))
+        sender.start()  # blocked, retrying with back-off, until Redis is back
+        time.sleep(1.0)  # an outage that lasts a while
+        private_redis.start()
+        sender.join(60)
+        assert len(during) == 5
+        wait_until(lambda: all(client.is_acked("main", i) for i in during), 60, message="those sent meanwhile")
+    assert "is back after" in sup.log()
+    lines = [line for line in sup.log().splitlines() if "is unreachable" in line and "ipcpool.transport" in line]
+    assert len({line.split("]")[0] for line in lines}) == len(lines), "one line per outage per process"
+    assert Counter(r["id"] for r in records(tmp_path)).most_common(1)[0][1] == 1
+    sup.stop()
+
+
+# -- start-up checks, security, deployments kept apart ---------------------------------------------------------------
+
+
+def test_a_redis_that_may_evict_keys_stops_run_with_exit_2(tmp_path, env):
+    server = RedisServer(tmp_path / "redis", "--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru").start()
+    try:
+        config = _host(tmp_path, "h", server.url, "evict")
+        out = ipcpool_cli(env, tmp_path, "run", "--config", str(config))
+        assert out.returncode == 2
+        assert "maxmemory-policy allkeys-lru" in out.stderr and "noeviction" in out.stderr
+    finally:
+        server.stop()
+
+
+def test_a_redis_that_keeps_nothing_on_disk_is_warned_of(tmp_path, env, hosts):
+    server = RedisServer(tmp_path / "redis", "--appendonly", "no").start()
+    try:
+        sup = _start(tmp_path, env, _host(tmp_path, "h", server.url, "volatile"), "h", hosts)
+        assert "keeps nothing on disk" in sup.log() and "appendonly yes" in sup.log()
+        sup.stop()
+    finally:
+        server.stop()
+
+
+def test_an_acl_user_and_tls_and_the_password_is_never_logged(tmp_path, env, hosts):
+    server = RedisServer(tmp_path / "redis", "--requirepass", "admin-secret", tls=True).start()
+    try:
+        admin = redis.Redis(port=server.port, password="admin-secret")
+        admin.execute_command("ACL", "SETUSER", "ipc", "on", ">s3cret-pass", "~*", "&*", "+@all")
+        url = server.url.replace("rediss://", "rediss://ipc:s3cret-pass@")
+        config = write_config(tmp_path / "c.toml", tmp_path / "ipc", sections={
+            "transport": {"backend": "redis"}, "redis": {"url": url, "prefix": "acl", "ca_file": str(server.ca_file)}})
+        sup = _start(tmp_path, env, config, "h", hosts)
+        with Client.from_config(config) as client:
+            client.send_and_wait("main", "task", {"over": "tls"})
+        status = ipcpool_cli(env, tmp_path, "status", "--config", str(config))
+        sup.stop()
+        everything = sup.log() + status.stdout + status.stderr
+        assert "s3cret-pass" not in everything
+        assert "ipc:***@127.0.0.1" in sup.log() or "rediss://" not in sup.log()
+        assert [r["payload"] for r in records(tmp_path)] == [{"over": "tls"}]
+    finally:
+        server.stop()
+
+
+def test_two_prefixes_on_one_redis_are_two_deployments(tmp_path, env, redis_url, redis_prefix, hosts):
+    a = _start(tmp_path, env, _host(tmp_path, "a", redis_url, redis_prefix + "a"), "a", hosts)
+    b = _start(tmp_path, env, _host(tmp_path, "b", redis_url, redis_prefix + "b"), "b", hosts)
+    with Client.from_config(tmp_path / "a" / "c.toml") as client:
+        for_a = client.send_and_wait("main", "task", {"for": "a"})
+    with Client.from_config(tmp_path / "b" / "c.toml") as client:
+        for_b = client.send_and_wait("main", "task", {"for": "b"})
+    a.stop()
+    b.stop()
+    assert f"IPC message handled id={for_a} " in a.log() and for_b not in a.log()
+    assert f"IPC message handled id={for_b} " in b.log() and for_a not in b.log()
+
+
+def test_malformed_and_oversized_entries_are_quarantined_without_a_crash(tmp_path, env, redis_url, redis_prefix,
+                                                                        hosts):
+    config = _host(tmp_path, "h", redis_url, redis_prefix, spool={"max_message_bytes": 1000})
+    sup = _start(tmp_path, env, config, "h", hosts)
+    client = _raw(redis_url)
+    stream = f"{redis_prefix}:stream:main"
+    client.xadd(stream, {"x": "no body"})
+    client.xadd(stream, {"m": json.dumps({"id": "huge", "type": "task", "payload": "y" * 5000}), "f": "json"})
+    client.xadd(stream, {"m": b"\x00\xff not json", "f": "json", "s": "garbled"})
+    client.xadd(stream, {"m": b"{}", "f": "pickle", "s": "wrong-format"})
+    wait_until(lambda: client.xlen(f"{redis_prefix}:dead:main") == 4, 30, message="four dead letters")
+    reasons = sorted(json.loads(fields[b"r"])["reason"] for _id, fields in client.xrange(f"{redis_prefix}:dead:main"))
+    assert any("no message body" in r for r in reasons) and any("too large" in r for r in reasons)
+    assert any("invalid JSON" in r for r in reasons)
+    assert "worker died" not in sup.log() and sup.proc.poll() is None
+    sup.stop()
+
+
+# -- what operators see --------------------------------------------------------------------------------------------
+
+
+def test_status_shows_every_live_supervisor_and_health_fails_without_redis(tmp_path, env, private_redis, hosts):
+    configs = [_host(tmp_path, name, private_redis.url, "st") for name in "ab"]
+    for n, config in enumerate(configs):
+        _start(tmp_path, env, config, f"s{n}", hosts)
+    with Client.from_config(configs[0]) as client:
+        client.send_and_wait("main", "task", {"n": 1})
+    out = ipcpool_cli(env, tmp_path, "status", "--config", str(configs[0]), "--json")
+    cluster = json.loads(out.stdout)["cluster"]
+    wait_until(lambda: len(json.loads(ipcpool_cli(env, tmp_path, "status", "--config", str(configs[0]),
+                                                  "--json").stdout)["cluster"]["supervisors"]) == 2, 30,
+               message="both supervisors listed")
+    assert "main" in cluster["groups"]
+    table = ipcpool_cli(env, tmp_path, "status", "--config", str(configs[0])).stdout
+    assert "SUPERVISOR (cluster)" in table and "GROUP (cluster)" in table
+    assert ipcpool_cli(env, tmp_path, "health", "--config", str(configs[0])).returncode == 0
+    private_redis.kill()
+    health = ipcpool_cli(env, tmp_path, "health", "--config", str(configs[0]))
+    assert health.returncode == 1 and "unreachable" in health.stdout
+    private_redis.start()
+
+
+def test_memory_stays_bounded(tmp_path, env, redis_url, redis_prefix, hosts):
+    config = _host(tmp_path, "h", redis_url, redis_prefix, redis={"lease": 1.0, "dead_letter_retention": 60.0})
+    client = _raw(redis_url)
+    dead = f"{redis_prefix}:dead:main"
+    client.xadd(dead, {"r": "{}"}, id="1-0")  # a dead letter from long ago
+    stream = f"{redis_prefix}:stream:main"
+    client.xgroup_create(stream, "ipcpool", id="0", mkstream=True)
+    client.execute_command("XGROUP", "CREATECONSUMER", stream, "ipcpool", "ghost-of-a-dead-host")
+    wait_until(lambda: any(c["idle"] > 1000 for c in client.xinfo_consumers(stream, "ipcpool")), 10,
+               message="the ghost consumer idle longer than the lease")
+    sup = _start(tmp_path, env, config, "h", hosts)
+    with Client.from_config(config) as sender:
+        ids = [sender.send("main", "task", {"n": i}, requires_ack=True) for i in range(200)]
+        wait_until(lambda: all(sender.is_acked("main", i) for i in ids), 60, message="all acked")
+    assert client.xlen(stream) == 0, "handled entries are deleted, not only acknowledged"
+    assert 0 < client.ttl(f"{redis_prefix}:ack:main:{ids[0]}") <= 86400, "acks expire by [ack] retention"
+    assert not client.keys(f"{redis_prefix}:queued:*"), "the names of finished messages are forgotten"
+    wait_until(lambda: client.xlen(dead) == 0, 30, message="the old dead letter trimmed")
+    wait_until(lambda: "ghost-of-a-dead-host" not in {c["name"].decode() for c in
+                                                      client.xinfo_consumers(stream, "ipcpool")}, 30,
+               message="the dead host's consumer removed, as it held nothing")
+    sup.stop()
+
+
+def test_queue_full_and_a_different_message_under_a_queued_name(tmp_path, redis_url, redis_prefix):
+    config = _host(tmp_path, "h", redis_url, redis_prefix, spool={"max_queued": 2})
+    with Client.from_config(config) as client:
+        client.send("main", "task", {"n": 1}, message_id="same-name")
+        with pytest.raises(MessageExists):
+            client.send("main", "task", {"n": 2}, message_id="same-name")
+        client.send("main", "task", {"n": 3})
+        with pytest.raises(QueueFull):
+            client.send("main", "task", {"n": 4})
