@@ -255,3 +255,26 @@ def records(tmp_path: Path) -> list[dict[str, Any]]:
 
 def dedent(text: str) -> str:
     return textwrap.dedent(text).lstrip()
+
+
+def files(root: Path, group: str, sub: str) -> list[str]:
+    """The sorted names in ``<root>/<group>/<sub>/`` (empty when the folder does not exist)."""
+    folder = root / group / sub
+    return sorted(os.listdir(folder)) if folder.exists() else []
+
+
+def acked(root: Path, ids: list[str], group: str = "main") -> bool:
+    """Whether every id in ``ids`` has its ``acks/<id>.ack``."""
+    return all((root / group / "acks" / f"{i}.ack").exists() for i in ids)
+
+
+def inotify_instances(pid: int) -> int:
+    """How many inotify descriptors process ``pid`` holds (read from /proc, Linux only)."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify":
+                count += 1
+        except OSError:  # closed meanwhile
+            pass
+    return count
