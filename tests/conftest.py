@@ -257,6 +257,19 @@ def dedent(text: str) -> str:
     return textwrap.dedent(text).lstrip()
 
 
+def run_cli(env: dict[str, str], cwd: Path, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """``python -m ipcpool ARGS`` in its own session; fails the test if it outlives ``timeout``."""
+    proc = subprocess.Popen([sys.executable, "-m", "ipcpool", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_session(proc.pid)
+        out, err = proc.communicate()
+        raise AssertionError(f"ipcpool {' '.join(args)} did not exit in {timeout}s\n{out}\n{err}") from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def files(root: Path, group: str, sub: str) -> list[str]:
     """The sorted names in ``<root>/<group>/<sub>/`` (empty when the folder does not exist)."""
     folder = root / group / sub
