@@ -568,21 +568,69 @@ def check_import_path(scratch: Path) -> None:
         raise RuntimeError(f"the tests would import {out}, not the scratch copy in {scratch}")
 
 
+_RUNNING: dict[int, Path] = {}  # pytest process -> its scratch copy, for a clean stop on Ctrl-C or SIGTERM
+
+
 def run_tests(scratch: Path, tests: Sequence[str], *, workers: int = 0, stop_first: bool = True) -> tuple[int, str]:
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={scratch / '.pytest'}",
                f"--timeout={TEST_TIMEOUT}", "-n", str(workers), *(["-x"] if stop_first else []), *tests]
     proc = subprocess.Popen(command, cwd=scratch, env=scratch_env(scratch), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    _RUNNING[proc.pid] = scratch
     try:
         out, _ = proc.communicate(timeout=RUN_TIMEOUT)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        stop_pytest(proc.pid, scratch)
         out, _ = proc.communicate()
-        return -1, out + f"\n(killed after {RUN_TIMEOUT}s)"
+        return -1, out + f"\n(stopped after {RUN_TIMEOUT}s)"
+    finally:
+        _RUNNING.pop(proc.pid, None)
+        kill_leftovers(scratch)
     return proc.returncode, out
 
 
+def stop_pytest(pid: int, scratch: Path) -> None:
+    """SIGINT first, so its fixtures stop the supervisors they started; then the whole session."""
+    try:
+        os.kill(pid, signal.SIGINT)
+        for _ in range(300):
+            time.sleep(0.1)
+            os.kill(pid, 0)  # raises once it is gone
+            if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                break
+    except (ProcessLookupError, OSError):
+        pass
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    kill_leftovers(scratch)
+
+
+def kill_leftovers(scratch: Path) -> None:
+    """SIGKILL any process still working in this scratch copy (a supervisor a killed test run left behind).
+
+    Only processes whose working directory or command line is inside the copy,
+    which this script made: nothing else is touched.
+    """
+    marker = f"{scratch}/"
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if f"{cwd}/".startswith(marker) or marker in cmdline:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
 def run_one(repo: Path, names: Sequence[str], mutation: Mutation) -> Outcome:
+    """``repo`` is the snapshot taken at the start, so edits made meanwhile never mix into a run."""
     started = time.monotonic()
     scratch = make_copy(repo, names, mutation.name)
     try:
@@ -656,10 +704,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     names = tracked_files(REPO)
+    snapshot = make_copy(REPO, names, "snapshot")  # every copy is made from this, not from the working tree
+    signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        return _run(args, snapshot, names, selected)
+    except KeyboardInterrupt:
+        for pid, scratch in list(_RUNNING.items()):
+            stop_pytest(pid, scratch)
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        shutil.rmtree(snapshot, ignore_errors=True)
+
+
+def _interrupted(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _run(args: argparse.Namespace, snapshot: Path, names: Sequence[str], selected: Sequence[Mutation]) -> int:
     if not args.no_baseline:
         print(f"baseline: the {len({t for m in selected for t in m.tests})} named tests on an unmutated copy ...",
               flush=True)
-        ok, out = baseline(REPO, names, selected, args.baseline_workers)
+        ok, out = baseline(snapshot, names, selected, args.baseline_workers)
         if not ok:
             print(out, "\nbaseline failed: the tests fail without any mutation, so they prove nothing",
                   file=sys.stderr)
@@ -675,10 +741,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if outcome.verdict != "caught" or args.verbose:
             print("    " + outcome.detail.replace("\n", "\n    "), flush=True)
 
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(run_one, REPO, names, m) for m in selected]
+    pool = ThreadPoolExecutor(max_workers=max(1, args.jobs))
+    futures = [pool.submit(run_one, snapshot, names, m) for m in selected]
+    try:
         for future in as_completed(futures):
             report(future.result())
+    finally:
+        for future in futures:
+            future.cancel()
+        pool.shutdown(wait=False, cancel_futures=True)
 
     order = {m.name: i for i, m in enumerate(selected)}
     outcomes.sort(key=lambda o: order[o.mutation.name])
