@@ -8,6 +8,7 @@ Each drain is bounded by the test's own wait deadline, not by a timed assertion.
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -16,6 +17,11 @@ from conftest import acked, files, records, wait_until, write_config
 from ipcpool import Client
 
 LONG = 600.0  # seconds: a grace or timeout no test waits for, so only the behaviour under test can end a drain
+
+
+def _ctrl_c(pid: int) -> None:
+    """SIGINT to the supervisor's whole process group, as Ctrl-C in its terminal would (workers included)."""
+    os.killpg(pid, signal.SIGINT)
 
 
 def _gated(tmp_path: Path, root: Path, *, count: int = 1) -> tuple[Path, list[str]]:
@@ -34,8 +40,11 @@ def test_sigint_drains_the_running_message_and_returns_the_rest(tmp_path, root, 
     wait_until(lambda: records(tmp_path), 20, message="the gated message running")
     with Client(root, "main") as client:  # the one worker is busy: these are held or queued, not started
         rest = [client.send("main", "task", {"n": i}, requires_ack=True) for i in range(5)]
-    sup.signal(signal.SIGINT)
+    _ctrl_c(sup.pid)
     wait_until(lambda: "received SIGINT: draining" in sup.log(), 20, message="the drain announced")
+    # status.json says "draining" only after the worker was told to stop: open the gate after that, so the
+    # worker cannot start a queued message in between
+    wait_until(lambda: (s := sup.status()) and s["state"] == "draining", 20, message="a draining status")
     gate.touch()
     assert sup.wait(30) == 0, sup.log()
     assert acked(root, [running]), "the message in a worker's hands was finished"
@@ -51,9 +60,9 @@ def test_a_second_sigint_stops_at_once_and_puts_the_held_message_back(tmp_path, 
     sup = supervisor_factory(config)
     gate, (held,) = _gated(tmp_path, root)  # the gate stays shut while this supervisor runs
     wait_until(lambda: records(tmp_path), 20, message="the gated message running")
-    sup.signal(signal.SIGINT)
+    _ctrl_c(sup.pid)
     wait_until(lambda: "received SIGINT: draining" in sup.log(), 20, message="the drain announced")
-    sup.signal(signal.SIGINT)
+    _ctrl_c(sup.pid)
     assert sup.wait(30) == 0, sup.log()  # with a 600 s grace, only the second SIGINT can end it this soon
     assert "second SIGINT: stopping now" in sup.log()
     assert files(root, "main", "messages") == [f"{held}.json"], "the held message went back to messages/"

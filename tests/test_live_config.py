@@ -154,7 +154,8 @@ def test_boot_failures_count_only_in_a_row(tmp_path, root, supervisor_factory):
                           sections={"pool": {"workers": 1, "max_boot_failures": 2}})
     sup = supervisor_factory(config)  # one failed boot, then a good one
     assert "failure 1 of 2" in sup.log()
-    (worker,) = wait_until(sup.worker_pids, 20, message="the worker in status.json")
+    (worker,) = wait_until(lambda: [w["pid"] for w in (sup.status() or {}).get("workers", [])
+                                    if w["state"] in ("ready", "busy")], 20, message="the good worker in status.json")
     (tokens / "second").touch()
     os.kill(worker, signal.SIGKILL)  # its replacement fails once, the next one boots
     wait_until(lambda: not (tokens / "second").exists(), 20, message="the second failing boot")
