@@ -104,9 +104,12 @@ def test_periodic_rescans_find_what_no_event_announced(tmp_path, root, superviso
     messages = root / "main" / "messages"
     os.rename(messages, root / "main" / "messages.old")
     messages.mkdir(mode=0o700)
+    ids: list[str] = []
     with Client(root, "main") as client:
-        ids = [client.send("main", "task", {"n": i}, requires_ack=True) for i in range(3)]
-    wait_until(lambda: acked(root, ids), 30, message="the unannounced messages acked")
+        for round_ in range(2):  # two rounds: one rescan is not "every rescan_interval"
+            batch = [client.send("main", "task", {"round": round_, "n": i}, requires_ack=True) for i in range(3)]
+            wait_until(lambda b=batch: acked(root, b), 30, message=f"round {round_}'s unannounced messages acked")
+            ids += batch
     assert sorted(r["id"] for r in records(tmp_path)) == sorted(ids)
     assert sup.stop() == 0
 
