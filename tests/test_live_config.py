@@ -71,10 +71,14 @@ def test_spool_format_is_what_senders_write(tmp_path, root, env, supervisor_fact
 
 def _traced_run(tmp_path: Path, env: dict[str, str], config: Path, trace: Path) -> tuple[subprocess.Popen[bytes],
                                                                                          int, Path]:
-    """`ipcpool run` under strace, following every process it starts (forkserver, workers)."""
+    """`ipcpool run` under strace, following every process it starts (forkserver, workers).
+
+    ``-ff``: one trace file per process (``<trace>.<pid>``), so concurrent calls in
+    two workers are never split into "unfinished" and "resumed" halves.
+    """
     log_path = tmp_path / "supervisor.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed by the caller's process end
-    command = ["strace", "-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-e", "signal=none", "-o", str(trace),
+    command = ["strace", "-ff", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-e", "signal=none", "-o", str(trace),
                sys.executable, "-m", "ipcpool", "run", "--config", str(config)]
     proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -91,7 +95,7 @@ def _traced_run(tmp_path: Path, env: dict[str, str], config: Path, trace: Path) 
 
 
 _STARTED = re.compile(r"\[(\d+)\] ipcpool\.supervisor: Enhanced IPC system started")
-_FSYNC = re.compile(r"^(\d+)\s+f(?:data)?sync\(\d+<(.*)>\)\s+=\s+0")
+_FSYNC = re.compile(r"^f(?:data)?sync\(\d+<(.*)>\)\s+=\s+0")
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (.ci/run installs it)")
@@ -115,7 +119,9 @@ def test_power_durability_fsyncs_the_file_then_its_folder(tmp_path, root, env, d
         if proc.poll() is None:
             kill_session(proc.pid)
             proc.wait(10)
-    calls = [(int(m.group(1)), m.group(2)) for line in trace.read_text().splitlines() if (m := _FSYNC.match(line))]
+    calls = [(int(part.name.rsplit(".", 1)[1]), m.group(1)) for part in sorted(tmp_path.glob(f"{trace.name}.*"))
+             for line in part.read_text().splitlines() if (m := _FSYNC.match(line))]
+    assert any(part.name.endswith(f".{supervisor}") for part in tmp_path.glob(f"{trace.name}.*")), "traced"
     spool_calls = [(pid, path) for pid, path in calls if path.startswith(str(root))]
     if durability == "process":
         assert spool_calls == [], "durability = process: rename only, no fsync"
