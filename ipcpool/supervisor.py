@@ -436,7 +436,7 @@ class Supervisor:
             inherited = tuple(fd for fd in (*own, *siblings) if fd is not None)
         max_tasks = self.config.pool.max_tasks_per_worker
         if max_tasks:  # jittered, so workers started together do not all retire together
-            max_tasks += random.randint(0, max(1, max_tasks // 10))
+            max_tasks += random.randint(0, max_tasks // 10)  # up to 10%: none below 10 tasks
         worker = spawn_worker(self._ctx, self.config, slot, os.getpid(), now, self.handler_objects, inherited,
                               max_tasks)
         if self._holds_acks:

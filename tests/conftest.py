@@ -302,3 +302,39 @@ def records(tmp_path: Path) -> list[dict[str, Any]]:
 
 def dedent(text: str) -> str:
     return textwrap.dedent(text).lstrip()
+
+
+def run_cli(env: dict[str, str], cwd: Path, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """``python -m ipcpool ARGS`` in its own session; fails the test if it outlives ``timeout``."""
+    proc = subprocess.Popen([sys.executable, "-m", "ipcpool", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_session(proc.pid)
+        out, err = proc.communicate()
+        raise AssertionError(f"ipcpool {' '.join(args)} did not exit in {timeout}s\n{out}\n{err}") from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def files(root: Path, group: str, sub: str) -> list[str]:
+    """The sorted names in ``<root>/<group>/<sub>/`` (empty when the folder does not exist)."""
+    folder = root / group / sub
+    return sorted(os.listdir(folder)) if folder.exists() else []
+
+
+def acked(root: Path, ids: list[str], group: str = "main") -> bool:
+    """Whether every id in ``ids`` has its ``acks/<id>.ack``."""
+    return all((root / group / "acks" / f"{i}.ack").exists() for i in ids)
+
+
+def inotify_instances(pid: int) -> int:
+    """How many inotify descriptors process ``pid`` holds (read from /proc, Linux only)."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify":
+                count += 1
+        except OSError:  # closed meanwhile
+            pass
+    return count

@@ -138,10 +138,8 @@ def test_check_rejects_a_handler_function_that_does_not_exist(tmp_path, root, en
 
 def test_run_with_a_bad_config_exits_2_before_starting(tmp_path, root, env):
     config = write_config(tmp_path / "c.toml", root, handlers=RECORDER, sections={"pool": {"workers": "four"}})
-    started = time.monotonic()
-    out = _cli(env, tmp_path, "run", "--config", str(config), timeout=30)
+    out = _cli(env, tmp_path, "run", "--config", str(config), timeout=30)  # the deadline: it must exit by itself
     assert out.returncode == 2, (out.stdout, out.stderr)
-    assert time.monotonic() - started < 20
     text = out.stdout + out.stderr
     assert str(config) in text and "[pool] workers" in text and '"four"' in text
     assert "Enhanced IPC system started" not in text
@@ -151,10 +149,8 @@ def test_run_with_a_bad_config_exits_2_before_starting(tmp_path, root, env):
 def test_run_with_a_handler_that_fails_to_import_exits_3(tmp_path, root, env, supervisor_factory):
     config = write_config(tmp_path / "c.toml", root, handlers={"task": "broken_import:handle"})
     sup = supervisor_factory(config, wait_ready=False)
-    started = time.monotonic()
-    code = sup.wait(30)
+    code = sup.wait(30)  # raises if it does not exit by itself
     assert code == 3, sup.log()
-    assert time.monotonic() - started < 30
     log = sup.log()
     assert "broken_import" in log
     assert "fails on purpose" in log
@@ -164,10 +160,9 @@ def test_run_with_a_handler_that_fails_to_import_exits_3(tmp_path, root, env, su
 def test_second_run_on_the_same_root_refuses_at_once(tmp_path, root, env, supervisor_factory):
     config = write_config(tmp_path / "c.toml", root, handlers=RECORDER)
     sup = supervisor_factory(config)
-    started = time.monotonic()
+    # The second exits by itself while the first still runs (_cli fails it if it does not within its deadline).
     out = _cli(env, tmp_path, "run", "--config", str(config), timeout=30)
-    assert out.returncode != 0
-    assert time.monotonic() - started < 15, "the second supervisor must refuse at once"
+    assert out.returncode == 1, "README: exit code 1 when another supervisor is already running"
     assert "already" in (out.stdout + out.stderr), out.stderr
     assert "Enhanced IPC system started" not in out.stdout + out.stderr
     # the first is unharmed and still handles messages

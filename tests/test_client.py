@@ -190,30 +190,43 @@ def test_a_handler_slower_than_the_ack_timeout_is_handled_once(tmp_path, root, s
 # -- dedupe on the ack ledger ---------------------------------------------------------------------------
 
 
+STALE_ACK = "2000-01-01T00:00:00.000Z"
+
+
 def test_an_id_that_already_has_an_ack_is_not_handled_again(tmp_path, root, supervisor_factory):
+    """Guarantee 3: a message whose id already has an ack is removed and re-acked, not handled again."""
     config = write_config(tmp_path / "c.toml", root)
     with Client(root, "main") as client:
         message_id = client.send("main", "task", {"n": 7}, requires_ack=True)
         original = (root / "main" / "messages" / f"{message_id}.json").read_bytes()
-        supervisor_factory(config)
+        sup = supervisor_factory(config)
         wait_until(lambda: _ack(root, message_id).exists(), 30, message="the first delivery's ack")
         wait_until(lambda: _settled(root), 20, message="first delivery done")
         assert len(records(tmp_path)) == 1
 
+        # Mark the ack, so the re-ack of each duplicate can be seen (an ack holds the time it was written).
+        _ack(root, message_id).write_text(STALE_ACK)
         # a re-send with the same id, through the client
         again = client.send("main", "task", {"n": 7}, requires_ack=True, message_id=message_id)
         assert again == message_id
+        wait_until(lambda: _ack(root, message_id).read_text() != STALE_ACK, 20, message="the duplicate re-acked")
         wait_until(lambda: _settled(root), 20, message="the duplicate removed from messages/ and processing/")
 
         # and the very same bytes, published like any writer would (tmp/ then rename)
+        _ack(root, message_id).write_text(STALE_ACK)
         staged = root / "main" / "tmp" / f"{message_id}.json"
         staged.write_bytes(original)
         os.rename(staged, root / "main" / "messages" / f"{message_id}.json")
+        wait_until(lambda: _ack(root, message_id).read_text() != STALE_ACK, 20,
+                   message="the byte-identical duplicate re-acked")
         wait_until(lambda: _settled(root), 20, message="the byte-identical duplicate removed")
 
     assert [r["id"] for r in records(tmp_path)] == [message_id], "an acked id was handled again"
-    assert _ack(root, message_id).exists(), "the ack (dedupe ledger) must survive a duplicate"
+    assert _ack(root, message_id).read_text().endswith("Z"), "the re-ack is a fresh ISO-8601 timestamp"
     assert _files(root, "main", "errors") == [], "a duplicate is removed, not quarantined"
+    status = wait_until(lambda: (s := sup.status()) and s["totals"]["duplicates"] == 2 and s, 20,
+                        message="two duplicates counted in status.json")
+    assert status["totals"]["handled"] == 1
 
 
 # -- request / response ---------------------------------------------------------------------------------

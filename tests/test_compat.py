@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import time
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -250,6 +250,35 @@ def test_error_handler_hears_when_an_ack_never_comes(tmp_path):
         system.stop()
 
 
+_EPOLL_ENTRY = re.compile(r"^tfd:\s*(\d+)\b.*\bino:([0-9a-f]+)", re.MULTILINE)
+
+
+def _stale_epoll_registrations(pid: int) -> list[str]:
+    """Registrations in the process's epoll sets whose fd it no longer has open (or has reused for another file).
+
+    Read from /proc/<pid>/fdinfo: each registration names its fd and the inode it
+    was made for. epoll tracks the open file, not the number, so a registration
+    outlives a close() while a forked child still holds the file; such a stale one
+    reports HUP for ever and the loop that waits on it never sleeps.
+    """
+    stale: list[str] = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:[eventpoll]":
+                continue
+            info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        except OSError:  # closed meanwhile
+            continue
+        for target, inode in _EPOLL_ENTRY.findall(info):
+            try:
+                current = os.stat(f"/proc/{pid}/fd/{target}").st_ino
+            except OSError:
+                current = None
+            if current != int(inode, 16):
+                stale.append(f"epoll fd {fd}: fd {target} (inode {int(inode, 16)}, now {current})")
+    return stale
+
+
 def test_a_dead_forked_worker_leaves_the_supervisor_idle_not_spinning(tmp_path, systems):
     """Forked siblings inherit each other's pipes: the dead one's must leave the epoll set before closing."""
     log = tmp_path / "calls.jsonl"
@@ -263,11 +292,14 @@ def test_a_dead_forked_worker_leaves_the_supervisor_idle_not_spinning(tmp_path, 
     victim.kill()
     wait_until(lambda: victim.pid not in {c.pid for c in supervisor.children()}, message="the dead worker reaped")
     _wait_ready(system)
-    before = sum(supervisor.cpu_times()[:2])
-    started = time.monotonic()
-    wait_until(lambda: time.monotonic() - started > 2.0, 5.0, interval=0.1, message="two idle seconds")
-    used = sum(supervisor.cpu_times()[:2]) - before
-    assert used < 0.5, f"the idle supervisor used {used:.2f} s of CPU in 2 s: its loop is spinning"
+    # Not a CPU-time measurement (speed belongs to benchmarks): what makes the loop spin is a
+    # registration left behind for a closed fd. Transient ones may exist mid-restart; a stale one stays.
+    wait_until(lambda: not _stale_epoll_registrations(supervisor.pid), 20,
+               message=f"no stale epoll registrations (have {_stale_epoll_registrations(supervisor.pid)})")
+    # and the pool still works
+    client = system.client
+    message_id = client.send("main", "task", {"after": "restart"}, requires_ack=True)
+    wait_until(lambda: client.is_acked("main", message_id), 20, message="a message handled after the restart")
 
 
 # -- the README's example, as a user runs it ------------------------------------------------------------

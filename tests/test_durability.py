@@ -6,6 +6,7 @@ import errno
 import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,29 +55,60 @@ def test_power_durability_end_to_end(tmp_path, root, supervisor_factory):
     sup.stop()
 
 
+OLD = 600.0  # seconds: older than the test configs' 60 s limits, younger than the defaults (3600 s, 86400 s)
+
+
+def _age(path: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def _staging_leftover(root: Path) -> Path:
+    """A temp file of a process that is gone, in the supervisor's staging folder.
+
+    Housekeeping removes it last, after every group's acks/, responses/ and tmp/:
+    once it is gone, a whole pass is over, so a fresh file still there was spared,
+    not merely not reached yet.
+    """
+    staging = root / ".ipcpool" / "staging"
+    staging.mkdir(parents=True, mode=0o700)
+    (root / ".ipcpool").chmod(0o700)
+    leftover = staging / ".99999999-1-deadbeef.tmp"  # above any pid_max: never a live process
+    leftover.write_text("{")
+    return leftover
+
+
 def test_stale_temp_files_are_removed_by_housekeeping(tmp_path, root, supervisor_factory):
-    config = write_config(tmp_path / "c.toml", root, sections={"spool": {"tmp_max_age": 1.0}})
+    config = write_config(tmp_path / "c.toml", root, sections={"spool": {"tmp_max_age": 60.0}})
     (root / "main" / "tmp").mkdir(parents=True)
     stale = root / "main" / "tmp" / ".crashed-writer.json.tmp"
     stale.write_text("{")
-    os.utime(stale, (0, 0))
+    _age(stale, OLD)
+    fresh = root / "main" / "tmp" / ".writing-now.json.tmp"
+    fresh.write_text("{")
+    leftover = _staging_leftover(root)
     sup = supervisor_factory(config)
-    wait_until(lambda: not stale.exists(), 30, message="the stale temp file removed")
+    wait_until(lambda: not stale.exists() and not leftover.exists(), 30, message="a housekeeping pass")
+    assert fresh.exists(), "a writer's temp file younger than tmp_max_age is kept"
     sup.stop()
 
 
 def test_old_acks_and_uncollected_responses_are_pruned(tmp_path, root, supervisor_factory):
-    config = write_config(tmp_path / "c.toml", root, sections={"ack": {"retention": 11.0},
-                                                               "spool": {"response_retention": 1.0}})
+    config = write_config(tmp_path / "c.toml", root, sections={"ack": {"retention": 60.0},
+                                                               "spool": {"response_retention": 60.0}})
     for sub in ("acks", "responses"):
         (root / "main" / sub).mkdir(parents=True, exist_ok=True)
     old_ack, fresh_ack = root / "main" / "acks" / "old.ack", root / "main" / "acks" / "fresh.ack"
     old_response = root / "main" / "responses" / "old.json"
-    for path in (old_ack, fresh_ack, old_response):
+    fresh_response = root / "main" / "responses" / "fresh.json"
+    for path in (old_ack, fresh_ack, old_response, fresh_response):
         path.write_text("2024-01-01T00:00:00.000Z")
-    os.utime(old_ack, (0, 0))
-    os.utime(old_response, (0, 0))
+    _age(old_ack, OLD)
+    _age(old_response, OLD)
+    leftover = _staging_leftover(root)
     sup = supervisor_factory(config)
-    wait_until(lambda: not old_ack.exists() and not old_response.exists(), 30, message="old files pruned")
+    wait_until(lambda: not old_ack.exists() and not old_response.exists() and not leftover.exists(), 30,
+               message="a housekeeping pass")
     assert fresh_ack.exists(), "an ack inside the retention is the dedupe ledger: kept"
+    assert fresh_response.exists(), "a response inside response_retention waits for its requester: kept"
     sup.stop()

@@ -19,7 +19,11 @@ def _files(root: Path, group: str, sub: str) -> list[str]:
 
 
 def test_messages_from_every_kind_of_writer_are_handled_once_and_acked(tmp_path, root, env, supervisor_factory):
-    config = write_config(tmp_path / "c.toml", root)
+    # The slow writer below pauses 0.05 s between pieces; settle_time is what keeps its unfinished file
+    # from being quarantined, so it is set far beyond any pause a loaded machine could add. (The file is
+    # handled once it is closed, not after settle_time: the settle time only bounds the rare case where
+    # the close is not seen.)
+    config = write_config(tmp_path / "c.toml", root, sections={"spool": {"settle_time": 15.0}})
     client = Client(root, "main")
     queued_before = [client.send("main", "task", {"n": i}, requires_ack=True) for i in range(5)]
     sup = supervisor_factory(config)
@@ -50,7 +54,7 @@ def test_messages_from_every_kind_of_writer_are_handled_once_and_acked(tmp_path,
     ids.append(slow_id)
 
     acked = [i for i in ids if i != cli_id]  # the CLI send did not ask for an ack
-    wait_until(lambda: all((root / "main" / "acks" / f"{i}.ack").exists() for i in acked), 30, message="all acks")
+    wait_until(lambda: all((root / "main" / "acks" / f"{i}.ack").exists() for i in acked), 60, message="all acks")
     wait_until(lambda: len(records(tmp_path)) >= len(ids), 10, message="every message handled")
     wait_until(lambda: not _files(root, "main", "messages") and not _files(root, "main", "processing"), 10,
                message="empty messages/ and processing/")

@@ -193,13 +193,18 @@ def test_symlinked_group_folder_is_refused(hostile: Fixture) -> None:
 def test_invalid_group_names_are_never_used(hostile: Fixture) -> None:
     (hostile.root / ".hidden").mkdir()
     (hostile.root / "bad name").mkdir()
+    # A valid folder made after them: once the supervisor has taken it up, it has seen the two bad ones too
+    # (their events come first, and every rescan lists the whole root at once).
+    (hostile.root / "after-bad-names").mkdir()
     client = ipcpool.Client(hostile.root, "main")
     with pytest.raises(ipcpool.InvalidMessage):
         client.send("../outside", "task", {})
     with pytest.raises(ipcpool.InvalidMessage):
         client.send("main", "task", {}, message_id="../../x")
-    status = hostile.sup.status() or {}
-    assert ".hidden" not in status.get("groups", {}) and "bad name" not in status.get("groups", {})
+    status = wait_until(lambda: (s := hostile.sup.status()) and "after-bad-names" in s["groups"] and s, 20,
+                        message="the valid folder made after the bad ones taken up")
+    assert ".hidden" not in status["groups"] and "bad name" not in status["groups"], sorted(status["groups"])
+    assert not (hostile.root / "bad name" / "messages").exists(), "no folders created in an invalid group"
 
 
 def test_a_good_message_still_flows_after_all_that(hostile: Fixture) -> None:

@@ -185,6 +185,14 @@ def test_ack_waits_with_jitter_stay_in_range():
     _, sleeps = _run_ack(AckConfig(max_retries=20, retry_delay=1.0, jitter=0.5, retention=10_000.0))
     assert len(sleeps) == 20
     assert all(1.0 <= s <= 1.5 for s in sleeps)
+    # The jitter is really added: 20 uniform draws from [0, 0.5] are never all exactly 0 (nor all equal).
+    assert max(sleeps) > 1.0 and len(set(sleeps)) > 1, sleeps
+
+
+@pytest.mark.parametrize("retry_delay", [0.25, 1.5])
+def test_ack_waits_use_the_configured_retry_delay(retry_delay):
+    _, sleeps = _run_ack(AckConfig(max_retries=2, retry_delay=retry_delay))
+    assert sleeps == pytest.approx([retry_delay, retry_delay])
 
 
 def test_ack_total_wait_matches_the_configured_retry_window():

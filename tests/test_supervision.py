@@ -42,19 +42,34 @@ def test_killed_worker_is_replaced_and_its_messages_redelivered(tmp_path, root, 
     sup = supervisor_factory(config)
     wait_until(lambda: len(sup.worker_pids()) == 2, message="two workers in status")
     client = Client(root, "main")
-    ids = [client.send("main", "task", {"sleep": 0.2, "n": i}, requires_ack=True) for i in range(12)]
-    wait_until(lambda: len(records(tmp_path)) >= 1, message="a first delivery")
-    victim = sup.worker_pids()[0]
+    gate = tmp_path / "gate"
+    # Held in its handler until the gate opens: the kill below lands mid-delivery, whatever the machine's speed.
+    held = client.send("main", "task", {"gate": str(gate), "n": "held"}, requires_ack=True)
+    (first,) = wait_until(lambda: [r for r in records(tmp_path) if r["id"] == held], message="the held delivery")
+    victim = first["pid"]
+    ids = [held] + [client.send("main", "task", {"sleep": 0.05, "n": i}, requires_ack=True) for i in range(11)]
     os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: not _alive(victim), message="the victim gone")
+    gate.touch()
     wait_until(lambda: all((root / "main" / "acks" / f"{i}.ack").exists() for i in ids), 60, message="all acks")
     wait_until(lambda: _drained(root), message="empty messages/ and processing/")
     pids = wait_until(lambda: (p := sup.worker_pids()) and len(p) == 2 and victim not in p and p,
                       message="pool back to two workers")
     assert victim not in pids
+    deliveries = sorted((r for r in records(tmp_path) if r["id"] == held), key=lambda r: r["delivery"])
+    assert [r["delivery"] for r in deliveries] == [1, 2], "the message the victim was running is redelivered"
+    assert deliveries[0]["pid"] == victim and deliveries[1]["pid"] != victim
     handled = {r["id"] for r in records(tmp_path)}
     assert set(ids) <= handled
     assert "worker died" in sup.log()
     assert _names(root, "main", "errors") == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def test_poison_message_is_quarantined_after_exactly_max_deliveries(tmp_path, root, supervisor_factory):
@@ -148,9 +163,8 @@ def test_health_follows_supervisor_and_stopped_worker(tmp_path, root, env, super
     wait_until(lambda: _health(env, config)[0] == 0, 20, message="healthy again")
     assert not psutil.pid_exists(victim) or psutil.Process(victim).status() == psutil.STATUS_ZOMBIE
     sup.kill()
-    t0 = __import__("time").monotonic()
-    wait_until(lambda: _health(env, config)[0] == 1, 3 * interval + 5, message="unhealthy after SIGKILL")
-    assert __import__("time").monotonic() - t0 < 3 * interval + 5
+    _code, why = wait_until(lambda: (h := _health(env, config))[0] == 1 and h, 20, message="unhealthy after SIGKILL")
+    assert "is not running" in why, why
     # the orphaned workers notice and exit by themselves
     wait_until(lambda: not [p for p in sup.worker_pids() if psutil.pid_exists(p)
                             and psutil.Process(p).status() != psutil.STATUS_ZOMBIE], 20,
@@ -248,6 +262,19 @@ def test_workers_recycle_after_max_tasks_without_loss(tmp_path, root, supervisor
     sup.stop()
 
 
+def test_max_tasks_jitter_stays_within_ten_percent_for_small_limits(tmp_path, root, supervisor_factory):
+    config = write_config(tmp_path / "c.toml", root, sections={"pool": {"max_tasks_per_worker": 1}})
+    client = Client(root, "main")
+    ids = [client.send("main", "task", {"n": i}, requires_ack=True) for i in range(40)]
+    sup = supervisor_factory(config)
+    wait_until(lambda: all((root / "main" / "acks" / f"{i}.ack").exists() for i in ids), 60, message="all acks")
+    per_worker = Counter(r["pid"] for r in records(tmp_path))
+    # README: "retires after handling this many messages, plus up to 10% jitter": 10% of 1 task is no extra task.
+    # Each of the ~30 workers gets an extra task with probability 1/2, so the bug shows in every run.
+    assert max(per_worker.values()) == 1, per_worker
+    sup.stop()
+
+
 def test_external_heartbeats_are_recorded_in_status_not_handled(tmp_path, root, supervisor_factory):
     config = write_config(tmp_path / "c.toml", root)
     sup = supervisor_factory(config)
@@ -266,10 +293,23 @@ def test_external_heartbeats_are_recorded_in_status_not_handled(tmp_path, root, 
 
 def test_a_burst_is_split_evenly_even_while_a_worker_is_still_booting(tmp_path, root, supervisor_factory):
     """prefetch 16 must not let the first ready worker take a whole backlog of slow messages."""
-    config = write_config(tmp_path / "c.toml", root, sections={"pool": {"workers": 2, "prefetch": 16}})
+    config = write_config(tmp_path / "c.toml", root, sections={"pool": {"workers": 2, "prefetch": 16,
+                                                                        "handler_timeout": 120.0}})
     client = Client(root, "main")
-    ids = [client.send("main", "task", {"sleep": 1.0, "n": i}, requires_ack=True) for i in range(8)]
+    gate = tmp_path / "gate"
+    # Every handler waits on the gate, so nothing finishes (and nothing is re-dispatched) while
+    # the split is looked at: the first worker to boot gets its share, never the whole backlog.
+    ids = [client.send("main", "task", {"gate": str(gate), "n": i}, requires_ack=True) for i in range(8)]
     sup = supervisor_factory(config)
+    wait_until(lambda: len({r["pid"] for r in records(tmp_path)}) == 2, 30, message="both workers running one")
+    def holds(worker: dict) -> int:  # status: running (the one started) + held (handed over, not started)
+        return worker["running"] + worker["held"]
+
+    status = wait_until(lambda: (s := sup.status()) and sum(holds(w) for w in s["workers"]) == 8 and s, 30,
+                        message="a status with all eight held")
+    assert sorted(holds(w) for w in status["workers"]) == [4, 4], status["workers"]
+    assert len(_names(root, "main", "processing")) == 8
+    gate.touch()
     wait_until(lambda: all((root / "main" / "acks" / f"{i}.ack").exists() for i in ids), 60, message="all acks")
     per_worker = Counter(r["pid"] for r in records(tmp_path))
     assert sorted(per_worker.values()) == [4, 4], per_worker

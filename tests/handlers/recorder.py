@@ -1,7 +1,9 @@
 """Test handlers: record every delivery, and misbehave on request.
 
 The payload drives the behaviour, so one handler serves every scenario:
-``{"sleep": s}``, ``{"wait_file": path}`` (until it exists), ``{"raise": "why"}``, ``{"exit": code}`` (os._exit),
+``{"gate": path}`` (waits until the test creates ``path``: a handler held in flight for as long as the
+test needs, with no guess at how long that is), ``{"sleep": s}``, ``{"wait_file": path}`` (the same, after any sleep),
+``{"raise": "why"}``, ``{"exit": code}`` (os._exit),
 ``{"segv": true}``, ``{"sysexit": code}``, ``{"hang": true}`` (sleeps forever), ``{"leak_mb": n}``
 (keeps n MB per call), ``{"result": x}`` (returned to a requester).
 Each delivery appends one JSON line to ``$IPCPOOL_TEST_RECORDS/<pid>.jsonl``
@@ -19,6 +21,7 @@ from typing import Any
 from ipcpool import Message
 
 _LEAK: list[bytes] = []
+GATE_LIMIT = 300.0  # seconds a gated handler waits at most, so a failed test never leaves it blocked for ever
 
 
 def _record(message: Message, handler: str) -> None:
@@ -40,6 +43,8 @@ def _record(message: Message, handler: str) -> None:
 def _behave(payload: Any) -> Any:
     if not isinstance(payload, dict):
         return None
+    if payload.get("gate"):
+        _wait_for_gate(str(payload["gate"]))
     if payload.get("sleep"):
         time.sleep(float(payload["sleep"]))
     if payload.get("wait_file"):
@@ -64,8 +69,22 @@ def _behave(payload: Any) -> Any:
     return payload.get("result")
 
 
+def _wait_for_gate(path: str) -> None:
+    deadline = time.monotonic() + GATE_LIMIT
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"gate {path} never opened")
+        time.sleep(0.01)
+
+
 def record(message: Message) -> Any:
     _record(message, "record")
+    return _behave(message.payload)
+
+
+def record_legacy(message: Message) -> Any:
+    """The same as :func:`record` under another name, so a test can tell which [handlers] entry ran."""
+    _record(message, "record_legacy")
     return _behave(message.payload)
 
 

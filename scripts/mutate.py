@@ -1,0 +1,767 @@
+#!/usr/bin/env python3
+"""Switch each promised behaviour off in a scratch copy and check that the tests notice.
+
+Every README guarantee and every documented config key has at least one
+mutation here: a small edit of ``ipcpool/`` that breaks exactly that promise
+(the key's value ignored, a guard removed, a log phrase changed), and the test
+node ids that must then fail. For each mutation the script
+
+1. copies the repository's files (``git ls-files``, tracked and untracked but
+   not ignored) into a fresh folder under the system temp dir,
+2. replaces the mutation's exact old text, which must occur exactly once, with
+   the new text (a mutation may make several such edits in one file, when a
+   behaviour has two guards that only fail together),
+3. runs only the named tests there, with ``PYTHONPATH`` pointing at the copy
+   (the tests start ``python -m ipcpool`` with the copy's code, see
+   tests/conftest.py), and
+4. reports the mutation *caught* when those tests fail, *survived* when they pass,
+   then removes the copy.
+
+Before any mutation, the same tests run once on an unmutated copy: a test that
+fails there proves nothing. The exit status is non-zero when any mutation
+survives, any old text is missing or ambiguous, or the baseline fails. A
+markdown table (mutation | tests | caught) ends the output.
+
+    python scripts/mutate.py                  # everything, one mutation at a time
+    python scripts/mutate.py --list           # the table of mutations
+    python scripts/mutate.py --only prefetch-unlimited --only ack-jitter-ignored
+    python scripts/mutate.py -j 2             # two mutations at once (this machine has 2 cores)
+
+tests/test_mutations_apply.py checks, in the normal suite, that every old text
+still occurs exactly once and every named test exists, so code that moves must
+bring this table along.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_TIMEOUT = 180  # seconds per test (pytest-timeout), so a mutation that makes a test hang still ends it
+RUN_TIMEOUT = 1200  # seconds for one mutation's whole pytest run
+
+
+class Mutation(NamedTuple):
+    """One behaviour switched off: ``old`` becomes ``new`` in ``file``; ``tests`` must then fail.
+
+    ``old`` and ``new`` are either one string each or tuples of the same length
+    (several edits in the same file, applied together).
+    """
+
+    name: str
+    file: str
+    old: str | tuple[str, ...]
+    new: str | tuple[str, ...]
+    tests: tuple[str, ...]
+    promise: str = ""
+
+    def edits(self) -> list[tuple[str, str]]:
+        olds = (self.old,) if isinstance(self.old, str) else self.old
+        news = (self.new,) if isinstance(self.new, str) else self.new
+        if len(olds) != len(news):
+            raise ValueError(f"{self.name}: {len(olds)} old texts but {len(news)} new ones")
+        return list(zip(olds, news, strict=True))
+
+
+SUP = "ipcpool/supervisor.py"
+WORKER = "ipcpool/worker.py"
+SPOOL = "ipcpool/spool.py"
+CLIENT = "ipcpool/client.py"
+RETRY = "ipcpool/retry.py"
+HANDLERS = "ipcpool/handlers.py"
+
+T_LOST = "tests/test_lost_events.py"
+T_LIVE = "tests/test_live_config.py"
+T_DRAIN = "tests/test_drain.py"
+T_PROM = "tests/test_promises.py"
+T_SUPV = "tests/test_supervision.py"
+T_CLI = "tests/test_cli.py"
+T_CLIENT = "tests/test_client.py"
+T_DUR = "tests/test_durability.py"
+T_RETRY = "tests/test_retry.py"
+
+_HANDLER_RETRY_WAIT = ("        wait=_backoff(policy.delay, policy.backoff, policy.max_delay),\n"
+                       "        retry=tenacity.retry_if_exception_type(Exception),\n"
+                       "        before_sleep=before_sleep,\n"
+                       "        reraise=True,\n"
+                       "        **kwargs,")
+_SPOOL_FROM_CONFIG = ("        return cls(spool.root, durability=spool.durability, mode=spool.mode,\n"
+                      "                   max_message_bytes=spool.max_message_bytes, private_staging=private_staging)")
+
+
+def _spool_from_config(**replace: str) -> str:
+    text = _SPOOL_FROM_CONFIG
+    for key, value in replace.items():
+        text = text.replace(f"{key}=spool.{key}", f"{key}={value}") if key != "root" else \
+            text.replace("cls(spool.root,", f"cls({value},")
+    return text
+
+
+MUTATIONS: tuple[Mutation, ...] = (
+    # -- the issue's list: each of these once passed the whole relevant suite ---------------------------------------
+    Mutation("periodic-rescans-disabled", SUP,
+             '        if now >= self.next_rescan and self.state == "running":',
+             '        if self.next_rescan == 0.0 and self.state == "running":',
+             (f"{T_LOST}::test_periodic_rescans_find_what_no_event_announced",),
+             "guarantee 5: rescan every rescan_interval"),
+    Mutation("new-group-folder-event-ignored", SUP,
+             "                if self.spool.is_group_dir(group):\n                    self.add_group(group)",
+             "                if self.spool.is_group_dir(group):\n                    pass",
+             (f"{T_LOST}::test_a_group_folder_made_while_running_is_watched_at_once",),
+             "[spool] groups: other group folders are picked up when they appear"),
+    Mutation("new-group-folder-not-found-by-rescans", SUP,
+             "            if group not in self.groups:\n                self.add_group(group)\n            else:",
+             "            if group not in self.groups:\n                pass\n            else:",
+             (f"{T_LOST}::test_inotify_overflow_triggers_a_rescan_and_nothing_is_lost",),
+             "[spool] groups: picked up when they appear, even when their event was lost"),
+    Mutation("polling-watcher-replaced-by-inotify", SUP,
+             '                                     polling=self.config.spool.watcher == "polling",',
+             "                                     polling=False,",
+             (f"{T_LOST}::test_the_configured_watcher_is_the_one_running[polling]",),
+             "[spool] watcher = polling"),
+    Mutation("ack-jitter-ignored", RETRY,
+             "    if policy.jitter > 0:", "    if False:",
+             (f"{T_RETRY}::test_ack_waits_with_jitter_stay_in_range",),
+             "[ack] jitter"),
+    Mutation("housekeeping-deletes-fresh-tmp-and-responses", SUP,
+             "(RESPONSES, cfg.spool.response_retention),\n                             (TMP, cfg.spool.tmp_max_age)",
+             "(RESPONSES, -1e9),\n                             (TMP, -1e9)",
+             (f"{T_DUR}::test_stale_temp_files_are_removed_by_housekeeping",
+              f"{T_DUR}::test_old_acks_and_uncollected_responses_are_pruned"),
+             "[spool] tmp_max_age / response_retention: only older files go"),
+    Mutation("duplicate-not-re-acked", WORKER,
+             "        if ack is not None and spool.has_ack_named(group, ack):\n"
+             "            spool.write_ack_named(group, ack)\n",
+             "        if ack is not None and spool.has_ack_named(group, ack):\n",
+             (f"{T_CLIENT}::test_an_id_that_already_has_an_ack_is_not_handled_again",),
+             "guarantee 3: removed and re-acked"),
+    Mutation("shutdown-grace-unlimited", SUP,
+             "        self.drain_deadline = self.clock() + self.config.pool.shutdown_grace",
+             '        self.drain_deadline = float("inf")',
+             (f"{T_DRAIN}::test_shutdown_grace_cuts_a_drain_short",),
+             "[pool] shutdown_grace"),
+    Mutation("prefetch-unlimited", SUP,
+             "        prefetch = self.config.pool.prefetch\n", "        prefetch = 10**6\n",
+             (f"{T_DRAIN}::test_prefetch_bounds_what_each_worker_holds",),
+             "[pool] prefetch"),
+    # -- the issue's hollow and too-early assertions, shown able to fail -----------------------------------
+    Mutation("redelivery-count-never-increases", SUP,
+             "                delivery = Delivery(self._seq, key[0], key[1], len(self.failures.get(key, ())) + 1)",
+             "                delivery = Delivery(self._seq, key[0], key[1], 1)",
+             (f"{T_SUPV}::test_killed_worker_is_replaced_and_its_messages_redelivered",),
+             "guarantee 2: what a dead worker held is redelivered (and counted)"),
+    Mutation("already-running-exits-2", SPOOL,
+             "            raise AlreadyRunning(",
+             '            raise __import__("ipcpool.errors", fromlist=["ConfigError"]).ConfigError(',
+             (f"{T_CLI}::test_second_run_on_the_same_root_refuses_at_once",),
+             "exit code 1 when another supervisor already runs"),
+    Mutation("invalid-group-names-accepted", "ipcpool/message.py",
+             'GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\\Z")',
+             'GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _-]{0,63}\\Z")',
+             ("tests/test_hostile.py::test_invalid_group_names_are_never_used",),
+             "group names: ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"),
+    Mutation("health-ignores-a-dead-supervisor", "ipcpool/health.py",
+             '    if not isinstance(pid, int) or not pid_alive(pid, supervisor.get("createTime")):',
+             "    if not isinstance(pid, int):",
+             (f"{T_SUPV}::test_health_follows_supervisor_and_stopped_worker",),
+             "ipcpool health: exit 1 when the supervisor is not running"),
+    Mutation("burst-not-split-evenly", SUP,
+             "        share = -(-work // (len(load) + booting))", "        share = work",
+             (f"{T_SUPV}::test_a_burst_is_split_evenly_even_while_a_worker_is_still_booting",),
+             "[pool] prefetch: a burst is split evenly across workers"),
+    Mutation("forked-worker-keeps-siblings-and-epoll-keeps-the-dead", SUP,
+             ("            siblings = [fd for w in self.workers for fd in (w.tasks.fileno(), w.results.fileno(), "
+              "w.sentinel)]",
+              "            self._waitset.forget(worker)  # before its fds close"),
+             ("            siblings: list[int] = []",
+              "            pass  # before its fds close"),
+             ("tests/test_compat.py::test_a_dead_forked_worker_leaves_the_supervisor_idle_not_spinning",),
+             "compat: an idle supervisor sleeps after a forked worker died"),
+    # -- README guarantees 1-6 ------------------------------------------------------------------------------
+    Mutation("partial-file-quarantined-at-once", WORKER,
+             "            if -FUTURE_MTIME_SLACK < time.time() - raw.mtime < self._settle:",
+             "            if False:",
+             (f"{T_CLI}::test_a_file_still_being_written_is_not_quarantined_and_is_handled_when_complete",
+              "tests/test_e2e_basic.py::test_messages_from_every_kind_of_writer_are_handled_once_and_acked"),
+             "guarantee 1: nothing partial is processed"),
+    Mutation("processing-not-recovered-at-start", SUP,
+             "        for name in self.spool.scan(group, PROCESSING):", "        for name in []:",
+             (f"{T_SUPV}::test_supervisor_sigkill_then_restart_loses_nothing",),
+             "guarantee 2: on start, processing/ is moved back to messages/"),
+    Mutation("requeue-overwrites-a-namesake", SPOOL,
+             "                rename_noreplace(source, self.path(group, MESSAGES, target))\n"
+             "                return target",
+             "                os.rename(source, self.path(group, MESSAGES, target))\n                return target",
+             ("tests/test_regressions.py::test_requeue_never_replaces_a_different_message_with_the_same_name",),
+             "guarantee 2: two files with the same name never overwrite each other"),
+    Mutation("writers-temp-files-claimed", SPOOL,
+             '    return not name.startswith(".") and not name.endswith(".tmp")',
+             '    return not name.startswith(".")',
+             (f"{T_CLI}::test_files_queued_before_start_are_handled_and_dot_and_tmp_files_are_left_alone",),
+             "guarantee 2: dot-files and *.tmp in messages/ are never touched"),
+    Mutation("ack-ledger-ignored", WORKER,
+             "        if ack is not None and spool.has_ack_named(group, ack):", "        if False:",
+             (f"{T_CLIENT}::test_an_id_that_already_has_an_ack_is_not_handled_again",),
+             "guarantee 3: an id that has an ack is not handled again"),
+    Mutation("republish-in-flight-dropped", SUP,
+             "        if key in self.inflight:\n            self.blocked.add(key)\n"
+             "        elif key not in self.pending:",
+             "        if key in self.inflight:\n            pass\n        elif key not in self.pending:",
+             (f"{T_PROM}::test_a_republish_while_the_first_copy_is_in_a_workers_hands_waits_then_meets_its_ack",),
+             "guarantee 3: a re-publish while in a worker's hands waits for it"),
+    Mutation("republish-in-flight-never-released", SUP,
+             "            self.blocked.discard(key)\n            self.pending[key] = self.clock()\n\n"
+             "    def _count_outcome",
+             "            self.blocked.discard(key)\n\n    def _count_outcome",
+             (f"{T_PROM}::test_a_republish_while_the_first_copy_is_in_a_workers_hands_waits_then_meets_its_ack",),
+             "guarantee 3: ... then meets its ack"),
+    Mutation("no-supervisor-lock", SPOOL,
+             "            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+             "        except BlockingIOError:\n            owner",
+             "            pass\n        except BlockingIOError:\n            owner",
+             (f"{T_CLI}::test_second_run_on_the_same_root_refuses_at_once",),
+             "guarantee 4: one supervisor per root (a lock)"),
+    Mutation("start-scan-removed", SUP,
+             "        self.scan_group(group)\n        count_errors(self, group)\n\n    def scan_group",
+             "        count_errors(self, group)\n\n    def scan_group",
+             (f"{T_LOST}::test_messages_queued_before_start_are_found_by_the_start_scan",),
+             "guarantee 5: watch, then scan at start"),
+    Mutation("overflow-does-not-rescan", SUP,
+             "                self.next_rescan = 0.0\n            elif kind == LOST",
+             "                pass\n            elif kind == LOST",
+             (f"{T_LOST}::test_inotify_overflow_triggers_a_rescan_and_nothing_is_lost",),
+             "guarantee 5: rescan at once after an inotify overflow"),
+    Mutation("handler-named-by-message-type", HANDLERS,
+             "        return self._handlers.get(key, self._fallback)",
+             '        return self._handlers.get(key) or (resolve(key) if ":" in key else self._fallback)',
+             (f"{T_PROM}::test_a_message_can_never_name_its_handler",),
+             "guarantee 6: handlers are named in config, never in messages"),
+    Mutation("handler-named-by-envelope-key", WORKER,
+             "        handler = self.handlers.lookup(message)\n",
+             '        handler = (__import__("ipcpool.handlers", fromlist=["resolve"])'
+             '.resolve(message.extra["handler"])\n'
+             '                   if "handler" in message.extra else self.handlers.lookup(message))\n',
+             (f"{T_PROM}::test_a_message_can_never_name_its_handler",),
+             "guarantee 6: handlers are named in config, never in messages"),
+    # -- [spool] ----------------------------------------------------------------------------------------------
+    Mutation("root-key-ignored", SPOOL, _SPOOL_FROM_CONFIG, _spool_from_config(root='"data/ipc"'),
+             ("tests/test_e2e_basic.py::test_messages_from_every_kind_of_writer_are_handled_once_and_acked",),
+             "[spool] root"),
+    Mutation("groups-not-made-at-start", SUP,
+             "        for group in self.config.spool.groups:\n            spool.ensure_group(group)",
+             "        for group in ():\n            spool.ensure_group(group)",
+             (f"{T_LIVE}::test_ipcpool_root_overrides_the_configured_root_and_groups_are_made_at_start",),
+             "[spool] groups: created at start"),
+    Mutation("format-key-ignored", CLIENT,
+             "            format=cfg.spool.format,", '            format="json",',
+             (f"{T_LIVE}::test_spool_format_is_what_senders_write",),
+             "[spool] format"),
+    Mutation("durability-key-ignored", SPOOL, _SPOOL_FROM_CONFIG, _spool_from_config(durability='"process"'),
+             (f"{T_LIVE}::test_power_durability_fsyncs_the_file_then_its_folder[power]",),
+             "[spool] durability"),
+    Mutation("power-without-folder-fsync", SPOOL,
+             "            os.fsync(fd)\n        finally:\n            os.close(fd)\n\n    def publish",
+             "            pass\n        finally:\n            os.close(fd)\n\n    def publish",
+             (f"{T_LIVE}::test_power_durability_fsyncs_the_file_then_its_folder[power]",),
+             "[spool] durability = power: fsync ... then folder"),
+    Mutation("power-without-file-fsync", SPOOL,
+             "            if self._fsync:\n                os.fsync(fd)\n        finally:",
+             "            if False:\n                os.fsync(fd)\n        finally:",
+             (f"{T_LIVE}::test_power_durability_fsyncs_the_file_then_its_folder[power]",),
+             "[spool] durability = power: fsync file ..."),
+    Mutation("mode-key-ignored", SPOOL, _SPOOL_FROM_CONFIG, _spool_from_config(mode='"private"'),
+             ("tests/test_spool.py::test_from_config",),
+             "[spool] mode"),
+    Mutation("native-watcher-replaced-by-polling", SUP,
+             '                                     polling=self.config.spool.watcher == "polling",',
+             "                                     polling=True,",
+             (f"{T_LOST}::test_the_configured_watcher_is_the_one_running[native]",),
+             "[spool] watcher = native"),
+    Mutation("settle-time-ignored", WORKER,
+             "        self._settle = spec.config.spool.settle_time", "        self._settle = 0.0",
+             (f"{T_CLI}::test_a_file_still_being_written_is_not_quarantined_and_is_handled_when_complete",),
+             "[spool] settle_time"),
+    Mutation("rescan-interval-ignored", SUP,
+             "            self.next_rescan = now + self.config.spool.rescan_interval\n            self.rescan()",
+             "            self.next_rescan = now + 3600.0\n            self.rescan()",
+             (f"{T_LOST}::test_periodic_rescans_find_what_no_event_announced",),
+             "[spool] rescan_interval"),
+    Mutation("max-message-bytes-ignored", SPOOL, _SPOOL_FROM_CONFIG,
+             _spool_from_config(max_message_bytes="1024 * 1024"),
+             ("tests/test_hostile.py::test_oversize_message_is_refused_before_reading",),
+             "[spool] max_message_bytes"),
+    Mutation("max-queued-ignored", CLIENT,
+             "            max_queued=cfg.spool.max_queued,", "            max_queued=0,",
+             ("tests/test_errors_cli.py::test_cli_send_refuses_when_the_queue_is_full",),
+             "[spool] max_queued"),
+    Mutation("tmp-max-age-ignored", SUP,
+             "(TMP, cfg.spool.tmp_max_age)", "(TMP, 3600.0)",
+             (f"{T_DUR}::test_stale_temp_files_are_removed_by_housekeeping",),
+             "[spool] tmp_max_age"),
+    Mutation("response-retention-ignored", SUP,
+             "(RESPONSES, cfg.spool.response_retention)", "(RESPONSES, 3600.0)",
+             (f"{T_DUR}::test_old_acks_and_uncollected_responses_are_pruned",),
+             "[spool] response_retention"),
+    # -- [pool] -----------------------------------------------------------------------------------------------
+    Mutation("workers-key-ignored", SUP,
+             "        self.pool_size = config.pool.workers", "        self.pool_size = 2",
+             (f"{T_LIVE}::test_status_shows_a_running_pool_as_a_table_and_as_json",),
+             "[pool] workers"),
+    Mutation("handler-timeout-ignored", SUP,
+             "            if current is not None and now - started > pool.handler_timeout:",
+             "            if current is not None and now - started > 600.0:",
+             (f"{T_SUPV}::test_hung_handler_is_killed_at_timeout_then_quarantined_and_pool_recovers",),
+             "[pool] handler_timeout"),
+    Mutation("max-deliveries-ignored", SUP,
+             "        limit = self.config.pool.max_deliveries", "        limit = 3",
+             (f"{T_SUPV}::test_hung_handler_is_killed_at_timeout_then_quarantined_and_pool_recovers",),
+             "[pool] max_deliveries"),
+    Mutation("max-tasks-per-worker-ignored", SUP,
+             "        max_tasks = self.config.pool.max_tasks_per_worker", "        max_tasks = 0",
+             (f"{T_SUPV}::test_workers_recycle_after_max_tasks_without_loss",),
+             "[pool] max_tasks_per_worker"),
+    Mutation("max-memory-mb-ignored", SUP,
+             "        limit_mb = self.config.pool.max_memory_mb", "        limit_mb = 0",
+             (f"{T_SUPV}::test_leaking_worker_is_recycled_without_losing_messages",),
+             "[pool] max_memory_mb"),
+    Mutation("kill-grace-ignored", SUP,
+             "        worker.kill_at = self.clock() + self.config.pool.kill_grace",
+             "        worker.kill_at = self.clock() + 3600.0",
+             (f"{T_DRAIN}::test_shutdown_grace_cuts_a_drain_short",),
+             "[pool] kill_grace"),
+    Mutation("max-boot-failures-ignored", SUP,
+             "        limit = self.config.pool.max_boot_failures", "        limit = 3",
+             (f"{T_LIVE}::test_max_boot_failures_is_the_number_of_boots_tried",),
+             "[pool] max_boot_failures (a count)"),
+    Mutation("boot-failures-not-reset-by-a-good-boot", SUP,
+             "            self.boot_failures = 0\n", "",
+             (f"{T_LIVE}::test_boot_failures_count_only_in_a_row",),
+             "[pool] max_boot_failures (in a row)"),
+    # -- [retry] ----------------------------------------------------------------------------------------------
+    Mutation("retry-attempts-ignored", RETRY,
+             "        stop=tenacity.stop_after_attempt(policy.attempts),\n" + _HANDLER_RETRY_WAIT,
+             "        stop=tenacity.stop_after_attempt(3),\n" + _HANDLER_RETRY_WAIT,
+             (f"{T_LIVE}::test_handler_retries_back_off_by_the_factor_up_to_max_delay",),
+             "[retry] attempts"),
+    Mutation("retry-delay-ignored", RETRY, _HANDLER_RETRY_WAIT,
+             _HANDLER_RETRY_WAIT.replace("_backoff(policy.delay,", "_backoff(0.1,"),
+             (f"{T_LIVE}::test_handler_retries_back_off_by_the_factor_up_to_max_delay",
+              f"{T_CLI}::test_a_handler_that_fails_once_is_retried_in_place_and_acked"),
+             "[retry] delay"),
+    Mutation("retry-backoff-ignored", RETRY, _HANDLER_RETRY_WAIT,
+             _HANDLER_RETRY_WAIT.replace("policy.backoff, policy.max_delay", "1.0, policy.max_delay"),
+             (f"{T_LIVE}::test_handler_retries_back_off_by_the_factor_up_to_max_delay",),
+             "[retry] backoff"),
+    Mutation("retry-max-delay-ignored", RETRY, _HANDLER_RETRY_WAIT,
+             _HANDLER_RETRY_WAIT.replace("policy.backoff, policy.max_delay", "policy.backoff, 1e9"),
+             (f"{T_LIVE}::test_handler_retries_back_off_by_the_factor_up_to_max_delay",),
+             "[retry] max_delay"),
+    # -- [heartbeat] ------------------------------------------------------------------------------------------
+    Mutation("heartbeat-interval-ignored-for-status", SUP,
+             "            self.next_status = now + self.config.heartbeat.interval",
+             "            self.next_status = now + 3600.0",
+             (f"{T_SUPV}::test_external_heartbeats_are_recorded_in_status_not_handled",),
+             "[heartbeat] interval: status.json writes"),
+    Mutation("heartbeat-miss-limit-ignored", SUP,
+             "            if silent > hb.miss_limit * hb.interval:",
+             "            if silent > 1000 * hb.interval:",
+             (f"{T_SUPV}::test_health_follows_supervisor_and_stopped_worker",),
+             "[heartbeat] miss_limit"),
+    # -- [ack] ----------------------------------------------------------------------------------------------
+    Mutation("ack-timeout-ignored", CLIENT,
+             "        per_attempt = self.ack_policy.timeout if timeout is None else timeout",
+             "        per_attempt = 30.0 if timeout is None else timeout",
+             (f"{T_LIVE}::test_a_real_sender_backs_off_between_ack_attempts",),
+             "[ack] timeout"),
+    Mutation("ack-max-retries-ignored", RETRY,
+             "        stop=tenacity.stop_after_attempt(policy.max_retries + 1),\n"
+             "        wait=ack_wait_strategy(policy),\n"
+             "        retry=tenacity.retry_if_exception_type(retry_on),\n"
+             "        before_sleep=before_sleep,\n"
+             "        reraise=True,\n"
+             "    )\n\n\ndef async_ack_retrying",
+             "        stop=tenacity.stop_after_attempt(4),\n"
+             "        wait=ack_wait_strategy(policy),\n"
+             "        retry=tenacity.retry_if_exception_type(retry_on),\n"
+             "        before_sleep=before_sleep,\n"
+             "        reraise=True,\n"
+             "    )\n\n\ndef async_ack_retrying",
+             (f"{T_LIVE}::test_a_real_sender_backs_off_between_ack_attempts",
+              f"{T_CLIENT}::test_ack_timeout_after_one_plus_max_retries_attempts_leaves_one_queued_copy"),
+             "[ack] max_retries"),
+    Mutation("ack-retry-delay-ignored", RETRY,
+             "        wait: tenacity.wait.wait_base = tenacity.wait_fixed(policy.retry_delay)",
+             "        wait: tenacity.wait.wait_base = tenacity.wait_fixed(5.0)",
+             (f"{T_RETRY}::test_ack_waits_use_the_configured_retry_delay",),
+             "[ack] retry_delay"),
+    Mutation("ack-backoff-ignored", RETRY,
+             "    if policy.backoff <= 1:", "    if True:",
+             (f"{T_LIVE}::test_a_real_sender_backs_off_between_ack_attempts",),
+             "[ack] backoff"),
+    Mutation("ack-retention-ignored", SUP,
+             "((ACKS, cfg.ack.retention),", "((ACKS, 86400.0),",
+             (f"{T_DUR}::test_old_acks_and_uncollected_responses_are_pruned",),
+             "[ack] retention"),
+    # -- [handlers], [groups.*] ------------------------------------------------------------------------------
+    Mutation("handler-types-ignored", HANDLERS,
+             "        return self._handlers.get(key, self._fallback)", "        return self._fallback",
+             ("tests/test_e2e_basic.py::test_messages_from_every_kind_of_writer_are_handled_once_and_acked",),
+             "[handlers] <type>"),
+    Mutation("legacy-handler-ignored", HANDLERS,
+             '        key = "legacy" if message.legacy else message.type',
+             '        key = "*" if message.legacy else message.type',
+             (f"{T_PROM}::test_star_legacy_and_async_handlers_run_in_a_real_worker",),
+             "[handlers] legacy"),
+    Mutation("star-handler-ignored", HANDLERS,
+             '        self._fallback = self._handlers.get("*")', "        self._fallback = None",
+             (f"{T_PROM}::test_star_legacy_and_async_handlers_run_in_a_real_worker",),
+             '[handlers] "*"'),
+    Mutation("async-handler-not-awaited", HANDLERS,
+             "        if result is not None and inspect.isawaitable(result):", "        if False:",
+             (f"{T_PROM}::test_star_legacy_and_async_handlers_run_in_a_real_worker",),
+             "handlers may be async def"),
+    Mutation("heartbeat-handler-ignored", WORKER,
+             "        self._record_heartbeats = not handlers.has(_HEARTBEAT)",
+             "        self._record_heartbeats = True",
+             (f"{T_PROM}::test_a_configured_heartbeat_handler_handles_heartbeats_instead_of_status",),
+             "heartbeats recorded unless a heartbeat handler is configured"),
+    Mutation("allowed-types-ignored", WORKER,
+             "        self._allowed = {g: set(c.allowed_types) for g, c in spec.config.groups.items() "
+             "if c.allowed_types}",
+             "        self._allowed: dict[str, set[str]] = {}",
+             ("tests/test_hostile.py::test_disallowed_type_for_group_is_rejected",),
+             "[groups.<name>] allowed_types"),
+    # -- signals, the CLI, logging, the environment ----------------------------------------------------
+    Mutation("sigint-not-a-drain", SUP,
+             "        for signum in (signal.SIGTERM, signal.SIGINT):", "        for signum in (signal.SIGTERM,):",
+             (f"{T_DRAIN}::test_sigint_drains_the_running_message_and_returns_the_rest",),
+             "SIGTERM or SIGINT drains"),
+    Mutation("second-sigint-ignored", SUP,
+             "                self.drain_deadline = 0.0\n", "                pass\n",
+             (f"{T_DRAIN}::test_a_second_sigint_stops_at_once_and_puts_the_held_message_back",),
+             "a second SIGINT stops now"),
+    Mutation("status-json-and-table-swapped", "ipcpool/cli.py",
+             "    print(json.dumps(status, indent=1) if args.json else render_table(status, healthy))",
+             "    print(json.dumps(status, indent=1) if not args.json else render_table(status, healthy))",
+             (f"{T_LIVE}::test_status_shows_a_running_pool_as_a_table_and_as_json",),
+             "ipcpool status (table, --json)"),
+    Mutation("log-level-ignored", "ipcpool/logs.py",
+             '    name = os.environ.get("LOG_LEVEL", "info").upper()', '    name = "INFO"',
+             (f"{T_LIVE}::test_log_level_debug_shows_debug_lines_from_every_process",
+              f"{T_LIVE}::test_log_level_warning_hides_info"),
+             "LOG_LEVEL"),
+    Mutation("ipcpool-root-ignored", "ipcpool/config.py",
+             "    if env.get(ROOT_ENV):", "    if False:",
+             (f"{T_LIVE}::test_ipcpool_root_overrides_the_configured_root_and_groups_are_made_at_start",),
+             "IPCPOOL_ROOT"),
+    Mutation("log-phrase-watcher-setup", "ipcpool/watcher.py",
+             '        self._groups[wd] = group\n        log.info("IPC watcher setup for group %s", group)',
+             '        self._groups[wd] = group\n        log.info("watching group %s", group)',
+             (f"{T_LIVE}::test_the_original_log_phrases",),
+             'log phrase "IPC watcher setup for group"'),
+    Mutation("log-phrase-message-sent", CLIENT,
+             '            log.info("IPC message sent id=%s group=%s (waiting for ACK)", message_id, group)',
+             '            log.info("Message published id=%s group=%s (waiting for ACK)", message_id, group)',
+             (f"{T_LIVE}::test_the_original_log_phrases",),
+             'log phrase "IPC message sent"'),
+    Mutation("log-phrase-ack-received", CLIENT,
+             '        log.info("ACK received id=%s group=%s attempt=%d", message_id, group, attempts)\n'
+             "        return message_id\n\n    def _ack_timed_out",
+             '        log.info("Acknowledged id=%s group=%s attempt=%d", message_id, group, attempts)\n'
+             "        return message_id\n\n    def _ack_timed_out",
+             (f"{T_LIVE}::test_the_original_log_phrases",),
+             'log phrase "ACK received"'),
+)
+
+
+# -- running ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    mutation: Mutation
+    verdict: str  # "caught", "survived", "error"
+    seconds: float
+    detail: str = ""
+
+
+def check_table(mutations: Sequence[Mutation], repo: Path = REPO) -> list[str]:
+    """Problems with the table itself: an old text not found exactly once, a duplicate name."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    for m in mutations:
+        if m.name in seen:
+            problems.append(f"{m.name}: the name is used twice")
+        seen.add(m.name)
+        path = repo / m.file
+        if not path.is_file():
+            problems.append(f"{m.name}: {m.file} does not exist")
+            continue
+        text = path.read_text()
+        try:
+            edits = m.edits()
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
+        for old, new in edits:
+            count = text.count(old)
+            if count != 1:
+                problems.append(f"{m.name}: old text found {count} times in {m.file} (must be once): {old[:80]!r}")
+            if old == new:
+                problems.append(f"{m.name}: the new text is the old one")
+        if not m.tests:
+            problems.append(f"{m.name}: no tests named")
+    return problems
+
+
+def tracked_files(repo: Path) -> list[str]:
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
+                         check=True, capture_output=True).stdout.decode()
+    return [name for name in out.split("\0") if name and (repo / name).is_file()]
+
+
+def make_copy(repo: Path, names: Sequence[str], label: str) -> Path:
+    scratch = Path(tempfile.mkdtemp(prefix=f"ipcpool-mutate-{label}-"))
+    for name in names:
+        target = scratch / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo / name, target)
+    return scratch
+
+
+def apply(scratch: Path, mutation: Mutation) -> None:
+    path = scratch / mutation.file
+    text = path.read_text()
+    for old, new in mutation.edits():
+        if text.count(old) != 1:
+            raise RuntimeError(f"{mutation.name}: old text not found exactly once in {mutation.file}")
+        text = text.replace(old, new)
+    path.write_text(text)
+
+
+def scratch_env(scratch: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    for name in ("IPCPOOL_ROOT", "IPCPOOL_CONFIG", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER"):
+        env.pop(name, None)
+    env["PYTHONPATH"] = str(scratch)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def check_import_path(scratch: Path) -> None:
+    """The copy's ipcpool, not the installed one, must be what the tests import."""
+    out = subprocess.run([sys.executable, "-c", "import ipcpool; print(ipcpool.__file__)"], cwd=scratch,
+                         env=scratch_env(scratch), capture_output=True, text=True, check=True).stdout.strip()
+    if not Path(out).resolve().is_relative_to(scratch.resolve()):
+        raise RuntimeError(f"the tests would import {out}, not the scratch copy in {scratch}")
+
+
+_RUNNING: dict[int, Path] = {}  # pytest process -> its scratch copy, for a clean stop on Ctrl-C or SIGTERM
+
+
+def run_tests(scratch: Path, tests: Sequence[str], *, workers: int = 0, stop_first: bool = True) -> tuple[int, str]:
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={scratch / '.pytest'}",
+               f"--timeout={TEST_TIMEOUT}", "-n", str(workers), *(["-x"] if stop_first else []), *tests]
+    proc = subprocess.Popen(command, cwd=scratch, env=scratch_env(scratch), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    _RUNNING[proc.pid] = scratch
+    try:
+        out, _ = proc.communicate(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        stop_pytest(proc.pid, scratch)
+        out, _ = proc.communicate()
+        return -1, out + f"\n(stopped after {RUN_TIMEOUT}s)"
+    finally:
+        _RUNNING.pop(proc.pid, None)
+        kill_leftovers(scratch)
+    return proc.returncode, out
+
+
+def stop_pytest(pid: int, scratch: Path) -> None:
+    """SIGINT first, so its fixtures stop the supervisors they started; then the whole session."""
+    try:
+        os.kill(pid, signal.SIGINT)
+        for _ in range(300):
+            time.sleep(0.1)
+            os.kill(pid, 0)  # raises once it is gone
+            if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                break
+    except (ProcessLookupError, OSError):
+        pass
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    kill_leftovers(scratch)
+
+
+def kill_leftovers(scratch: Path) -> None:
+    """SIGKILL any process still working in this scratch copy (a supervisor a killed test run left behind).
+
+    Only processes whose working directory or command line is inside the copy,
+    which this script made: nothing else is touched.
+    """
+    marker = f"{scratch}/"
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if f"{cwd}/".startswith(marker) or marker in cmdline:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def run_one(repo: Path, names: Sequence[str], mutation: Mutation) -> Outcome:
+    """``repo`` is the snapshot taken at the start, so edits made meanwhile never mix into a run."""
+    started = time.monotonic()
+    scratch = make_copy(repo, names, mutation.name)
+    try:
+        apply(scratch, mutation)
+        code, out = run_tests(scratch, mutation.tests)
+    except Exception as exc:  # noqa: BLE001 - reported as this mutation's error, the others go on
+        return Outcome(mutation, "error", time.monotonic() - started, repr(exc))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    elapsed = time.monotonic() - started
+    lines = out.strip().splitlines()
+    # what failed and why: pytest's "E" lines (the assertion), then its summary
+    reasons = [line for line in lines if line.startswith("E ")][:8]
+    tail = "\n".join([*reasons, *lines[-6:]])
+    if code == 1:
+        return Outcome(mutation, "caught", elapsed, tail)
+    if code == 0:
+        return Outcome(mutation, "survived", elapsed, tail)
+    if code == -1:
+        return Outcome(mutation, "caught", elapsed, "the tests hung until the run was killed\n" + tail)
+    return Outcome(mutation, "error", elapsed, f"pytest exit code {code}\n{tail}")
+
+
+def baseline(repo: Path, names: Sequence[str], mutations: Sequence[Mutation], workers: int) -> tuple[bool, str]:
+    tests = sorted({t for m in mutations for t in m.tests})
+    scratch = make_copy(repo, names, "baseline")
+    try:
+        check_import_path(scratch)
+        code, out = run_tests(scratch, tests, workers=workers, stop_first=False)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return code == 0, "\n".join(out.strip().splitlines()[-30:])
+
+
+def table(outcomes: Sequence[Outcome]) -> str:
+    lines = ["| mutation | promise | test(s) that must catch it | caught |", "|---|---|---|---|"]
+    for o in outcomes:
+        tests = "<br>".join(f"`{t.split('::', 1)[1]}`" if "::" in t else f"`{t}`" for t in o.mutation.tests)
+        mark = {"caught": "yes", "survived": "**no**", "error": "**error**"}[o.verdict]
+        lines.append(f"| `{o.mutation.name}` | {o.mutation.promise} | {tests} | {mark} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--list", action="store_true", help="print the mutations and exit")
+    parser.add_argument("--only", action="append", default=[], metavar="NAME", help="run only this mutation "
+                        "(repeatable)")
+    parser.add_argument("-j", "--jobs", type=int, default=1, help="mutations run at once (default 1)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of the named tests")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show how each mutation was caught "
+                        "(the end of its pytest output), not only the ones that were not")
+    parser.add_argument("--baseline-workers", type=int, default=2, help="pytest-xdist workers for the baseline "
+                        "run (default 2)")
+    args = parser.parse_args(argv)
+
+    problems = check_table(MUTATIONS)
+    if problems:
+        print("the mutation table does not match the code:", *problems, sep="\n  ", file=sys.stderr)
+        return 2
+    selected = [m for m in MUTATIONS if not args.only or m.name in args.only]
+    unknown = set(args.only) - {m.name for m in MUTATIONS}
+    if unknown:
+        print(f"unknown mutation(s): {', '.join(sorted(unknown))}; see --list", file=sys.stderr)
+        return 2
+    if args.list:
+        for m in selected:
+            print(f"{m.name}  [{m.file}]  {m.promise}")
+            for t in m.tests:
+                print(f"    {t}")
+        return 0
+
+    names = tracked_files(REPO)
+    snapshot = make_copy(REPO, names, "snapshot")  # every copy is made from this, not from the working tree
+    signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        return _run(args, snapshot, names, selected)
+    except KeyboardInterrupt:
+        for pid, scratch in list(_RUNNING.items()):
+            stop_pytest(pid, scratch)
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        shutil.rmtree(snapshot, ignore_errors=True)
+
+
+def _interrupted(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _run(args: argparse.Namespace, snapshot: Path, names: Sequence[str], selected: Sequence[Mutation]) -> int:
+    if not args.no_baseline:
+        print(f"baseline: the {len({t for m in selected for t in m.tests})} named tests on an unmutated copy ...",
+              flush=True)
+        ok, out = baseline(snapshot, names, selected, args.baseline_workers)
+        if not ok:
+            print(out, "\nbaseline failed: the tests fail without any mutation, so they prove nothing",
+                  file=sys.stderr)
+            return 1
+        print("baseline: passed", flush=True)
+
+    outcomes: list[Outcome] = []
+
+    def report(outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        print(f"[{len(outcomes)}/{len(selected)}] {outcome.verdict:8} {outcome.mutation.name} "
+              f"({outcome.seconds:.0f}s)", flush=True)
+        if outcome.verdict != "caught" or args.verbose:
+            print("    " + outcome.detail.replace("\n", "\n    "), flush=True)
+
+    pool = ThreadPoolExecutor(max_workers=max(1, args.jobs))
+    futures = [pool.submit(run_one, snapshot, names, m) for m in selected]
+    try:
+        for future in as_completed(futures):
+            report(future.result())
+    finally:
+        for future in futures:
+            future.cancel()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    order = {m.name: i for i, m in enumerate(selected)}
+    outcomes.sort(key=lambda o: order[o.mutation.name])
+    print()
+    print(table(outcomes))
+    survived = [o.mutation.name for o in outcomes if o.verdict == "survived"]
+    errors = [o.mutation.name for o in outcomes if o.verdict == "error"]
+    print(f"\n{len(outcomes) - len(survived) - len(errors)} of {len(outcomes)} caught"
+          + (f"; survived: {', '.join(survived)}" if survived else "")
+          + (f"; errors: {', '.join(errors)}" if errors else ""))
+    return 1 if survived or errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
