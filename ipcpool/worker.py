@@ -129,6 +129,7 @@ class Worker:
         self._send_lock = threading.Lock()
         self._queue: deque[tuple[int, str, str, int]] = deque()
         self._done: list[tuple[int, str, Any]] = []
+        self._unsettled: dict[tuple[str, str], int] = {}  # (group, ref) -> its index in _done, until settled
         self._current: tuple[str, str, float] | None = None  # (group, name, since) of the running delivery
         self._current_message: dict[str, Any] | None = None  # its seq, id and type, once decoded
         self._stopping = False
@@ -163,6 +164,8 @@ class Worker:
             self.results.send(message)
 
     def flush(self) -> None:
+        if self._unsettled:
+            self._settle_completions()
         if self._done:
             batch, self._done = self._done, []
             self.send(("done", batch))
@@ -198,6 +201,8 @@ class Worker:
                     continue
             seq, group, name, deliveries = self._queue.popleft()
             outcome, info = self.process(seq, group, name, deliveries)
+            if outcome is Outcome.HANDLED:
+                self._unsettled[(group, name)] = len(self._done)
             self._done.append((seq, outcome.value, info))
             if self._max_tasks and self.handled + self.failed >= self._max_tasks and not self._stopping:
                 self._stopping = self._retiring = True
@@ -238,6 +243,7 @@ class Worker:
                 self.exit_now(EXIT_OK)
             if command[0] == "run":
                 self._queue.extend(command[1])
+                self.store.prefetch(command[1])  # one round trip for the batch, where the transport can
             elif command[0] == "stop":
                 self._stopping = True
 
@@ -361,12 +367,25 @@ class Worker:
         """
         info = self.store.complete(group, ref, ack, token)
         if info is not None:
-            self.shared[SLOT_ACK_HOLDS] = 1.0  # from now on this worker's ack check looks for held messages
-            log.error("IPC message handled but its ACK cannot be written (%s); it is kept as %s and acked as soon "
-                      "as it can be id=%s group=%s", info.get("error"), info.get("ackHold"), message_id, group)
+            self._ack_failed(group, info)
         elif ack is not None:
             log.debug("ACK sent id=%s group=%s", message_id, group)
         return info
+
+    def _settle_completions(self) -> None:
+        """Before reporting: completions the transport pipelined are finished; a failed one is reported as such."""
+        for key, info in self.store.settle().items():
+            index = self._unsettled.get(key)
+            if index is not None:
+                seq, outcome, _ = self._done[index]
+                self._done[index] = (seq, outcome, info)
+                self._ack_failed(key[0], info)
+        self._unsettled.clear()
+
+    def _ack_failed(self, group: str, info: dict[str, Any]) -> None:
+        self.shared[SLOT_ACK_HOLDS] = 1.0  # from now on this worker's ack check looks for held messages
+        log.error("IPC message handled but its ACK cannot be written (%s); it is kept as %s and acked as soon "
+                  "as it can be id=%s group=%s", info.get("error"), info.get("ackHold"), info.get("id"), group)
 
     def _run_handler(self, handler: Any, message: Message) -> bytes:
         """One attempt: the handler, then its response encoded (an unencodable result fails the attempt)."""

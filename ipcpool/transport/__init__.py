@@ -132,6 +132,13 @@ class Store(Protocol):
     def complete_duplicate(self, group: str, ref: str, ack_id: str, token: Any) -> None:
         """A copy of an acked message: refresh its ack, remove it."""
 
+    def settle(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Completions a transport pipelines, finished: (group, ref) -> what the supervisor must finish.
+
+        Called before the worker reports what it did; a transport whose
+        ``complete`` is done when it returns has nothing to settle.
+        """
+
     def reply(self, group: str, request_id: str, data: bytes) -> bool:
         """A response for a waiting requester; False when its group does not exist (dropped); raises
         OSError (TransportUnavailable is one) when it cannot be written now."""

@@ -16,6 +16,11 @@ from typing import Any, TypeVar
 import redis
 import redis.exceptions
 
+try:
+    from hiredis import pack_command as _pack
+except ImportError:  # redis-py packs, more slowly
+    _pack = None
+
 from ipcpool.config import Config, redact_url
 from ipcpool.errors import TransportUnavailable
 
@@ -36,6 +41,59 @@ def connect(config: Config, *, timeout: float | None = 10.0) -> redis.Redis:
     if config.redis.url.startswith("rediss://") and config.redis.ca_file:
         options["ssl_ca_certs"] = config.redis.ca_file
     return redis.Redis.from_url(config.redis.url, **options)
+
+
+class Lane:
+    """One connection of a client's, used directly: commands out, their replies in, nothing else.
+
+    For the calls made once per message (a worker's fetch and complete, a
+    sender's publish): redis-py's per-call machinery (pool checkout, retry
+    wrapper, observability hooks, a pipeline's SCRIPT EXISTS before each
+    run) cost more CPU than the round trip. Commands are packed by hiredis
+    when it is installed (the ``redis`` extra brings it). Replies are raw (no
+    response callbacks). It quacks like a client for ``Script.__call__``.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._conn = client.connection_pool.make_connection()
+
+    def execute(self, *args: Any) -> Any:
+        self.send(*args)
+        return self.receive()
+
+    def send(self, *args: Any) -> None:
+        """A command out; its reply is read by ``receive`` (the caller keeps count of what it sent)."""
+        self.send_many([args])
+
+    def send_many(self, commands: list[tuple[Any, ...]]) -> None:
+        """Several commands in one write: a pipeline without a transaction."""
+        packed = [b"".join(_pack(args) for args in commands)] if _pack is not None else \
+            self._conn.pack_commands(commands)
+        try:
+            self._conn.send_packed_command(packed, check_health=False)
+        except UNAVAILABLE:
+            self._conn.disconnect()  # the next call connects again
+            raise
+
+    def receive(self) -> Any:
+        try:
+            return self._conn.read_response()
+        except UNAVAILABLE:
+            self._conn.disconnect()
+            raise
+
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        return self.execute("EVALSHA", sha, numkeys, *keys_and_args)
+
+    def script_load(self, script: Any) -> str:
+        sha = self.execute("SCRIPT", "LOAD", script)
+        return sha.decode() if isinstance(sha, bytes) else str(sha)
+
+    def exists(self, *names: str) -> int:
+        return int(self.execute("EXISTS", *names))
+
+    def close(self) -> None:
+        self._conn.disconnect()
 
 
 def where(config: Config) -> str:

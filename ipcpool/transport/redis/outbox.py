@@ -22,7 +22,7 @@ from typing import Any
 from ipcpool.config import Config
 from ipcpool.errors import MessageExists, QueueFull
 from ipcpool.message import format_for
-from ipcpool.transport.redis.connection import UNAVAILABLE, Outage, connect, retrying, unavailable
+from ipcpool.transport.redis.connection import UNAVAILABLE, Lane, Outage, connect, retrying, unavailable
 from ipcpool.transport.redis.keys import Keys
 from ipcpool.transport.redis.scripts import Scripts, publish
 
@@ -39,6 +39,7 @@ class RedisOutbox:
         self.client = connect(config, timeout=BLOCK_SLICE + 10.0)
         self.keys = Keys(config.redis.prefix)
         self.scripts = Scripts(self.client)
+        self.lane = Lane(self.client)  # publish, once per message
         self.outage = Outage(config, "sender")
         self.max_queued = config.spool.max_queued
         self.ttl = max(1, int(config.ack.retention))
@@ -53,7 +54,7 @@ class RedisOutbox:
         stem = name.rsplit(".", 1)[0]
         digest = hashlib.sha1(data).hexdigest()
         reply = self._retry(lambda: publish(self.scripts, self.keys, group, stem, stem, data, format_for(name) or "",
-                                            "messages", digest, self.max_queued, self.ttl))
+                                            "messages", digest, self.max_queued, self.ttl, client=self.lane))
         verdict = reply[0] if reply else b""
         if verdict == b"exists":
             raise MessageExists(group, name)
@@ -165,6 +166,7 @@ class RedisOutbox:
                     return found
 
     def close(self) -> None:
+        self.lane.close()
         self.client.close()
 
 

@@ -8,6 +8,8 @@ Their KEYS and ARGV are spelled out where they are called (``calls`` below).
   the name it is queued under), remember the name, register the group. A
   local file moved in (``marker``) is published once per file identity, and
   its name is not remembered (two files may share a name, as in the spool).
+- ``fetch``: a worker's batch of entries, each with whether the ack ledger
+  already holds its stem (the dedupe check, answered ahead in the same trip).
 - ``complete``: the ack (ledger, and the sender's answer), XACK, XDEL, forget
   the name: a handled message is acknowledged and deleted at once, so the
   stream holds only what is queued or in flight.
@@ -39,6 +41,24 @@ local id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[1], 'f', ARGV[2], 's', ARG
 if ARGV[9] ~= '1' then redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[7]) end
 redis.call('SADD', KEYS[3], ARGV[8])
 return {'ok', id}
+"""
+
+FETCH = """
+local out = {}
+for i = 2, #ARGV do
+  local found = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])
+  if #found == 0 then
+    out[#out + 1] = 0
+    out[#out + 1] = 0
+  else
+    local fields = found[1][2]
+    local stem = false
+    for j = 1, #fields, 2 do if fields[j] == 's' then stem = fields[j + 1] end end
+    out[#out + 1] = fields
+    out[#out + 1] = stem and redis.call('EXISTS', ARGV[1] .. stem) or 0
+  end
+end
+return out
 """
 
 COMPLETE = """
@@ -102,6 +122,7 @@ class Scripts:
 
     def __init__(self, client: Any) -> None:
         self.publish = client.register_script(PUBLISH)
+        self.fetch = client.register_script(FETCH)
         self.complete = client.register_script(COMPLETE)
         self.quarantine = client.register_script(QUARANTINE)
         self.renew = client.register_script(RENEW)
@@ -109,21 +130,31 @@ class Scripts:
 
 
 def publish(scripts: Scripts, keys: Any, group: str, name: str, stem: str, data: bytes, fmt: str, inbox: str,
-            digest: str, max_queued: int, ttl: int, marker: str | None = None) -> list[Any]:
+            digest: str, max_queued: int, ttl: int, marker: str | None = None, *, client: Any = None) -> list[Any]:
     return scripts.publish(keys=[keys.stream(group), keys.queued(group, name), keys.groups,
                                  marker or keys.queued(group, name)],
                            args=[data, fmt, stem, inbox, digest, max_queued, ttl, group, "1" if marker else "0",
-                                 name])
+                                 name], client=client)
+
+
+def fetch_call(keys: Any, group: str, entries: list[str]) -> tuple[list[str], list[str]]:
+    """The fetch script's KEYS and ARGV; it replies [fields or 0, 1 if the ledger holds the stem else 0] per entry."""
+    return [keys.stream(group)], [keys.ack(group, ""), *entries]
+
+
+def complete_call(keys: Any, group: str, entry: str, name: str, ack_id: str | None, ack_value: str, retention: int,
+                  answer_ttl: int) -> tuple[list[str], list[Any]]:
+    """The complete script's KEYS and ARGV."""
+    ack_key = keys.ack(group, ack_id) if ack_id else keys.queued(group, name)
+    answer = keys.answer(group, ack_id) if ack_id else keys.queued(group, name)
+    return ([keys.stream(group), ack_key, answer, keys.queued(group, name), keys.deliveries(group, entry)],
+            ["ipcpool", entry, ack_value if ack_id else "", retention, answer_ttl])
 
 
 def complete(scripts: Scripts, keys: Any, group: str, entry: str, name: str, ack_id: str | None, ack_value: str,
              retention: int, answer_ttl: int, *, client: Any = None) -> Any:
-    ack_key = keys.ack(group, ack_id) if ack_id else keys.queued(group, name)
-    answer = keys.answer(group, ack_id) if ack_id else keys.queued(group, name)
-    return scripts.complete(keys=[keys.stream(group), ack_key, answer, keys.queued(group, name),
-                                  keys.deliveries(group, entry)],
-                            args=["ipcpool", entry, ack_value if ack_id else "", retention, answer_ttl],
-                            client=client)
+    script_keys, args = complete_call(keys, group, entry, name, ack_id, ack_value, retention, answer_ttl)
+    return scripts.complete(keys=script_keys, args=args, client=client)
 
 
 def quarantine(scripts: Scripts, keys: Any, group: str, entry: str, name: str, message_id: str | None,

@@ -12,14 +12,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from redis.exceptions import NoScriptError, ResponseError
+
 from ipcpool.config import Config
 from ipcpool.config import ack_retry_window as _window
 from ipcpool.errors import InvalidMessage
 from ipcpool.message import FORMATS, SNIFF_BYTES, now_iso
 from ipcpool.transport import Raw, Receipt
-from ipcpool.transport.redis.connection import UNAVAILABLE, connect, unavailable
+from ipcpool.transport.redis.connection import UNAVAILABLE, Lane, connect, unavailable
 from ipcpool.transport.redis.keys import Keys
-from ipcpool.transport.redis.scripts import Scripts, complete, quarantine
+from ipcpool.transport.redis.scripts import Scripts, complete, complete_call, fetch_call, quarantine
 
 _MISSING = object()
 
@@ -30,26 +32,68 @@ class RedisStore:
         self.client = connect(config)
         self.keys = Keys(config.redis.prefix)
         self.scripts = Scripts(self.client)
+        self.lane = Lane(self.client)  # the once-per-message calls: complete, the odd EXISTS
         self.max_bytes = config.spool.max_message_bytes
         self.retention = max(1, int(config.ack.retention))
         self.answer_ttl = max(60, int(_window(config.ack)) + 60)  # a sender may wait this long for an answer
         self.response_ttl = max(1, int(config.spool.response_retention))
-        self._cache: dict[tuple[str, str], Any] = {}  # (group, entry) -> its fields, fetched ahead
+        self._cache: dict[tuple[str, str], Any] = {}  # (group, entry) -> (its fields, acked?), fetched ahead
         self._stems: dict[tuple[str, str], str] = {}  # (group, entry) -> the name it was queued under, once read
+        self._answer: tuple[str, str, bool] | None = None  # (group, stem, acked) fetched with the entry just read
+        self._acked_here: set[tuple[str, str]] = set()  # (group, id) this worker acked since those answers
+        self._in_flight: tuple[tuple[str, str, str, str | None, str], bool] | None = None  # a completion sent
+        self._failed: dict[tuple[str, str], dict[str, Any]] = {}  # completions that failed, until settle()
+        self._fetching: list[tuple[str, list[str]]] = []  # a fetch sent, its replies not read yet
 
     def prefetch(self, receipts: list[Receipt]) -> None:
-        pipe = self.client.pipeline(transaction=False)
+        """Ask for the batch's entries and their dedupe answers (a script call per group), not waiting.
+
+        The replies are read when an entry is first needed or before the next
+        completion is sent, so the round trip overlaps the message in hand.
+        """
+        by_group: dict[str, list[str]] = {}
         for _seq, group, ref, _deliveries in receipts:
-            pipe.xrange(self.keys.stream(group), ref, ref)
+            by_group.setdefault(group, []).append(ref)
+        self._finish_fetch()  # one fetch in flight at a time
+        calls = [fetch_call(self.keys, group, refs) for group, refs in by_group.items()]
         try:
-            found = pipe.execute()
+            self.lane.send_many([("EVALSHA", self.scripts.fetch.sha, len(keys), *keys, *args) for keys, args in calls])
         except UNAVAILABLE:
             return  # read() fetches each one, and says so
-        for (_seq, group, ref, _deliveries), entries in zip(receipts, found, strict=True):
-            self._cache[(group, ref)] = entries[0][1] if entries else None
+        self._fetching = list(by_group.items())
+
+    def _finish_fetch(self) -> None:
+        """Read the fetch's replies (after the completion sent before it: the lane answers in order)."""
+        if not self._fetching:
+            return
+        self._settle_one()
+        batches, self._fetching = self._fetching, []
+        replies: list[Any] = []
+        try:
+            for _ in batches:  # every reply is read, even after an error, so the lane stays in step
+                try:
+                    replies.append(self.lane.receive())
+                except NoScriptError:  # Redis restarted, its script cache empty: read() fetches each one
+                    self.scripts.fetch.sha = self.lane.script_load(self.scripts.fetch.script)
+                    replies.append(None)
+                except ResponseError:
+                    replies.append(None)
+        except UNAVAILABLE:
+            return
+        if not self._cache:
+            self._acked_here.clear()  # no answer fetched earlier is still waiting to be used
+        for (group, refs), reply in zip(batches, replies, strict=False):
+            if reply is None:
+                continue
+            for k, ref in enumerate(refs):
+                flat, acked = reply[2 * k], reply[2 * k + 1]
+                fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else None
+                self._cache[(group, ref)] = (fields, bool(acked))
 
     def read(self, group: str, ref: str) -> Raw:
-        fields = self._cache.pop((group, ref), _MISSING)
+        if (group, ref) not in self._cache:
+            self._finish_fetch()
+        fields, acked = self._cache.pop((group, ref), (_MISSING, None))
         if fields is _MISSING:
             try:
                 entries = self.client.xrange(self.keys.stream(group), ref, ref)
@@ -60,6 +104,7 @@ class RedisStore:
             raise FileNotFoundError(f"stream entry {ref} of group {group} is gone")
         data = fields.get(b"m")
         stem = _text(fields.get(b"s")) or ref
+        self._answer = (group, stem, acked) if acked is not None else None
         if not isinstance(data, bytes):
             raise InvalidMessage("malformed stream entry: it has no message body (field m)")
         if len(data) > self.max_bytes:
@@ -77,28 +122,83 @@ class RedisStore:
         return None, ref
 
     def is_acked(self, group: str, message_id: str, *, holds: bool = False) -> bool:
+        """The ledger's answer fetched with the entry when its id is the stem; else one EXISTS.
+
+        An id this worker acked since that answer was fetched (a second copy
+        in the same batch) is acked whatever the answer said.
+        """
+        if (group, message_id) in self._acked_here:
+            return True
+        answer, self._answer = self._answer, None
+        if answer is not None and answer[0] == group and answer[1] == message_id:
+            return answer[2]
+        self._finish_fetch()
+        self._settle_one()  # the lane carries what it sent, in order
         try:
-            return bool(self.client.exists(self.keys.ack(group, message_id)))
+            return bool(self.lane.exists(self.keys.ack(group, message_id)))
         except UNAVAILABLE as exc:
             raise unavailable(exc, self.config) from exc
 
     def complete(self, group: str, ref: str, ack_id: str | None, token: Any) -> dict[str, Any] | None:
-        """Ack, XACK and XDEL in one script call; when Redis is away, the supervisor finishes it later."""
+        """Ack, XACK and XDEL in one script call, pipelined: its reply is read by the next call or ``settle``.
+
+        The worker goes on to its next message while Redis runs this one, and
+        reports neither to the supervisor before ``settle`` read the reply.
+        The command is in the kernel's hands before the next handler starts:
+        a SIGKILL after that still delivers it (the socket is closed with
+        FIN; an unread reply, the only thing that could turn that into a
+        reset, exists only once Redis has run it). So the window between a
+        handler's success and its ack is the spool's: one write.
+        """
         self._stems.pop((group, ref), None)
-        try:
-            complete(self.scripts, self.keys, group, ref, token or ref, ack_id, now_iso(), self.retention,
-                     self.answer_ttl)
-        except UNAVAILABLE as exc:
-            return {"ackHold": ref, "id": ack_id, "name": token or ref, "error": str(exc), "errno": None}
+        if ack_id is not None:
+            self._acked_here.add((group, ack_id))
+        self._send_complete(group, ref, ack_id, token, report=True)
         return None
 
     def complete_duplicate(self, group: str, ref: str, ack_id: str, token: Any) -> None:
         self._stems.pop((group, ref), None)
+        self._send_complete(group, ref, ack_id, token, report=False)  # if it fails it comes back, a duplicate
+
+    def settle(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Read the reply of the completion still in flight; (group, ref) -> what the supervisor must finish."""
+        self._settle_one()
+        failed, self._failed = self._failed, {}
+        return failed
+
+    def _send_complete(self, group: str, ref: str, ack_id: str | None, token: Any, *, report: bool) -> None:
+        # Nothing unread on the lane when a completion goes out (see complete()).
+        self._finish_fetch()
+        self._settle_one()
+        call = (group, ref, token or ref, ack_id, now_iso())
+        keys, args = complete_call(self.keys, group, ref, token or ref, ack_id, call[4], self.retention,
+                                   self.answer_ttl)
         try:
-            complete(self.scripts, self.keys, group, ref, token or ref, ack_id, now_iso(), self.retention,
-                     self.answer_ttl)
-        except UNAVAILABLE:
-            pass  # it stays pending, and comes back as a duplicate again later
+            self.lane.send("EVALSHA", self.scripts.complete.sha, len(keys), *keys, *args)
+        except UNAVAILABLE as exc:
+            self._complete_failed(call, exc, report)
+            return
+        self._in_flight = (call, report)
+
+    def _settle_one(self) -> None:
+        if self._in_flight is None:
+            return
+        (call, report), self._in_flight = self._in_flight, None
+        group, ref, name, ack_id, acked_at = call
+        try:
+            try:
+                self.lane.receive()
+            except NoScriptError:  # Redis restarted, its script cache empty: load it, run it again
+                complete(self.scripts, self.keys, group, ref, name, ack_id, acked_at, self.retention,
+                         self.answer_ttl, client=self.lane)
+        except (*UNAVAILABLE, ResponseError) as exc:  # away, or refusing writes (maxmemory): finished later
+            self._complete_failed(call, exc, report)
+
+    def _complete_failed(self, call: tuple[str, str, str, str | None, str], exc: BaseException, report: bool) -> None:
+        group, ref, name, ack_id, _at = call
+        if report:
+            self._failed[(group, ref)] = {"ackHold": ref, "id": ack_id, "name": name, "error": str(exc),
+                                          "errno": None}
 
     def reply(self, group: str, request_id: str, data: bytes) -> bool:
         key = self.keys.response(group, request_id)
@@ -126,6 +226,9 @@ class RedisStore:
             raise FileNotFoundError(f"stream entry {ref} of group {group} is gone")
 
     def close(self) -> None:
+        self._finish_fetch()
+        self._settle_one()
+        self.lane.close()
         self.client.close()
 
 

@@ -54,6 +54,9 @@ class SpoolStore:
         spool.complete(group, ref, recycle=token)
         return None
 
+    def settle(self) -> dict[tuple[str, str], dict[str, Any]]:
+        return {}  # complete() is done when it returns
+
     def complete_duplicate(self, group: str, ref: str, ack_id: str, token: Any) -> None:
         """A copy of what is acked already: refresh its ack (best effort) and remove it."""
         try:
