@@ -2,6 +2,7 @@
 
     pip install -e '.[bench]'        # kombu and dirq, the peers (rows are skipped without them)
     python scripts/bench.py          # the full suite (several minutes)
+    python scripts/bench.py --backend redis   # on Redis Streams, against Celery, rq and dramatiq
     python scripts/bench.py --quick  # small sizes, for development
     python scripts/bench.py --only latency,groups --systems ipcpool,bare --out my.json
 
@@ -168,6 +169,19 @@ def _terminate(signum: int, _frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--backend" in argv:  # the Redis suite has its own systems and scenarios (scripts/bench_redis.py)
+        at = argv.index("--backend")
+        backend = argv[at + 1] if at + 1 < len(argv) else ""
+        rest = argv[:at] + argv[at + 2:]
+        if backend == "redis":
+            import bench_redis
+
+            return bench_redis.main(rest)
+        if backend != "spool":
+            print(f"bench.py: --backend must be spool or redis, got {backend!r}", file=sys.stderr)
+            return 2
+        argv = rest
     args = parse_args(argv)
     scenarios = pick(args.only, SCENARIOS, "scenario")
     systems = make_systems(pick(args.systems, SYSTEM_KEYS, "system"), args.peer_poll)

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -41,11 +42,15 @@ class Recorder:
         self.directory = os.fspath(directory)
         self._fh: Any = None
         self._pid = 0
+        self._lock = threading.Lock()  # a threaded consumer (dramatiq) opens its file once
 
     def record(self, index: int, t_sent: float, t_start: float) -> None:
         if self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._fh = open(os.path.join(self.directory, f"rec-{self._pid}.txt"), "a")  # noqa: SIM115 - kept open
+            with self._lock:
+                if self._pid != os.getpid():
+                    path = os.path.join(self.directory, f"rec-{os.getpid()}.txt")
+                    self._fh = open(path, "a")  # noqa: SIM115 - kept open
+                    self._pid = os.getpid()  # after _fh: another thread that sees the pid sees the file
         self._fh.write(RECORD_FMT % (index, t_sent, t_start))
         self._fh.flush()
 
