@@ -116,6 +116,27 @@ def test_delivery_counts_are_kept_in_redis_and_go_on_on_another_host(tmp_path, r
         b.close()
 
 
+def test_two_entries_of_one_message_in_one_batch_run_the_handler_once(tmp_path, env, redis_url, redis_prefix, hosts):
+    """The dedupe answer is fetched with the batch: a copy behind the first in the same batch must still
+    see the first one's ack (a publish refuses a second copy, so the copies are written raw, as a
+    third-party writer or a re-ingested file could)."""
+    config = _host(tmp_path, "h", redis_url, redis_prefix, pool={"workers": 1, "prefetch": 8})
+    client = _raw(redis_url)
+    stream = f"{redis_prefix}:stream:main"
+    client.xgroup_create(stream, "ipcpool", id="0", mkstream=True)
+    body = json.dumps({"id": "twice", "type": "task", "payload": {}, "timestamp": "2026-12-01T00:00:00.000Z",
+                       "requiresAck": True})
+    for _ in range(2):
+        client.xadd(stream, {"m": body, "f": "json", "s": "twice"})
+    sup = _start(tmp_path, env, config, "h", hosts)
+    wait_until(lambda: "Duplicate IPC message skipped (already acked) id=twice" in sup.log(), 30,
+               message="the second copy skipped")
+    assert [r["id"] for r in records(tmp_path)] == ["twice"], "the handler ran once"
+    assert client.exists(f"{redis_prefix}:ack:main:twice")
+    wait_until(lambda: client.xlen(stream) == 0, 30, message="both entries finished")
+    assert sup.stop() == 0
+
+
 # -- many supervisors, and everything killed -------------------------------------------------------------------
 
 

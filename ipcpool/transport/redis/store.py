@@ -32,7 +32,12 @@ class RedisStore:
         self.client = connect(config)
         self.keys = Keys(config.redis.prefix)
         self.scripts = Scripts(self.client)
-        self.lane = Lane(self.client)  # the once-per-message calls: complete, the odd EXISTS
+        self.lane = Lane(self.client)  # the calls made per message or per batch: fetch, complete
+        try:  # loaded now, so the first batch is not refused (NOSCRIPT) and fetched entry by entry
+            for script in (self.scripts.fetch, self.scripts.complete):
+                script.sha = self.lane.script_load(script.script)
+        except UNAVAILABLE:
+            pass  # loaded when first refused
         self.max_bytes = config.spool.max_message_bytes
         self.retention = max(1, int(config.ack.retention))
         self.answer_ttl = max(60, int(_window(config.ack)) + 60)  # a sender may wait this long for an answer
