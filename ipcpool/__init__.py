@@ -2,8 +2,9 @@
 
 Processes drop message files into ``<root>/<group>/messages/``; ``ipcpool run``
 hands each to a worker process running the handler named in config, acks,
-replies or quarantines it, and never loses one. See DESIGN.md for the
-on-disk contract and the invariants.
+replies or quarantines it, and never loses one; on Redis Streams, many
+supervisors share each group's queue. The README has the on-disk contract,
+docs/design.md the architecture and the invariants.
 """
 
 from ipcpool.client import AsyncClient, Client

@@ -19,7 +19,7 @@ import redis
 from conftest import SupervisorProcess, ipcpool_cli, records, wait_until, write_config
 from redis_server import RedisServer
 
-from ipcpool import Client, MessageExists, QueueFull
+from ipcpool import Client, MessageExists, MessageFailed, QueueFull
 from ipcpool.config import load_config
 
 
@@ -134,6 +134,23 @@ def test_two_entries_of_one_message_in_one_batch_run_the_handler_once(tmp_path, 
     assert [r["id"] for r in records(tmp_path)] == ["twice"], "the handler ran once"
     assert client.exists(f"{redis_prefix}:ack:main:twice")
     wait_until(lambda: client.xlen(stream) == 0, 30, message="both entries finished")
+    assert sup.stop() == 0
+
+
+def test_a_dead_supervisors_whole_backlog_is_taken_over_in_one_pass(tmp_path, env, redis_url, redis_prefix, hosts):
+    """A supervisor that died holding hundreds (its queue and its workers' prefetch) has all of them taken
+    over at the first reclaim after the lease, not a hundred per half lease."""
+    config = _host(tmp_path, "h", redis_url, redis_prefix, redis={"lease": 1.0})
+    with Client.from_config(config) as client:
+        ids = [client.send("main", "task", {"n": i}, requires_ack=True) for i in range(250)]
+    raw = _raw(redis_url)
+    stream = f"{redis_prefix}:stream:main"
+    raw.xgroup_create(stream, "ipcpool", id="0", mkstream=True)
+    taken = raw.xreadgroup("ipcpool", "dead-host:0123456789", {stream: ">"}, count=1000)
+    assert len(taken[0][1]) == 250, "the dead supervisor held every one"
+    sup = _start(tmp_path, env, config, "h", hosts)
+    wait_until(lambda: all(raw.exists(f"{redis_prefix}:ack:main:{i}") for i in ids), 60, message="all acked")
+    assert "reclaimed 250 messages from supervisors that stopped renewing their lease" in sup.log()
     assert sup.stop() == 0
 
 
@@ -264,19 +281,28 @@ def test_an_acl_user_and_tls_and_the_password_is_never_logged(tmp_path, env, hos
     server = RedisServer(tmp_path / "redis", "--requirepass", "admin-secret", tls=True).start()
     try:
         admin = redis.Redis(port=server.port, password="admin-secret")
-        admin.execute_command("ACL", "SETUSER", "ipc", "on", ">s3cret-pass", "~*", "&*", "+@all")
-        url = server.url.replace("rediss://", "rediss://ipc:s3cret-pass@")
+        # The README's ACL, as an operator would paste it: only the prefix's keys, no dangerous commands.
+        readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+        acl = next(line for line in readme.splitlines() if line.startswith("ACL SETUSER ipcpool on >PASSWORD "))
+        admin.execute_command(*acl.replace(">PASSWORD", ">s3cret-pass").split())
+        url = server.url.replace("rediss://", "rediss://ipcpool:s3cret-pass@")
         config = write_config(tmp_path / "c.toml", tmp_path / "ipc", sections={
-            "transport": {"backend": "redis"}, "redis": {"url": url, "prefix": "acl", "ca_file": str(server.ca_file)}})
+            "transport": {"backend": "redis"},
+            "redis": {"url": url, "prefix": "ipcpool", "ca_file": str(server.ca_file)}})
         sup = _start(tmp_path, env, config, "h", hosts)
         with Client.from_config(config) as client:
             client.send_and_wait("main", "task", {"over": "tls"})
+            with pytest.raises(MessageFailed):  # a dead letter, under the same ACL
+                client.send_and_wait("main", "task", {"raise": "refused"}, timeout=30)
         status = ipcpool_cli(env, tmp_path, "status", "--config", str(config))
+        dead = ipcpool_cli(env, tmp_path, "errors", "list", "--config", str(config), "--json")
+        assert status.returncode == 0 and dead.returncode == 0, (status.stderr, dead.stderr)
+        assert [e["reason"] for e in json.loads(dead.stdout)] and "refused" in dead.stdout
         sup.stop()
-        everything = sup.log() + status.stdout + status.stderr
+        everything = sup.log() + status.stdout + status.stderr + dead.stdout + dead.stderr
         assert "s3cret-pass" not in everything
-        assert "ipc:***@127.0.0.1" in sup.log() or "rediss://" not in sup.log()
-        assert [r["payload"] for r in records(tmp_path)] == [{"over": "tls"}]
+        assert "ipcpool:***@127.0.0.1" in sup.log() or "rediss://" not in sup.log()
+        assert {"over": "tls"} in [r["payload"] for r in records(tmp_path)]
     finally:
         server.stop()
 

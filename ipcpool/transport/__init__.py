@@ -2,9 +2,9 @@
 
     supervisor ──Source──────▶ open (recover) · fileno/poll · backlog · take · renew
                                requeue · failed_delivery · quarantine · finished · stats
-    worker     ──Store───────▶ prefetch · read · is_acked · complete · reply · quarantine
+    worker     ──Store───────▶ prefetch · read · is_acked · complete · settle · reply · quarantine
     sender     ──Outbox──────▶ publish · present · answer (ack, nack or response) · depth
-    operator   ──DeadLetters─▶ list · read · retry · purge
+    operator   ──Inspector───▶ counts · supervisors · ping · dead_letters (list · read · retry · purge)
 
 Two implementations, one sub-package each: ``transport.spool`` (files under
 ``[spool] root``: the default, needs nothing installed) and

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 MAX_READ = 256  # entries one read may take
 RECLAIM_COUNT = 100
+RECLAIM_PAGES = 20  # pages of RECLAIM_COUNT one reclaim goes through per group
 
 
 def consumer_name(root: str) -> str:
@@ -383,9 +384,14 @@ class RedisSource:
         """Entries of supervisors that stopped renewing them (dead, or cut off) longer than the lease."""
         claimed: list[tuple[str, str]] = []
         for group in sorted(self.groups):
-            ids = self.client.xautoclaim(self.keys.stream(group), CONSUMER_GROUP, self.consumer, self.lease_ms,
-                                         start_id="0-0", count=RECLAIM_COUNT, justid=True)
-            claimed += [(group, _text(entry_id)) for entry_id in ids or ()]
+            cursor = b"0-0"
+            for _ in range(RECLAIM_PAGES):  # a dead supervisor may have held hundreds: all of them, now
+                reply = self.client.xautoclaim(self.keys.stream(group), CONSUMER_GROUP, self.consumer,
+                                               self.lease_ms, start_id=cursor, count=RECLAIM_COUNT)
+                cursor, entries = reply[0], reply[1]  # (JUSTID would drop the cursor in redis-py)
+                claimed += [(group, _text(entry[0])) for entry in entries or () if entry]
+                if _text(cursor) == "0-0":
+                    break
         if claimed:
             log.warning("reclaimed %d messages from supervisors that stopped renewing their lease", len(claimed))
             self._learn_failures(claimed)
