@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated: {','.join(SYSTEMS)}")
     parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated: {','.join(SCENARIOS)}")
     parser.add_argument("--rounds", type=int, help="throughput passes, the systems' order rotated (default 3)")
-    parser.add_argument("--out", type=Path, default=Path("bench-redis-results.json"))
+    parser.add_argument("--out", type=Path, default=Path("bench-results-redis.json"), help="JSON results file")
     args = parser.parse_args(argv)
     systems = [System(name) for name in _pick(args.systems, SYSTEMS)]
     scenarios = _pick(args.only, SCENARIOS)
