@@ -194,8 +194,8 @@ def test_chaos_three_supervisors_share_a_queue_through_kills_and_a_redis_restart
         killed |= set(_workers(sups[2]))
         sups[2].kill()  # SIGKILL a supervisor midway; it is not restarted
         wait_until(lambda: len(records(tmp_path)) >= 2000, 120, message="two thirds handled")
-        private_redis.kill()  # and Redis itself, restarted from its AOF
-        time.sleep(0.5)
+        private_redis.kill()  # and Redis itself, restarted from its AOF once a survivor has seen it gone
+        wait_until(lambda: any("is unreachable" in s.log() for s in sups[:2]), 30, message="the outage seen")
         private_redis.start()
         for thread in threads[:2]:
             thread.join(120)
@@ -241,7 +241,7 @@ def test_redis_going_away_loses_nothing_and_is_logged_once(tmp_path, env, privat
         sender = threading.Thread(target=lambda: during.extend(
             client.send("main", "task", {"n": 100 + i}, requires_ack=True) for i in range(5)))
         sender.start()  # blocked, retrying with back-off, until Redis is back
-        time.sleep(1.0)  # an outage that lasts a while
+        wait_until(lambda: client.outbox.outage.down, 30, message="the sender retrying through the outage")
         private_redis.start()
         sender.join(60)
         assert len(during) == 5
