@@ -174,24 +174,36 @@ def throughput(system: System, sizes: Sizes, base: Path, keep: bool) -> Row:
     with Measurement(base, "throughput", keep) as m:
         system.prepare(m.work, ["main"])
         consumer = m.add(system.start(m.work, ["main"], m.records, workers=sizes.workers))
-        consumer_cpu = CpuMeter([pid for pids in system.processes(consumer).values() for pid in pids])
+        roles = system.processes(consumer)
+        consumer_cpu = CpuMeter([pid for pids in roles.values() for pid in pids])
+        supervisor_cpu = CpuMeter(roles["supervisor"]) if roles.get("supervisor") else None
         producer, out = m.producer(system, "produce", "main", count)
         done = wait_done(m, system, consumer, "main", count, _budget(system, sizes), producer)
         consumer_s = consumer_cpu.seconds()
+        supervisor_s = supervisor_cpu.seconds() if supervisor_cpu else None
         summary = _summary(producer, out, 120.0, "producer")
     producer_s = summary["cpu_s"]
     elapsed = done.t_end - summary["t_first"]
     rate = done.acked / elapsed if elapsed > 0 else 0.0
     sent_in = max(summary["t_last"] - summary["t_first"], 1e-9)
     per_msg = {"consumer": round(consumer_s / count * 1e6, 1), "producer": round(producer_s / count * 1e6, 1)}
+    if supervisor_s is not None:  # the supervisor alone: what caps one pool however many cores it has
+        per_msg["supervisor"] = round(supervisor_s / count * 1e6, 1)
     metrics = {"rate": round(rate, 1), "acked": done.acked, "lost": done.lost, "count": count,
                "seconds": round(elapsed, 3), "producer_rate": round(count / sent_in, 1), "partial": done.partial,
                "cpu_us_per_msg": per_msg, "cpu_complete": consumer_cpu.complete}
     text = (f"{_n(rate)} msg/s ({_n(done.acked)} of {_n(count)} in {elapsed:.2f} s; "
             f"producer {_n(count / sent_in)}/s{_lost(done.lost)}; CPU per message: "
             f"{per_msg['consumer']:.0f} µs consuming{'' if consumer_cpu.complete else ' (a process was gone)'}"
-            f" + {per_msg['producer']:.0f} µs producing)")
+            f" + {per_msg['producer']:.0f} µs producing{_ceiling(per_msg)})")
     return Row("throughput", system.name, "partial" if done.partial else "ok", metrics, text)
+
+
+def _ceiling(per_msg: dict[str, float]) -> str:
+    sup = per_msg.get("supervisor")
+    if not sup:
+        return ""
+    return f"; the supervisor alone {sup:.1f} µs: a ceiling of {1e6 / sup:,.0f} msg/s on one core"
 
 
 class CpuMeter:
