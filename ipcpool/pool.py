@@ -154,8 +154,14 @@ class WorkerHandle:
         if not self.held:
             return 0
         seq = int(self.shared[SLOT_SEQ])
-        running = self.shared[SLOT_STARTED] > 0
-        return sum(1 for s in self.held if s > seq or (s == seq and running))
+        if self.shared[SLOT_STARTED] > 0:
+            seq -= 1  # the running one counts
+        count = 0
+        for s in reversed(self.held):  # seqs ascend in dispatch order: count from the newest, stop at seq
+            if s <= seq:
+                break
+            count += 1
+        return count
 
     def send(self, command: tuple[Any, ...]) -> bool:
         """Queue a command without blocking; False when its channel is closed."""
