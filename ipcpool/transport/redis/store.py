@@ -1,10 +1,14 @@
 """A worker's side on Redis: read an entry, check the ack ledger, complete, reply, dead-letter.
 
-A receipt's ``ref`` is the entry's id in its group's stream. A batch of
-receipts is fetched in one pipelined round trip (``prefetch``); completing is
-one script call. Nothing read from Redis is ever unpickled: an entry is a few
-byte strings, and one that is malformed (no body, an unknown format) or too
-large is quarantined with the reason like any invalid message.
+A receipt's ``ref`` is the entry's id in its group's stream. Everything per
+message or per batch goes down one connection of the worker's own (the
+lane), in order: a batch's fetch (the entries, and whether the ledger holds
+each one's stem) is sent when the batch arrives and read when an entry is
+first needed; a completion (ack, XACK, XDEL: one script) is sent when the
+handler returns and read before anything else goes out, or by ``settle``
+before the worker reports. Nothing read from Redis is ever unpickled: an
+entry is a few byte strings, and one that is malformed (no body, an unknown
+format) or too large is quarantined with the reason like any invalid message.
 """
 
 from __future__ import annotations
