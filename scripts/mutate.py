@@ -77,10 +77,23 @@ class Mutation(NamedTuple):
 
 SUP = "ipcpool/supervisor.py"
 WORKER = "ipcpool/worker.py"
-SPOOL = "ipcpool/spool.py"
 CLIENT = "ipcpool/client.py"
 RETRY = "ipcpool/retry.py"
 HANDLERS = "ipcpool/handlers.py"
+LOCALROOT = "ipcpool/localroot.py"
+SEAM = "ipcpool/transport/__init__.py"
+# the spool backend (ipcpool/transport/spool/)
+SOURCE = "ipcpool/transport/spool/source.py"
+SPOOL = "ipcpool/transport/spool/spool.py"
+WRITES = "ipcpool/transport/spool/writes.py"
+CLAIMS = "ipcpool/transport/spool/claims.py"
+LAYOUT = "ipcpool/transport/spool/layout.py"
+STORE = "ipcpool/transport/spool/store.py"
+WATCHER = "ipcpool/transport/spool/watcher.py"
+# the Redis backend (ipcpool/transport/redis/)
+R_SOURCE = "ipcpool/transport/redis/source.py"
+R_CONN = "ipcpool/transport/redis/connection.py"
+R_OUTBOX = "ipcpool/transport/redis/outbox.py"
 
 T_LOST = "tests/test_lost_events.py"
 T_LIVE = "tests/test_live_config.py"
@@ -91,13 +104,16 @@ T_CLI = "tests/test_cli.py"
 T_CLIENT = "tests/test_client.py"
 T_DUR = "tests/test_durability.py"
 T_RETRY = "tests/test_retry.py"
+T_OPER = "tests/test_operating.py"
+T_REDIS = "tests/test_redis.py"
 
 _HANDLER_RETRY_WAIT = ("        wait=_backoff(policy.delay, policy.backoff, policy.max_delay),\n"
                        "        retry=tenacity.retry_if_exception_type(Exception),\n"
                        "        before_sleep=before_sleep,\n"
                        "        reraise=True,\n"
                        "        **kwargs,")
-_SPOOL_FROM_CONFIG = ("        return cls(spool.root, durability=spool.durability, mode=spool.mode,\n"
+_SPOOL_FROM_CONFIG = ("        return cls(spool.root, durability=spool.durability, mode=spool.mode, "
+                      "inboxes=spool.inboxes,\n"
                       "                   max_message_bytes=spool.max_message_bytes, private_staging=private_staging)")
 
 
@@ -111,22 +127,22 @@ def _spool_from_config(**replace: str) -> str:
 
 MUTATIONS: tuple[Mutation, ...] = (
     # -- the list: each of these once passed the whole relevant suite ---------------------------------------
-    Mutation("periodic-rescans-disabled", SUP,
-             '        if now >= self.next_rescan and self.state == "running":',
-             '        if self.next_rescan == 0.0 and self.state == "running":',
+    Mutation("periodic-rescans-disabled", SOURCE,
+             "        if now >= self.next_rescan:\n            self.next_rescan = now + self.config.spool.",
+             "        if self.next_rescan == 0.0:\n            self.next_rescan = now + self.config.spool.",
              (f"{T_LOST}::test_periodic_rescans_find_what_no_event_announced",),
              "guarantee 5: rescan every rescan_interval"),
-    Mutation("new-group-folder-event-ignored", SUP,
+    Mutation("new-group-folder-event-ignored", SOURCE,
              "                if self.spool.is_group_dir(group):\n                    self.add_group(group)",
              "                if self.spool.is_group_dir(group):\n                    pass",
              (f"{T_LOST}::test_a_group_folder_made_while_running_is_watched_at_once",),
              "[spool] groups: other group folders are picked up when they appear"),
-    Mutation("new-group-folder-not-found-by-rescans", SUP,
+    Mutation("new-group-folder-not-found-by-rescans", SOURCE,
              "            if group not in self.groups:\n                self.add_group(group)\n            else:",
              "            if group not in self.groups:\n                pass\n            else:",
              (f"{T_LOST}::test_inotify_overflow_triggers_a_rescan_and_nothing_is_lost",),
              "[spool] groups: picked up when they appear, even when their event was lost"),
-    Mutation("polling-watcher-replaced-by-inotify", SUP,
+    Mutation("polling-watcher-replaced-by-inotify", SOURCE,
              '                                     polling=self.config.spool.watcher == "polling",',
              "                                     polling=False,",
              (f"{T_LOST}::test_the_configured_watcher_is_the_one_running[polling]",),
@@ -135,16 +151,16 @@ MUTATIONS: tuple[Mutation, ...] = (
              "    if policy.jitter > 0:", "    if False:",
              (f"{T_RETRY}::test_ack_waits_with_jitter_stay_in_range",),
              "[ack] jitter"),
-    Mutation("housekeeping-deletes-fresh-tmp-and-responses", SUP,
+    Mutation("housekeeping-deletes-fresh-tmp-and-responses", SOURCE,
              "(RESPONSES, cfg.spool.response_retention),\n                             (TMP, cfg.spool.tmp_max_age)",
              "(RESPONSES, -1e9),\n                             (TMP, -1e9)",
              (f"{T_DUR}::test_stale_temp_files_are_removed_by_housekeeping",
               f"{T_DUR}::test_old_acks_and_uncollected_responses_are_pruned"),
              "[spool] tmp_max_age / response_retention: only older files go"),
-    Mutation("duplicate-not-re-acked", WORKER,
-             "        if ack is not None and spool.has_ack_named(group, ack):\n"
-             "            spool.write_ack_named(group, ack)\n",
-             "        if ack is not None and spool.has_ack_named(group, ack):\n",
+    Mutation("duplicate-not-re-acked", STORE,
+             "        try:\n            self.spool.write_ack_named(group, ack_name(ack_id))\n        except OSError:\n"
+             "            pass  # the ack (or the held file that becomes it) is there already\n",
+             "",
              (f"{T_CLIENT}::test_an_id_that_already_has_an_ack_is_not_handled_again",),
              "guarantee 3: removed and re-acked"),
     Mutation("shutdown-grace-unlimited", SUP,
@@ -157,12 +173,12 @@ MUTATIONS: tuple[Mutation, ...] = (
              (f"{T_DRAIN}::test_prefetch_bounds_what_each_worker_holds",),
              "[pool] prefetch"),
     # -- the hollow and too-early assertions, shown able to fail -----------------------------------
-    Mutation("redelivery-count-never-increases", SUP,
-             "                delivery = Delivery(self._seq, key[0], key[1], len(self.failures.get(key, ())) + 1)",
-             "                delivery = Delivery(self._seq, key[0], key[1], 1)",
+    Mutation("redelivery-count-never-increases", SOURCE,
+             "            taken.append((key[0], key[1], len(history) + 1 if history else 1))",
+             "            taken.append((key[0], key[1], 1))",
              (f"{T_SUPV}::test_killed_worker_is_replaced_and_its_messages_redelivered",),
              "guarantee 2: what a dead worker held is redelivered (and counted)"),
-    Mutation("already-running-exits-2", SPOOL,
+    Mutation("already-running-exits-2", LOCALROOT,
              "            raise AlreadyRunning(",
              '            raise __import__("ipcpool.errors", fromlist=["ConfigError"]).ConfigError(',
              (f"{T_CLI}::test_second_run_on_the_same_root_refuses_at_once",),
@@ -178,14 +194,15 @@ MUTATIONS: tuple[Mutation, ...] = (
              (f"{T_SUPV}::test_health_follows_supervisor_and_stopped_worker",),
              "ipcpool health: exit 1 when the supervisor is not running"),
     Mutation("burst-not-split-evenly", SUP,
-             "        share = -(-work // (len(load) + booting))", "        share = work",
+             "        share = -(-(backlog + sum(load.values())) // (len(load) + booting))",
+             "        share = backlog + sum(load.values())",
              (f"{T_SUPV}::test_a_burst_is_split_evenly_even_while_a_worker_is_still_booting",),
              "[pool] prefetch: a burst is split evenly across workers"),
     Mutation("forked-worker-keeps-siblings-and-epoll-keeps-the-dead", SUP,
-             ("            siblings = [fd for w in self.workers for fd in (w.tasks.fileno(), w.results.fileno(), "
-              "w.sentinel)]",
+             ("            siblings = [fd for w in self.workers for fd in (w.tasks.fd, w.results.fd, "
+              "w.process.sentinel, w.pidfd)]",
               "            self._waitset.forget(worker)  # before its fds close"),
-             ("            siblings: list[int] = []",
+             ("            siblings: list[int | None] = []",
               "            pass  # before its fds close"),
              ("tests/test_compat.py::test_a_dead_forked_worker_leaves_the_supervisor_idle_not_spinning",),
              "compat: an idle supervisor sleeps after a forked worker died"),
@@ -196,56 +213,59 @@ MUTATIONS: tuple[Mutation, ...] = (
              (f"{T_CLI}::test_a_file_still_being_written_is_not_quarantined_and_is_handled_when_complete",
               "tests/test_e2e_basic.py::test_messages_from_every_kind_of_writer_are_handled_once_and_acked"),
              "guarantee 1: nothing partial is processed"),
-    Mutation("processing-not-recovered-at-start", SUP,
-             "        for name in self.spool.scan(group, PROCESSING):", "        for name in []:",
+    Mutation("processing-not-recovered-at-start", SOURCE,
+             "        for name in self.spool.scan_processing(group):", "        for name in []:",
              (f"{T_SUPV}::test_supervisor_sigkill_then_restart_loses_nothing",),
              "guarantee 2: on start, processing/ is moved back to messages/"),
-    Mutation("requeue-overwrites-a-namesake", SPOOL,
-             "                rename_noreplace(source, self.path(group, MESSAGES, target))\n"
+    Mutation("requeue-overwrites-a-namesake", CLAIMS,
+             "                rename_noreplace(source, self.inbox_path(group, target))\n"
              "                return target",
-             "                os.rename(source, self.path(group, MESSAGES, target))\n                return target",
+             "                os.rename(source, self.inbox_path(group, target))\n                return target",
              ("tests/test_regressions.py::test_requeue_never_replaces_a_different_message_with_the_same_name",),
              "guarantee 2: two files with the same name never overwrite each other"),
-    Mutation("writers-temp-files-claimed", SPOOL,
-             '    return not name.startswith(".") and not name.endswith(".tmp")',
-             '    return not name.startswith(".")',
+    Mutation("writers-temp-files-claimed", LAYOUT,
+             '    return not base.startswith(".") and not base.endswith(".tmp")',
+             '    return not base.startswith(".")',
              (f"{T_CLI}::test_files_queued_before_start_are_handled_and_dot_and_tmp_files_are_left_alone",),
              "guarantee 2: dot-files and *.tmp in messages/ are never touched"),
     Mutation("ack-ledger-ignored", WORKER,
-             "        if ack is not None and spool.has_ack_named(group, ack):", "        if False:",
+             "        if ack is not None and store.is_acked(group, ack, holds=bool(self.shared[SLOT_ACK_HOLDS])):",
+             "        if False:",
              (f"{T_CLIENT}::test_an_id_that_already_has_an_ack_is_not_handled_again",),
              "guarantee 3: an id that has an ack is not handled again"),
-    Mutation("republish-in-flight-dropped", SUP,
-             "        if key in self.inflight:\n            self.blocked.add(key)\n"
+    Mutation("republish-in-flight-dropped", SOURCE,
+             "        if key in self.taken or key in self.stranded:\n            self.blocked.add(key)\n"
              "        elif key not in self.pending:",
-             "        if key in self.inflight:\n            pass\n        elif key not in self.pending:",
+             "        if key in self.taken or key in self.stranded:\n            pass\n"
+             "        elif key not in self.pending:",
              (f"{T_PROM}::test_a_republish_while_the_first_copy_is_in_a_workers_hands_waits_then_meets_its_ack",),
              "guarantee 3: a re-publish while in a worker's hands waits for it"),
-    Mutation("republish-in-flight-never-released", SUP,
+    Mutation("republish-in-flight-never-released", SOURCE,
              "            self.blocked.discard(key)\n            self.pending[key] = self.clock()\n\n"
-             "    def _count_outcome",
-             "            self.blocked.discard(key)\n\n    def _count_outcome",
+             "    def _retry_stranded",
+             "            self.blocked.discard(key)\n\n    def _retry_stranded",
              (f"{T_PROM}::test_a_republish_while_the_first_copy_is_in_a_workers_hands_waits_then_meets_its_ack",),
              "guarantee 3: ... then meets its ack"),
-    Mutation("no-supervisor-lock", SPOOL,
+    Mutation("no-supervisor-lock", LOCALROOT,
              "            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
              "        except BlockingIOError:\n            owner",
              "            pass\n        except BlockingIOError:\n            owner",
              (f"{T_CLI}::test_second_run_on_the_same_root_refuses_at_once",),
              "guarantee 4: one supervisor per root (a lock)"),
-    Mutation("start-scan-removed", SUP,
-             "        self.scan_group(group)\n        count_errors(self, group)\n\n    def scan_group",
-             "        count_errors(self, group)\n\n    def scan_group",
+    Mutation("start-scan-removed", SOURCE,
+             "        self._scan_group(group)\n        self._count_errors(group)\n\n    def _scan_group",
+             "        self._count_errors(group)\n\n    def _scan_group",
              (f"{T_LOST}::test_messages_queued_before_start_are_found_by_the_start_scan",),
              "guarantee 5: watch, then scan at start"),
-    Mutation("overflow-does-not-rescan", SUP,
+    Mutation("overflow-does-not-rescan", SOURCE,
              "                self.next_rescan = 0.0\n            elif kind == LOST",
              "                pass\n            elif kind == LOST",
              (f"{T_LOST}::test_inotify_overflow_triggers_a_rescan_and_nothing_is_lost",),
              "guarantee 5: rescan at once after an inotify overflow"),
     Mutation("handler-named-by-message-type", HANDLERS,
-             "        return self._handlers.get(key, self._fallback)",
-             '        return self._handlers.get(key) or (resolve(key) if ":" in key else self._fallback)',
+             "        handler = self._handlers.get(message.type)\n",
+             '        handler = self._handlers.get(message.type) or (resolve(message.type) if ":" in message.type '
+             'else None)\n',
              (f"{T_PROM}::test_a_message_can_never_name_its_handler",),
              "guarantee 6: handlers are named in config, never in messages"),
     Mutation("handler-named-by-envelope-key", WORKER,
@@ -259,7 +279,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("root-key-ignored", SPOOL, _SPOOL_FROM_CONFIG, _spool_from_config(root='"data/ipc"'),
              ("tests/test_e2e_basic.py::test_messages_from_every_kind_of_writer_are_handled_once_and_acked",),
              "[spool] root"),
-    Mutation("groups-not-made-at-start", SUP,
+    Mutation("groups-not-made-at-start", SOURCE,
              "        for group in self.config.spool.groups:\n            spool.ensure_group(group)",
              "        for group in ():\n            spool.ensure_group(group)",
              (f"{T_LIVE}::test_ipcpool_root_overrides_the_configured_root_and_groups_are_made_at_start",),
@@ -271,12 +291,12 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("durability-key-ignored", SPOOL, _SPOOL_FROM_CONFIG, _spool_from_config(durability='"process"'),
              (f"{T_LIVE}::test_power_durability_fsyncs_the_file_then_its_folder[power]",),
              "[spool] durability"),
-    Mutation("power-without-folder-fsync", SPOOL,
+    Mutation("power-without-folder-fsync", WRITES,
              "            os.fsync(fd)\n        finally:\n            os.close(fd)\n\n    def publish",
              "            pass\n        finally:\n            os.close(fd)\n\n    def publish",
              (f"{T_LIVE}::test_power_durability_fsyncs_the_file_then_its_folder[power]",),
              "[spool] durability = power: fsync ... then folder"),
-    Mutation("power-without-file-fsync", SPOOL,
+    Mutation("power-without-file-fsync", WRITES,
              "            if self._fsync:\n                os.fsync(fd)\n        finally:",
              "            if False:\n                os.fsync(fd)\n        finally:",
              (f"{T_LIVE}::test_power_durability_fsyncs_the_file_then_its_folder[power]",),
@@ -284,7 +304,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("mode-key-ignored", SPOOL, _SPOOL_FROM_CONFIG, _spool_from_config(mode='"private"'),
              ("tests/test_spool.py::test_from_config",),
              "[spool] mode"),
-    Mutation("native-watcher-replaced-by-polling", SUP,
+    Mutation("native-watcher-replaced-by-polling", SOURCE,
              '                                     polling=self.config.spool.watcher == "polling",',
              "                                     polling=True,",
              (f"{T_LOST}::test_the_configured_watcher_is_the_one_running[native]",),
@@ -293,27 +313,46 @@ MUTATIONS: tuple[Mutation, ...] = (
              "        self._settle = spec.config.spool.settle_time", "        self._settle = 0.0",
              (f"{T_CLI}::test_a_file_still_being_written_is_not_quarantined_and_is_handled_when_complete",),
              "[spool] settle_time"),
-    Mutation("rescan-interval-ignored", SUP,
-             "            self.next_rescan = now + self.config.spool.rescan_interval\n            self.rescan()",
-             "            self.next_rescan = now + 3600.0\n            self.rescan()",
+    Mutation("rescan-interval-ignored", SOURCE,
+             ("            self.next_rescan = now + self.config.spool.rescan_interval\n            self.rescan()",
+              "        self.next_rescan = self.clock() + self.config.spool.rescan_interval\n        return recovered"),
+             ("            self.next_rescan = now + 3600.0\n            self.rescan()",
+              "        self.next_rescan = self.clock() + 3600.0\n        return recovered"),
              (f"{T_LOST}::test_periodic_rescans_find_what_no_event_announced",),
              "[spool] rescan_interval"),
     Mutation("max-message-bytes-ignored", SPOOL, _SPOOL_FROM_CONFIG,
              _spool_from_config(max_message_bytes="1024 * 1024"),
              ("tests/test_hostile.py::test_oversize_message_is_refused_before_reading",),
              "[spool] max_message_bytes"),
-    Mutation("max-queued-ignored", CLIENT,
-             "            max_queued=cfg.spool.max_queued,", "            max_queued=0,",
+    Mutation("max-queued-ignored", SEAM,
+             "mode=spool.mode, max_queued=spool.max_queued)", "mode=spool.mode, max_queued=0)",
              ("tests/test_errors_cli.py::test_cli_send_refuses_when_the_queue_is_full",),
              "[spool] max_queued"),
-    Mutation("tmp-max-age-ignored", SUP,
+    Mutation("tmp-max-age-ignored", SOURCE,
              "(TMP, cfg.spool.tmp_max_age)", "(TMP, 3600.0)",
              (f"{T_DUR}::test_stale_temp_files_are_removed_by_housekeeping",),
              "[spool] tmp_max_age"),
-    Mutation("response-retention-ignored", SUP,
+    Mutation("response-retention-ignored", SOURCE,
              "(RESPONSES, cfg.spool.response_retention)", "(RESPONSES, 3600.0)",
              (f"{T_DUR}::test_old_acks_and_uncollected_responses_are_pruned",),
              "[spool] response_retention"),
+    Mutation("retried-retention-ignored", SOURCE,
+             "(RETRIED, cfg.spool.retried_retention)", "(RETRIED, 1e9)",
+             (f"{T_OPER}::test_retried_records_get_the_spools_mode_and_are_pruned",),
+             "[spool] retried_retention"),
+    Mutation("inboxes-key-ignored", SPOOL, _SPOOL_FROM_CONFIG, _spool_from_config(inboxes='("messages",)'),
+             ("tests/test_inboxes.py::test_task_commands_go_to_the_handler_of_their_type_else_legacy",),
+             "[spool] inboxes"),
+    Mutation("strict-groups-ignored-by-senders", CLIENT,
+             "        if self.strict_groups:\n            raise UnknownGroup(group, known)",
+             "        if False:\n            raise UnknownGroup(group, known)",
+             (f"{T_OPER}::test_a_group_not_in_the_config_is_warned_of_or_refused",),
+             "[spool] strict_groups: senders refuse a group not in groups"),
+    Mutation("strict-groups-ignored-by-the-supervisor", SOURCE,
+             "        if spool_config.strict_groups and group not in spool_config.groups:",
+             "        if False:",
+             (f"{T_OPER}::test_a_group_not_in_the_config_is_warned_of_or_refused",),
+             "[spool] strict_groups: the supervisor serves only groups"),
     # -- [pool] -----------------------------------------------------------------------------------------------
     Mutation("workers-key-ignored", SUP,
              "        self.pool_size = config.pool.workers", "        self.pool_size = 2",
@@ -399,7 +438,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "        reraise=True,\n"
              "    )\n\n\ndef async_ack_retrying",
              (f"{T_LIVE}::test_a_real_sender_backs_off_between_ack_attempts",
-              f"{T_CLIENT}::test_ack_timeout_after_one_plus_max_retries_attempts_leaves_one_queued_copy"),
+              f"{T_CLIENT}::test_ack_timeout_after_one_plus_max_retries_attempts_leaves_one_copy"),
              "[ack] max_retries"),
     Mutation("ack-retry-delay-ignored", RETRY,
              "        wait: tenacity.wait.wait_base = tenacity.wait_fixed(policy.retry_delay)",
@@ -410,18 +449,60 @@ MUTATIONS: tuple[Mutation, ...] = (
              "    if policy.backoff <= 1:", "    if True:",
              (f"{T_LIVE}::test_a_real_sender_backs_off_between_ack_attempts",),
              "[ack] backoff"),
-    Mutation("ack-retention-ignored", SUP,
+    Mutation("ack-retention-ignored", SOURCE,
              "((ACKS, cfg.ack.retention),", "((ACKS, 86400.0),",
              (f"{T_DUR}::test_old_acks_and_uncollected_responses_are_pruned",),
              "[ack] retention"),
+    Mutation("log-messages-key-ignored", WORKER,
+             "        self._log_messages = spec.config.log.messages", "        self._log_messages = True",
+             (f"{T_OPER}::test_one_info_line_per_finished_message[False]",),
+             "[log] messages"),
+    # -- [transport], [redis] -------------------------------------------------------------------------------
+    Mutation("backend-key-ignored", SEAM,
+             '    if config.transport.backend == "redis":\n        from ipcpool.transport.redis.source import',
+             '    if False:\n        from ipcpool.transport.redis.source import',
+             ("tests/test_transports.py::test_messages_flow_acked_once_each[redis]",),
+             "[transport] backend: the supervisor serves the configured backend"),
+    Mutation("redis-url-ignored", R_CONN,
+             "    return redis.Redis.from_url(config.redis.url, **client_options(config, timeout))",
+             '    return redis.Redis.from_url("redis://127.0.0.1:6379/0", **client_options(config, timeout))',
+             (f"{T_REDIS}::test_redis_going_away_loses_nothing_and_is_logged_once",),
+             "[redis] url"),
+    Mutation("redis-prefix-ignored", R_SOURCE,
+             "        self.keys = Keys(config.redis.prefix)", '        self.keys = Keys("ipcpool")',
+             (f"{T_REDIS}::test_two_prefixes_on_one_redis_are_two_deployments",),
+             "[redis] prefix"),
+    Mutation("redis-lease-ignored", R_SOURCE,
+             ("        self.lease_ms = int(config.redis.lease * 1000)",
+              "        self.next_reclaim = self.clock() + self.config.redis.lease / 2",
+              "                self.next_reclaim = now + self.config.redis.lease / 2"),
+             ("        self.lease_ms = 30_000",
+              "        self.next_reclaim = self.clock() + 15.0",
+              "                self.next_reclaim = now + 15.0"),
+             (f"{T_REDIS}::test_delivery_counts_are_kept_in_redis_and_go_on_on_another_host",),
+             "[redis] lease: a dead supervisor's messages are taken over after it"),
+    Mutation("redis-ca-file-ignored", R_CONN,
+             '        options["ssl_ca_certs"] = config.redis.ca_file', "        pass",
+             (f"{T_REDIS}::test_an_acl_user_and_tls_and_the_password_is_never_logged",),
+             "[redis] ca_file"),
+    Mutation("redis-outage-timeout-ignored", R_OUTBOX,
+             "        return retrying(self.outage, self.config.redis.outage_timeout, operation)",
+             "        return retrying(self.outage, 0.0, operation)",
+             (f"{T_REDIS}::test_redis_going_away_loses_nothing_and_is_logged_once",),
+             "[redis] outage_timeout: senders retry through an outage"),
+    Mutation("redis-dead-letter-retention-ignored", R_SOURCE,
+             "        cutoff_ms = int((time.time() - self.config.redis.dead_letter_retention) * 1000)",
+             "        cutoff_ms = 0",
+             (f"{T_REDIS}::test_memory_stays_bounded",),
+             "[redis] dead_letter_retention"),
     # -- [handlers], [groups.*] ------------------------------------------------------------------------------
     Mutation("handler-types-ignored", HANDLERS,
-             "        return self._handlers.get(key, self._fallback)", "        return self._fallback",
+             "        handler = self._handlers.get(message.type)\n", "        handler = None\n",
              ("tests/test_e2e_basic.py::test_messages_from_every_kind_of_writer_are_handled_once_and_acked",),
              "[handlers] <type>"),
     Mutation("legacy-handler-ignored", HANDLERS,
-             '        key = "legacy" if message.legacy else message.type',
-             '        key = "*" if message.legacy else message.type',
+             '            handler = self._handlers.get("legacy")',
+             '            handler = None',
              (f"{T_PROM}::test_star_legacy_and_async_handlers_run_in_a_real_worker",),
              "[handlers] legacy"),
     Mutation("star-handler-ignored", HANDLERS,
@@ -445,7 +526,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              "[groups.<name>] allowed_types"),
     # -- signals, the CLI, logging, the environment ----------------------------------------------------
     Mutation("sigint-not-a-drain", SUP,
-             "        for signum in (signal.SIGTERM, signal.SIGINT):", "        for signum in (signal.SIGTERM,):",
+             "DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGXCPU,",
+             "DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGXCPU,",
              (f"{T_DRAIN}::test_sigint_drains_the_running_message_and_returns_the_rest",),
              "SIGTERM or SIGINT drains"),
     Mutation("second-sigint-ignored", SUP,
@@ -453,8 +535,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              (f"{T_DRAIN}::test_a_second_sigint_stops_at_once_and_puts_the_held_message_back",),
              "a second SIGINT stops now"),
     Mutation("status-json-and-table-swapped", "ipcpool/cli.py",
-             "    print(json.dumps(status, indent=1) if args.json else render_table(status, healthy))",
-             "    print(json.dumps(status, indent=1) if not args.json else render_table(status, healthy))",
+             "reason=healthy[1]), indent=1) if args.json\n",
+             "reason=healthy[1]), indent=1) if not args.json\n",
              (f"{T_LIVE}::test_status_shows_a_running_pool_as_a_table_and_as_json",),
              "ipcpool status (table, --json)"),
     Mutation("log-level-ignored", "ipcpool/logs.py",
@@ -466,9 +548,9 @@ MUTATIONS: tuple[Mutation, ...] = (
              "    if env.get(ROOT_ENV):", "    if False:",
              (f"{T_LIVE}::test_ipcpool_root_overrides_the_configured_root_and_groups_are_made_at_start",),
              "IPCPOOL_ROOT"),
-    Mutation("log-phrase-watcher-setup", "ipcpool/watcher.py",
-             '        self._groups[wd] = group\n        log.info("IPC watcher setup for group %s", group)',
-             '        self._groups[wd] = group\n        log.info("watching group %s", group)',
+    Mutation("log-phrase-watcher-setup", WATCHER,
+             '        self._watches[group] = wds\n        log.info("IPC watcher setup for group %s", group)',
+             '        self._watches[group] = wds\n        log.info("watching group %s", group)',
              (f"{T_LIVE}::test_the_original_log_phrases",),
              'log phrase "IPC watcher setup for group"'),
     Mutation("log-phrase-message-sent", CLIENT,
@@ -477,10 +559,10 @@ MUTATIONS: tuple[Mutation, ...] = (
              (f"{T_LIVE}::test_the_original_log_phrases",),
              'log phrase "IPC message sent"'),
     Mutation("log-phrase-ack-received", CLIENT,
-             '        log.info("ACK received id=%s group=%s attempt=%d", message_id, group, attempts)\n'
-             "        return message_id\n\n    def _ack_timed_out",
-             '        log.info("Acknowledged id=%s group=%s attempt=%d", message_id, group, attempts)\n'
-             "        return message_id\n\n    def _ack_timed_out",
+             '        log.info("ACK received id=%s group=%s attempt=%d", message.message_id, message.group, attempts)\n'
+             "        return message.message_id\n\n    def judge",
+             '        log.info("Acknowledged id=%s group=%s attempt=%d", message.message_id, message.group, attempts)\n'
+             "        return message.message_id\n\n    def judge",
              (f"{T_LIVE}::test_the_original_log_phrases",),
              'log phrase "ACK received"'),
 )
