@@ -3,6 +3,7 @@ start-up checks, security, bounded memory, and chaos with everything killed that
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -19,7 +20,7 @@ import redis
 from conftest import SupervisorProcess, ipcpool_cli, records, wait_until, write_config
 from redis_server import RedisServer
 
-from ipcpool import Client, MessageExists, MessageFailed, QueueFull
+from ipcpool import AsyncClient, Client, MessageExists, MessageFailed, QueueFull
 from ipcpool.config import load_config
 
 
@@ -294,6 +295,12 @@ def test_an_acl_user_and_tls_and_the_password_is_never_logged(tmp_path, env, hos
             client.send_and_wait("main", "task", {"over": "tls"})
             with pytest.raises(MessageFailed):  # a dead letter, under the same ACL
                 client.send_and_wait("main", "task", {"raise": "refused"}, timeout=30)
+        # the asyncio client's waits verify the server against the same CA
+        asynchronous = AsyncClient.from_config(config)
+        try:
+            asyncio.run(asynchronous.send_and_wait("main", "task", {"over": "tls", "from": "asyncio"}, timeout=30))
+        finally:
+            asynchronous.close()
         status = ipcpool_cli(env, tmp_path, "status", "--config", str(config))
         dead = ipcpool_cli(env, tmp_path, "errors", "list", "--config", str(config), "--json")
         assert status.returncode == 0 and dead.returncode == 0, (status.stderr, dead.stderr)
@@ -302,7 +309,8 @@ def test_an_acl_user_and_tls_and_the_password_is_never_logged(tmp_path, env, hos
         everything = sup.log() + status.stdout + status.stderr + dead.stdout + dead.stderr
         assert "s3cret-pass" not in everything
         assert "ipcpool:***@127.0.0.1" in sup.log() or "rediss://" not in sup.log()
-        assert {"over": "tls"} in [r["payload"] for r in records(tmp_path)]
+        payloads = [r["payload"] for r in records(tmp_path)]
+        assert {"over": "tls"} in payloads and {"over": "tls", "from": "asyncio"} in payloads
     finally:
         server.stop()
 

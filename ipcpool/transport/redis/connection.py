@@ -35,12 +35,17 @@ RETRY_FIRST, RETRY_MAX = 0.1, 5.0  # seconds between attempts during an outage: 
 
 def connect(config: Config, *, timeout: float | None = 10.0) -> redis.Redis:
     """A client for ``[redis] url``: bytes in and out (message bodies are bytes), never decoded or unpickled."""
+    return redis.Redis.from_url(config.redis.url, **client_options(config, timeout))
+
+
+def client_options(config: Config, timeout: float | None) -> dict[str, Any]:
+    """redis-py's options for ``[redis]``, the same for the blocking and the asyncio client."""
     # RESP2: the replies read straight off a connection (the blocking reads) are lists on every server.
     options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": 5.0,
                                "health_check_interval": 30, "decode_responses": False, "protocol": 2}
     if config.redis.url.startswith("rediss://") and config.redis.ca_file:
         options["ssl_ca_certs"] = config.redis.ca_file
-    return redis.Redis.from_url(config.redis.url, **options)
+    return options
 
 
 class Lane:

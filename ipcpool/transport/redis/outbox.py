@@ -22,7 +22,15 @@ from typing import Any
 from ipcpool.config import Config
 from ipcpool.errors import MessageExists, QueueFull
 from ipcpool.message import format_for
-from ipcpool.transport.redis.connection import UNAVAILABLE, Lane, Outage, connect, retrying, unavailable
+from ipcpool.transport.redis.connection import (
+    UNAVAILABLE,
+    Lane,
+    Outage,
+    client_options,
+    connect,
+    retrying,
+    unavailable,
+)
 from ipcpool.transport.redis.keys import Keys
 from ipcpool.transport.redis.scripts import Scripts, publish
 
@@ -142,7 +150,8 @@ class RedisOutbox:
         deadline = time.monotonic() + timeout
         answer_key = self.keys.answer(group, message_id)
         lists = [self.keys.response(reply_group, message_id), answer_key] if reply_group else [answer_key]
-        async with redis.asyncio.Redis.from_url(self.config.redis.url, socket_timeout=BLOCK_SLICE + 10.0) as client:
+        options = client_options(self.config, BLOCK_SLICE + 10.0)  # TLS and its CA as for the blocking client
+        async with redis.asyncio.Redis.from_url(self.config.redis.url, **options) as client:
             while True:
                 try:
                     acked, nack = await client.pipeline(transaction=False).exists(
