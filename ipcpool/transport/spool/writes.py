@@ -28,6 +28,7 @@ class Writes:
 
     _tmp_counter: int
     _staging: str | None
+    _staging_prefix: str
     _spares: list[tuple[str, int]]
     _fsync: bool
     shared: bool
@@ -36,6 +37,12 @@ class Writes:
         """Short and unguessable: never derived from a (possibly long) message name."""
         self._tmp_counter += 1
         return f".{os.getpid()}-{self._tmp_counter}-{os.urandom(6).hex()}.tmp"  # secrets.token_hex(6)
+
+    def _staging_path(self) -> str:
+        """A temp file's path in private staging: nobody else can create files there, so a counter is enough
+        (after this Spool's own random token: a dead process of the same pid may have left names)."""
+        self._tmp_counter += 1
+        return f"{self._staging_prefix}{self._tmp_counter}.tmp"
 
     def write_atomic(self, group: str, sub: str, name: str, data: bytes, *, mode: int | None = None) -> str:
         """Write ``data`` to tmp/, then rename it to ``<sub>/<name>``: never seen partial.
@@ -49,7 +56,7 @@ class Writes:
             if self._write_spare(*self._spares.pop(), final, data, file_mode):
                 return final
         staging = self._staging if sub != MESSAGES else None
-        tmp_path = f"{staging}/{self._tmp_name()}" if staging else self.path(group, TMP, self._tmp_name())
+        tmp_path = self._staging_path() if staging else self.path(group, TMP, self._tmp_name())
         fd = os.open(tmp_path, _OPEN_WRITE, file_mode)
         try:
             # Shared: group bits must not depend on the umask (private 0600 only narrows).
