@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from ipcpool.transport.spool.claims import MAX_SPARES
-from ipcpool.transport.spool.fstype import TMPFS_MAGIC, filesystem_type, recycling_pays
 from ipcpool.transport.spool.layout import ACKS, PROCESSING, RESPONSES, STAGING_DIR, STATE_DIR
 from ipcpool.transport.spool.spool import Spool
 
@@ -55,24 +52,6 @@ def test_ack_is_written_into_the_handled_file_and_holds_only_a_timestamp(tmp_pat
     assert ack_st.st_ino == st.st_ino and ack_st.st_size == len(text)
     assert stat.S_IMODE(ack_st.st_mode) == spool.file_mode(ACKS)
     assert _staging(tmp_path) == []
-
-
-def test_a_spool_in_memory_writes_fresh_acks_and_takes_no_lease(tmp_path: Path) -> None:
-    """On tmpfs a create is cheap and the lease, the truncate and the extra rename are not: no recycling."""
-    shm = Path("/dev/shm")
-    if filesystem_type(shm) != TMPFS_MAGIC:
-        pytest.skip("/dev/shm is not a tmpfs here")
-    assert recycling_pays(tmp_path), "the other tests here need a disk filesystem under the temp dir"
-    root = Path(tempfile.mkdtemp(prefix="ipcpool-test-", dir=shm))
-    try:
-        spool = _worker_spool(root)
-        st = _handle(spool, "m.json")
-        assert _staging(root) == [], "the handled file was unlinked, not kept as a spare"
-        spool.write_ack("main", "m")
-        assert os.stat(spool.path("main", ACKS, "m.ack")).st_ino != st.st_ino
-        assert not recycling_pays(root / "not-made-yet" / "root"), "a root to be made is judged by its parent"
-    finally:
-        shutil.rmtree(root)
 
 
 def test_shared_mode_never_recycles(tmp_path: Path) -> None:

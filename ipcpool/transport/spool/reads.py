@@ -35,7 +35,6 @@ class Reads:
     shared: bool
     _euid: int
     _staging: str | None
-    _recycle: bool
 
     def read_claimed(self, group: str, name: str) -> ReadResult:
         """Read a claimed file safely: no symlinks, only regular single-link files, size-capped.
@@ -102,8 +101,6 @@ class Reads:
         lease is granted only then. After that, processing/ (ours alone) keeps
         new openers out. Anything unusual (no leases here) means no reuse.
         """
-        if not self._recycle:
-            return None
         mode = stat.S_IMODE(st.st_mode)
         if self.shared or st.st_uid != self._euid or mode & 0o077 or self._staging is None:
             return None

@@ -18,7 +18,6 @@ from ipcpool.localroot import LocalRoot
 from ipcpool.transport.spool.claims import Claims
 from ipcpool.transport.spool.deadletters import DeadLetterFiles
 from ipcpool.transport.spool.deliveries import DeliveryRecords
-from ipcpool.transport.spool.fstype import recycling_pays
 from ipcpool.transport.spool.layout import MESSAGES, STAGING_DIR, STATE_DIR, Layout
 from ipcpool.transport.spool.ledger import Ledger
 from ipcpool.transport.spool.reads import Reads
@@ -52,7 +51,6 @@ class Spool(LocalRoot, Layout, Writes, Reads, Claims, Ledger, DeadLetterFiles, D
         # Handled message files kept (in staging) to become the next acks and
         # responses: see Claims.complete. Only ever filled with private staging.
         self._spares: list[tuple[str, int]] = []  # (path, permission bits)
-        self._recycle = private_staging and recycling_pays(self.root)  # not in memory: see fstype
         self._euid = os.geteuid()
         self._pid = os.getpid()  # a Spool is never shared across a fork: each worker builds its own
         self._staging_prefix = f"{self._staging}/.{self._pid}-{os.urandom(4).hex()}-"  # see prune_staging
