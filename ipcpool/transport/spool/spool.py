@@ -53,7 +53,8 @@ class Spool(LocalRoot, Layout, Writes, Reads, Claims, Ledger, DeadLetterFiles, D
         self._spares: list[tuple[str, int]] = []  # (path, permission bits)
         self._euid = os.geteuid()
         self._pid = os.getpid()  # a Spool is never shared across a fork: each worker builds its own
-        self._staging_prefix = f"{self._staging}/.{self._pid}-{os.urandom(4).hex()}-"  # see prune_staging
+        # Temp names in staging: this process's pid (see prune_staging), a token of this Spool's, a counter.
+        self._staging_prefix = f"{self._staging}/.{self._pid}-{os.urandom(4).hex()}-" if self._staging else ""
 
     @classmethod
     def from_config(cls, config: Any, *, private_staging: bool = True) -> Spool:
