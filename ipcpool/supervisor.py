@@ -479,7 +479,9 @@ class Supervisor:
             code = worker.exit_code
             how = describe_exit(code, killed_by_us=worker.kill_at is not None)
             reason = worker.stop_reason
-            if reason in PLANNED_STOPS or code == EXIT_WORKER_GRACE:
+            # A worker we stopped for a timeout or a hang that ran out of its own grace before our
+            # SIGKILL came (kill_grace > shutdown_grace) is blamed all the same, or it never turns poison.
+            if reason in PLANNED_STOPS or (code == EXIT_WORKER_GRACE and reason is None):
                 why = reason.value if reason is not None else "stopping"
                 if code == EXIT_WORKER_GRACE:
                     why += ", shutdown grace ran out mid-handler"

@@ -378,7 +378,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("kill-grace-ignored", SUP,
              "        worker.kill_at = self.clock() + self.config.pool.kill_grace",
              "        worker.kill_at = self.clock() + 3600.0",
-             (f"{T_DRAIN}::test_shutdown_grace_cuts_a_drain_short",),
+             (f"{T_SUPV}::test_a_worker_that_ignores_sigterm_is_sigkilled_after_kill_grace[0.5]",),
              "[pool] kill_grace"),
     Mutation("max-boot-failures-ignored", SUP,
              "        limit = self.config.pool.max_boot_failures", "        limit = 3",

@@ -112,6 +112,26 @@ def test_hung_handler_is_killed_at_timeout_then_quarantined_and_pool_recovers(tm
     sup.stop()
 
 
+@pytest.mark.parametrize("kill_grace", [0.5, 30.0])
+def test_a_worker_that_ignores_sigterm_is_sigkilled_after_kill_grace(tmp_path, root, supervisor_factory, kill_grace):
+    """A timed-out handler gets SIGTERM; its worker would wait shutdown_grace (8 s) for it to finish, but
+    the supervisor sends SIGKILL after kill_grace: which of the two ends the worker names the setting."""
+    config = write_config(tmp_path / "c.toml", root, sections={"pool": {
+        "handler_timeout": 1.0, "max_deliveries": 1, "prefetch": 1, "kill_grace": kill_grace,
+        "shutdown_grace": 8.0}})
+    sup = supervisor_factory(config)
+    Client(root, "main").send("main", "task", {"hang": True})
+    wait_until(lambda: _error_records(root), 60, message="the hung message in errors/")
+    (record,) = _error_records(root)
+    (ended,) = [d["ended"] for d in record["deliveries"]]
+    assert "handler_timeout" in ended
+    if kill_grace < 8.0:
+        assert "killed by SIGKILL" in ended, ended
+    else:
+        assert "SIGKILL" not in ended and "exited with code" in ended, ended
+    sup.stop()
+
+
 def test_leaking_worker_is_recycled_without_losing_messages(tmp_path, root, supervisor_factory):
     config = write_config(tmp_path / "c.toml", root, sections={"pool": {"max_memory_mb": 80, "workers": 1}})
     sup = supervisor_factory(config)
