@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import msgpack
@@ -120,7 +121,8 @@ def test_retried_records_get_the_spools_mode_and_are_pruned(tmp_path, root, env,
     sup.stop()
     old = retried / "1-old.json.error.json"
     old.write_text("{}")
-    os.utime(old, (0, 0))
+    an_hour_ago = time.time() - 3600  # past the 60 s retention, within the 7-day default
+    os.utime(old, (an_hour_ago, an_hour_ago))
     fresh = [n for n in os.listdir(retried) if n != old.name]
     sup = supervisor_factory(config)
     wait_until(lambda: not old.exists(), 30, message="the old retried record pruned at start")
