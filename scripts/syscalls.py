@@ -22,7 +22,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from bare_loop import BareSystem
@@ -42,6 +41,12 @@ def parse_summary(text: str) -> dict[str, int]:
     return calls
 
 
+def _traced(pid: int) -> bool:
+    """Whether a tracer is attached to ``pid`` (its TracerPid in /proc)."""
+    with open(f"/proc/{pid}/status") as status:
+        return any(line.startswith("TracerPid:") and line.split()[1] != "0" for line in status)
+
+
 def trace_one(system: IpcpoolSystem | BareSystem, count: int, tmpdir: Path | None) -> dict[str, int]:
     work = Path(tempfile.mkdtemp(prefix="ipcpool-syscalls-", dir=tmpdir))
     records = work / "records"
@@ -57,7 +62,8 @@ def trace_one(system: IpcpoolSystem | BareSystem, count: int, tmpdir: Path | Non
             for pid in pids:
                 argv += ["-p", str(pid)]
             tracer = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
-            time.sleep(1.0)  # strace -o says nothing when it has attached: give it a moment
+            wait_until(lambda: tracer.poll() is not None or all(_traced(pid) for pid in pids), 30.0,
+                       "strace attached to every consumer process")
             if tracer.poll() is not None:
                 raise BenchError(f"strace could not attach: {tracer.stderr.read() if tracer.stderr else ''}")
             producer = subprocess.run(system.producer_argv("produce", "--work", str(work), "--group", "main",
