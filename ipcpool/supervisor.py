@@ -307,6 +307,8 @@ class Supervisor:
             elif self.state == "running":
                 log.info("received %s: draining (grace %gs)", name, self.config.pool.shutdown_grace)
                 self.begin_drain()
+            elif self.state == "draining":  # a service manager may send it twice: not a reason to cut it short
+                log.info("received %s again: the drain goes on (SIGINT or SIGQUIT stops now)", name)
 
     def begin_drain(self) -> None:
         self.state = "draining"

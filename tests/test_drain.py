@@ -54,6 +54,23 @@ def test_sigint_drains_the_running_message_and_returns_the_rest(tmp_path, root, 
     assert files(root, "main", "errors") == []
 
 
+def test_a_second_sigterm_lets_the_drain_go_on(tmp_path, root, supervisor_factory):
+    config = write_config(tmp_path / "c.toml", root, sections={"pool": {"workers": 1, "shutdown_grace": LONG,
+                                                                        "handler_timeout": LONG}})
+    sup = supervisor_factory(config)
+    gate, (running,) = _gated(tmp_path, root)
+    wait_until(lambda: records(tmp_path), 20, message="the gated message running")
+    os.kill(sup.pid, signal.SIGTERM)
+    wait_until(lambda: "received SIGTERM: draining" in sup.log(), 20, message="the drain announced")
+    os.kill(sup.pid, signal.SIGTERM)
+    wait_until(lambda: "received SIGTERM again: the drain goes on" in sup.log(), 20, message="the second one seen")
+    assert sup.proc is not None and sup.proc.poll() is None, "the second SIGTERM did not end the drain"
+    gate.touch()
+    assert sup.wait(30) == 0, sup.log()
+    assert acked(root, [running]), "the message in the worker's hands was finished"
+    assert files(root, "main", "processing") == []
+
+
 def test_a_second_sigint_stops_at_once_and_puts_the_held_message_back(tmp_path, root, supervisor_factory):
     config = write_config(tmp_path / "c.toml", root, sections={"pool": {"workers": 1, "shutdown_grace": LONG,
                                                                         "handler_timeout": LONG}})
