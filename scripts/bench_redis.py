@@ -59,6 +59,7 @@ from bench_common import (
     write_summary,
 )
 from bench_ipcpool import HANDLER_MODULE, HANDLER_SOURCE, STARTED
+from bench_scenarios import Measurement as SpoolMeasurement
 from redis_server_proc import RedisServerProc
 
 PEERS = ("celery", "rq", "rq-simple", "dramatiq")
@@ -197,22 +198,11 @@ task = "{HANDLER_MODULE}:handle"
 # -- one measurement --------------------------------------------------------------------------------
 
 
-class Measurement:
-    """A work folder, the processes started on it (stopped by ``close`` whatever happened)."""
+class Measurement(SpoolMeasurement):
+    """scripts/bench.py's work folder and process list, with the Redis systems' start and senders."""
 
     def __init__(self, base: Path, label: str) -> None:
-        self.work = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=base))
-        self.records = self.work / "records"
-        self.records.mkdir()
-        self.procs: list[Proc] = []
-        self._n = 0
-
-    def __enter__(self) -> Measurement:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
+        super().__init__(base, label, keep=False)
 
     def start(self, system: System, url: str) -> list[Proc]:
         procs = system.start(self.work, url)

@@ -10,8 +10,6 @@ import datetime as dt
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from conftest import records, wait_until, write_config
+from conftest import files, records, run_cli, wait_until, write_config
 
 from ipcpool import Client
 
@@ -27,24 +25,6 @@ RECORDER = {"task": "recorder:record", "legacy": "recorder:record"}
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def _cli(env: dict[str, str], cwd: Path, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """``python -m ipcpool ARGS`` in its own session, killed as a group if it outlives ``timeout``."""
-    proc = subprocess.Popen([sys.executable, "-m", "ipcpool", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"ipcpool {' '.join(args)} did not exit in {timeout}s\n{out}\n{err}") from None
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def _files(root: Path, group: str, sub: str) -> list[str]:
-    folder = root / group / sub
-    return sorted(os.listdir(folder)) if folder.exists() else []
 
 
 def _errors(root: Path, group: str = "main") -> dict[str, dict[str, Any]]:
@@ -72,7 +52,7 @@ def _ids(tmp_path: Path) -> list[str]:
 
 
 def _drained(root: Path, group: str = "main") -> bool:
-    return not _files(root, group, "messages") and not _files(root, group, "processing")
+    return not files(root, group, "messages") and not files(root, group, "processing")
 
 
 def _parse_iso(text: str) -> float:
@@ -84,7 +64,7 @@ def _parse_iso(text: str) -> float:
 
 def test_check_accepts_a_good_config(tmp_path, root, env):
     config = write_config(tmp_path / "good.toml", root, handlers=RECORDER)
-    out = _cli(env, tmp_path, "check", "--config", str(config))
+    out = run_cli(env, tmp_path, "check", "--config", str(config))
     assert out.returncode == 0, out.stderr
     assert str(config) in out.stdout and "ok" in out.stdout
     assert "task" in out.stdout and "legacy" in out.stdout
@@ -108,7 +88,7 @@ def test_check_rejects_a_bad_config_naming_file_key_and_problem(tmp_path, root, 
     make, words = BAD_CONFIGS[case]
     config = tmp_path / f"{case}.toml"
     make(config, root)
-    out = _cli(env, tmp_path, "check", "--config", str(config))
+    out = run_cli(env, tmp_path, "check", "--config", str(config))
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert str(config) in out.stderr, out.stderr
     for word in words:
@@ -119,7 +99,7 @@ def test_check_rejects_a_bad_config_naming_file_key_and_problem(tmp_path, root, 
 
 def test_check_rejects_a_handler_module_that_cannot_be_imported(tmp_path, root, env):
     config = write_config(tmp_path / "c.toml", root, handlers={"task": "broken_import:handle"})
-    out = _cli(env, tmp_path, "check", "--config", str(config))
+    out = run_cli(env, tmp_path, "check", "--config", str(config))
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert str(config) in out.stderr
     assert "[handlers]" in out.stderr and "broken_import" in out.stderr
@@ -128,7 +108,7 @@ def test_check_rejects_a_handler_module_that_cannot_be_imported(tmp_path, root, 
 
 def test_check_rejects_a_handler_function_that_does_not_exist(tmp_path, root, env):
     config = write_config(tmp_path / "c.toml", root, handlers={"task": "recorder:no_such_function"})
-    out = _cli(env, tmp_path, "check", "--config", str(config))
+    out = run_cli(env, tmp_path, "check", "--config", str(config))
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert str(config) in out.stderr and "[handlers]" in out.stderr and "no_such_function" in out.stderr
 
@@ -138,7 +118,7 @@ def test_check_rejects_a_handler_function_that_does_not_exist(tmp_path, root, en
 
 def test_run_with_a_bad_config_exits_2_before_starting(tmp_path, root, env):
     config = write_config(tmp_path / "c.toml", root, handlers=RECORDER, sections={"pool": {"workers": "four"}})
-    out = _cli(env, tmp_path, "run", "--config", str(config), timeout=30)  # the deadline: it must exit by itself
+    out = run_cli(env, tmp_path, "run", "--config", str(config), timeout=30)  # the deadline: it must exit by itself
     assert out.returncode == 2, (out.stdout, out.stderr)
     text = out.stdout + out.stderr
     assert str(config) in text and "[pool] workers" in text and '"four"' in text
@@ -161,7 +141,7 @@ def test_second_run_on_the_same_root_refuses_at_once(tmp_path, root, env, superv
     config = write_config(tmp_path / "c.toml", root, handlers=RECORDER)
     sup = supervisor_factory(config)
     # The second exits by itself while the first still runs (_cli fails it if it does not within its deadline).
-    out = _cli(env, tmp_path, "run", "--config", str(config), timeout=30)
+    out = run_cli(env, tmp_path, "run", "--config", str(config), timeout=30)
     assert out.returncode == 1, "README: exit code 1 when another supervisor is already running"
     assert "already" in (out.stdout + out.stderr), out.stderr
     assert "Enhanced IPC system started" not in out.stdout + out.stderr
@@ -179,22 +159,22 @@ def test_send_prints_a_new_id_and_the_message_is_handled(tmp_path, root, env, su
     config = write_config(tmp_path / "c.toml", root, handlers=RECORDER)
     base = ("send", "--config", str(config), "--group", "main", "--type", "task")
 
-    out = _cli(env, tmp_path, *base, "--payload", '{"n": 1}')
+    out = run_cli(env, tmp_path, *base, "--payload", '{"n": 1}')
     assert out.returncode == 0, out.stderr
     json_id = out.stdout.strip()
     assert uuid.UUID(json_id).version == 4
     landed = root / "main" / "messages" / f"{json_id}.json"
-    assert landed.exists(), _files(root, "main", "messages")
+    assert landed.exists(), files(root, "main", "messages")
     envelope = json.loads(landed.read_bytes())
     assert envelope["id"] == json_id and envelope["type"] == "task" and envelope["groupFolder"] == "main"
     assert envelope["payload"] == {"n": 1}
 
-    out = _cli(env, tmp_path, *base, "--format", "msgpack", "--payload", '{"n": 2}')
+    out = run_cli(env, tmp_path, *base, "--format", "msgpack", "--payload", '{"n": 2}')
     assert out.returncode == 0, out.stderr
     msgpack_id = out.stdout.strip()
     assert uuid.UUID(msgpack_id).version == 4 and msgpack_id != json_id
     landed = root / "main" / "messages" / f"{msgpack_id}.msgpack"
-    assert landed.exists(), _files(root, "main", "messages")
+    assert landed.exists(), files(root, "main", "messages")
     assert msgpack.unpackb(landed.read_bytes())["payload"] == {"n": 2}
     assert not list((root / "main" / "tmp").iterdir()), "nothing left behind in tmp/"
 
@@ -203,10 +183,10 @@ def test_send_prints_a_new_id_and_the_message_is_handled(tmp_path, root, env, su
     by_id = {r["id"]: r for r in records(tmp_path)}
     assert sorted(by_id) == sorted([json_id, msgpack_id])
     assert by_id[json_id]["payload"] == {"n": 1} and by_id[msgpack_id]["payload"] == {"n": 2}
-    assert _files(root, "main", "errors") == []
+    assert files(root, "main", "errors") == []
 
     # with the pool running, --ack waits for the ack and exits 0
-    out = _cli(env, tmp_path, *base, "--payload", '{"n": 3}', "--ack", "--timeout", "5", timeout=60)
+    out = run_cli(env, tmp_path, *base, "--payload", '{"n": 3}', "--ack", "--timeout", "5", timeout=60)
     assert out.returncode == 0, out.stderr
     ack_id = out.stdout.strip()
     assert uuid.UUID(ack_id).version == 4
@@ -217,7 +197,7 @@ def test_send_prints_a_new_id_and_the_message_is_handled(tmp_path, root, env, su
 
 def test_send_ack_without_a_pool_exits_1_with_a_clear_message(tmp_path, root, env):
     config = write_config(tmp_path / "c.toml", root, handlers=RECORDER)
-    out = _cli(env, tmp_path, "send", "--config", str(config), "--group", "main", "--type", "task",
+    out = run_cli(env, tmp_path, "send", "--config", str(config), "--group", "main", "--type", "task",
                "--ack", "--timeout", "0.3", timeout=60)
     assert out.returncode == 1, (out.stdout, out.stderr)
     # No supervisor holds the root: said at the first attempt's time-out, and the wait ends there.
@@ -225,7 +205,7 @@ def test_send_ack_without_a_pool_exits_1_with_a_clear_message(tmp_path, root, en
     assert f"no ipcpool supervisor is running for {root}" in out.stderr
     assert "the message stays queued and will be handled when one starts" in out.stderr
     assert "Retrying IPC message" not in out.stderr
-    assert len(_files(root, "main", "messages")) == 1
+    assert len(files(root, "main", "messages")) == 1
 
 
 # -- drain --------------------------------------------------------------------------------------------------
@@ -243,7 +223,7 @@ def test_sigterm_drains_in_flight_messages_and_a_restart_handles_the_rest(tmp_pa
     handled_before = set(_ids(tmp_path))
     assert handled_before, "some messages were in flight"
     assert len(handled_before) < len(ids), "some messages were left for the restart"
-    assert _files(root, "main", "processing") == [], "a drained supervisor leaves nothing in processing/"
+    assert files(root, "main", "processing") == [], "a drained supervisor leaves nothing in processing/"
     for message_id in handled_before:
         assert (root / "main" / "acks" / f"{message_id}.ack").exists(), f"{message_id} started but not finished"
 
@@ -253,7 +233,7 @@ def test_sigterm_drains_in_flight_messages_and_a_restart_handles_the_rest(tmp_pa
     seen = _ids(tmp_path)
     assert sorted(seen) == sorted(ids), "every message handled exactly once across the restart"
     assert all((root / "main" / "acks" / f"{i}.ack").exists() for i in ids)
-    assert _files(root, "main", "errors") == []
+    assert files(root, "main", "errors") == []
     assert again.stop() == 0
 
 
@@ -320,7 +300,7 @@ def test_an_envelope_naming_another_group_is_rejected(tmp_path, root, env, super
     assert _ids(tmp_path) == []
     assert not (root / "main" / "acks" / "impostor-1.ack").exists()
     assert not (root / "other" / "acks" / "impostor-1.ack").exists()
-    assert _files(root, "other", "errors") == [] and _files(root, "other", "messages") == []
+    assert files(root, "other", "errors") == [] and files(root, "other", "messages") == []
     assert sup.stop() == 0
 
 
@@ -340,14 +320,14 @@ def test_a_file_still_being_written_is_not_quarantined_and_is_handled_when_compl
         for piece in pieces:
             handle.write(piece)
             handle.flush()
-            assert _files(root, "main", "errors") == [], "an unfinished file was quarantined"
+            assert files(root, "main", "errors") == [], "an unfinished file was quarantined"
             time.sleep(gap)  # the writer's own pace, not a wait for a condition
     assert time.monotonic() - started > 2 * settle, "the write outlasted settle_time"
     wait_until(lambda: (root / "main" / "acks" / "slow-1.ack").exists(), 20, message="the completed file handled")
     wait_until(lambda: _drained(root), 10, message="empty messages/ and processing/")
     assert _ids(tmp_path) == ["slow-1"]
     assert records(tmp_path)[0]["payload"] == {"text": "x" * 200}
-    assert _files(root, "main", "errors") == []
+    assert files(root, "main", "errors") == []
     assert sup.stop() == 0
 
 
@@ -392,9 +372,9 @@ def test_files_queued_before_start_are_handled_and_dot_and_tmp_files_are_left_al
     wait_until(lambda: (root / "main" / "acks" / f"{marker}.ack").exists(), 20, message="the marker handled")
 
     assert sorted(_ids(tmp_path)) == sorted([*queued, marker])
-    assert sorted(_files(root, "main", "messages")) == sorted(ignored)
+    assert sorted(files(root, "main", "messages")) == sorted(ignored)
     for name, data in ignored.items():
         assert (messages / name).read_bytes() == data
-    assert _files(root, "main", "errors") == []
-    assert _files(root, "main", "processing") == []
+    assert files(root, "main", "errors") == []
+    assert files(root, "main", "processing") == []
     assert sup.stop() == 0

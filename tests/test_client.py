@@ -13,15 +13,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import records, wait_until, write_config
+from conftest import files, records, wait_until, write_config
 
 from ipcpool import AckTimeout, AsyncClient, Client, HandlerError, Message, QueueFull, ResponseTimeout
 from ipcpool.config import AckConfig
-
-
-def _files(root: Path, group: str, sub: str) -> list[str]:
-    directory = root / group / sub
-    return sorted(os.listdir(directory)) if directory.exists() else []
 
 
 def _ack(root: Path, message_id: str, group: str = "main") -> Path:
@@ -33,7 +28,7 @@ def _client_log(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.Log
 
 
 def _settled(root: Path, group: str = "main") -> bool:
-    return not _files(root, group, "messages") and not _files(root, group, "processing")
+    return not files(root, group, "messages") and not files(root, group, "processing")
 
 
 # -- ack round trip ----------------------------------------------------------------------------------
@@ -53,7 +48,7 @@ def test_send_with_wait_and_send_and_wait_return_once_the_ack_exists(tmp_path, r
 
     wait_until(lambda: _settled(root), 20, message="messages/ and processing/ empty")
     assert sorted(r["id"] for r in records(tmp_path)) == sorted([first, second])
-    assert _files(root, "main", "errors") == []
+    assert files(root, "main", "errors") == []
 
 
 # -- giving up ---------------------------------------------------------------------------------------
@@ -79,7 +74,7 @@ def test_ack_timeout_after_one_plus_max_retries_attempts_leaves_one_copy(tmp_pat
 
     # not acked yet, and the retries kept one copy, under its id (in flight: never re-sent)
     assert not _ack(root, message_id).exists()
-    assert _files(root, "main", "messages") + _files(root, "main", "processing") == [f"{message_id}.json"]
+    assert files(root, "main", "messages") + files(root, "main", "processing") == [f"{message_id}.json"]
 
     timeouts = _client_log(caplog, "ACK timeout")
     assert len(timeouts) == 3, [r.getMessage() for r in timeouts]
@@ -107,7 +102,7 @@ def test_ack_timeout_with_no_retries_makes_one_attempt(tmp_path, root, caplog):
     assert caught.value.attempts == 1
     assert len(_client_log(caplog, "ACK timeout")) == 1
     assert _client_log(caplog, "Retrying IPC message") == []
-    assert _files(root, "main", "messages") == [f"{caught.value.message_id}.json"]
+    assert files(root, "main", "messages") == [f"{caught.value.message_id}.json"]
 
 
 def test_a_pool_that_starts_while_a_sender_waits_acks_the_one_queued_copy(tmp_path, root, supervisor_factory,
@@ -126,7 +121,7 @@ def test_a_pool_that_starts_while_a_sender_waits_acks_the_one_queued_copy(tmp_pa
     thread = threading.Thread(target=sender, daemon=True)
     thread.start()
     try:
-        wait_until(lambda: _files(root, "main", "messages"), 20, message="the message queued")
+        wait_until(lambda: files(root, "main", "messages"), 20, message="the message queued")
         supervisor_factory(config)
     finally:
         thread.join(60)
@@ -155,7 +150,7 @@ def test_async_ack_timeout_against_a_stopped_pool(tmp_path, root):
     assert caught.value.attempts == 1, "no supervisor: the first attempt's time-out ends the wait"
     assert "no ipcpool supervisor is running" in str(caught.value)
     assert caught.value.group == "main"
-    assert _files(root, "main", "messages") == [f"{caught.value.message_id}.json"]
+    assert files(root, "main", "messages") == [f"{caught.value.message_id}.json"]
     assert [m.payload["recoverable"] for m in given_up] == [False]
 
 
@@ -180,7 +175,7 @@ def test_a_handler_slower_than_the_ack_timeout_is_handled_once(tmp_path, root, s
     wait_until(lambda: _settled(root), 20, message="messages/ and processing/ empty")
     handled = [r for r in records(tmp_path) if r["id"] == message_id]
     assert len(handled) == 1, f"handled {len(handled)} times: {handled}"
-    assert _files(root, "main", "errors") == []
+    assert files(root, "main", "errors") == []
     assert _client_log(caplog, "Retrying IPC message"), "the sender should have retried at least once"
     assert _client_log(caplog, "re-published") == [], "a message still queued or in flight was sent again"
     if not gave_up:
@@ -223,7 +218,7 @@ def test_an_id_that_already_has_an_ack_is_not_handled_again(tmp_path, root, supe
 
     assert [r["id"] for r in records(tmp_path)] == [message_id], "an acked id was handled again"
     assert _ack(root, message_id).read_text().endswith("Z"), "the re-ack is a fresh ISO-8601 timestamp"
-    assert _files(root, "main", "errors") == [], "a duplicate is removed, not quarantined"
+    assert files(root, "main", "errors") == [], "a duplicate is removed, not quarantined"
     status = wait_until(lambda: (s := sup.status()) and s["totals"]["duplicates"] == 2 and s, 20,
                         message="two duplicates counted in status.json")
     assert status["totals"]["handled"] == 1
@@ -242,7 +237,7 @@ def test_request_returns_the_result_and_removes_the_response_file(tmp_path, root
     assert len(handled) == 1
     request_id = handled[0]["id"]
     assert not (root / "main" / "responses" / f"{request_id}.json").exists()
-    assert _files(root, "main", "responses") == []
+    assert files(root, "main", "responses") == []
 
 
 def test_request_from_another_group_gets_its_reply_in_its_own_group(tmp_path, root, supervisor_factory):
@@ -250,8 +245,8 @@ def test_request_from_another_group_gets_its_reply_in_its_own_group(tmp_path, ro
     supervisor_factory(config)
     with Client(root, "agent") as client:
         assert client.request("main", "task", {"result": [1, 2, 3]}, timeout=10) == [1, 2, 3]
-    assert _files(root, "agent", "responses") == []
-    assert _files(root, "main", "responses") == []
+    assert files(root, "agent", "responses") == []
+    assert files(root, "main", "responses") == []
 
 
 def test_request_raises_handler_error_when_the_handler_raises(tmp_path, root, supervisor_factory):
@@ -264,7 +259,7 @@ def test_request_raises_handler_error_when_the_handler_raises(tmp_path, root, su
     assert caught.value.error_type == "RuntimeError"
     assert not (root / "main" / "responses" / f"{caught.value.message_id}.json").exists()
     # the failed request is quarantined like any failed message
-    wait_until(lambda: any(n.endswith(".error.json") for n in _files(root, "main", "errors")), 20,
+    wait_until(lambda: any(n.endswith(".error.json") for n in files(root, "main", "errors")), 20,
                message="the failed request in errors/")
 
 
@@ -272,7 +267,7 @@ def test_request_without_a_pool_raises_response_timeout(tmp_path, root):
     with Client(root, "main") as client, pytest.raises(ResponseTimeout) as caught:
         client.request("main", "task", {"result": 1}, timeout=0.3)
     assert caught.value.group == "main"
-    assert _files(root, "main", "messages") == [f"{caught.value.message_id}.json"]
+    assert files(root, "main", "messages") == [f"{caught.value.message_id}.json"]
 
 
 # -- asyncio ------------------------------------------------------------------------------------------------
@@ -294,7 +289,7 @@ def test_async_client_send_and_wait_and_request(tmp_path, root, supervisor_facto
 
     acked, result = asyncio.run(asyncio.wait_for(scenario(), 60))
     assert result == {"x": 1}
-    assert _files(root, "main", "responses") == []
+    assert files(root, "main", "responses") == []
     wait_until(lambda: len(records(tmp_path)) == 2, 20, message="both messages handled")
     assert acked in {r["id"] for r in records(tmp_path)}
 
@@ -332,5 +327,5 @@ def test_queue_full_on_the_send_past_max_queued(tmp_path, root):
         # send_and_wait is refused the same way, before any wait
         with pytest.raises(QueueFull):
             client.send_and_wait("main", "task", {"n": 6}, timeout=0.1)
-    assert _files(root, "main", "messages") == sorted(f"{i}.json" for i in ids)
-    assert _files(root, "main", "tmp") == []
+    assert files(root, "main", "messages") == sorted(f"{i}.json" for i in ids)
+    assert files(root, "main", "tmp") == []

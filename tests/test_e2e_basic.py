@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from conftest import records, wait_until, write_config
+from conftest import files, records, wait_until, write_config
 
 from ipcpool import Client
-
-
-def _files(root: Path, group: str, sub: str) -> list[str]:
-    return sorted(os.listdir(root / group / sub)) if (root / group / sub).exists() else []
 
 
 def test_messages_from_every_kind_of_writer_are_handled_once_and_acked(tmp_path, root, env, supervisor_factory):
@@ -56,10 +50,10 @@ def test_messages_from_every_kind_of_writer_are_handled_once_and_acked(tmp_path,
     acked = [i for i in ids if i != cli_id]  # the CLI send did not ask for an ack
     wait_until(lambda: all((root / "main" / "acks" / f"{i}.ack").exists() for i in acked), 60, message="all acks")
     wait_until(lambda: len(records(tmp_path)) >= len(ids), 10, message="every message handled")
-    wait_until(lambda: not _files(root, "main", "messages") and not _files(root, "main", "processing"), 10,
+    wait_until(lambda: not files(root, "main", "messages") and not files(root, "main", "processing"), 10,
                message="empty messages/ and processing/")
     seen = [r["id"] for r in records(tmp_path)]
     assert sorted(seen) == sorted(ids), "every id handled exactly once"
-    assert _files(root, "main", "errors") == []
+    assert files(root, "main", "errors") == []
     assert not (root / "main" / "acks" / f"{cli_id}.ack").exists()
     assert sup.stop() == 0

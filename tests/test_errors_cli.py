@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import records, wait_until, write_config
+from conftest import files, records, wait_until, write_config
 
 from ipcpool import Client
 
@@ -24,13 +24,8 @@ def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.Comp
                           timeout=timeout)
 
 
-def _files(root: Path, group: str, sub: str) -> list[str]:
-    directory = root / group / sub
-    return sorted(os.listdir(directory)) if directory.exists() else []
-
-
 def _error_records(root: Path, group: str = "main") -> list[str]:
-    return [n for n in _files(root, group, "errors") if n.endswith(ERROR_SUFFIX)]
+    return [n for n in files(root, group, "errors") if n.endswith(ERROR_SUFFIX)]
 
 
 def _quarantined(root: Path, group: str, message_id: str) -> list[str]:
@@ -160,9 +155,9 @@ def test_errors_retry_moves_the_message_back_and_keeps_the_record(tmp_path, root
     out = cli(env, "errors", "retry", "--config", str(config), boom)
     assert out.returncode == 0, out.stderr
     assert f"main/{boom}.json" in out.stdout
-    assert _files(root, "main", "messages") == [f"{boom}.json"]
+    assert files(root, "main", "messages") == [f"{boom}.json"]
     assert json.loads((root / "main" / "messages" / f"{boom}.json").read_bytes())["id"] == boom
-    assert error_file not in _files(root, "main", "errors")
+    assert error_file not in files(root, "main", "errors")
     assert _error_records(root) == []
     kept = root / "main" / "errors" / "retried" / record_file
     assert kept.exists(), "the error record is kept in errors/retried/"
@@ -185,7 +180,7 @@ def test_errors_retry_while_running_redelivers_a_still_failing_message(tmp_path,
                message="the retried message quarantined again")
     assert len(records(tmp_path)) == 4, "the retried message got a fresh set of handler attempts"
     assert all(r["delivery"] == 1 for r in records(tmp_path)), "retry resets the delivery count"
-    assert first not in _files(root, "main", "errors")
+    assert first not in files(root, "main", "errors")
     assert [e["id"] for e in _list_json(env, config)] == [boom]
 
 
@@ -202,7 +197,7 @@ def test_errors_retry_under_a_config_whose_handler_now_succeeds(tmp_path, root, 
     out = cli(env, "errors", "retry", "--config", str(config_b), orphan)
     assert out.returncode == 0, out.stderr
     wait_until(lambda: (root / "main" / "acks" / f"{orphan}.ack").exists(), 30, message="the retried message acked")
-    wait_until(lambda: not _files(root, "main", "messages") and not _files(root, "main", "processing"), 20,
+    wait_until(lambda: not files(root, "main", "messages") and not files(root, "main", "processing"), 20,
                message="messages/ and processing/ empty")
     handled = records(tmp_path)
     assert [(r["id"], r["type"]) for r in handled] == [(orphan, "orphan")]
@@ -228,12 +223,12 @@ def test_errors_retry_all(tmp_path, root, env, supervisor_factory):
     assert len(out.stdout.strip().splitlines()) == 4
     wait_until(lambda: all((root / g / "acks" / f"{i}.ack").exists() for g, i in
                            [("main", i) for i in ids[:3]] + [("other", ids[3])]), 30, message="every retried ack")
-    wait_until(lambda: all(not _files(root, g, s) for g in ("main", "other") for s in ("messages", "processing")), 20,
+    wait_until(lambda: all(not files(root, g, s) for g in ("main", "other") for s in ("messages", "processing")), 20,
                message="queues empty")
     assert sorted(r["id"] for r in records(tmp_path)) == sorted(ids)
     assert _list_json(env, config_b) == []
-    assert len(_files(root, "main", "errors/retried")) == 3
-    assert len(_files(root, "other", "errors/retried")) == 1
+    assert len(files(root, "main", "errors/retried")) == 3
+    assert len(files(root, "other", "errors/retried")) == 1
 
     # nothing left: --all still succeeds; naming nothing is a usage error
     again = cli(env, "errors", "retry", "--config", str(config_b), "--all")
@@ -271,8 +266,8 @@ def test_errors_purge_older_than_keeps_fresh_ones_and_all_removes_all(tmp_path, 
     out = cli(env, "errors", "purge", "--config", str(config), "--older-than", "1h")
     assert out.returncode == 0, out.stderr
     assert "purged 1" in out.stdout
-    assert old_stem not in _files(root, "main", "errors")
-    assert old_stem + ERROR_SUFFIX not in _files(root, "main", "errors")
+    assert old_stem not in files(root, "main", "errors")
+    assert old_stem + ERROR_SUFFIX not in files(root, "main", "errors")
     assert sorted(e["id"] for e in _list_json(env, config)) == sorted(ids[1:]), "fresh ones are kept"
 
     again = cli(env, "errors", "purge", "--config", str(config), "--older-than", "1h")
@@ -283,7 +278,7 @@ def test_errors_purge_older_than_keeps_fresh_ones_and_all_removes_all(tmp_path, 
     everything = cli(env, "errors", "purge", "--config", str(config), "--all")
     assert everything.returncode == 0, everything.stderr
     assert "purged 2" in everything.stdout
-    assert [n for n in _files(root, "main", "errors") if n != "retried"] == []
+    assert [n for n in files(root, "main", "errors") if n != "retried"] == []
     assert _list_json(env, config) == []
 
 
@@ -308,7 +303,7 @@ def test_cli_request_prints_the_result(tmp_path, root, env, supervisor_factory):
               "--payload", '{"result": 5}')
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "5"
-    assert _files(root, "main", "responses") == []
+    assert files(root, "main", "responses") == []
 
 
 def test_cli_request_reports_a_handler_error(tmp_path, root, env, supervisor_factory):
@@ -329,7 +324,7 @@ def test_cli_send_refuses_when_the_queue_is_full(tmp_path, root, env):
         out = cli(env, "send", "--config", str(config), "--group", "main", "--type", "task", "--payload",
                   json.dumps({"n": i}))
         assert out.returncode == 0, out.stderr
-    assert len(_files(root, "main", "messages")) == 2
+    assert len(files(root, "main", "messages")) == 2
 
     full = cli(env, "send", "--config", str(config), "--group", "main", "--type", "task", "--payload", '{"n": 2}')
     assert full.returncode == 1
@@ -338,8 +333,8 @@ def test_cli_send_refuses_when_the_queue_is_full(tmp_path, root, env):
     reasons = [line for line in full.stderr.splitlines() if "queue full" in line]
     assert len(reasons) == 1, full.stderr
     assert full.stderr.strip().splitlines()[-1] == reasons[0]
-    assert len(_files(root, "main", "messages")) == 2
-    assert _files(root, "main", "tmp") == []
+    assert len(files(root, "main", "messages")) == 2
+    assert files(root, "main", "tmp") == []
 
 
 def test_cli_send_ack_times_out_against_a_stopped_pool(tmp_path, root, env):
@@ -355,6 +350,6 @@ def test_cli_send_ack_times_out_against_a_stopped_pool(tmp_path, root, env):
     assert "1 attempt(s)" in reasons[0], "no supervisor: the first attempt's time-out ends the wait"
     assert "no ipcpool supervisor is running" in reasons[0]
     assert out.stderr.strip().splitlines()[-1] == reasons[0]
-    queued = _files(root, "main", "messages")
+    queued = files(root, "main", "messages")
     assert len(queued) == 1, "re-sends keep one copy"
     assert queued[0].split(".")[0] in reasons[0]
