@@ -1,4 +1,4 @@
-"""``ipcpool run | send | request | check | health | status | errors``.
+"""``ipcpool run | send | request | check | reload | health | status | top | errors``.
 
 Each sub-command is one small function; the exit codes are errors.EXIT_*:
 0 done, 1 did not succeed (ack timeout, a message rejected or failed,
@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ipcpool import __version__
-from ipcpool.config import ROOT_ENV, Config, load_config
+from ipcpool.config import ROOT_ENV, Config, load_config, parse_listen
 from ipcpool.errors import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -36,12 +36,15 @@ CONFIG_ENV = "IPCPOOL_CONFIG"
 
 
 def _config(args: argparse.Namespace) -> Config:
+    import dataclasses
+
     config = load_config(args.config)
     workers = getattr(args, "workers", None)
     if workers is not None:
-        import dataclasses
-
         config = dataclasses.replace(config, pool=dataclasses.replace(config.pool, workers=workers))
+    listen = getattr(args, "http", None)
+    if listen is not None:
+        config = dataclasses.replace(config, http=dataclasses.replace(config.http, listen=listen))
     return config
 
 
@@ -77,6 +80,14 @@ def _type_arg(text: str) -> str:
     return text
 
 
+def _listen_arg(text: str) -> str:
+    try:
+        parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _workers_arg(text: str) -> int:
     try:
         value = int(text)
@@ -92,11 +103,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ipcpool.transport import preflight
 
     config = _config(args)
+    setup_logging(config.log.format)
     os.umask(0o077 if config.spool.mode == "private" else 0o007)
     preflight(config)
     log.info("starting ipcpool supervisor config=%s root=%s workers=%d", args.config,
              os.path.abspath(config.spool.root), config.pool.workers)
-    return Supervisor(config).run()
+    return Supervisor(config, reread=lambda: _config(args)).run()
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """SIGHUP to the supervisor owning the root, then its verdict from status.json."""
+    from ipcpool.reload import ask_reload
+
+    config = _config(args)
+    ok, said = ask_reload(config.spool.root, timeout=args.timeout)
+    print(said, file=sys.stdout if ok else sys.stderr)
+    return EXIT_OK if ok else EXIT_FAILURE
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -175,6 +197,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from ipcpool.transport import make_inspector
 
     config = _config(args)
+    if getattr(args, "watch", False):
+        return cmd_top(args)
     status = read_status(config.spool.root)
     healthy = verdict(status)
     inspector = make_inspector(config)
@@ -189,6 +213,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(json.dumps(dict(status, healthy=healthy[0], reason=healthy[1]), indent=1) if args.json
           else render_table(status, healthy))
     return EXIT_OK if healthy[0] else EXIT_FAILURE
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from ipcpool.liveview import watch
+
+    return watch(_config(args).spool.root)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,7 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = command("run", cmd_run, "run the supervisor and its workers")
     run.add_argument("--workers", "-w", type=_workers_arg, help="worker processes (overrides [pool] workers)")
+    run.add_argument("--http", type=_listen_arg, metavar="HOST:PORT",
+                     help="serve /metrics, /healthz and /readyz there (overrides [http] listen)")
     command("check", cmd_check, "validate the config and import every handler")
+    reload = command("reload", cmd_reload, "make the running supervisor re-read its config and replace its "
+                                           "workers (SIGHUP); exit 0 when the reload took")
+    reload.add_argument("--timeout", type=float, default=120.0,
+                        help="seconds to wait for the new workers (default 120)")
     for name, func, text in (("send", cmd_send, "publish one message and print its id"),
                              ("request", cmd_request, "send a request and print the response's result as JSON")):
         p = command(name, func, text)
@@ -234,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
                              ("status", cmd_status, "show workers, groups and totals")):
         p = command(name, func, text)
         p.add_argument("--json", action="store_true", help="print the whole record as JSON")
+        if name == "status":
+            p.add_argument("--watch", action="store_true", help="a live view, refreshed every second (ipcpool top)")
+    command("top", cmd_top, "a live view of workers and groups, refreshed every second (Ctrl-C leaves)")
     add_errors_command(sub, add_config)
     return parser
 

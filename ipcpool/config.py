@@ -101,6 +101,13 @@ class RedisConfig:
 @dataclass(frozen=True)
 class LogConfig:
     messages: bool = True  # one INFO line per finished message (id, group, type, outcome, duration)
+    format: str = "text"  # "text" (one readable line an event) or "json" (one JSON object a line, for shippers)
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listen: str = ""  # "127.0.0.1:9464": /metrics, /healthz, /readyz served by the supervisor ("" = off)
+    loop_timeout: float = 5.0  # seconds the supervisor loop may take to answer a probe before /healthz fails
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,7 @@ class Config:
     heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
     ack: AckConfig = field(default_factory=AckConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     handlers: dict[str, str] = field(default_factory=dict)
@@ -132,6 +140,7 @@ _SECTIONS: dict[str, type] = {
     "heartbeat": HeartbeatConfig,
     "ack": AckConfig,
     "log": LogConfig,
+    "http": HttpConfig,
     "transport": TransportConfig,
     "redis": RedisConfig,
 }
@@ -236,6 +245,31 @@ def _check_transport(c: _Checker, config: Config) -> None:
     _positive(c, "[redis] dead_letter_retention", redis.dead_letter_retention)
     if redis.ca_file and not os.path.isfile(redis.ca_file):
         raise c.fail("[redis] ca_file", f"is not a readable file: {redis.ca_file}")
+
+
+LOG_FORMATS = ("text", "json")
+
+
+def _check_http(c: _Checker, config: Config) -> None:
+    _one_of(c, "[log] format", config.log.format, LOG_FORMATS)
+    _positive(c, "[http] loop_timeout", config.http.loop_timeout)
+    if config.http.listen:
+        try:
+            parse_listen(config.http.listen)
+        except ValueError as exc:
+            raise c.fail("[http] listen", str(exc)) from None
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:port`` for IPv6) to a bind address; ValueError says what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f'must be "host:port", e.g. "127.0.0.1:9464", got "{text}"')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f'the port must be a number from 0 to 65535, got "{text}"')
+    return host, int(port)
 
 
 def redact_url(url: str) -> str:
@@ -348,6 +382,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>", *, environ: dic
     _check_spool(c, config.spool)
     _check_numbers(c, config)
     _check_transport(c, config)
+    _check_http(c, config)
     return config
 
 

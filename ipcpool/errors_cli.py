@@ -16,6 +16,7 @@ from typing import Any
 from ipcpool import records
 from ipcpool.config import load_config
 from ipcpool.errors import EXIT_FAILURE, EXIT_OK, ConfigError
+from ipcpool.progress import steps
 from ipcpool.transport import make_inspector
 
 
@@ -110,12 +111,14 @@ def _retry(dead: Any, args: argparse.Namespace) -> int:
         missing = wanted - {e.message_id for e in entries} - {e.file for e in entries}
         if missing:
             print(f"not in errors/: {', '.join(sorted(missing))}", file=sys.stderr)
-    for e in entries:
-        if not dead.has_message(e):
-            print(f"skipped {e.group}/{e.file}: its error record has no message (purge it)", file=sys.stderr)
-            continue
-        name = dead.retry(e)
-        print(f"retried {e.group}/{name}")
+    with steps("retrying", len(entries)) as progress:
+        for e in entries:
+            progress.advance()
+            if not dead.has_message(e):
+                progress.say(f"skipped {e.group}/{e.file}: its error record has no message (purge it)", error=True)
+                continue
+            name = dead.retry(e)
+            progress.say(f"retried {e.group}/{name}")
     return EXIT_OK if entries or args.all else EXIT_FAILURE
 
 
@@ -133,7 +136,9 @@ def _purge(dead: Any, args: argparse.Namespace) -> int:
             print(f"would purge {e.group}/{e.file}  {e.message_id}  {e.record.get('reason')}")
         print(f"would purge {len(entries)} quarantined message(s); nothing was deleted")
         return EXIT_OK
-    for e in entries:
-        dead.purge(e)
+    with steps("purging", len(entries)) as progress:
+        for e in entries:
+            dead.purge(e)
+            progress.advance()
     print(f"purged {len(entries)} quarantined message(s)")
     return EXIT_OK

@@ -1,15 +1,27 @@
 """Logging set-up shared by the CLI, the supervisor and the workers.
 
 ``LOG_LEVEL`` (debug, info, warning, error; default info) is honoured in every
-process. One line per event: time, level, process id, logger, message.
+process. One line per event, in one of two formats (``[log] format``):
+
+- ``text``: time, level, process id, logger, message;
+- ``json``: one JSON object a line for log shippers: ``time``, ``level``,
+  ``logger``, ``pid``, ``message``, and where the event is about a message,
+  its ``id``, ``group`` and ``type`` (read off the ``key=value`` words every
+  per-message line carries), with ``outcome`` and ``duration_ms`` where known.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
+from datetime import UTC, datetime
 
 FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+FORMATS = ("text", "json")
+_KEYS = re.compile(r"\b(id|group|type|file)=([^\s,;:]+)")
+_EXTRAS = ("outcome", "duration_ms")
 
 
 def level_from_env() -> int:
@@ -20,13 +32,36 @@ def level_from_env() -> int:
     return level if isinstance(level, int) else logging.INFO
 
 
-def setup_logging() -> None:
-    """Configure the root logger once per process (idempotent)."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record; never raises on what a message contains."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "message": message,
+        }
+        for key, value in _KEYS.findall(message):
+            line.setdefault(key, value)
+        for key in _EXTRAS:
+            value = getattr(record, key, None)
+            if value is not None:
+                line[key] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def setup_logging(fmt: str = "text") -> None:
+    """Configure the root logger (idempotent; a second call changes only the format)."""
     root = logging.getLogger()
-    level = level_from_env()
-    root.setLevel(level)
-    if not any(getattr(h, "_ipcpool", False) for h in root.handlers):
+    root.setLevel(level_from_env())
+    handler = next((h for h in root.handlers if getattr(h, "_ipcpool", False)), None)
+    if handler is None:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(FORMAT))
         handler._ipcpool = True  # type: ignore[attr-defined]
         root.addHandler(handler)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(FORMAT))

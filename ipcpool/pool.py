@@ -62,6 +62,8 @@ class StopReason(enum.StrEnum):
     TIMEOUT = "timeout"  # handler outlived [pool] handler_timeout
     BOOT_TIMEOUT = "boot-timeout"
     TERMINATED = "sigterm"  # SIGTERM reached the worker itself: it finishes its message, returns the rest
+    RELOAD = "reload"  # planned: a reload's new workers took over (or its failed new workers go)
+    RESIZE = "resize"  # planned: SIGTTOU took one worker away
 
 
 @dataclass(slots=True)
@@ -96,6 +98,8 @@ class WorkerHandle:
     handled: int = 0
     failed: int = 0
     stop_reason: StopReason | None = None
+    generation: int = 0  # the config it runs: a reload starts a new generation, the old one exits
+    restart_reason: str | None = None  # a planned stop /metrics counts as a restart: recycle-tasks, recycle-memory
     kill_at: float | None = None
     stop_by: float | None = None  # a recycled worker not gone by then is killed
     boot_error: str | None = None

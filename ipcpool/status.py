@@ -22,7 +22,9 @@ def build_status(sup: Supervisor, now: float) -> dict[str, Any]:
     wall = time.time()
     interval = sup.config.heartbeat.interval
     source = sup.source.stats()
-    groups = {name: dict(g, held=0, running=0, processing=0) for name, g in source["groups"].items()}
+    finished = sup.metrics.by_group()
+    groups = {name: dict(g, held=0, running=0, processing=0, finished=finished.get(name, {}))
+              for name, g in source["groups"].items()}
     workers = []
     for worker in sup.workers:
         current, started = worker.current()
@@ -56,6 +58,8 @@ def build_status(sup: Supervisor, now: float) -> dict[str, Any]:
         "writtenAtIso": wall_to_iso(wall),
         "root": str(sup.local.root),
         "transport": sup.source.backend,
+        "http": sup.http.address if sup.http is not None else None,
+        "reloads": sup.reloads.as_status(sup.generation, sup.reloading is not None),
         "supervisor": {
             "pid": os.getpid(),
             "startedAt": wall_to_iso(sup.started_wall),

@@ -5,7 +5,7 @@ Data flow::
     transport (Source) --take--> held by worker i
                              |  ("run", [receipt, ...]) on worker i's task pipe
                              v
-    worker 1..N  --("done", results) / ("hb", heartbeat) / ("stopping", why)
+    worker 1..N  --("done", results, counts) / ("hb", heartbeat) / ("stopping", why)
                    / ("retiring", n) on its result pipe--> supervisor --> finished / requeue / quarantine
 
 The loop blocks in one call, an epoll wait (:class:`WaitSet`) over every
@@ -29,28 +29,40 @@ was running when it died counts against the message, and after
 ``[pool] max_deliveries`` such deliveries the message is quarantined as poison.
 It never imports or runs handler code.
 
-Signals: SIGTERM and SIGINT drain (a second SIGINT, or SIGQUIT, stops now:
-held messages go back); SIGHUP, SIGUSR1, SIGUSR2, SIGTTIN and SIGTTOU are
-logged and ignored, so a signal to the whole process group never kills the
-pool without a word. ``status.json`` always ends in the final state.
+Signals, as gunicorn's arbiter takes them: SIGTERM and SIGINT drain (a second
+SIGINT, or SIGQUIT, stops now: held messages go back); SIGHUP reloads (new
+workers on the re-read config, the old ones exit once every new one is
+ready; a config or import that fails leaves the old pool running); SIGTTIN
+and SIGTTOU add and remove one worker; SIGUSR1 and SIGUSR2 are logged and
+ignored, so a signal to the whole process group never kills the pool
+without a word. ``status.json`` always ends in the final state.
+
+Operators' interfaces hang off the loop without reaching into it: the HTTP
+probes (``ipcpool.probes``) ask the loop and wait for its answer, systemd
+hears ``READY=1``/``RELOADING=1``/``STOPPING=1``/``WATCHDOG=1``
+(``ipcpool.sdnotify``), and /metrics' counts come from the workers' own
+reports (``ipcpool.tally``).
 """
 
 from __future__ import annotations
 
 import fcntl
+import itertools
 import logging
 import os
 import random
 import signal
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any
 
 from ipcpool import proctitle
 from ipcpool.config import Config
-from ipcpool.errors import EXIT_OK, EXIT_WORKER_BOOT, EXIT_WORKER_GRACE
+from ipcpool.errors import EXIT_OK, EXIT_WORKER_BOOT, EXIT_WORKER_GRACE, ConfigError
 from ipcpool.health import ProcessProbe, write_status
 from ipcpool.localroot import LocalRoot
+from ipcpool.logs import setup_logging
 from ipcpool.message import now_iso
 from ipcpool.pool import (
     Delivery,
@@ -63,7 +75,11 @@ from ipcpool.pool import (
     mp_context,
     spawn_worker,
 )
+from ipcpool.probes import Answer, LoopProbe, ProbeServer
+from ipcpool.reload import Reload, ReloadLog, restart_only_change
+from ipcpool.sdnotify import notify, watchdog_interval
 from ipcpool.status import build_status
+from ipcpool.tally import UNKNOWN, Labels, PoolMetrics, Scrape
 from ipcpool.transport import make_source
 from ipcpool.waitset import READABLE, WRITABLE, Waitable, WaitSet
 from ipcpool.worker import SLOT_ACK_HOLDS, nack_body
@@ -83,21 +99,20 @@ RETRY_UNAVAILABLE = 1.0  # seconds before a message a worker could not read (its
 DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGXCPU, signal.SIGXFSZ, signal.SIGALRM,
                  signal.SIGVTALRM, signal.SIGPROF)
 STOP_NOW_SIGNALS = (signal.SIGQUIT,)
+POOL_SIGNALS = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)  # reload, one worker more, one fewer
 IGNORED_SIGNALS = {
-    signal.SIGHUP: "there is no reload yet: the config is read at start, restart to apply a change",
     signal.SIGUSR1: "no action is bound to it",
     signal.SIGUSR2: "no action is bound to it",
-    signal.SIGTTIN: "no action is bound to it",
-    signal.SIGTTOU: "no action is bound to it",
 }
-PLANNED_STOPS = (StopReason.RECYCLE, StopReason.DRAIN, StopReason.TERMINATED)
+PLANNED_STOPS = (StopReason.RECYCLE, StopReason.DRAIN, StopReason.TERMINATED, StopReason.RELOAD, StopReason.RESIZE)
 
 
 class Supervisor:
     def __init__(self, config: Config, *, clock: Any = time.monotonic,
                  handlers: dict[str, Any] | None = None, lock_fd: int | None = None,
-                 on_started: Any = None) -> None:
+                 on_started: Any = None, reread: Callable[[], Config] | None = None) -> None:
         self.config = config
+        self._reread = reread  # SIGHUP: the config file again, with the command line's overrides
         self.handler_objects = handlers
         self.clock = clock
         self.local = LocalRoot(config.spool.root)
@@ -112,6 +127,13 @@ class Supervisor:
         self.external: dict[tuple[str, str], dict[str, Any]] = {}
         self.totals = {"handled": 0, "failed": 0, "duplicates": 0, "poisoned": 0, "requeued": 0}
         self.returned = 0  # messages put back since the drain began
+        self.metrics = PoolMetrics(Labels(config))  # /metrics' counters, added up from the workers' reports
+        self.probe = LoopProbe(self._wake)  # the HTTP thread's questions, answered between two steps
+        self.http: ProbeServer | None = None
+        self.generation = 0  # the config the workers run; a reload's new workers carry the next one
+        self._generations = itertools.count(1)
+        self.reloading: Reload | None = None
+        self.reloads = ReloadLog()
         self._signals: deque[int] = deque()
         self._seq = 0
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -131,6 +153,8 @@ class Supervisor:
         self.next_status = 0.0
         self.next_renew = 0.0
         self.next_housekeeping = 0.0
+        self.watchdog = watchdog_interval()  # systemd's WatchdogSec=, halved; None when not asked
+        self.next_watchdog = 0.0
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -146,6 +170,9 @@ class Supervisor:
         else:
             self.local.record_lock_owner(self._lock_fd)
         try:
+            if self.config.http.listen:  # a taken port stops the start before any worker runs
+                self.http = ProbeServer(self.config.http, self.probe)
+                self.http.start()
             self.boot()
             while self.state in ("running", "draining"):
                 try:
@@ -228,6 +255,8 @@ class Supervisor:
         except OSError as exc:
             log.error("cannot write the final status.json: %s", exc)
         self.source.close()
+        if self.http is not None:
+            self.http.close()
         log.info("Enhanced IPC system stopped (%s)", self.halt_reason or "drained")
         self._waitset.close()
         if self._lock_fd is not None:
@@ -269,6 +298,8 @@ class Supervisor:
         self.spawn_missing_workers(now)
         self.dispatch()
         self.run_timers(now)
+        if self.probe.asked():
+            self.probe.answer(self.answer_probe)
 
     def _wake(self) -> None:
         """A watcher thread has news for the loop (thread-safe: one byte into the wake-up pipe)."""
@@ -288,7 +319,7 @@ class Supervisor:
         def record(signum: int, _frame: Any) -> None:
             self._signals.append(signum)  # only record: the loop acts on it
 
-        for signum in (*DRAIN_SIGNALS, *STOP_NOW_SIGNALS, *IGNORED_SIGNALS):
+        for signum in (*DRAIN_SIGNALS, *STOP_NOW_SIGNALS, *POOL_SIGNALS, *IGNORED_SIGNALS):
             signal.signal(signum, record)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
 
@@ -298,6 +329,13 @@ class Supervisor:
             name = signal.Signals(signum).name
             if signum in IGNORED_SIGNALS:
                 log.warning("received %s: ignored (%s)", name, IGNORED_SIGNALS[signal.Signals(signum)])
+            elif signum in POOL_SIGNALS:
+                if self.state != "running":
+                    log.warning("received %s while %s: ignored", name, self.state)
+                elif signum == signal.SIGHUP:
+                    self.begin_reload()
+                else:
+                    self.resize(self.pool_size + (1 if signum == signal.SIGTTIN else -1))
             elif signum in STOP_NOW_SIGNALS or (self.state == "draining" and signum == signal.SIGINT):
                 log.warning("received %s%s: stopping now; held messages go back to messages/",
                             "a second " if signum == signal.SIGINT else "", name)
@@ -311,6 +349,7 @@ class Supervisor:
                 log.info("received %s again: the drain goes on (SIGINT or SIGQUIT stops now)", name)
 
     def begin_drain(self) -> None:
+        notify("STOPPING=1", "STATUS=draining")
         self.state = "draining"
         self.drain_deadline = self.clock() + self.config.pool.shutdown_grace
         for worker in self.workers:
@@ -336,6 +375,8 @@ class Supervisor:
         if kind == "done":
             for seq, outcome, info in message[1]:
                 self.on_done(worker, seq, outcome, info)
+            if message[2] is not None:
+                self.metrics.absorb(message[2])
         elif kind == "hb":
             worker.last_heartbeat = now
             worker.current_message = message[1].get("payload", {}).get("currentMessage")
@@ -350,6 +391,7 @@ class Supervisor:
             if worker.stop_reason is None:
                 log.info("recycling worker pid=%d after %d tasks", worker.pid, message[1])
                 worker.stop_reason = StopReason.RECYCLE
+                worker.restart_reason = "recycle-tasks"
                 worker.state = WorkerState.STOPPING
                 worker.stop_by = self.clock() + self.config.pool.shutdown_grace
         elif kind == "ready":
@@ -366,7 +408,7 @@ class Supervisor:
         if delivery is None:
             return
         if outcome == "unsettled":  # not decodable yet, and still changing: back, and offered when settled
-            self._requeue(delivery, counted=False, later=self.config.spool.settle_time)
+            self._requeue(delivery, counted=False, later=self.config.spool.settle_time, returned=False)
         elif outcome == "returned":  # never started: the worker is stopping, or the transport was away
             self._requeue(delivery, counted=False, later=RETRY_UNAVAILABLE if info else 0.0)
         else:
@@ -441,6 +483,7 @@ class Supervisor:
             max_tasks += random.randint(0, max_tasks // 10)  # up to 10%: none below 10 tasks
         worker = spawn_worker(self._ctx, self.config, slot, os.getpid(), now, self.handler_objects, inherited,
                               max_tasks)
+        worker.generation = self.generation
         if self._holds_acks:
             worker.shared[SLOT_ACK_HOLDS] = 1.0
         self.workers.append(worker)
@@ -453,7 +496,7 @@ class Supervisor:
         probing = self.boot_failures > 0
         if probing and any(w.state is WorkerState.STARTING for w in self.workers):
             return
-        occupied = {w.slot for w in self.workers}
+        occupied = {w.slot for w in self.workers if w.generation == self.generation and w.stop_reason is None}
         for slot in range(self.pool_size):
             if slot not in occupied and now >= self.next_spawn[slot]:
                 self.spawn(slot, now)
@@ -488,10 +531,16 @@ class Supervisor:
                 if code == EXIT_WORKER_GRACE:
                     why += ", shutdown grace ran out mid-handler"
                 log.info("worker stopped pid=%d slot=%d (%s, %s)", worker.pid, worker.slot, why, how)
+                if worker.restart_reason is not None:
+                    self.metrics.restart(worker.restart_reason)
                 self._release_held(worker, blame=False)
                 self.next_spawn[worker.slot] = now
             elif was_starting and _is_boot_failure(code, reason):
-                self.on_boot_failure(worker, how, now)
+                if self.reloading is not None and worker.generation == self.reloading.generation:
+                    self._release_held(worker, blame=False)
+                    self.abort_reload(f"a new worker failed to boot: {(worker.boot_error or how).strip()}")
+                else:
+                    self.on_boot_failure(worker, how, now)
             elif code == 0 and reason is None and worker.current()[0] is None:
                 log.info("worker stopped by itself pid=%d slot=%d (%s: SIGTERM while idle?); replacing it",
                          worker.pid, worker.slot, how)
@@ -511,6 +560,7 @@ class Supervisor:
 
     def on_boot_failure(self, worker: WorkerHandle, how: str, now: float) -> None:
         self.boot_failures += 1
+        self.metrics.restart("boot")
         self._release_held(worker, blame=False)
         detail = (worker.boot_error or how).strip()
         limit = self.config.pool.max_boot_failures
@@ -531,6 +581,8 @@ class Supervisor:
         elif reason is StopReason.HUNG:
             how = f"killed after missing heartbeats; {how}"
         log.error("worker died pid=%d slot=%d: %s; restarting", worker.pid, worker.slot, how)
+        self.metrics.restart("timeout" if reason is StopReason.TIMEOUT else "hung" if reason is StopReason.HUNG
+                             else "crash")
         slot = worker.slot
         self.restarts[slot] += 1
         self._release_held(worker, blame=True, how=how)
@@ -551,8 +603,11 @@ class Supervisor:
             else:
                 self._requeue(delivery)
 
-    def _requeue(self, delivery: Delivery, *, counted: bool = True, later: float = 0.0) -> None:
+    def _requeue(self, delivery: Delivery, *, counted: bool = True, later: float = 0.0,
+                 returned: bool = True) -> None:
         self.source.requeue(delivery.group, delivery.name, later=later, counted=counted)
+        if returned:  # not a file still being written (unsettled): that one was never a delivery
+            self.metrics.count(delivery.group, UNKNOWN, "returned")  # not read here: its type is not known
         if counted:
             self.totals["requeued"] += 1
         if self.state != "running":
@@ -574,8 +629,9 @@ class Supervisor:
                   "deliveries": history}
         if self.source.quarantine(group, ref, record, nack_body(group, record, summary, "poisoned")):
             log.error("Poison message moved to errors/ id=%s type=%s group=%s file=%s after %d deliveries",
-                      summary.id, summary.type, group, ref, len(history))
+                      summary.id, summary.type, group, ref, len(history), extra={"outcome": "poisoned"})
             self.totals["poisoned"] += 1
+            self.metrics.count(group, summary.type, "poisoned")
 
     def kill_stale_workers(self, now: float) -> None:
         pool = self.config.pool
@@ -637,6 +693,85 @@ class Supervisor:
                 log.warning("recycling worker pid=%d: RSS %.0f MB is over max_memory_mb %d",
                             worker.pid, worker.reading.rss_mb, limit_mb)
                 self.stop_worker(worker, StopReason.RECYCLE)
+                worker.restart_reason = "recycle-memory"
+
+    # -- reload and resizing (gunicorn's SIGHUP, SIGTTIN, SIGTTOU) ------------------------------------------
+
+    def begin_reload(self) -> None:
+        """SIGHUP: new workers on the re-read config; the old ones exit once every new one is ready."""
+        if self.reloading is not None:
+            log.warning("received SIGHUP during a reload: ignored (the reload in progress goes on)")
+            return
+        notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        if self._reread is None:
+            self.finish_reload(False, "no config file to re-read (started from the API)")
+            return
+        try:
+            new = self._reread()
+        except ConfigError as exc:
+            self.finish_reload(False, str(exc))
+            return
+        refused = restart_only_change(self.config, new)
+        if refused is not None:
+            self.finish_reload(False, f"{self.config.path}: {refused}")
+            return
+        self.reloading = Reload(next(self._generations), self.config, self.generation)
+        self.config, self.generation = new, self.reloading.generation
+        self.metrics.labels = Labels(new)
+        self._resize_slots(new.pool.workers)
+        setup_logging(new.log.format)
+        log.info("received SIGHUP: reloading %s; starting %d workers on it (generation %d)", new.path,
+                 new.pool.workers, self.generation)
+
+    def check_reload(self) -> None:
+        """Every new worker ready: the old generation finishes what it holds and exits."""
+        if self.reloading is None:
+            return
+        new = [w for w in self.workers if w.generation == self.generation and w.stop_reason is None]
+        if len(new) < self.pool_size or any(w.state is not WorkerState.READY for w in new):
+            return
+        for worker in self.workers:
+            if worker.generation != self.generation and worker.stop_reason is None:
+                self.stop_worker(worker, StopReason.RELOAD)
+        self.finish_reload(True, f"{self.pool_size} workers on the new config (generation {self.generation})")
+
+    def abort_reload(self, reason: str) -> None:
+        """A new worker could not boot: the new generation goes, the old pool and config stay."""
+        reloading = self.reloading
+        assert reloading is not None
+        for worker in self.workers:
+            if worker.generation == reloading.generation and worker.stop_reason is None:
+                self.stop_worker(worker, StopReason.RELOAD)
+        self.config, self.generation = reloading.previous, reloading.previous_generation
+        self.metrics.labels = Labels(self.config)
+        self._resize_slots(self.config.pool.workers)
+        self.finish_reload(False, reason)
+
+    def finish_reload(self, ok: bool, reason: str) -> None:
+        self.reloading = None
+        self.reloads.record(ok, reason)
+        self.next_status = 0.0  # `ipcpool reload` is waiting for the outcome in status.json
+        if ok:
+            log.info("reload done: %s", reason)
+        else:
+            log.error("reload failed, the running pool and its config stay: %s", reason)
+        notify("READY=1", f"STATUS=reload {'done' if ok else 'failed'}: {reason.splitlines()[0]}")
+
+    def resize(self, size: int) -> None:
+        """SIGTTIN / SIGTTOU: one worker more or fewer (never none); a reload goes back to [pool] workers."""
+        if size < 1:
+            log.warning("received SIGTTOU with one worker left: ignored (a pool keeps at least one)")
+            return
+        log.info("resizing the pool: %d -> %d workers", self.pool_size, size)
+        self._resize_slots(size)
+        for worker in self.workers:
+            if worker.slot >= size and worker.stop_reason is None:
+                self.stop_worker(worker, StopReason.RESIZE)
+
+    def _resize_slots(self, size: int) -> None:
+        self.pool_size = size
+        for per_slot in (self.restarts, self.next_spawn, self.crash_streak):
+            per_slot.extend([0] * (size - len(per_slot)))
 
     def halt(self, code: int, reason: str) -> None:
         log.error("supervisor halting: %s", reason)
@@ -650,10 +785,12 @@ class Supervisor:
         if self.state == "draining" and not self.workers:
             self.state = "stopped"
             return
+        self.check_reload()
         if self.state == "running" and not self.announced and self._all_ready():
             self.announced = True
             log.info("Enhanced IPC system started root=%s groups=%s workers=%d",
                      self.local.root, ",".join(sorted(self.source.stats()["groups"])), len(self.workers))
+            notify("READY=1", f"STATUS={len(self.workers)} workers ready")
             if self._on_started is not None:
                 self._on_started()
         holds = bool(getattr(self.source, "holds_acks", False))
@@ -661,6 +798,9 @@ class Supervisor:
             self._holds_acks = holds
             for worker in self.workers:  # their ack checks then also look for messages held for their acks
                 worker.shared[SLOT_ACK_HOLDS] = 1.0 if holds else 0.0
+        if self.watchdog is not None and now >= self.next_watchdog:
+            self.next_watchdog = now + self.watchdog
+            notify("WATCHDOG=1")  # from the loop itself: a stuck loop stops sending it
         if now >= self.next_renew:
             self.next_renew = now + self.config.heartbeat.interval
             self.source.renew([(d.group, d.name) for w in self.workers for d in w.held.values()])
@@ -691,11 +831,37 @@ class Supervisor:
 
     # -- status --------------------------------------------------------------------
 
+    def answer_probe(self, lag: float) -> Answer:
+        """An HTTP probe's question (/metrics, /healthz, /readyz), answered from the loop thread."""
+        status = build_status(self, self.clock())
+        ready, reason = self.readiness(status)
+        return Answer(Scrape(self.metrics.snapshot(), status, lag), ready, reason)
+
+    def readiness(self, status: dict[str, Any]) -> tuple[bool, str]:
+        """Ready means: running, every worker booted once, one ready now, the transport reachable."""
+        ready = sum(1 for w in self.workers if w.state is WorkerState.READY)
+        if self.state != "running":
+            return False, f"the supervisor is {self.state}"
+        if not self.announced:
+            return False, f"workers are booting ({ready} of {self.pool_size} ready)"
+        if not ready:
+            return False, f"no worker is ready (0 of {self.pool_size}; being replaced)"
+        transport = status.get("spool") or {}
+        if transport.get("redisDown"):
+            return False, transport.get("error") or "Redis is unreachable"
+        if self.source.backend == "spool" and not os.path.isdir(self.config.spool.root):
+            return False, f"the spool root {self.config.spool.root} is gone"
+        return True, f"{ready} of {self.pool_size} workers ready"
+
     def write_status(self, now: float) -> None:
         status = build_status(self, now)
         write_status(self.local.root, status, mode=0o600 if self.config.spool.mode == "private" else 0o640)
         if self.state not in ("stopped", "halted", "failed"):
             self.source.announce(status)  # a transport shared by hosts shows every supervisor
+        if self.announced and self.state == "running" and self.reloading is None:
+            totals = status["totals"]
+            notify(f"STATUS={sum(1 for w in status['workers'] if w['state'] in ('ready', 'busy'))} workers, "
+                   f"{totals['queued']} queued, {totals['inflight']} in flight, {totals['handled']} handled")
 
 
 def _is_boot_failure(code: int | None, reason: StopReason | None) -> bool:

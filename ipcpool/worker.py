@@ -5,7 +5,7 @@ the handlers once (a failure is reported and ends the process with
 EXIT_WORKER_BOOT), then loops::
 
     supervisor --("run", [(seq, group, name, deliveries), ...])--> worker
-    worker --("done", [(seq, outcome, info), ...])--> supervisor
+    worker --("done", [(seq, outcome, info), ...], tally delta)--> supervisor  (the delta: /metrics' counts)
     worker --("hb", heartbeat envelope)--> supervisor      (heartbeat thread)
     worker --("retiring", tasks done)--> supervisor        (max_tasks reached; then it exits 0)
 
@@ -73,6 +73,7 @@ from ipcpool.message import (
     to_message,
 )
 from ipcpool.retry import handler_retrying
+from ipcpool.tally import Labels, Tally
 from ipcpool.transport import make_store
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,12 @@ class Outcome(enum.StrEnum):
     UNSETTLED = "unsettled"  # not decodable yet and still changing: back to messages/ later
     RETURNED = "returned"  # never started: the worker is stopping; back to messages/
     VANISHED = "vanished"  # the claimed file was gone
+
+
+# The outcomes a worker counts for /metrics, under their metric names (an outside
+# heartbeat was handled; unsettled, returned and vanished are not finished).
+_TALLIED = {Outcome.HANDLED: "handled", Outcome.DUPLICATE: "duplicate", Outcome.HEARTBEAT: "handled",
+            Outcome.FAILED: "failed", Outcome.INVALID: "invalid"}
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,10 @@ class Worker:
         self._allowed = {g: set(c.allowed_types) for g, c in spec.config.groups.items() if c.allowed_types}
         self._record_heartbeats = not handlers.has(_HEARTBEAT)  # outside processes' heartbeats: recorded, not handled
         self._pid = os.getpid()
+        # Counts for /metrics, sent with the results (workers serve no metrics themselves).
+        self.tally = Tally(Labels(spec.config))
+        self._last_type: str | None = None  # the finished delivery's type and handler time, for the tally
+        self._last_seconds: float | None = None
         # Report results once half the prefetch is done, so the supervisor refills
         # this worker's queue before it runs dry: claims overlap with handling.
         self._report_every = max(1, spec.config.pool.prefetch // 2)
@@ -168,7 +179,7 @@ class Worker:
             self._settle_completions()
         if self._done:
             batch, self._done = self._done, []
-            self.send(("done", batch))
+            self.send(("done", batch, self.tally.take()))
 
     # -- main loop ---------------------------------------------------------------------
 
@@ -204,6 +215,8 @@ class Worker:
             if outcome is Outcome.HANDLED:
                 self._unsettled[(group, name)] = len(self._done)
             self._done.append((seq, outcome.value, info))
+            if outcome in _TALLIED:
+                self.tally.record(group, self._last_type, _TALLIED[outcome], self._last_seconds)
             if self._max_tasks and self.handled + self.failed >= self._max_tasks and not self._stopping:
                 self._stopping = self._retiring = True
             if len(self._done) >= self._report_every:
@@ -261,6 +274,7 @@ class Worker:
         shared[SLOT_STARTED] = time.monotonic()
         self._current = (group, name, time.time())
         self._seq = seq
+        self._last_type = self._last_seconds = None
         try:
             result = self._process(group, name, deliveries)
             self._transport_down = False
@@ -310,11 +324,12 @@ class Worker:
 
     def _dispatch(self, message: Message, name: str, token: Any) -> tuple[Outcome, Any]:
         store, group = self.store, message.group
+        self._last_type = message.type
         ack = message.id if message.requires_ack else None
         if ack is not None and store.is_acked(group, ack, holds=bool(self.shared[SLOT_ACK_HOLDS])):
             store.complete_duplicate(group, name, ack, token)
             log.info("Duplicate IPC message skipped (already acked) id=%s group=%s type=%s",
-                     message.id, group, message.type)
+                     message.id, group, message.type, extra={"outcome": "duplicate"})
             return Outcome.DUPLICATE, None
         if message.type == _HEARTBEAT and self._record_heartbeats:
             return self._record_heartbeat(message, name, token)
@@ -345,8 +360,10 @@ class Worker:
                             raise first
                         response = self._run_handler(handler, message)
         except BaseException as exc:  # noqa: BLE001 - a handler may raise anything, SystemExit included
-            return self._fail(message, name, exc, attempts, (time.perf_counter() - started) * 1000)
-        elapsed_ms = (time.perf_counter() - started) * 1000
+            self._last_seconds = time.perf_counter() - started
+            return self._fail(message, name, exc, attempts, self._last_seconds * 1000)
+        self._last_seconds = time.perf_counter() - started
+        elapsed_ms = self._last_seconds * 1000
         # The reply before the ack: a redelivery after a crash between the two
         # is deduplicated by the ack, so the ack must be the last word.
         if message.reply_to:
@@ -355,7 +372,7 @@ class Worker:
         info = self._finish(group, name, message.id, ack, token)
         if self._log_messages:
             log.info("IPC message handled id=%s group=%s type=%s in %.1f ms", message.id, group, message.type,
-                     elapsed_ms)
+                     elapsed_ms, extra={"outcome": "handled", "duration_ms": round(elapsed_ms, 3)})
         return Outcome.HANDLED, info
 
     def _finish(self, group: str, ref: str, message_id: str, ack: str | None, token: Any) -> Any:
@@ -452,7 +469,8 @@ class Worker:
         self.failed += 1
         reason = f"handler raised {type(exc).__name__}: {exc}"
         log.error("IPC handler failed after %d attempt(s) id=%s group=%s type=%s in %.1f ms: %s",
-                  attempts, message.id, message.group, message.type, elapsed_ms, reason)
+                  attempts, message.id, message.group, message.type, elapsed_ms, reason,
+                  extra={"outcome": "failed", "duration_ms": round(elapsed_ms, 3)})
         record = {
             "id": message.id, "type": message.type, "reason": reason,
             "exception": {"type": type(exc).__name__, "message": str(exc), "traceback": handler_traceback(exc)},
@@ -472,8 +490,9 @@ class Worker:
 
     def _reject(self, group: str, name: str, reason: str, summary: Summary) -> tuple[Outcome, Any]:
         self.failed += 1
+        self._last_type = summary.type
         log.warning("IPC message rejected id=%s group=%s type=%s file=%s: %s",
-                    summary.id, group, summary.type, name, reason)
+                    summary.id, group, summary.type, name, reason, extra={"outcome": "invalid"})
         record = {"id": summary.id, "type": summary.type, "reason": reason, "attempts": 0, "workerPid": self._pid}
         return Outcome.INVALID, self._quarantine(group, name, record, summary, "rejected")
 
@@ -671,7 +690,7 @@ def worker_main(spec: WorkerSpec) -> None:
         _close_quietly(fd)
     from ipcpool.logs import setup_logging
 
-    setup_logging()
+    setup_logging(spec.config.log.format)
     proctitle.Title().set(proctitle.worker(spec.slot, None, "starting"))
     os.umask(0o077 if spec.config.spool.mode == "private" else 0o007)
     try:

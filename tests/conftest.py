@@ -246,6 +246,26 @@ def redis_prefix() -> str:
     return f"t{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture(params=["spool", "redis"])
+def backend(request: pytest.FixtureRequest) -> dict[str, dict[str, Any]]:
+    """The config sections that choose the transport (Redis: the shared server, a prefix of this test's)."""
+    if request.param == "spool":
+        return {}
+    server = request.getfixturevalue("redis_server")
+    return {"transport": {"backend": "redis"},
+            "redis": {"url": server.url, "prefix": request.getfixturevalue("redis_prefix"), "lease": 3.0}}
+
+
+def backend_config(tmp_path: Path, root: Path, backend: dict[str, dict[str, Any]],
+                   **sections: dict[str, Any]) -> Path:
+    """``write_config`` with the ``backend`` fixture's sections merged under ``sections``."""
+    merged = {name: dict(values) for name, values in backend.items()}
+    for name, values in sections.items():
+        merged.setdefault(name, {}).update(values)
+    return write_config(tmp_path / "c.toml", root, sections=merged,
+                        handlers={"task": "recorder:record", "legacy": "recorder:record"})
+
+
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of this test's own, for tests that kill, restart or reconfigure it."""

@@ -424,4 +424,24 @@ def test_prod_config_matches_the_documented_defaults():
         == defaults.spool
     assert config.spool.inboxes == ("messages", "tasks")
     assert config.log == defaults.log
+    assert config.http == defaults.http
     assert config.groups["group1"].allowed_types == ("task", "command", "heartbeat")
+
+
+@pytest.mark.parametrize("table, key, problem", [
+    ({"http": {"listen": "9464"}}, "[http] listen", 'must be "host:port"'),
+    ({"http": {"listen": "127.0.0.1:70000"}}, "[http] listen", "the port must be a number from 0 to 65535"),
+    ({"http": {"loop_timeout": 0}}, "[http] loop_timeout", "must be"),
+    ({"log": {"format": "yaml"}}, "[log] format", "must be one of 'text', 'json'"),
+])
+def test_http_and_log_keys_are_checked(table, key, problem):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(table, "c.toml", environ={})
+    assert str(caught.value).startswith(f"c.toml: {key} ") and problem in str(caught.value)
+
+
+def test_a_listen_address_takes_ipv6_brackets():
+    from ipcpool.config import parse_listen
+
+    assert parse_listen("[::1]:9464") == ("::1", 9464)
+    assert parse_listen("0.0.0.0:0") == ("0.0.0.0", 0)

@@ -144,14 +144,15 @@ def test_the_forkserver_dying_alone_costs_nothing(tmp_path, root, supervisor_fac
     assert sup.stop() == 0
 
 
-def test_sighup_and_other_signals_are_logged_and_ignored(tmp_path, root, supervisor_factory):
+def test_stray_signals_are_logged_and_ignored_and_a_group_sighup_reloads(tmp_path, root, supervisor_factory):
     config = write_config(tmp_path / "c.toml", root)
     sup = supervisor_factory(config)
-    for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+    for signum in (signal.SIGUSR1, signal.SIGUSR2):
         sup.signal(signum)
         name = signal.Signals(signum).name
         wait_until(lambda name=name: f"received {name}: ignored" in sup.log(), message=f"{name} logged")
-    os.killpg(sup.pid, signal.SIGHUP)  # a closed terminal: the whole group
+    os.killpg(sup.pid, signal.SIGHUP)  # a closed terminal, the whole group: workers ignore it, the pool reloads
+    wait_until(lambda: "reload done" in sup.log(), 30, message="the reload")
     client = Client(root, "main")
     message_id = client.send("main", "task", {"n": 1}, requires_ack=True)
     wait_until(lambda: (root / "main" / "acks" / f"{message_id}.ack").exists(), 30, message="still handling")

@@ -10,32 +10,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import backend_config as _config
 from conftest import ipcpool_cli, records, wait_until, write_config
 
 from ipcpool import Client, MessageFailed, MessageRejected
 from ipcpool.config import load_config
-
-
-@pytest.fixture(params=["spool", "redis"])
-def backend(request: pytest.FixtureRequest) -> dict[str, dict[str, Any]]:
-    """The config sections that choose the transport (Redis: the shared server, a prefix of this test's)."""
-    if request.param == "spool":
-        return {}
-    server = request.getfixturevalue("redis_server")
-    return {"transport": {"backend": "redis"},
-            "redis": {"url": server.url, "prefix": request.getfixturevalue("redis_prefix"), "lease": 3.0}}
-
-
-def _config(tmp_path: Path, root: Path, backend: dict[str, dict[str, Any]], **sections: dict[str, Any]) -> Path:
-    merged = {name: dict(values) for name, values in backend.items()}
-    for name, values in sections.items():
-        merged.setdefault(name, {}).update(values)
-    return write_config(tmp_path / "c.toml", root, sections=merged,
-                        handlers={"task": "recorder:record", "legacy": "recorder:record"})
 
 
 def test_messages_flow_acked_once_each(tmp_path, root, backend, supervisor_factory):

@@ -253,6 +253,10 @@ class RedisSource:
         except (*UNAVAILABLE, redis.exceptions.ResponseError):
             replies = []
         now_ms = time.time() * 1000
+        buffered = dict.fromkeys(names, 0)  # taken from the stream by this supervisor, not handed out yet
+        for group, _ref in (*self.queue, *self.later):
+            if group in buffered:
+                buffered[group] += 1
         for n, group in enumerate(names):
             if not replies:
                 groups[group] = {"queued": 0, "errors": 0, "oldestQueuedAge": None}
@@ -263,7 +267,7 @@ class RedisSource:
             if first:
                 oldest = round(max(0.0, now_ms - int(_text(first[0][0]).split("-", 1)[0])) / 1000, 3)
             groups[group] = {"queued": max(0, depth - count), "pending": count, "errors": dead,
-                             "oldestQueuedAge": oldest}
+                             "oldestQueuedAge": oldest, "buffered": buffered[group]}
         trouble = {"full": False, "stranded": len(self.pending_work), "ackHolds": 0,
                    "error": f"Redis is unreachable since {round(time.monotonic() - self.outage.since, 1)}s"
                    if self.outage.since is not None else None,

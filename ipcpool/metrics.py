@@ -1,0 +1,104 @@
+"""/metrics: one snapshot of the supervisor's counts and status, in Prometheus's text format.
+
+The counting happens in ``ipcpool.tally``; this module only renders (and,
+for tests and the live view, parses), and is the one that imports
+prometheus_client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from ipcpool.tally import BUCKETS, WORKER_STATES, Scrape
+
+
+class _Collector:
+    def __init__(self, scrape: Scrape) -> None:
+        self.scrape = scrape
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(families(self.scrape))
+
+
+def render(scrape: Scrape) -> bytes:
+    """The text exposition format of one scrape."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(scrape))  # type: ignore[arg-type]
+    return generate_latest(registry)
+
+
+def families(scrape: Scrape) -> list[Metric]:
+    metrics, status = scrape.metrics, scrape.status
+    labels = metrics.labels
+    messages = CounterMetricFamily("ipcpool_messages", "Messages finished, by group, type and outcome.",
+                                   labels=["group", "type", "outcome"])
+    for (group, type_, outcome), n in sorted(metrics.outcomes.items()):
+        messages.add_metric([group, type_, outcome], n)
+    duration = HistogramMetricFamily("ipcpool_handler_duration_seconds",
+                                     "Handler run time (every attempt of a delivery), by group and type.",
+                                     labels=["group", "type"])
+    for (group, type_), row in sorted(metrics.durations.items()):
+        cumulative, buckets = 0.0, []
+        for bound, n in zip((*[str(b) for b in BUCKETS], "+Inf"), row[:-1], strict=True):
+            cumulative += n
+            buckets.append((bound, cumulative))
+        duration.add_metric([group, type_], buckets, row[-1])
+    depth = GaugeMetricFamily("ipcpool_queue_depth", "Messages waiting in the queue, by group.", labels=["group"])
+    inflight = GaugeMetricFamily("ipcpool_in_flight", "Messages handed to workers (running or prefetched), by group.",
+                                 labels=["group"])
+    oldest = GaugeMetricFamily("ipcpool_oldest_queued_age_seconds",
+                               "Age of the oldest waiting message, by group (0 when none waits).", labels=["group"])
+    errors = GaugeMetricFamily("ipcpool_dead_letters", "Messages in the group's errors/ (dead letters).",
+                               labels=["group"])
+    folded: dict[str, list[float]] = {}
+    for name, group in status.get("groups", {}).items():
+        row = folded.setdefault(labels.group(name), [0.0, 0.0, 0.0, 0.0])
+        row[0] += (group.get("queued") or 0) + (group.get("buffered") or 0)  # Redis: read ahead, not handed out
+        row[1] += (group.get("held") or 0) + (group.get("running") or 0)
+        row[2] = max(row[2], group.get("oldestQueuedAge") or 0.0)
+        row[3] += group.get("errors") or 0
+    for name, (queued, held, age, dead) in sorted(folded.items()):
+        depth.add_metric([name], queued)
+        inflight.add_metric([name], held)
+        oldest.add_metric([name], age)
+        errors.add_metric([name], dead)
+    workers = GaugeMetricFamily("ipcpool_workers", "Worker processes, by state.", labels=["state"])
+    states = dict.fromkeys(WORKER_STATES, 0)
+    for worker in status.get("workers", []):
+        states[worker["state"]] = states.get(worker["state"], 0) + 1
+    for state, n in states.items():
+        workers.add_metric([state], n)
+    restarts = CounterMetricFamily("ipcpool_worker_restarts", "Workers replaced, by reason.", labels=["reason"])
+    for reason, n in sorted(metrics.restarts.items()):
+        restarts.add_metric([reason], n)
+    transport = status.get("spool") or {}
+    holds = GaugeMetricFamily("ipcpool_ack_holds",
+                              "Handled messages whose ack could not be written yet (kept, acked when it can be).")
+    holds.add_metric([], transport.get("ackHolds") or 0)
+    lag = GaugeMetricFamily("ipcpool_loop_lag_seconds", "How long the supervisor loop took to answer this scrape.")
+    lag.add_metric([], scrape.loop_lag)
+    up = GaugeMetricFamily("ipcpool_transport_up", "1 when the transport (spool folder or Redis) is reachable.")
+    up.add_metric([], 0 if transport.get("redisDown") else 1)
+    return [messages, duration, depth, inflight, oldest, errors, workers, restarts, holds, lag, up]
+
+
+def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Samples of a scrape by (name, sorted labels): for tests and the live view."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+          **match: str) -> float:
+    """The sum of a metric's samples whose labels include ``match``."""
+    return sum(v for (n, labels), v in samples.items()
+               if n == name and all(dict(labels).get(k) == want for k, want in match.items()))
+
