@@ -180,7 +180,7 @@ def test_readyz_fails_while_redis_is_away_and_recovers(tmp_path, root, private_r
     private_redis.kill()
     wait_until(lambda: get(address, "/readyz")[0] == 503, 30, message="not ready without Redis")
     code, body, _ = get(address, "/readyz")
-    assert "Redis is unreachable" in json.loads(body)["reason"]
+    assert code == 503 and "Redis is unreachable" in json.loads(body)["reason"]
     assert get(address, "/healthz")[0] == 200, "the loop itself is alive"
     assert total(scrape(address), "ipcpool_transport_up") == 0
     private_redis.restart()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import write_config
+from conftest import backend_config, write_config
 
 from ipcpool import Client, MessageFailed, MessageRejected
 
 
-def test_every_line_is_json_with_the_message_fields(tmp_path, root, supervisor_factory):
-    config = write_config(tmp_path / "c.toml", root, sections={"log": {"format": "json"}})
+def test_every_line_is_json_with_the_message_fields(tmp_path, root, backend, supervisor_factory):
+    config = backend_config(tmp_path, root, backend, log={"format": "json"})
     sup = supervisor_factory(config)
     with Client.from_config(config) as client:
         handled = client.send_and_wait("main", "task", {"n": 1})

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import write_config
+from conftest import backend_config, write_config
 
 from ipcpool import Client
 
@@ -60,8 +60,8 @@ class Terminal:
 
 
 def test_top_shows_workers_and_groups_says_when_the_supervisor_is_gone_and_ends_on_ctrl_c(
-        tmp_path, root, env, supervisor_factory):
-    config = write_config(tmp_path / "c.toml", root, groups=["main", "other"])
+        tmp_path, root, env, backend, supervisor_factory):
+    config = backend_config(tmp_path, root, backend, spool={"groups": ["main", "other"]})
     sup = supervisor_factory(config)
     gate = tmp_path / "gate"
     with Client.from_config(config) as client:

@@ -8,7 +8,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from conftest import write_config
+from conftest import backend_config, write_config
 
 
 class NotifySocket:
@@ -33,13 +33,13 @@ class NotifySocket:
         self.sock.close()
 
 
-def test_ready_status_watchdog_reloading_and_stopping(tmp_path, root, env, supervisor_factory):
+def test_ready_status_watchdog_reloading_and_stopping(tmp_path, root, env, backend, supervisor_factory):
     path = Path(tempfile.mkdtemp(prefix="sd-")) / "notify"  # short: a socket path has 107 bytes at most
     notify = NotifySocket(path)
     env["NOTIFY_SOCKET"] = str(path)
     env["WATCHDOG_USEC"] = "400000"  # WatchdogSec=0.4s: a ping every 0.2 s from the loop
     try:
-        config = write_config(tmp_path / "c.toml", root)
+        config = backend_config(tmp_path, root, backend)
         sup = supervisor_factory(config, wait_ready=False)
         ready = notify.expect("READY=1")
         assert "STATUS=2 workers ready" in ready
