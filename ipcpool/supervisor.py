@@ -538,7 +538,12 @@ class Supervisor:
             elif was_starting and _is_boot_failure(code, reason):
                 if self.reloading is not None and worker.generation == self.reloading.generation:
                     self._release_held(worker, blame=False)
-                    self.abort_reload(f"a new worker failed to boot: {(worker.boot_error or how).strip()}")
+                    detail = (worker.boot_error or how).strip()
+                    log.error("a worker of the reloaded config failed to boot pid=%d slot=%d (%s): %s",
+                              worker.pid, worker.slot, how, detail)
+                    # Named as `ipcpool check` names it: the file, [handlers], the problem.
+                    self.abort_reload(f"a new worker failed to boot: {self.config.path}: [handlers] "
+                                      f"{detail.splitlines()[0]}")
                 else:
                     self.on_boot_failure(worker, how, now)
             elif code == 0 and reason is None and worker.current()[0] is None:
