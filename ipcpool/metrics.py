@@ -78,11 +78,15 @@ def families(scrape: Scrape) -> list[Metric]:
     holds = GaugeMetricFamily("ipcpool_ack_holds",
                               "Handled messages whose ack could not be written yet (kept, acked when it can be).")
     holds.add_metric([], transport.get("ackHolds") or 0)
+    stranded = GaugeMetricFamily("ipcpool_completions_waiting",
+                                 "Acks, nacks and moves to the dead letters the supervisor is still finishing for "
+                                 "its workers (their write failed: a full disk, Redis away).")
+    stranded.add_metric([], transport.get("stranded") or 0)
     lag = GaugeMetricFamily("ipcpool_loop_lag_seconds", "How long the supervisor loop took to answer this scrape.")
     lag.add_metric([], scrape.loop_lag)
     up = GaugeMetricFamily("ipcpool_transport_up", "1 when the transport (spool folder or Redis) is reachable.")
     up.add_metric([], 0 if transport.get("redisDown") else 1)
-    return [messages, duration, depth, inflight, oldest, errors, workers, restarts, holds, lag, up]
+    return [messages, duration, depth, inflight, oldest, errors, workers, restarts, holds, stranded, lag, up]
 
 
 def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

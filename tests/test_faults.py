@@ -15,9 +15,11 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -229,7 +231,8 @@ def test_a_full_disk_never_runs_a_handled_message_again(tmp_path, small_disk, en
 def test_an_ack_the_filesystem_refuses_is_written_later_and_never_reruns_the_handler(tmp_path, root, env,
                                                                                      supervisor_factory, immutable):
     """The same path as a full disk, kept failing for as long as the test wants: acks/ immutable."""
-    config = write_config(tmp_path / "c.toml", root, sections={"pool": {"workers": 1}})
+    config = write_config(tmp_path / "c.toml", root, sections={"pool": {"workers": 1},
+                                                               "http": {"listen": "127.0.0.1:0"}})
     sup = supervisor_factory(config)
     immutable(root / "main" / "acks")
     client = Client(root, "main")
@@ -243,15 +246,25 @@ def test_an_ack_the_filesystem_refuses_is_written_later_and_never_reruns_the_han
     wait_until(lambda: "Duplicate IPC message skipped" in sup.log(), 30, message="the re-send deduplicated")
     wait_until(lambda: (h := _health(env, config))[0] == 1 and "stranded" in h[1], 30,
                message="health to say a message is stranded (status is written every interval)")
+    wait_until(lambda: _metric(sup, "ipcpool_ack_holds") == 1, 30, message="/metrics to show the ack held")
     immutable(root / "main" / "acks", on=False)
     wait_until(lambda: (root / "main" / "acks" / f"{first.message_id}.ack").exists(), 30, message="the ack written")
     wait_until(lambda: _names(root, "processing") == [], 30, message="the held file removed")
+    wait_until(lambda: _metric(sup, "ipcpool_ack_holds") == 0, 30, message="/metrics: no ack held any more")
     assert [r["id"] for r in records(tmp_path)] == [first.message_id], "handled exactly once"
     # after a restart too: a held file found at start gets its ack
     sup.stop()
     sup2 = supervisor_factory(config)
     assert [r["id"] for r in records(tmp_path)] == [first.message_id]
     sup2.stop()
+
+
+def _metric(sup: Any, name: str) -> float:
+    """One metric's value in a real scrape of the supervisor's /metrics."""
+    from ipcpool.metrics import parse, total
+
+    with urllib.request.urlopen(f"http://{sup.status()['http']}/metrics", timeout=30) as reply:
+        return total(parse(reply.read().decode()), name)
 
 
 def test_a_held_file_found_at_start_gets_its_ack(tmp_path, root, supervisor_factory):

@@ -87,7 +87,7 @@ def test_metrics_move_as_messages_are_handled_fail_and_turn_poison(tmp_path, roo
     assert total(samples, "ipcpool_transport_up") == 1
     names = {name for name, _labels in samples}
     assert {"ipcpool_queue_depth", "ipcpool_in_flight", "ipcpool_oldest_queued_age_seconds",
-            "ipcpool_loop_lag_seconds", "ipcpool_ack_holds"} <= names
+            "ipcpool_loop_lag_seconds", "ipcpool_ack_holds", "ipcpool_completions_waiting"} <= names
     for _name, labels in samples:  # low cardinality: no pids, hosts or ids in any label
         assert {key for key, _ in labels} <= {"group", "type", "outcome", "state", "reason", "le"}
     sup.stop()
