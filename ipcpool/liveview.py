@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ipcpool.health import read_status, verdict
+from ipcpool.health import pid_alive, read_status, verdict
 
 RATE_WINDOW = 10.0  # seconds of history a group's rate is measured over
 
@@ -52,9 +52,12 @@ def render(status: dict[str, Any] | None, rates: Rates, now: float) -> Group:
         return Group(Text("no supervisor has run on this root yet (no status.json)", style="bold red"))
     sup = status.get("supervisor") or {}
     age = now - float(status.get("writtenAt") or now)
-    if not healthy or status.get("state") != "running":
+    if status.get("state") != "running" or not pid_alive(int(sup.get("pid") or 0), sup.get("createTime")):
         header = Text(f"supervisor is gone: pid {sup.get('pid')}, last state {status.get('state')}, "
                       f"last seen {age:.0f}s ago ({reason})", style="bold red")
+    elif not healthy:
+        header = Text(f"ipcpool  pid {sup.get('pid')}  UNHEALTHY: {reason}  root {status.get('root')}  "
+                      f"snapshot {age:.1f}s old", style="bold yellow")
     else:
         header = Text(f"ipcpool  pid {sup.get('pid')}  {status.get('state')}  up {sup.get('uptime')}s  "
                       f"root {status.get('root')}  transport {status.get('transport')}  "

@@ -37,8 +37,14 @@ def families(scrape: Scrape) -> list[Metric]:
                                    labels=["group", "type", "outcome"])
     for (group, type_, outcome), n in sorted(metrics.outcomes.items()):
         messages.add_metric([group, type_, outcome], n)
+    returned = CounterMetricFamily("ipcpool_messages_returned",
+                                   "Messages put back unfinished (their worker died or stopped, or the transport "
+                                   "was away) to be handed out again, by group.", labels=["group"])
+    for group, n in sorted(metrics.returned.items()):
+        returned.add_metric([group], n)
     duration = HistogramMetricFamily("ipcpool_handler_duration_seconds",
-                                     "Handler run time (every attempt of a delivery), by group and type.",
+                                     "Handler time per delivery (all its attempts and the retry waits between "
+                                     "them), by group and type.",
                                      labels=["group", "type"])
     for (group, type_), row in sorted(metrics.durations.items()):
         cumulative, buckets = 0.0, []
@@ -86,7 +92,7 @@ def families(scrape: Scrape) -> list[Metric]:
     lag.add_metric([], scrape.loop_lag)
     up = GaugeMetricFamily("ipcpool_transport_up", "1 when the transport (spool folder or Redis) is reachable.")
     up.add_metric([], 0 if transport.get("redisDown") else 1)
-    return [messages, duration, depth, inflight, oldest, errors, workers, restarts, holds, stranded, lag, up]
+    return [messages, returned, duration, depth, inflight, oldest, errors, workers, restarts, holds, stranded, lag, up]
 
 
 def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

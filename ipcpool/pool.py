@@ -88,6 +88,7 @@ class WorkerHandle:
     results: ResultChannel
     shared: Any
     started_at: float
+    config: Config  # the config it runs: its limits judge it (two are live during a reload)
     state: WorkerState = WorkerState.STARTING
     held: OrderedDict[int, Delivery] = field(default_factory=OrderedDict)
     pid: int = 0
@@ -99,6 +100,7 @@ class WorkerHandle:
     failed: int = 0
     stop_reason: StopReason | None = None
     generation: int = 0  # the config it runs: a reload starts a new generation, the old one exits
+    ever_ready: bool = False  # said "ready" once: a death before that is a boot failure
     restart_reason: str | None = None  # a planned stop /metrics counts as a restart: recycle-tasks, recycle-memory
     kill_at: float | None = None
     stop_by: float | None = None  # a recycled worker not gone by then is killed
@@ -231,7 +233,8 @@ def spawn_worker(ctx: Any, config: Config, slot: int, supervisor_pid: int, now: 
     results_w.close()
     # Opened at once: the process cannot have been reaped and its pid reused in between.
     handle = WorkerHandle(slot=slot, process=process, tasks=TaskChannel(tasks_w), results=ResultChannel(results_r),
-                          shared=shared, started_at=now, pid=process.pid, pidfd=_open_pidfd(process.pid),
+                          shared=shared, started_at=now, config=config, pid=process.pid,
+                          pidfd=_open_pidfd(process.pid),
                           last_heartbeat=now)
     log.debug("spawned worker pid=%d slot=%d", process.pid, slot)
     return handle

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -42,35 +43,45 @@ class Answer:
 
 
 class LoopProbe:
-    """A question from the HTTP thread, answered by the loop thread between two steps."""
+    """Questions from HTTP threads, answered by the loop thread between two steps.
+
+    Every question waiting when the loop answers gets that one answer, so
+    concurrent probes never queue behind each other: each waits at most its
+    own timeout, however many there are.
+    """
 
     def __init__(self, wake: Callable[[], None]) -> None:
         self._wake = wake
-        self._lock = threading.Lock()  # one question at a time
-        self._asked = threading.Event()
-        self._answered = threading.Event()
-        self._asked_at = 0.0
+        self._cond = threading.Condition()
+        self._asked_at: float | None = None  # the oldest question not answered yet
+        self._answers = 0  # answers given so far
         self._answer: Answer | None = None
         self.last: Answer | None = None
 
     def ask(self, timeout: float) -> tuple[Answer | None, float]:
-        """(the loop's answer or None if it did not come in time, seconds waited)."""
-        with self._lock:
-            self._answered.clear()
-            self._asked_at = time.monotonic()
-            self._asked.set()
-            self._wake()
-            answered = self._answered.wait(timeout)
-            return (self._answer if answered else None), time.monotonic() - self._asked_at
+        """(the loop's answer, or None if it did not come within ``timeout``; seconds waited)."""
+        started = time.monotonic()
+        with self._cond:
+            wanted = self._answers + 1
+            if self._asked_at is None:
+                self._asked_at = started
+        self._wake()
+        with self._cond:
+            answered = self._cond.wait_for(lambda: self._answers >= wanted, timeout)
+            return (self._answer if answered else None), time.monotonic() - started
 
     def asked(self) -> bool:
-        return self._asked.is_set()
+        return self._asked_at is not None  # read without the lock: a stale False only delays to the next step
 
     def answer(self, build: Callable[[float], Answer]) -> None:
-        """Loop thread: build the answer (given the lag so far) and hand it over."""
-        self._asked.clear()
-        self._answer = self.last = build(time.monotonic() - self._asked_at)
-        self._answered.set()
+        """Loop thread: build one answer (given how long the oldest question waited) for every waiting question."""
+        with self._cond:
+            asked_at, self._asked_at = self._asked_at, None
+        answer = build(time.monotonic() - asked_at if asked_at is not None else 0.0)
+        with self._cond:
+            self._answer = self.last = answer
+            self._answers += 1
+            self._cond.notify_all()
 
 
 class ProbeServer:
@@ -81,8 +92,9 @@ class ProbeServer:
         self.loop_timeout = config.loop_timeout
         self.probe = probe
         handler = type("Handler", (_Handler,), {"server_owner": self})
+        server = _Server6 if ":" in host else ThreadingHTTPServer
         try:
-            self.httpd = ThreadingHTTPServer((host, port), handler)
+            self.httpd = server((host, port), handler)
         except OSError as exc:
             raise ConfigError(f"[http] listen {config.listen}: cannot listen: {exc.strerror or exc}; "
                               f"choose a free port, or leave [http] listen empty") from exc
@@ -129,6 +141,10 @@ class ProbeServer:
     @staticmethod
     def _json(code: int, ok: bool, reason: str) -> tuple[int, bytes, str]:
         return code, (json.dumps({"ok": ok, "reason": reason}) + "\n").encode(), "application/json"
+
+
+class _Server6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -21,7 +21,9 @@ from ipcpool.config import Config
 from ipcpool.health import pid_alive, read_status
 from ipcpool.message import now_iso
 
-RESTART_ONLY = ("spool", "transport", "redis", "http")
+# Where messages live, how the supervisor is reached, and the heartbeat every worker and
+# `ipcpool health` are judged by (two generations on two intervals would misjudge the old one).
+RESTART_ONLY = ("spool", "transport", "redis", "http", "heartbeat")
 
 
 def restart_only_change(old: Config, new: Config) -> str | None:
@@ -43,6 +45,7 @@ class Reload:
     generation: int
     previous: Config
     previous_generation: int
+    pool_size: int  # before the reload (SIGTTIN/SIGTTOU included): what an aborted reload goes back to
 
 
 @dataclass
@@ -78,7 +81,9 @@ def ask_reload(root: str, *, timeout: float) -> tuple[bool, str]:
     pid, born = int(owner.get("pid", 0)), owner.get("createTime")
     if not pid or not pid_alive(pid, born):
         return False, f"the supervisor of {root} (pid {pid}) is gone"
-    before = (status.get("reloads") or {}).get("count", 0)
+    reloads = status.get("reloads") or {}
+    # A reload in progress ends first, with its own verdict; ours is the one after it.
+    before = reloads.get("count", 0) + (1 if reloads.get("inProgress") else 0)
     os.kill(pid, signal.SIGHUP)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -17,11 +17,12 @@ if TYPE_CHECKING:
     from ipcpool.supervisor import Supervisor
 
 
-def build_status(sup: Supervisor, now: float) -> dict[str, Any]:
-    """The supervisor's snapshot of its workers, with the transport's view of the queues beside it."""
+def build_status(sup: Supervisor, now: float, source_stats: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The supervisor's snapshot of its workers, with the transport's view of the queues beside it
+    (``source_stats``: that view as last read, when a fresh one would cost a round trip)."""
     wall = time.time()
     interval = sup.config.heartbeat.interval
-    source = sup.source.stats()
+    source = sup.source.stats() if source_stats is None else source_stats
     finished = sup.metrics.by_group()
     groups = {name: dict(g, held=0, running=0, processing=0, finished=finished.get(name, {}))
               for name, g in source["groups"].items()}

@@ -79,7 +79,7 @@ from ipcpool.probes import Answer, LoopProbe, ProbeServer
 from ipcpool.reload import Reload, ReloadLog, restart_only_change
 from ipcpool.sdnotify import notify, watchdog_interval
 from ipcpool.status import build_status
-from ipcpool.tally import UNKNOWN, Labels, PoolMetrics, Scrape
+from ipcpool.tally import Labels, PoolMetrics, Scrape
 from ipcpool.transport import make_source
 from ipcpool.waitset import READABLE, WRITABLE, Waitable, WaitSet
 from ipcpool.worker import SLOT_ACK_HOLDS, nack_body
@@ -130,9 +130,11 @@ class Supervisor:
         self.metrics = PoolMetrics(Labels(config))  # /metrics' counters, added up from the workers' reports
         self.probe = LoopProbe(self._wake)  # the HTTP thread's questions, answered between two steps
         self.http: ProbeServer | None = None
+        self._source_stats: dict[str, Any] | None = None  # the transport's stats at the last status write
         self.generation = 0  # the config the workers run; a reload's new workers carry the next one
         self._generations = itertools.count(1)
         self.reloading: Reload | None = None
+        self._reload_pending = False  # a SIGHUP to act on once the pool stands
         self.reloads = ReloadLog()
         self._signals: deque[int] = deque()
         self._seq = 0
@@ -386,15 +388,16 @@ class Supervisor:
                          "the rest", worker.pid, worker.slot, message[1])
                 worker.stop_reason = StopReason.TERMINATED
                 worker.state = WorkerState.STOPPING
-                worker.stop_by = now + self.config.pool.shutdown_grace + self.config.pool.kill_grace
+                worker.stop_by = now + worker.config.pool.shutdown_grace + worker.config.pool.kill_grace
         elif kind == "retiring":  # reached its max_tasks: it returned the rest and exits by itself
             if worker.stop_reason is None:
                 log.info("recycling worker pid=%d after %d tasks", worker.pid, message[1])
                 worker.stop_reason = StopReason.RECYCLE
                 worker.restart_reason = "recycle-tasks"
                 worker.state = WorkerState.STOPPING
-                worker.stop_by = self.clock() + self.config.pool.shutdown_grace
+                worker.stop_by = self.clock() + worker.config.pool.shutdown_grace
         elif kind == "ready":
+            worker.ever_ready = True
             worker.state = WorkerState.READY if worker.stop_reason is None else worker.state
             worker.last_heartbeat = now
             self.boot_failures = 0
@@ -496,7 +499,9 @@ class Supervisor:
         probing = self.boot_failures > 0
         if probing and any(w.state is WorkerState.STARTING for w in self.workers):
             return
-        occupied = {w.slot for w in self.workers if w.generation == self.generation and w.stop_reason is None}
+        # A worker being stopped or killed keeps its slot until it has ended (no overlap), except
+        # for the old generation of a reload and a slot SIGTTOU took away.
+        occupied = {w.slot for w in self.workers if w.generation == self.generation}
         for slot in range(self.pool_size):
             if slot not in occupied and now >= self.next_spawn[slot]:
                 self.spawn(slot, now)
@@ -519,7 +524,7 @@ class Supervisor:
         try:
             worker.process.join(timeout=0)
             self.read_leftovers(worker)
-            was_starting = worker.state is WorkerState.STARTING
+            was_starting = not worker.ever_ready
             worker.state = WorkerState.DEAD
             code = worker.exit_code
             how = describe_exit(code, killed_by_us=worker.kill_at is not None)
@@ -535,17 +540,18 @@ class Supervisor:
                     self.metrics.restart(worker.restart_reason)
                 self._release_held(worker, blame=False)
                 self.next_spawn[worker.slot] = now
+            elif was_starting and self.reloading is not None and worker.generation == self.reloading.generation:
+                # Any death of a new worker before it is ready (a boot error, the OOM killer, an
+                # import that hangs past the boot timeout) ends the reload; the old pool stays.
+                self._release_held(worker, blame=False)
+                detail = (worker.boot_error or how).strip()
+                log.error("a worker of the reloaded config failed to boot pid=%d slot=%d (%s): %s",
+                          worker.pid, worker.slot, how, detail)
+                # Named as `ipcpool check` names it: the file, [handlers], the problem.
+                where = f"{self.config.path}: [handlers] " if worker.boot_error else ""
+                self.abort_reload(f"a new worker failed to boot: {where}{detail.splitlines()[0]}")
             elif was_starting and _is_boot_failure(code, reason):
-                if self.reloading is not None and worker.generation == self.reloading.generation:
-                    self._release_held(worker, blame=False)
-                    detail = (worker.boot_error or how).strip()
-                    log.error("a worker of the reloaded config failed to boot pid=%d slot=%d (%s): %s",
-                              worker.pid, worker.slot, how, detail)
-                    # Named as `ipcpool check` names it: the file, [handlers], the problem.
-                    self.abort_reload(f"a new worker failed to boot: {self.config.path}: [handlers] "
-                                      f"{detail.splitlines()[0]}")
-                else:
-                    self.on_boot_failure(worker, how, now)
+                self.on_boot_failure(worker, how, now)
             elif code == 0 and reason is None and worker.current()[0] is None:
                 log.info("worker stopped by itself pid=%d slot=%d (%s: SIGTERM while idle?); replacing it",
                          worker.pid, worker.slot, how)
@@ -582,7 +588,7 @@ class Supervisor:
     def on_crash(self, worker: WorkerHandle, how: str, now: float) -> None:
         reason = worker.stop_reason
         if reason is StopReason.TIMEOUT:
-            how = f"killed after handler_timeout ({self.config.pool.handler_timeout:g}s); {how}"
+            how = f"killed after handler_timeout ({worker.config.pool.handler_timeout:g}s); {how}"
         elif reason is StopReason.HUNG:
             how = f"killed after missing heartbeats; {how}"
         log.error("worker died pid=%d slot=%d: %s; restarting", worker.pid, worker.slot, how)
@@ -612,7 +618,7 @@ class Supervisor:
                  returned: bool = True) -> None:
         self.source.requeue(delivery.group, delivery.name, later=later, counted=counted)
         if returned:  # not a file still being written (unsettled): that one was never a delivery
-            self.metrics.count(delivery.group, UNKNOWN, "returned")  # not read here: its type is not known
+            self.metrics.returned_to_queue(delivery.group)
         if counted:
             self.totals["requeued"] += 1
         if self.state != "running":
@@ -639,9 +645,9 @@ class Supervisor:
             self.metrics.count(group, summary.type, "poisoned")
 
     def kill_stale_workers(self, now: float) -> None:
-        pool = self.config.pool
-        hb = self.config.heartbeat
         for worker in self.workers:
+            pool = worker.config.pool  # each judged by the config it runs (two live during a reload)
+            hb = worker.config.heartbeat
             if worker.kill_at is not None:
                 if now >= worker.kill_at:
                     worker.signal(signal.SIGKILL)
@@ -675,14 +681,15 @@ class Supervisor:
         worker.stop_reason = reason if worker.stop_reason is not StopReason.DRAIN else StopReason.DRAIN
         worker.state = WorkerState.STOPPING
         worker.signal(signal.SIGTERM)
-        worker.kill_at = self.clock() + self.config.pool.kill_grace
+        worker.kill_at = self.clock() + worker.config.pool.kill_grace
 
     def stop_worker(self, worker: WorkerHandle, reason: StopReason) -> None:
         """Ask a worker to finish its current delivery, return the rest and exit."""
         worker.stop_reason = reason
         worker.state = WorkerState.STOPPING
-        if reason is StopReason.RECYCLE:
-            worker.stop_by = self.clock() + self.config.pool.handler_timeout + self.config.pool.shutdown_grace
+        if reason in (StopReason.RECYCLE, StopReason.RELOAD, StopReason.RESIZE):
+            pool = worker.config.pool
+            worker.stop_by = self.clock() + pool.handler_timeout + pool.shutdown_grace
         if not worker.send(("stop",)):
             worker.signal(signal.SIGTERM)
 
@@ -703,10 +710,18 @@ class Supervisor:
     # -- reload and resizing (gunicorn's SIGHUP, SIGTTIN, SIGTTOU) ------------------------------------------
 
     def begin_reload(self) -> None:
-        """SIGHUP: new workers on the re-read config; the old ones exit once every new one is ready."""
-        if self.reloading is not None:
-            log.warning("received SIGHUP during a reload: ignored (the reload in progress goes on)")
+        """SIGHUP: new workers on the re-read config; the old ones exit once every new one is ready.
+
+        One at a time: a SIGHUP during a reload, or before the pool first stood, is kept and
+        acted on once the pool stands (the config is read then, so the latest edit counts).
+        """
+        if self.reloading is not None or not self.announced:
+            if not self._reload_pending:
+                log.info("received SIGHUP %s: the reload starts once it is done",
+                         "during a reload" if self.reloading is not None else "while the workers boot")
+            self._reload_pending = True
             return
+        self._reload_pending = False
         notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         if self._reread is None:
             self.finish_reload(False, "no config file to re-read (started from the API)")
@@ -720,17 +735,18 @@ class Supervisor:
         if refused is not None:
             self.finish_reload(False, f"{self.config.path}: {refused}")
             return
-        self.reloading = Reload(next(self._generations), self.config, self.generation)
+        self.reloading = Reload(next(self._generations), self.config, self.generation, self.pool_size)
         self.config, self.generation = new, self.reloading.generation
         self.metrics.labels = Labels(new)
         self._resize_slots(new.pool.workers)
-        setup_logging(new.log.format)
         log.info("received SIGHUP: reloading %s; starting %d workers on it (generation %d)", new.path,
                  new.pool.workers, self.generation)
 
     def check_reload(self) -> None:
         """Every new worker ready: the old generation finishes what it holds and exits."""
         if self.reloading is None:
+            if self._reload_pending and self.announced and self.state == "running":
+                self.begin_reload()
             return
         new = [w for w in self.workers if w.generation == self.generation and w.stop_reason is None]
         if len(new) < self.pool_size or any(w.state is not WorkerState.READY for w in new):
@@ -738,10 +754,11 @@ class Supervisor:
         for worker in self.workers:
             if worker.generation != self.generation and worker.stop_reason is None:
                 self.stop_worker(worker, StopReason.RELOAD)
+        setup_logging(self.config.log.format)
         self.finish_reload(True, f"{self.pool_size} workers on the new config (generation {self.generation})")
 
     def abort_reload(self, reason: str) -> None:
-        """A new worker could not boot: the new generation goes, the old pool and config stay."""
+        """A new worker died before it was ready: the new generation goes; the old pool, config and size stay."""
         reloading = self.reloading
         assert reloading is not None
         for worker in self.workers:
@@ -749,7 +766,7 @@ class Supervisor:
                 self.stop_worker(worker, StopReason.RELOAD)
         self.config, self.generation = reloading.previous, reloading.previous_generation
         self.metrics.labels = Labels(self.config)
-        self._resize_slots(self.config.pool.workers)
+        self._resize_slots(reloading.pool_size)
         self.finish_reload(False, reason)
 
     def finish_reload(self, ok: bool, reason: str) -> None:
@@ -764,6 +781,9 @@ class Supervisor:
 
     def resize(self, size: int) -> None:
         """SIGTTIN / SIGTTOU: one worker more or fewer (never none); a reload goes back to [pool] workers."""
+        if self.reloading is not None:
+            log.warning("received SIGTTIN/SIGTTOU during a reload: ignored (send it again once the reload is done)")
+            return
         if size < 1:
             log.warning("received SIGTTOU with one worker left: ignored (a pool keeps at least one)")
             return
@@ -838,7 +858,9 @@ class Supervisor:
 
     def answer_probe(self, lag: float) -> Answer:
         """An HTTP probe's question (/metrics, /healthz, /readyz), answered from the loop thread."""
-        status = build_status(self, self.clock())
+        # The queues as read at the last status write (every [heartbeat] interval): a probe never
+        # waits on a Redis round trip, so a slow or partitioned Redis cannot fail /healthz by itself.
+        status = build_status(self, self.clock(), self._source_stats)
         ready, reason = self.readiness(status)
         return Answer(Scrape(self.metrics.snapshot(), status, lag), ready, reason)
 
@@ -859,7 +881,8 @@ class Supervisor:
         return True, f"{ready} of {self.pool_size} workers ready"
 
     def write_status(self, now: float) -> None:
-        status = build_status(self, now)
+        self._source_stats = self.source.stats()
+        status = build_status(self, now, self._source_stats)
         write_status(self.local.root, status, mode=0o600 if self.config.spool.mode == "private" else 0o640)
         if self.state not in ("stopped", "halted", "failed"):
             self.source.announce(status)  # a transport shared by hosts shows every supervisor

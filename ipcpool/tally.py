@@ -26,8 +26,8 @@ from ipcpool.message import IPCMessageType
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 MAX_GROUP_LABELS = 50  # more groups than this: the rest are reported as "other"
 OTHER = "other"
-UNKNOWN = "unknown"  # the type of a message that was never read (returned) or could not be decoded
-OUTCOMES = ("handled", "duplicate", "failed", "invalid", "poisoned", "returned")
+UNKNOWN = "unknown"  # the type of a message that could not be decoded
+OUTCOMES = ("handled", "duplicate", "failed", "invalid", "poisoned")  # finished; "returned" is counted apart
 RESTART_REASONS = ("crash", "hung", "timeout", "recycle-tasks", "recycle-memory", "boot")
 WORKER_STATES = ("starting", "ready", "busy", "stopping")
 
@@ -90,6 +90,7 @@ class PoolMetrics:
     outcomes: dict[tuple[str, str, str], int] = field(default_factory=dict)
     durations: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RESTART_REASONS, 0))
+    returned: dict[str, int] = field(default_factory=dict)  # by group: put back unfinished, handed out again
 
     def absorb(self, delta: Any) -> None:
         """A worker's Tally delta, as it came over the channel."""
@@ -109,6 +110,11 @@ class PoolMetrics:
         key = (self.labels.group(group), self.labels.type(type_), outcome)
         self.outcomes[key] = self.outcomes.get(key, 0) + n
 
+    def returned_to_queue(self, group: str) -> None:
+        """Put back unfinished (a worker died or stopped, Redis was away): not a finished message."""
+        key = self.labels.group(group)
+        self.returned[key] = self.returned.get(key, 0) + 1
+
     def restart(self, reason: str) -> None:
         self.restarts[reason] = self.restarts.get(reason, 0) + 1
 
@@ -123,7 +129,7 @@ class PoolMetrics:
     def snapshot(self) -> PoolMetrics:
         """A copy the HTTP thread may read while the loop goes on."""
         return PoolMetrics(self.labels, dict(self.outcomes), {k: list(v) for k, v in self.durations.items()},
-                           dict(self.restarts))
+                           dict(self.restarts), dict(self.returned))
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,9 @@ T_DUR = "tests/test_durability.py"
 T_RETRY = "tests/test_retry.py"
 T_OPER = "tests/test_operating.py"
 T_REDIS = "tests/test_redis.py"
+T_HTTP = "tests/test_http.py"
+T_RELOAD = "tests/test_reload.py"
+T_JSONLOG = "tests/test_json_logs.py"
 
 _HANDLER_RETRY_WAIT = ("        wait=_backoff(policy.delay, policy.backoff, policy.max_delay),\n"
                        "        retry=tenacity.retry_if_exception_type(Exception),\n"
@@ -376,7 +379,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              (f"{T_SUPV}::test_leaking_worker_is_recycled_without_losing_messages",),
              "[pool] max_memory_mb"),
     Mutation("kill-grace-ignored", SUP,
-             "        worker.kill_at = self.clock() + self.config.pool.kill_grace",
+             "        worker.kill_at = self.clock() + worker.config.pool.kill_grace",
              "        worker.kill_at = self.clock() + 3600.0",
              (f"{T_SUPV}::test_a_worker_that_ignores_sigterm_is_sigkilled_after_kill_grace[0.5]",),
              "[pool] kill_grace"),
@@ -457,6 +460,36 @@ MUTATIONS: tuple[Mutation, ...] = (
              "        self._log_messages = spec.config.log.messages", "        self._log_messages = True",
              (f"{T_OPER}::test_one_info_line_per_finished_message[False]",),
              "[log] messages"),
+    Mutation("log-format-ignored", "ipcpool/logs.py",
+             '    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(FORMAT))',
+             "    handler.setFormatter(logging.Formatter(FORMAT))",
+             (f"{T_JSONLOG}::test_every_line_is_json_with_the_message_fields[spool]",),
+             "[log] format"),
+    # -- [http] -----------------------------------------------------------------------------------------------
+    Mutation("http-listen-ignored", SUP,
+             "            if self.config.http.listen:  # a taken port stops the start before any worker runs",
+             "            if False:",
+             (f"{T_HTTP}::test_readyz_and_healthz_answer_as_kubernetes_expects",),
+             "[http] listen"),
+    Mutation("http-loop-timeout-ignored", "ipcpool/probes.py",
+             "        self.loop_timeout = config.loop_timeout", "        self.loop_timeout = 5.0",
+             (f"{T_HTTP}::test_a_loop_that_does_not_answer_fails_healthz_in_bounded_time",),
+             "[http] loop_timeout"),
+    Mutation("reload-size-not-kept", SUP,
+             "        self._resize_slots(reloading.pool_size)", "        self._resize_slots(self.config.pool.workers)",
+             (f"{T_RELOAD}::test_a_failed_reload_keeps_the_size_sigttin_gave",),
+             "a failed reload keeps the pool's size"),
+    Mutation("heartbeat-reloadable", "ipcpool/reload.py",
+             'RESTART_ONLY = ("spool", "transport", "redis", "http", "heartbeat")',
+             'RESTART_ONLY = ("spool", "transport", "redis", "http")',
+             (f"{T_RELOAD}::test_a_reload_that_cannot_apply_leaves_the_old_pool_running[interval = 0.25-interval = 0.5-"
+              "[heartbeat] interval changed (0.25 -> 0.5): restart to apply it]",),
+             "[heartbeat] is fixed for the supervisor's life"),
+    Mutation("returned-counted-finished", SUP,
+             "            self.metrics.returned_to_queue(delivery.group)",
+             '            self.metrics.count(delivery.group, "unknown", "returned")',
+             (f"{T_HTTP}::test_a_worker_killed_with_work_in_hand_counts_it_returned_not_finished",),
+             "returned messages are not finished ones"),
     # -- [transport], [redis] -------------------------------------------------------------------------------
     Mutation("backend-key-ignored", SEAM,
              '    if config.transport.backend == "redis":\n        from ipcpool.transport.redis.source import',

@@ -102,6 +102,9 @@ def test_queue_depth_in_flight_and_oldest_age_while_a_handler_holds(tmp_path, ro
     with Client.from_config(config) as client:
         client.send("main", "task", {"gate": str(gate)}, requires_ack=True)
         wait_until(lambda: records(tmp_path), 30, message="the gated handler started")
+        samples = scrape_until(address, lambda s: total(s, "ipcpool_in_flight") == 1, "the running one in flight")
+        assert total(samples, "ipcpool_queue_depth") == 0
+        assert total(samples, "ipcpool_oldest_queued_age_seconds") == 0, "in flight is not waiting"
         waiting = [client.send("main", "task", {"n": n}, requires_ack=True) for n in range(3)]
         samples = scrape_until(address, lambda s: total(s, "ipcpool_queue_depth") == 3, "three queued behind the gate")
         assert total(samples, "ipcpool_in_flight", group="main") == 1
@@ -187,4 +190,71 @@ def test_readyz_fails_while_redis_is_away_and_recovers(tmp_path, root, private_r
     wait_until(lambda: get(address, "/readyz")[0] == 200, 60, message="ready again once Redis is back")
     with Client.from_config(config) as client:
         client.send_and_wait("main", "task", {"n": 1}, timeout=30)
+    assert sup.stop() == 0
+
+
+def test_a_worker_killed_with_work_in_hand_counts_it_returned_not_finished(tmp_path, root, supervisor_factory):
+    import os
+
+    config = write_config(tmp_path / "c.toml", root, sections={"http": {"listen": "127.0.0.1:0"},
+                                                               "pool": {"workers": 1, "prefetch": 8}})
+    sup = supervisor_factory(config)
+    address = address_of(sup)
+    gate = tmp_path / "gate"
+    with Client.from_config(config) as client:
+        ids = [client.send("main", "task", {"gate": str(gate), "n": n}, requires_ack=True) for n in range(4)]
+        wait_until(lambda: records(tmp_path), 30, message="the first handler at its gate")
+        wait_until(lambda: sum(w["held"] + w["running"] for w in sup.status()["workers"]) == 4, 30,
+                   message="all four in the worker's hands")
+        os.kill(records(tmp_path)[0]["pid"], signal.SIGKILL)
+        gate.touch()
+        wait_until(lambda: all(client.is_acked("main", i) for i in ids), 30, message="all four handled")
+    samples = scrape_until(address, lambda s: total(s, "ipcpool_messages_total", outcome="handled") == 4,
+                           "four handled")
+    assert total(samples, "ipcpool_messages_returned_total", group="main") == 4, "the killed worker's four"
+    assert total(samples, "ipcpool_messages_total") == 4, "returned is not a way of finishing"
+    assert total(samples, "ipcpool_worker_restarts_total", reason="crash") == 1
+    assert sup.stop() == 0
+
+
+def test_concurrent_probes_share_one_answer_and_none_waits_past_its_timeout():
+    """Four probes at once against a loop that answers once a second: all four answered by the same step."""
+    import threading
+
+    from ipcpool.config import Config
+    from ipcpool.probes import Answer
+    from ipcpool.tally import Labels, PoolMetrics, Scrape
+
+    asked = threading.Event()
+    probe = LoopProbe(wake=asked.set)
+    answer = Answer(Scrape(PoolMetrics(Labels(Config())), {"state": "running"}, 0.0), True, "ok")
+    stop = threading.Event()
+
+    def loop() -> None:  # a slow loop: one step a second
+        while not stop.wait(1.0):
+            if probe.asked():
+                probe.answer(lambda lag: answer)
+
+    threading.Thread(target=loop, daemon=True).start()
+    results: list[Any] = []
+    askers = [threading.Thread(target=lambda: results.append(probe.ask(1.8))) for _ in range(4)]
+    for t in askers:
+        t.start()
+    for t in askers:
+        t.join()
+    stop.set()
+    assert [r[0] for r in results] == [answer] * 4, "queued one behind another, the last would time out"
+
+
+def test_an_ipv6_listen_address_serves(tmp_path, root, supervisor_factory):
+    try:
+        with socket.socket(socket.AF_INET6) as probe6:
+            probe6.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback on this machine: {exc}")
+    config = write_config(tmp_path / "c.toml", root, sections={"http": {"listen": "[::1]:0"}})
+    sup = supervisor_factory(config)
+    address = address_of(sup)
+    assert address.startswith("[::1]:")
+    assert get(address, "/readyz")[0] == 200
     assert sup.stop() == 0

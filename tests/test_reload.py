@@ -20,10 +20,13 @@ from ipcpool import Client
 from ipcpool.health import read_status
 
 HANDLER = '''
-import json, os
+import json, os, time
 VERSION = {version!r}
 
 def handle(message):
+    gate = (message.payload or {{}}).get("gate")
+    while gate and not os.path.exists(gate):
+        time.sleep(0.01)
     line = json.dumps({{"id": message.id, "version": VERSION, "pid": os.getpid()}})
     with open(os.path.join(os.environ["IPCPOOL_TEST_RECORDS"], f"{{os.getpid()}}.jsonl"), "a") as out:
         out.write(line + "\\n")
@@ -50,7 +53,15 @@ def test_a_reload_runs_new_handler_code_and_loses_nothing(tmp_path, root, env, b
     old = wait_until(lambda: len(p := _workers(sup)) == 2 and p, 30, message="two workers")
     sent: list[str] = []
     stop = threading.Event()
+    gate = tmp_path / "gate"
     with Client.from_config(config) as client:
+        # One old worker is mid-handler across the whole reload, with its prefetch queued behind:
+        # the reload must wait for it and hand back what it had not started.
+        gated = client.send("main", "task", {"gate": str(gate)}, requires_ack=True)
+        sent.append(gated)
+        wait_until(lambda: any(w.get("currentMessage") for w in sup.status()["workers"]), 30,
+                   message="the gated message running")
+
         def publish() -> None:  # a steady stream across the reload
             while not stop.is_set():
                 sent.append(client.send("main", "task", {"n": len(sent)}, requires_ack=True))
@@ -67,6 +78,7 @@ def test_a_reload_runs_new_handler_code_and_loses_nothing(tmp_path, root, env, b
         wait_until(lambda: len(sent) >= after + 100, 30, message="a hundred more after the reload")
         stop.set()
         publisher.join()
+        gate.touch()
         wait_until(lambda: all(client.is_acked("main", i) for i in sent), 60, message="every message acked")
     seen = records(tmp_path)
     counts = Counter(r["id"] for r in seen)
@@ -75,12 +87,17 @@ def test_a_reload_runs_new_handler_code_and_loses_nothing(tmp_path, root, env, b
     assert {"v1", "version-two"} <= set(versions)
     wait_until(lambda: _workers(sup).isdisjoint(old) and len(_workers(sup)) == 2, 30, message="old workers gone")
     assert {r["pid"] for r in seen if r["version"] == "version-two"}.isdisjoint(old)
+    (gated_record,) = [r for r in seen if r["id"] == gated]
+    assert gated_record["version"] == "v1" and gated_record["pid"] in old, "finished by the old worker"
     assert sup.status()["reloads"]["succeeded"] == 1
     assert sup.stop() == 0
 
 
 @pytest.mark.parametrize("old, new, said", [
     ('"task" = "recorder:record"', '"task" = "no_such_module:handle"', "a new worker failed to boot"),
+    ('"task" = "recorder:record"', '"task" = "killed_at_import:handle"',
+     "a new worker failed to boot: killed by SIGKILL"),
+    ("interval = 0.25", "interval = 0.5", "[heartbeat] interval changed (0.25 -> 0.5): restart to apply it"),
     ("settle_time = 0.3", "settle_time = 9.0", "[spool] settle_time changed (0.3 -> 9.0): restart to apply it"),
 ])
 def test_a_reload_that_cannot_apply_leaves_the_old_pool_running(tmp_path, root, env, supervisor_factory,
@@ -137,4 +154,41 @@ def test_sigttin_and_sigttou_add_and_remove_one_worker(tmp_path, root, superviso
         ids = [client.send("main", "task", {"n": n}, requires_ack=True) for n in range(20)]
         wait_until(lambda: all(client.is_acked("main", i) for i in ids), 30, message="handled by the one")
     assert len(_workers(sup)) == 1 and "worker died" not in sup.log()
+    assert sup.stop() == 0
+
+
+def test_a_failed_reload_keeps_the_size_sigttin_gave(tmp_path, root, env, supervisor_factory):
+    config = write_config(tmp_path / "c.toml", root)
+    sup = supervisor_factory(config)
+    sup.signal(signal.SIGTTIN)
+    wait_until(lambda: len(_workers(sup)) == 3, 30, message="three workers")
+    before = _workers(sup)
+    good = config.read_text()
+    config.write_text(good.replace('"task" = "recorder:record"', '"task" = "no_such_module:handle"'))
+    out = ipcpool_cli(env, tmp_path, "reload", "--config", str(config))
+    assert out.returncode == 1, out.stderr
+    config.write_text(good)
+    wait_until(lambda: len(sup.status()["workers"]) == 3, 30, message="the failed generation gone")
+    assert sup.status()["expectedWorkers"] == 3 and _workers(sup) == before
+    sup.signal(signal.SIGTTOU)  # one fewer: from three, not from the config's two
+    wait_until(lambda: len(sup.status()["workers"]) == 2, 30, message="two left")
+    assert sup.stop() == 0
+
+
+def test_a_sighup_while_booting_or_reloading_waits_its_turn(tmp_path, root, env, supervisor_factory):
+    env["IPCPOOL_TEST_SLOW_IMPORT"] = "1.0"
+    config = write_config(tmp_path / "c.toml", root, handlers={"task": "slow_import:handle"})
+    sup = supervisor_factory(config, wait_ready=False)
+    wait_until(lambda: "messages queued at start" in sup.log(), 30, message="the signals installed")
+    sup.signal(signal.SIGHUP)  # the workers are still importing
+    wait_until(lambda: "reload done" in sup.log(), 30, message="the deferred reload")
+    log_text = sup.log()
+    assert "received SIGHUP while the workers boot: the reload starts once it is done" in log_text
+    assert log_text.index("Enhanced IPC system started") < log_text.index("reload done")
+    sup.signal(signal.SIGHUP)
+    wait_until(lambda: "reloading" in sup.log_since_start().split("reload done", 1)[1], 30,
+               message="the second reload under way")
+    sup.signal(signal.SIGHUP)  # during it: kept, and done after it
+    wait_until(lambda: (read_status(root)["reloads"]).get("succeeded") == 3, 60, message="three reloads done")
+    assert "received SIGHUP during a reload: the reload starts once it is done" in sup.log()
     assert sup.stop() == 0

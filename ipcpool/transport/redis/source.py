@@ -81,6 +81,7 @@ class RedisSource:
         self._reader_fd = -1
         self._outstanding = False  # a read is in flight on it
         self.out: set[tuple[str, str]] = set()  # handed to the pool and not given back yet
+        self._last_groups: dict[str, dict[str, Any]] = {}  # stats() while Redis is away: the last figures
         self._poller = select.epoll()
         self.ingest = Ingest(config, self.client, self.keys, self.scripts, self.consumer, clock=clock,
                              on_hint=on_hint)
@@ -239,40 +240,60 @@ class RedisSource:
         self._housekeeping = True
 
     def stats(self) -> dict[str, Any]:
-        groups: dict[str, dict[str, Any]] = {}
+        """Each group's queue as Redis holds it, cluster-wide, plus what this supervisor read ahead.
+
+        ``queued`` is what no supervisor has taken yet (the same figure on every host);
+        ``buffered`` is what this one took and has not handed to a worker; the oldest age
+        is that of the oldest message waiting in either. Two round trips; none while
+        Redis is known to be away (the last figures stand, with the outage said).
+        """
         names = sorted(self.groups)
-        pipe = self.client.pipeline(transaction=False)
-        for group in names:
-            stream = self.keys.stream(group)
-            pipe.xlen(stream)
-            pipe.xpending(stream, CONSUMER_GROUP)
-            pipe.xlen(self.keys.dead(group))
-            pipe.xrange(stream, "-", "+", count=1)
-        try:
-            replies = pipe.execute() if names else []
-        except (*UNAVAILABLE, redis.exceptions.ResponseError):
-            replies = []
+        replies = [] if self.outage.down or not names else self._queue_replies(names)
         now_ms = time.time() * 1000
-        buffered = dict.fromkeys(names, 0)  # taken from the stream by this supervisor, not handed out yet
-        for group, _ref in (*self.queue, *self.later):
+        buffered: dict[str, list[str]] = {g: [] for g in names}  # taken by this supervisor, not handed out yet
+        for group, ref in (*self.queue, *self.later):
             if group in buffered:
-                buffered[group] += 1
+                buffered[group].append(ref)
+        groups: dict[str, dict[str, Any]] = {}
         for n, group in enumerate(names):
             if not replies:
-                groups[group] = {"queued": 0, "errors": 0, "oldestQueuedAge": None}
+                last = self._last_groups.get(group, {"queued": 0, "pending": 0, "errors": 0})
+                groups[group] = dict(last, oldestQueuedAge=None, buffered=len(buffered[group]))
                 continue
-            depth, pending, dead, first = replies[4 * n: 4 * n + 4]
+            depth, pending, dead, first = replies[n]
             count = pending.get("pending", 0) if isinstance(pending, dict) else 0
-            oldest = None
-            if first:
-                oldest = round(max(0.0, now_ms - int(_text(first[0][0]).split("-", 1)[0])) / 1000, 3)
+            stamps = [_entry_ms(ref) for ref in buffered[group]] + ([_entry_ms(_text(first[0][0]))] if first else [])
+            stamps = [t for t in stamps if t is not None]
+            oldest = round(max(0.0, now_ms - min(stamps)) / 1000, 3) if stamps else None
             groups[group] = {"queued": max(0, depth - count), "pending": count, "errors": dead,
-                             "oldestQueuedAge": oldest, "buffered": buffered[group]}
+                             "oldestQueuedAge": oldest, "buffered": len(buffered[group])}
+        if replies:
+            self._last_groups = groups
         trouble = {"full": False, "stranded": len(self.pending_work), "ackHolds": 0,
                    "error": f"Redis is unreachable since {round(time.monotonic() - self.outage.since, 1)}s"
                    if self.outage.since is not None else None,
                    "consumer": self.consumer, "redisDown": self.outage.down, **self.ingest.stats()}
         return {"groups": groups, "transport": trouble}
+
+    def _queue_replies(self, names: list[str]) -> list[tuple[Any, Any, Any, Any]]:
+        """Per group: (length, pending summary, dead letters, the first entry no supervisor has taken)."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for group in names:
+                pipe.xlen(self.keys.stream(group))
+                pipe.xpending(self.keys.stream(group), CONSUMER_GROUP)
+                pipe.xlen(self.keys.dead(group))
+                pipe.xinfo_groups(self.keys.stream(group))
+            first = pipe.execute()
+            pipe = self.client.pipeline(transaction=False)
+            for n, group in enumerate(names):
+                info = next((g for g in first[4 * n + 3] if _text(g.get("name")) == CONSUMER_GROUP), {})
+                after = _text(info.get("last-delivered-id")) or "0-0"
+                pipe.xrange(self.keys.stream(group), f"({after}", "+", count=1)
+            waiting = pipe.execute()
+        except (*UNAVAILABLE, redis.exceptions.ResponseError):
+            return []
+        return [(first[4 * n], first[4 * n + 1], first[4 * n + 2], waiting[n]) for n in range(len(names))]
 
     def announce(self, status: dict[str, Any]) -> None:
         """This supervisor's status, for `ipcpool status` on any host (it expires unless renewed)."""
@@ -479,3 +500,9 @@ def _answer_ttl(config: Config) -> int:
     from ipcpool.config import ack_retry_window
 
     return max(60, int(ack_retry_window(config.ack)) + 60)
+
+
+def _entry_ms(entry_id: str) -> int | None:
+    """A stream entry id's milliseconds (``1700000000000-0``), or None for anything else."""
+    head = entry_id.split("-", 1)[0]
+    return int(head) if head.isdigit() else None
