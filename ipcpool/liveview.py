@@ -67,8 +67,8 @@ def render(status: dict[str, Any] | None, rates: Rates, now: float) -> Group:
         workers.add_column(column, justify="left" if column in ("state", "running") else "right")
     for w in status.get("workers", []):
         current = w.get("currentMessage") or {}
-        running = f"{current.get('type') or '?'} {current.get('id')}" if isinstance(current, dict) and current \
-            else "-"
+        running = " ".join(str(v) for v in (current.get("type"), current.get("id")) if v) \
+            if isinstance(current, dict) and current else "-"
         workers.add_row(str(w["slot"]), str(w["pid"]), w["state"], running,
                         f"{w['currentAge']:.1f}s" if w.get("currentAge") is not None else "-",
                         _n(w.get("rssMb")), str(w["handled"]), str(w["failed"]), str(w["restarts"]))
