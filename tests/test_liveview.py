@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import re
 import select
+import signal
+import struct
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -23,6 +27,7 @@ class Terminal:
     def __init__(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: the pty is its controlling terminal
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))  # 160 x 50, as a window is
             os.chdir(cwd)
             os.execve(argv[0], argv, dict(env, TERM="xterm-256color", COLUMNS="160", LINES="50"))
         self.screen = ""
@@ -43,6 +48,35 @@ class Terminal:
                 self.screen += ANSI.sub("", chunk.decode("utf-8", "replace"))
         return self.screen
 
+    def wait(self, timeout: float = 30.0) -> int:
+        """The program's exit code, once it has ended on its own (its output read meanwhile)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if select.select([self.fd], [], [], 0.2)[0]:
+                try:
+                    self.screen += ANSI.sub("", os.read(self.fd, 65536).decode("utf-8", "replace"))
+                except OSError:
+                    pass
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.pid = 0
+                return os.waitstatus_to_exitcode(status)
+        raise AssertionError(f"the program did not end within {timeout}s")
+
+    def close(self) -> None:
+        """Whatever happened, leave no program behind and no descriptor open."""
+        if self.pid:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            self.pid = 0
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
     def ctrl_c(self) -> int:
         os.write(self.fd, b"\x03")
         deadline = time.monotonic() + 30
@@ -54,7 +88,7 @@ class Terminal:
                     pass
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
-                os.close(self.fd)
+                self.pid = 0
                 return os.waitstatus_to_exitcode(status)
         raise AssertionError("ipcpool top did not end on Ctrl-C")
 
@@ -67,24 +101,30 @@ def test_top_shows_workers_and_groups_says_when_the_supervisor_is_gone_and_ends_
     with Client.from_config(config) as client:
         running = client.send("main", "task", {"gate": str(gate)})
         term = Terminal([sys.executable, "-m", "ipcpool", "top", "--config", str(config)], env, tmp_path)
-        screen = term.wait_for(running)  # the running message's id, on its worker's row
-        for text in ("workers", "groups", "handled", "restarts", "rate/s", "main", "other", "Ctrl-C to leave"):
-            assert text in screen, text
-        for pid in sup.worker_pids():
-            assert str(pid) in screen
-        gate.touch()
-        assert sup.stop() == 0
-    term.wait_for("supervisor is gone")
-    assert term.ctrl_c() == 0
+        try:
+            term.wait_for(running)  # the running message's id, on its worker's row
+            # A frame arrives in pieces: each part is waited for, not assumed to have come with the first.
+            for text in ("workers", "groups", "handled", "restarts", "rate/s", "main", "other", "Ctrl-C to leave",
+                         *(str(pid) for pid in sup.worker_pids())):
+                term.wait_for(text)
+            gate.touch()
+            assert sup.stop() == 0
+            term.wait_for("supervisor is gone")
+            assert term.ctrl_c() == 0
+        finally:
+            term.close()
 
 
 def test_status_watch_is_the_same_view(tmp_path, root, env, supervisor_factory):
     config = write_config(tmp_path / "c.toml", root)
     sup = supervisor_factory(config)
     term = Terminal([sys.executable, "-m", "ipcpool", "status", "--watch", "--config", str(config)], env, tmp_path)
-    term.wait_for("workers")
-    term.wait_for(str(sup.worker_pids()[0]))
-    assert term.ctrl_c() == 0
+    try:
+        term.wait_for("workers")
+        term.wait_for(str(sup.worker_pids()[0]))
+        assert term.ctrl_c() == 0
+    finally:
+        term.close()
     assert sup.stop() == 0
 
 
@@ -101,9 +141,13 @@ def test_long_errors_commands_show_progress_on_a_terminal_and_stay_quiet_when_pi
     assert sup.stop() == 0
     term = Terminal([sys.executable, "-m", "ipcpool", "errors", "retry", "--all", "--config", str(config)], env,
                     tmp_path)
-    screen = term.wait_for("retried main/")
-    assert re.search(r"retrying.*\d+/12", screen), screen  # the bar, with its count
-    assert os.waitstatus_to_exitcode(os.waitpid(term.pid, 0)[1]) == 0
+    try:
+        term.wait_for("retried main/")
+        term.wait_for("/12")  # the bar, with its count
+        assert re.search(r"retrying.*\d+/12", term.screen), term.screen
+        assert term.wait() == 0
+    finally:
+        term.close()
     sup = supervisor_factory(config)  # the retried twelve are refused again: back in errors/
     wait_until(lambda: len(list((root / "main" / "errors").glob("*.error.json"))) == 12, 30, message="12 again")
     assert sup.stop() == 0
