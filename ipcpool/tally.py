@@ -27,7 +27,6 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 MAX_GROUP_LABELS = 50  # more groups than this: the rest are reported as "other"
 OTHER = "other"
 UNKNOWN = "unknown"  # the type of a message that could not be decoded
-OUTCOMES = ("handled", "duplicate", "failed", "invalid", "poisoned")  # finished; "returned" is counted apart
 RESTART_REASONS = ("crash", "hung", "timeout", "recycle-tasks", "recycle-memory", "boot")
 WORKER_STATES = ("starting", "ready", "busy", "stopping")
 
