@@ -196,9 +196,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from ipcpool.status import render_table
     from ipcpool.transport import make_inspector
 
-    config = _config(args)
-    if getattr(args, "watch", False):
+    if args.watch:
         return cmd_top(args)
+    config = _config(args)
     status = read_status(config.spool.root)
     healthy = verdict(status)
     inspector = make_inspector(config)

@@ -104,10 +104,10 @@ class PoolMetrics:
                 for i, value in enumerate(row):
                     mine[i] += value
 
-    def count(self, group: str, type_: str | None, outcome: str, n: int = 1) -> None:
-        """An outcome only the supervisor sees (poisoned, returned)."""
+    def count(self, group: str, type_: str | None, outcome: str) -> None:
+        """An outcome only the supervisor sees (poisoned)."""
         key = (self.labels.group(group), self.labels.type(type_), outcome)
-        self.outcomes[key] = self.outcomes.get(key, 0) + n
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
 
     def returned_to_queue(self, group: str) -> None:
         """Put back unfinished (a worker died or stopped, Redis was away): not a finished message."""

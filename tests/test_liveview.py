@@ -78,19 +78,9 @@ class Terminal:
             pass
 
     def ctrl_c(self) -> int:
+        """Ctrl-C at the terminal (a real SIGINT from the line discipline); the exit code."""
         os.write(self.fd, b"\x03")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if select.select([self.fd], [], [], 0.5)[0]:
-                try:
-                    os.read(self.fd, 65536)
-                except OSError:
-                    pass
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.pid = 0
-                return os.waitstatus_to_exitcode(status)
-        raise AssertionError("ipcpool top did not end on Ctrl-C")
+        return self.wait()
 
 
 def test_top_shows_workers_and_groups_says_when_the_supervisor_is_gone_and_ends_on_ctrl_c(
