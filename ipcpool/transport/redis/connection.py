@@ -57,10 +57,20 @@ class Lane:
     run) cost more CPU than the round trip. Commands are packed by hiredis
     when it is installed (the ``redis`` extra brings it). Replies are raw (no
     response callbacks). It quacks like a client for ``Script.__call__``.
+
+    ``fire`` sends commands Redis does not answer (``CLIENT REPLY OFF``): a
+    worker's completions. Nothing comes back for them, so the connection
+    never holds an unread reply because of them, and a worker SIGKILLed
+    after firing closes it with FIN, not a reset: what it sent is delivered.
+    The next command that wants a reply turns replies back on first (whose
+    "OK" ``receive`` drops), and Redis runs everything in the order sent, so
+    that reply also says Redis has read every fired command before it.
     """
 
     def __init__(self, client: redis.Redis) -> None:
         self._conn = client.connection_pool.make_connection()
+        self._quiet = False  # CLIENT REPLY OFF is in effect on the connection
+        self._skip = 0  # replies to drop before the next one read: CLIENT REPLY ON's "OK"
 
     def execute(self, *args: Any) -> Any:
         self.send(*args)
@@ -72,20 +82,42 @@ class Lane:
 
     def send_many(self, commands: list[tuple[Any, ...]]) -> None:
         """Several commands in one write: a pipeline without a transaction."""
+        if self._quiet:
+            self._write([_REPLY_ON, *commands])
+            self._quiet = False
+            self._skip += 1
+        else:
+            self._write(commands)
+
+    def fire(self, commands: list[tuple[Any, ...]]) -> None:
+        """Commands in one write that Redis runs without answering (see the class's docstring)."""
+        self._write(commands if self._quiet else [_REPLY_OFF, *commands])
+        self._quiet = True
+
+    def _write(self, commands: list[tuple[Any, ...]]) -> None:
         packed = [b"".join(_pack(args) for args in commands)] if _pack is not None else \
             self._conn.pack_commands(commands)
         try:
             self._conn.send_packed_command(packed, check_health=False)
         except UNAVAILABLE:
-            self._conn.disconnect()  # the next call connects again
+            self._disconnect()  # the next call connects again
             raise
 
     def receive(self) -> Any:
         try:
+            while self._skip:
+                self._skip -= 1
+                self._conn.read_response()
             return self._conn.read_response()
         except UNAVAILABLE:
-            self._conn.disconnect()
+            self._disconnect()
             raise
+
+    def _disconnect(self) -> None:
+        """A new connection answers every command again, and owes nothing."""
+        self._conn.disconnect()
+        self._quiet = False
+        self._skip = 0
 
     def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
         return self.execute("EVALSHA", sha, numkeys, *keys_and_args)
@@ -98,7 +130,11 @@ class Lane:
         return int(self.execute("EXISTS", *names))
 
     def close(self) -> None:
-        self._conn.disconnect()
+        self._disconnect()
+
+
+_REPLY_OFF = ("CLIENT", "REPLY", "OFF")
+_REPLY_ON = ("CLIENT", "REPLY", "ON")
 
 
 def where(config: Config) -> str:

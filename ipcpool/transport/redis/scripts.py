@@ -10,9 +10,11 @@ Their KEYS and ARGV are spelled out where they are called (``calls`` below).
   its name is not remembered (two files may share a name, as in the spool).
 - ``fetch``: a worker's batch of entries, each with whether the ack ledger
   already holds its stem (the dedupe check, answered ahead in the same trip).
-- ``complete``: the ack (ledger, and the sender's answer), XACK, XDEL, forget
-  the name: a handled message is acknowledged and deleted at once, so the
-  stream holds only what is queued or in flight.
+- ``complete`` (not a script: a MULTI/EXEC of fixed commands, so a worker can
+  send it without asking for a reply, and a Redis restarted with an empty
+  script cache cannot refuse it): the ack (ledger, and the sender's answer),
+  XACK, XDEL, forget the name: a handled message is acknowledged and deleted
+  at once, so the stream holds only what is queued or in flight.
 - ``quarantine``: the message and its record into the dead-letter stream, the
   nack (and the sender's answer), XACK, XDEL, forget the name and its deliveries.
 - ``renew``: extend the lease on entries this consumer still owns (XCLAIM to
@@ -25,6 +27,8 @@ Their KEYS and ARGV are spelled out where they are called (``calls`` below).
 from __future__ import annotations
 
 from typing import Any
+
+from ipcpool.transport.redis.keys import CONSUMER_GROUP
 
 PUBLISH = """
 local held = redis.call('GET', KEYS[2])
@@ -59,18 +63,6 @@ for i = 2, #ARGV do
   end
 end
 return out
-"""
-
-COMPLETE = """
-if ARGV[3] ~= '' then
-  redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
-  redis.call('LPUSH', KEYS[3], 'ack')
-  redis.call('EXPIRE', KEYS[3], ARGV[5])
-end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-redis.call('DEL', KEYS[4], KEYS[5])
-return 1
 """
 
 QUARANTINE = """
@@ -123,7 +115,6 @@ class Scripts:
     def __init__(self, client: Any) -> None:
         self.publish = client.register_script(PUBLISH)
         self.fetch = client.register_script(FETCH)
-        self.complete = client.register_script(COMPLETE)
         self.quarantine = client.register_script(QUARANTINE)
         self.renew = client.register_script(RENEW)
         self.release = client.register_script(RELEASE)
@@ -142,19 +133,26 @@ def fetch_call(keys: Any, group: str, entries: list[str]) -> tuple[list[str], li
     return [keys.stream(group)], [keys.ack(group, ""), *entries]
 
 
-def complete_call(keys: Any, group: str, entry: str, name: str, ack_id: str | None, ack_value: str, retention: int,
-                  answer_ttl: int) -> tuple[list[str], list[Any]]:
-    """The complete script's KEYS and ARGV."""
-    ack_key = keys.ack(group, ack_id) if ack_id else keys.queued(group, name)
-    answer = keys.answer(group, ack_id) if ack_id else keys.queued(group, name)
-    return ([keys.stream(group), ack_key, answer, keys.queued(group, name), keys.deliveries(group, entry)],
-            ["ipcpool", entry, ack_value if ack_id else "", retention, answer_ttl])
+def complete_commands(keys: Any, group: str, entry: str, name: str, ack_id: str | None, ack_value: str,
+                      retention: int, answer_ttl: int) -> list[tuple[Any, ...]]:
+    """A completion's commands, MULTI to EXEC: all of them happen or none."""
+    stream = keys.stream(group)
+    acked: list[tuple[Any, ...]] = []
+    if ack_id:
+        answer = keys.answer(group, ack_id)
+        acked = [("SET", keys.ack(group, ack_id), ack_value, "EX", retention), ("LPUSH", answer, "ack"),
+                 ("EXPIRE", answer, answer_ttl)]
+    return [("MULTI",), *acked, ("XACK", stream, CONSUMER_GROUP, entry), ("XDEL", stream, entry),
+            ("DEL", keys.queued(group, name), keys.deliveries(group, entry)), ("EXEC",)]
 
 
-def complete(scripts: Scripts, keys: Any, group: str, entry: str, name: str, ack_id: str | None, ack_value: str,
-             retention: int, answer_ttl: int, *, client: Any = None) -> Any:
-    script_keys, args = complete_call(keys, group, entry, name, ack_id, ack_value, retention, answer_ttl)
-    return scripts.complete(keys=script_keys, args=args, client=client)
+def complete(client: Any, keys: Any, group: str, entry: str, name: str, ack_id: str | None, ack_value: str,
+             retention: int, answer_ttl: int) -> None:
+    """The same completion through a redis-py client, answered (the supervisor's, and a worker's retry)."""
+    pipe = client.pipeline(transaction=True)
+    for command in complete_commands(keys, group, entry, name, ack_id, ack_value, retention, answer_ttl)[1:-1]:
+        pipe.execute_command(*command)
+    pipe.execute()
 
 
 def quarantine(scripts: Scripts, keys: Any, group: str, entry: str, name: str, message_id: str | None,

@@ -168,8 +168,10 @@ class RedisSource:
         self.failures.pop(key, None)
         if isinstance(info, dict) and ("ackHold" in info or "quarantine" in info):
             self.pending_work[key] = info
-            log.error("Redis is unreachable: finishing group=%s entry=%s id=%s when it is back", group, ref,
-                      info.get("id") or (info.get("quarantine") or {}).get("id"))
+            what = "its dead-lettering" if "quarantine" in info else "its ACK"
+            log.warning("IPC message finished, but Redis did not take %s: kept, and done as soon as it does "
+                        "group=%s entry=%s id=%s", what, group, ref,
+                        info.get("id") or (info.get("quarantine") or {}).get("id"))
 
     def requeue(self, group: str, ref: str, *, later: float = 0.0, counted: bool = True) -> None:
         key = (group, ref)
@@ -464,7 +466,7 @@ class RedisSource:
             if "quarantine" in info:
                 self._dead_letter(group, ref, info["quarantine"], info.get("nack"))
             else:
-                complete(self.scripts, self.keys, group, ref, info.get("name") or ref, info.get("id"),
+                complete(self.client, self.keys, group, ref, info.get("name") or ref, info.get("id"),
                          time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
                          max(1, int(self.config.ack.retention)), _answer_ttl(self.config))
             del self.pending_work[key]

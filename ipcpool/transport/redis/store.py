@@ -4,9 +4,11 @@ A receipt's ``ref`` is the entry's id in its group's stream. Everything per
 message or per batch goes down one connection of the worker's own (the
 lane), in order: a batch's fetch (the entries, and whether the ledger holds
 each one's stem) is sent when the batch arrives and read when an entry is
-first needed; a completion (ack, XACK, XDEL: one script) is sent when the
-handler returns and read before anything else goes out, or by ``settle``
-before the worker reports. Nothing read from Redis is ever unpickled: an
+first needed; a completion (ack, XACK, XDEL: one MULTI/EXEC) is sent when
+the handler returns, without asking for a reply; ``settle``, before the
+worker reports, checks in one round trip that every completion it sent took
+(its entry is gone) and sends again, answered, any that did not. Nothing
+read from Redis is ever unpickled: an
 entry is a few byte strings, and one that is malformed (no body, an unknown
 format) or too large is quarantined with the reason like any invalid message.
 """
@@ -25,9 +27,10 @@ from ipcpool.message import FORMATS, SNIFF_BYTES, now_iso
 from ipcpool.transport import Raw, Receipt
 from ipcpool.transport.redis.connection import UNAVAILABLE, Lane, connect, unavailable
 from ipcpool.transport.redis.keys import Keys
-from ipcpool.transport.redis.scripts import Scripts, complete, complete_call, fetch_call, quarantine
+from ipcpool.transport.redis.scripts import Scripts, complete, complete_commands, fetch_call, quarantine
 
 _MISSING = object()
+Completion = tuple[str, str, str, str | None, str]  # (group, entry, the name it was queued under, ack id, acked at)
 
 
 class RedisStore:
@@ -38,8 +41,7 @@ class RedisStore:
         self.scripts = Scripts(self.client)
         self.lane = Lane(self.client)  # the calls made per message or per batch: fetch, complete
         try:  # loaded now, so the first batch is not refused (NOSCRIPT) and fetched entry by entry
-            for script in (self.scripts.fetch, self.scripts.complete):
-                script.sha = self.lane.script_load(script.script)
+            self.scripts.fetch.sha = self.lane.script_load(self.scripts.fetch.script)
         except UNAVAILABLE:
             pass  # loaded when first refused
         self.max_bytes = config.spool.max_message_bytes
@@ -50,7 +52,7 @@ class RedisStore:
         self._stems: dict[tuple[str, str], str] = {}  # (group, entry) -> the name it was queued under, once read
         self._answer: tuple[str, str, bool] | None = None  # (group, stem, acked) fetched with the entry just read
         self._acked_here: set[tuple[str, str]] = set()  # (group, id) this worker acked since those answers
-        self._in_flight: tuple[tuple[str, str, str, str | None, str], bool] | None = None  # a completion sent
+        self._sent: list[tuple[Completion, bool]] = []  # completions sent unanswered, not checked yet
         self._failed: dict[tuple[str, str], dict[str, Any]] = {}  # completions that failed, until settle()
         self._fetching: list[tuple[str, list[str]]] = []  # a fetch sent, its replies not read yet
 
@@ -72,10 +74,9 @@ class RedisStore:
         self._fetching = list(by_group.items())
 
     def _finish_fetch(self) -> None:
-        """Read the fetch's replies (after the completion sent before it: the lane answers in order)."""
+        """Read the fetch's replies (completions sent before it are not answered: nothing comes first)."""
         if not self._fetching:
             return
-        self._settle_one()
         batches, self._fetching = self._fetching, []
         replies: list[Any] = []
         try:
@@ -142,22 +143,21 @@ class RedisStore:
         if answer is not None and answer[0] == group and answer[1] == message_id:
             return answer[2]
         self._finish_fetch()
-        self._settle_one()  # the lane carries what it sent, in order
-        try:
+        try:  # after this worker's completions on the lane: it sees its own acks
             return bool(self.lane.exists(self.keys.ack(group, message_id)))
         except UNAVAILABLE as exc:
             raise unavailable(exc, self.config) from exc
 
     def complete(self, group: str, ref: str, ack_id: str | None, token: Any) -> dict[str, Any] | None:
-        """Ack, XACK and XDEL in one script call, pipelined: its reply is read by the next call or ``settle``.
+        """Ack, XACK and XDEL in one MULTI/EXEC, sent unanswered; ``settle`` checks that it took.
 
         The worker goes on to its next message while Redis runs this one, and
-        reports neither to the supervisor before ``settle`` read the reply.
-        The command is in the kernel's hands before the next handler starts:
-        a SIGKILL after that still delivers it (the socket is closed with
-        FIN; an unread reply, the only thing that could turn that into a
-        reset, exists only once Redis has run it). So the window between a
-        handler's success and its ack is the spool's: one write.
+        reports neither to the supervisor before ``settle`` checked. The
+        command is in the kernel's hands before the next handler starts, and
+        nothing on the lane is unread then (the batch's fetch is read first),
+        so a SIGKILL after that still delivers it: the socket closes with FIN,
+        not a reset. So the window between a handler's success and its ack is
+        the spool's: one write.
         """
         self._stems.pop((group, ref), None)
         if ack_id is not None:
@@ -170,40 +170,50 @@ class RedisStore:
         self._send_complete(group, ref, ack_id, token, report=False)  # if it fails it comes back, a duplicate
 
     def settle(self) -> dict[tuple[str, str], dict[str, Any]]:
-        """Read the reply of the completion still in flight; (group, ref) -> what the supervisor must finish."""
-        self._settle_one()
+        """Check the completions sent since the last call; (group, ref) -> what the supervisor must finish.
+
+        One round trip: each sent entry looked up in its stream (Redis has run
+        every command sent before it). An entry still there was refused (a
+        full Redis, say): it is completed again, answered, and reported as an
+        ack the supervisor must finish only if that fails too; so is every
+        one when Redis cannot be asked.
+        """
+        sent, self._sent = self._sent, []
+        if sent:
+            self._finish_fetch()
+            try:
+                self.lane.send_many([("XRANGE", self.keys.stream(call[0]), call[1], call[1], "COUNT", 1)
+                                     for call, _report in sent])
+                present = [bool(self.lane.receive()) for _ in sent]
+            except UNAVAILABLE as exc:  # not known whether they took: the supervisor finishes them when it can
+                for call, report in sent:
+                    self._complete_failed(call, exc, report)
+                present = []
+            for (call, report), there in zip(sent, present, strict=False):
+                if there:
+                    self._complete_again(call, report)
         failed, self._failed = self._failed, {}
         return failed
 
     def _send_complete(self, group: str, ref: str, ack_id: str | None, token: Any, *, report: bool) -> None:
-        # Nothing unread on the lane when a completion goes out (see complete()).
-        self._finish_fetch()
-        self._settle_one()
-        call = (group, ref, token or ref, ack_id, now_iso())
-        keys, args = complete_call(self.keys, group, ref, token or ref, ack_id, call[4], self.retention,
-                                   self.answer_ttl)
+        self._finish_fetch()  # nothing unread on the lane when a completion goes out (see complete())
+        call: Completion = (group, ref, token or ref, ack_id, now_iso())
         try:
-            self.lane.send("EVALSHA", self.scripts.complete.sha, len(keys), *keys, *args)
+            self.lane.fire(complete_commands(self.keys, group, ref, call[2], ack_id, call[4], self.retention,
+                                             self.answer_ttl))
         except UNAVAILABLE as exc:
             self._complete_failed(call, exc, report)
             return
-        self._in_flight = (call, report)
+        self._sent.append((call, report))
 
-    def _settle_one(self) -> None:
-        if self._in_flight is None:
-            return
-        (call, report), self._in_flight = self._in_flight, None
+    def _complete_again(self, call: Completion, report: bool) -> None:
         group, ref, name, ack_id, acked_at = call
         try:
-            try:
-                self.lane.receive()
-            except NoScriptError:  # Redis restarted, its script cache empty: load it, run it again
-                complete(self.scripts, self.keys, group, ref, name, ack_id, acked_at, self.retention,
-                         self.answer_ttl, client=self.lane)
-        except (*UNAVAILABLE, ResponseError) as exc:  # away, or refusing writes (maxmemory): finished later
+            complete(self.client, self.keys, group, ref, name, ack_id, acked_at, self.retention, self.answer_ttl)
+        except (*UNAVAILABLE, ResponseError) as exc:  # away, or refusing writes: finished later
             self._complete_failed(call, exc, report)
 
-    def _complete_failed(self, call: tuple[str, str, str, str | None, str], exc: BaseException, report: bool) -> None:
+    def _complete_failed(self, call: Completion, exc: BaseException, report: bool) -> None:
         group, ref, name, ack_id, _at = call
         if report:
             self._failed[(group, ref)] = {"ackHold": ref, "id": ack_id, "name": name, "error": str(exc),
@@ -235,8 +245,7 @@ class RedisStore:
             raise FileNotFoundError(f"stream entry {ref} of group {group} is gone")
 
     def close(self) -> None:
-        self._finish_fetch()
-        self._settle_one()
+        self._finish_fetch()  # nothing unread: the lane closes with FIN, and what it sent is delivered
         self.lane.close()
         self.client.close()
 
