@@ -293,6 +293,8 @@ def test_an_acl_user_and_tls_and_the_password_is_never_logged(tmp_path, env, hos
         sup = _start(tmp_path, env, config, "h", hosts)
         with Client.from_config(config) as client:
             client.send_and_wait("main", "task", {"over": "tls"})
+            # a response (pushed in a MULTI/EXEC), under the same ACL
+            assert client.request("main", "task", {"result": {"x": 1}}, timeout=30) == {"x": 1}
             with pytest.raises(MessageFailed):  # a dead letter, under the same ACL
                 client.send_and_wait("main", "task", {"raise": "refused"}, timeout=30)
         # the asyncio client's waits verify the server against the same CA
@@ -311,6 +313,24 @@ def test_an_acl_user_and_tls_and_the_password_is_never_logged(tmp_path, env, hos
         assert "ipcpool:***@127.0.0.1" in sup.log() or "rediss://" not in sup.log()
         payloads = [r["payload"] for r in records(tmp_path)]
         assert {"over": "tls"} in payloads and {"over": "tls", "from": "asyncio"} in payloads
+    finally:
+        server.stop()
+
+
+def test_an_acl_user_that_may_not_run_a_completion_stops_run_with_exit_2(tmp_path, env):
+    """Completions go out unanswered: a refusal would show only later, as acks held. It is named at start."""
+    server = RedisServer(tmp_path / "redis", "--requirepass", "admin-secret").start()
+    try:
+        admin = redis.Redis(port=server.port, password="admin-secret")
+        readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+        acl = next(line for line in readme.splitlines() if line.startswith("ACL SETUSER ipcpool on >PASSWORD "))
+        assert " +@transaction " in acl
+        admin.execute_command(*acl.replace(">PASSWORD", ">s3cret-pass").replace(" +@transaction ", " ").split())
+        url = server.url.replace("redis://", "redis://ipcpool:s3cret-pass@")
+        out = ipcpool_cli(env, tmp_path, "run", "--config", str(_host(tmp_path, "h", url, "ipcpool")))
+        assert out.returncode == 2, out.stderr
+        assert "[redis] url" in out.stderr and "+@transaction" in out.stderr and "s3cret-pass" not in out.stderr
+        assert "multi" in out.stderr.lower()
     finally:
         server.stop()
 

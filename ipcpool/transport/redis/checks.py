@@ -5,6 +5,9 @@
 - A ``maxmemory-policy`` that may evict keys: under memory pressure Redis
   would drop queued messages and acks without a word. Queues need ``noeviction``
   (a full Redis then refuses writes, which senders see and retry).
+- An ACL user that may not run MULTI/EXEC or CLIENT REPLY: a worker sends its
+  completions as a MULTI/EXEC with replies off, so a refusal would only show
+  later, as acks held; it is named now, with the grant that fixes it.
 - Persistence off (no AOF, no RDB snapshots): a warning, saying what a Redis
   restart would lose (every queued message and every ack).
 """
@@ -18,6 +21,7 @@ import redis.exceptions
 from ipcpool.config import Config
 from ipcpool.errors import ConfigError, TransportUnavailable
 from ipcpool.transport.redis.connection import UNAVAILABLE, connect, where
+from ipcpool.transport.redis.keys import Keys
 
 log = logging.getLogger(__name__)
 MIN_VERSION = (6, 2)
@@ -28,9 +32,14 @@ def check_server(config: Config) -> None:
     try:
         info = client.info()
         persistent = _persistent(client)
+        _may_complete(client, config)
     except UNAVAILABLE as exc:
         raise TransportUnavailable(f"[redis] url: cannot reach Redis at {where(config)} ({exc}); start it, or fix "
                                    "the url (IPCPOOL_REDIS_URL overrides it)") from exc
+    except redis.exceptions.NoPermissionError as exc:
+        raise ConfigError(f"[redis] url: the Redis user ipcpool connects as at {where(config)} may not run what "
+                          f"a completion needs ({exc}): grant it +@transaction and +client|reply (the "
+                          "README's ACL SETUSER line has every grant ipcpool needs)") from exc
     except redis.exceptions.ResponseError as exc:  # an ACL that forbids INFO, a wrong password
         raise ConfigError(f"[redis] url: Redis at {where(config)} refused ipcpool: {exc}") from exc
     finally:
@@ -48,6 +57,12 @@ def check_server(config: Config) -> None:
         log.warning("Redis at %s keeps nothing on disk (appendonly no, no save points): a Redis restart loses "
                     "every queued message and every ack (a re-sent message could then be handled twice). "
                     "Turn on `appendonly yes`", where(config))
+
+
+def _may_complete(client: redis.Redis, config: Config) -> None:
+    """A completion's commands, tried: an empty MULTI/EXEC on one of the prefix's keys, and CLIENT REPLY ON."""
+    client.pipeline(transaction=True).exists(Keys(config.redis.prefix).groups).execute()
+    client.execute_command("CLIENT", "REPLY", "ON")
 
 
 def _persistent(client: redis.Redis) -> bool | None:

@@ -9,6 +9,8 @@ once when it starts and once when it ends, never once per attempt.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -95,10 +97,23 @@ class Lane:
         self._quiet = True
 
     def _write(self, commands: list[tuple[Any, ...]]) -> None:
-        packed = [b"".join(_pack(args) for args in commands)] if _pack is not None else \
-            self._conn.pack_commands(commands)
+        conn = self._conn
+        packed = [b"".join(_pack(args) for args in commands)] if _pack is not None else conn.pack_commands(commands)
         try:
-            self._conn.send_packed_command(packed, check_health=False)
+            sock = conn._sock
+            if len(packed) == 1 and type(sock) is socket.socket:
+                # One write(2). The socket is non-blocking (it has a timeout), and Python's send() would
+                # poll(2) before every write: a system call per message for nothing. What the kernel
+                # does not take at once goes the usual way, waiting at most the socket's timeout.
+                data = packed[0]
+                try:
+                    written = os.write(sock.fileno(), data)
+                except BlockingIOError:
+                    written = 0
+                if written == len(data):
+                    return
+                packed = [data[written:]]
+            conn.send_packed_command(packed, check_health=False)
         except UNAVAILABLE:
             self._disconnect()  # the next call connects again
             raise

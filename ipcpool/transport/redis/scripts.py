@@ -56,8 +56,11 @@ for i = 2, #ARGV do
     out[#out + 1] = 0
   else
     local fields = found[1][2]
-    local stem = false
-    for j = 1, #fields, 2 do if fields[j] == 's' then stem = fields[j + 1] end end
+    local stem = fields[6]  -- where publish puts it (m, f, s, ...); else looked for
+    if fields[5] ~= 's' then
+      stem = false
+      for j = 1, #fields, 2 do if fields[j] == 's' then stem = fields[j + 1] end end
+    end
     out[#out + 1] = fields
     out[#out + 1] = stem and redis.call('EXISTS', ARGV[1] .. stem) or 0
   end
