@@ -94,6 +94,7 @@ WATCHER = "ipcpool/transport/spool/watcher.py"
 R_SOURCE = "ipcpool/transport/redis/source.py"
 R_CONN = "ipcpool/transport/redis/connection.py"
 R_OUTBOX = "ipcpool/transport/redis/outbox.py"
+R_STORE = "ipcpool/transport/redis/store.py"
 
 T_LOST = "tests/test_lost_events.py"
 T_LIVE = "tests/test_live_config.py"
@@ -528,6 +529,15 @@ MUTATIONS: tuple[Mutation, ...] = (
              "        cutoff_ms = 0",
              (f"{T_REDIS}::test_memory_stays_bounded",),
              "[redis] dead_letter_retention"),
+    Mutation("redis-completions-unchecked", R_STORE,
+             "                if there:\n                    self._complete_again(call, report)",
+             "                if False:\n                    self._complete_again(call, report)",
+             (f"{T_REDIS}::test_a_full_redis_holds_the_ack_runs_no_handler_twice_and_carries_on",),
+             "a worker's unanswered completions are checked before it reports"),
+    Mutation("redis-full-is-a-crash", R_CONN,
+             "               redis.exceptions.OutOfMemoryError, OSError)", "               OSError)",
+             (f"{T_REDIS}::test_a_full_redis_holds_the_ack_runs_no_handler_twice_and_carries_on",),
+             "a full Redis is waited out like an outage"),
     # -- [handlers], [groups.*] ------------------------------------------------------------------------------
     Mutation("handler-types-ignored", HANDLERS,
              "        handler = self._handlers.get(message.type)\n", "        handler = None\n",

@@ -254,6 +254,38 @@ def test_redis_going_away_loses_nothing_and_is_logged_once(tmp_path, env, privat
     sup.stop()
 
 
+def test_a_full_redis_holds_the_ack_runs_no_handler_twice_and_carries_on(tmp_path, env, private_redis, hosts):
+    """maxmemory reached (noeviction): Redis refuses every write that needs memory, the ack's among them.
+
+    The completion goes out unanswered, so the worker's check before it reports finds the entry still
+    there, completes it again and is refused again: the ack is held, the supervisor finishes it once
+    Redis has room, and nobody crashes or runs the handler again meanwhile.
+    """
+    config = _host(tmp_path, "h", private_redis.url, "full", heartbeat={"interval": 0.25})
+    sup = _start(tmp_path, env, config, "h", hosts)
+    admin = _raw(private_redis.url)
+    gate = tmp_path / "gate"
+    with Client.from_config(config) as client:
+        held = client.send("main", "task", {"gate": str(gate)}, requires_ack=True)
+        wait_until(lambda: any(r["id"] == held for r in records(tmp_path)), 30, message="the handler running")
+        used = int(admin.info("memory")["used_memory"])
+        admin.config_set("maxmemory", str(used // 2))  # full: below what it holds already
+        gate.touch()
+        wait_until(lambda: "its ACK cannot be written" in sup.log(), 30, message="the ack refused and held")
+        wait_until(lambda: "is full" in sup.log(), 30, message="the supervisor seeing Redis full")
+        assert not client.is_acked("main", held)
+        assert sup.proc.poll() is None, "the supervisor lives through a full Redis"
+        admin.config_set("maxmemory", "0")  # room again
+        wait_until(lambda: client.is_acked("main", held), 30, message="the held ack written")
+        after = client.send_and_wait("main", "task", {"after": "full"}, timeout=30)
+    counts = Counter(r["id"] for r in records(tmp_path))
+    assert counts[held] == 1 and counts[after] == 1, counts
+    assert admin.xlen("full:stream:main") == 0
+    lines = [line for line in sup.log().splitlines() if "is full" in line]
+    assert len({line.split("]")[0] for line in lines}) == len(lines), "one line per episode per process"
+    assert sup.stop() == 0
+
+
 # -- start-up checks, security, deployments kept apart ---------------------------------------------------------------
 
 

@@ -29,9 +29,10 @@ from ipcpool.errors import TransportUnavailable
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# What a lost or refused connection looks like: worth waiting for and retrying.
+# What a lost or refused connection looks like, or a full Redis (maxmemory reached under noeviction: it
+# refuses writes until it has room): worth waiting for and retrying, never a crash.
 UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError,
-               OSError)
+               redis.exceptions.OutOfMemoryError, OSError)
 RETRY_FIRST, RETRY_MAX = 0.1, 5.0  # seconds between attempts during an outage: doubling, capped
 
 
@@ -175,8 +176,12 @@ class Outage:
         now = time.monotonic()
         if self.since is None:
             self.since = now
-            log.error("Redis at %s is unreachable (%s); the %s retries with back-off and carries on when it is back",
-                      self.where, exc, self.who)
+            if isinstance(exc, redis.exceptions.OutOfMemoryError):
+                log.error("Redis at %s is full and refuses writes (%s); the %s retries with back-off and carries "
+                          "on when it has room (raise maxmemory, or drain what fills it)", self.where, exc, self.who)
+            else:
+                log.error("Redis at %s is unreachable (%s); the %s retries with back-off and carries on when it "
+                          "is back", self.where, exc, self.who)
             self._delay = RETRY_FIRST
         self.next_try = now + self._delay
         self._delay = min(RETRY_MAX, self._delay * 2)
