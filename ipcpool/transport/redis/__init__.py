@@ -6,8 +6,8 @@ local root, so a restarted supervisor takes back what it held at once. A
 message a supervisor holds is its own for ``[redis] lease`` seconds,
 renewed from its heartbeat for as long as a live worker holds it; a dead
 supervisor's messages are reclaimed by the others once their lease lapses.
-A finished message is acknowledged and deleted in one round trip (a Lua
-script). Modules: ``connection`` (connecting, outages), ``keys``, ``scripts``
+A finished message is acknowledged and deleted by one MULTI/EXEC, sent
+unanswered and checked once per report. Modules: ``connection`` (connecting, outages), ``keys``, ``scripts``
 (the atomic steps), ``checks`` (what ``ipcpool run`` refuses), ``source``,
 ``store``, ``outbox`` and ``inspector`` (the seam's sides), ``ingest``
 (files dropped into the local spool go into the streams).
