@@ -138,22 +138,22 @@ def fetch_call(keys: Any, group: str, entries: list[str]) -> tuple[list[str], li
 
 def complete_commands(keys: Any, group: str, entry: str, name: str, ack_id: str | None, ack_value: str,
                       retention: int, answer_ttl: int) -> list[tuple[Any, ...]]:
-    """A completion's commands, MULTI to EXEC: all of them happen or none."""
+    """A completion's commands, to be run inside MULTI/EXEC: all of them happen or none."""
     stream = keys.stream(group)
     acked: list[tuple[Any, ...]] = []
     if ack_id:
         answer = keys.answer(group, ack_id)
         acked = [("SET", keys.ack(group, ack_id), ack_value, "EX", retention), ("LPUSH", answer, "ack"),
                  ("EXPIRE", answer, answer_ttl)]
-    return [("MULTI",), *acked, ("XACK", stream, CONSUMER_GROUP, entry), ("XDEL", stream, entry),
-            ("DEL", keys.queued(group, name), keys.deliveries(group, entry)), ("EXEC",)]
+    return [*acked, ("XACK", stream, CONSUMER_GROUP, entry), ("XDEL", stream, entry),
+            ("DEL", keys.queued(group, name), keys.deliveries(group, entry))]
 
 
 def complete(client: Any, keys: Any, group: str, entry: str, name: str, ack_id: str | None, ack_value: str,
              retention: int, answer_ttl: int) -> None:
     """The same completion through a redis-py client, answered (the supervisor's, and a worker's retry)."""
     pipe = client.pipeline(transaction=True)
-    for command in complete_commands(keys, group, entry, name, ack_id, ack_value, retention, answer_ttl)[1:-1]:
+    for command in complete_commands(keys, group, entry, name, ack_id, ack_value, retention, answer_ttl):
         pipe.execute_command(*command)
     pipe.execute()
 

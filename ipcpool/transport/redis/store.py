@@ -188,10 +188,10 @@ class RedisStore:
             except UNAVAILABLE as exc:  # not known whether they took: the supervisor finishes them when it can
                 for call, report in sent:
                     self._complete_failed(call, exc, report)
-                present = []
-            for (call, report), there in zip(sent, present, strict=False):
-                if there:
-                    self._complete_again(call, report)
+            else:
+                for (call, report), there in zip(sent, present, strict=True):
+                    if there:
+                        self._complete_again(call, report)
         failed, self._failed = self._failed, {}
         return failed
 
@@ -199,8 +199,8 @@ class RedisStore:
         self._finish_fetch()  # nothing unread on the lane when a completion goes out (see complete())
         call: Completion = (group, ref, token or ref, ack_id, now_iso())
         try:
-            self.lane.fire(complete_commands(self.keys, group, ref, call[2], ack_id, call[4], self.retention,
-                                             self.answer_ttl))
+            self.lane.fire([("MULTI",), *complete_commands(self.keys, group, ref, call[2], ack_id, call[4],
+                                                           self.retention, self.answer_ttl), ("EXEC",)])
         except UNAVAILABLE as exc:
             self._complete_failed(call, exc, report)
             return
