@@ -22,6 +22,7 @@ from redis_server import RedisServer
 
 from ipcpool import AsyncClient, Client, MessageExists, MessageFailed, QueueFull
 from ipcpool.config import load_config
+from ipcpool.health import read_status
 
 
 def _sections(url: str, prefix: str, **extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -273,6 +274,9 @@ def test_a_full_redis_holds_the_ack_runs_no_handler_twice_and_carries_on(tmp_pat
         gate.touch()
         wait_until(lambda: "its ACK cannot be written" in sup.log(), 30, message="the ack refused and held")
         wait_until(lambda: "is full" in sup.log(), 30, message="the supervisor seeing Redis full")
+        wait_until(lambda: "full and refuses writes" in str((read_status(tmp_path / "h" / "ipc") or {})
+                                                            .get("spool", {}).get("error")),
+                   30, message="status saying Redis is full, not unreachable")
         assert not client.is_acked("main", held)
         assert sup.proc.poll() is None, "the supervisor lives through a full Redis"
         admin.config_set("maxmemory", "0")  # room again

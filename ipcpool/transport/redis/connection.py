@@ -165,6 +165,7 @@ class Outage:
         self.where = where(config)
         self.who = who
         self.since: float | None = None
+        self.full = False  # Redis answers, but refuses writes (maxmemory): not the same fix as a dead link
         self.next_try = 0.0
         self._delay = RETRY_FIRST
 
@@ -176,7 +177,8 @@ class Outage:
         now = time.monotonic()
         if self.since is None:
             self.since = now
-            if isinstance(exc, redis.exceptions.OutOfMemoryError):
+            self.full = isinstance(exc, redis.exceptions.OutOfMemoryError)
+            if self.full:
                 log.error("Redis at %s is full and refuses writes (%s); the %s retries with back-off and carries "
                           "on when it has room (raise maxmemory, or drain what fills it)", self.where, exc, self.who)
             else:
@@ -190,6 +192,13 @@ class Outage:
         if self.since is not None:
             log.info("Redis at %s is back after %.1fs", self.where, time.monotonic() - self.since)
             self.since = None
+
+    def describe(self) -> str | None:
+        """What an operator reads in ``status`` and /readyz while this outage lasts, or None."""
+        if self.since is None:
+            return None
+        what = "full and refuses writes (maxmemory)" if self.full else "unreachable"
+        return f"Redis is {what} since {round(time.monotonic() - self.since, 1)}s"
 
     def may_try(self) -> bool:
         return self.since is None or time.monotonic() >= self.next_try

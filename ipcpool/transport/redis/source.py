@@ -272,8 +272,7 @@ class RedisSource:
         if replies:
             self._last_groups = groups
         trouble = {"full": False, "stranded": len(self.pending_work), "ackHolds": 0,
-                   "error": f"Redis is unreachable since {round(time.monotonic() - self.outage.since, 1)}s"
-                   if self.outage.since is not None else None,
+                   "error": self.outage.describe(),
                    "consumer": self.consumer, "redisDown": self.outage.down, **self.ingest.stats()}
         return {"groups": groups, "transport": trouble}
 
