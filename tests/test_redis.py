@@ -221,6 +221,10 @@ def test_chaos_three_supervisors_share_a_queue_through_kills_and_a_redis_restart
     for message_id in [i for i, c in counts.items() if c > 1]:  # only deliveries in flight at a kill repeat
         deliveries = sorted((r for r in seen if r["id"] == message_id), key=lambda r: r["at"])
         assert all(r["pid"] in killed for r in deliveries[:-1]), deliveries
+    repeated = sum(c - 1 for c in counts.values())
+    print(f"chaos: {len(ids)} sent, {len(counts)} handled, {repeated} repeat deliveries, {len(killed)} workers "
+          "SIGKILLed (every 100 ms, and those of the supervisor SIGKILLed midway), redis-server SIGKILLed and "
+          "restarted from its AOF once")
     client = _raw(url)
     assert client.xlen(f"{prefix}:stream:main") == 0, "every finished entry deleted"
     assert client.xpending(f"{prefix}:stream:main", "ipcpool")["pending"] == 0, "nothing left pending"
