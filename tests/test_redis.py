@@ -22,6 +22,7 @@ from redis_server import RedisServer
 
 from ipcpool import AsyncClient, Client, MessageExists, MessageFailed, QueueFull
 from ipcpool.config import load_config
+from ipcpool.errors import TransportUnavailable
 from ipcpool.health import read_status
 
 
@@ -292,6 +293,21 @@ def test_a_full_redis_holds_the_ack_runs_no_handler_twice_and_carries_on(tmp_pat
     lines = [line for line in sup.log().splitlines() if "is full" in line]
     assert len({line.split("]")[0] for line in lines}) == len(lines), "one line per episode per process"
     assert sup.stop() == 0
+
+
+def test_a_sender_that_gives_up_on_a_full_redis_says_it_is_full(tmp_path, private_redis):
+    """A publish refused for memory is retried like an outage, and the error names the real fix."""
+    config = load_config(_host(tmp_path, "h", private_redis.url, "fullsend", redis={"outage_timeout": 0.5}))
+    admin = _raw(private_redis.url)
+    with Client.from_config(config) as client:
+        client.send("main", "task", {"before": "full"})
+        admin.config_set("maxmemory", str(int(admin.info("memory")["used_memory"]) // 2))
+        with pytest.raises(TransportUnavailable, match="full and refuses writes") as caught:
+            client.send("main", "task", {"while": "full"})
+        assert "outage_timeout" in str(caught.value)
+        admin.config_set("maxmemory", "0")
+        client.send("main", "task", {"after": "full"})
+    assert admin.xlen("fullsend:stream:main") == 2, "the refused one was never half-published"
 
 
 # -- start-up checks, security, deployments kept apart ---------------------------------------------------------------

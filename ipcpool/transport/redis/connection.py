@@ -213,7 +213,8 @@ def retrying(outage: Outage, timeout: float, operation: Callable[[], T]) -> T:
         except UNAVAILABLE as exc:
             outage.failed(exc)
             if outage.next_try > deadline:
-                raise TransportUnavailable(f"Redis at {outage.where} is unreachable ({exc}); gave up after "
+                what = "full and refuses writes" if outage.full else "unreachable"
+                raise TransportUnavailable(f"Redis at {outage.where} is {what} ({exc}); gave up after "
                                            f"{timeout:g}s ([redis] outage_timeout)") from exc
             time.sleep(max(0.0, outage.next_try - time.monotonic()))
             continue
