@@ -395,9 +395,9 @@ def judge(rows: list[Row]) -> list[str]:
     return lines
 
 
-def report(rows: list[Row], machine: dict[str, Any], redis_version: str) -> str:
+def report(rows: list[Row], machine: dict[str, Any], redis_version: str, fs: str) -> str:
     out = [f"Machine: {machine['cpu_model']}, {machine['cpu_count']} CPUs, Python {machine['python']}, "
-           f"{machine['kernel']}; redis-server {redis_version} (AOF everysec, loopback TCP)", "",
+           f"{machine['kernel']}; redis-server {redis_version} (AOF everysec on {fs}, loopback TCP)", "",
            "| scenario | system | result |", "|---|---|---|"]
     out += [f"| {r.scenario} | {r.system} | {r.text} |" for r in rows]
     verdicts = judge(rows)
@@ -439,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated: {','.join(SCENARIOS)}")
     parser.add_argument("--rounds", type=int, help="throughput passes, the systems' order rotated (default 3)")
     parser.add_argument("--out", type=Path, default=Path("bench-results-redis.json"), help="JSON results file")
+    parser.add_argument("--tmpdir", type=Path, help="where redis-server's AOF and the work folders go (default: "
+                        "the system temp dir). The filesystem matters: on a disk, the AOF's writes and fsyncs "
+                        "cost Redis CPU and vary from pass to pass; it is printed")
     args = parser.parse_args(argv)
     systems = [System(name) for name in _pick(args.systems, SYSTEMS)]
     scenarios = _pick(args.only, SCENARIOS)
@@ -448,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     print(f"CPU: {machine['cpu_model']} ({machine['cpu_count']} CPUs)", file=sys.stderr, flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    base = Path(tempfile.mkdtemp(prefix="ipcpool-bench-redis-"))
+    base = Path(tempfile.mkdtemp(prefix="ipcpool-bench-redis-", dir=args.tmpdir))
+    fs = filesystem_of(base)
     rows: list[Row] = []
     redis = RedisServerProc(base / "redis").start()
     try:
@@ -465,10 +469,10 @@ def main(argv: list[str] | None = None) -> int:
         redis.stop()
         Proc.stop_all()
         subprocess.run(["rm", "-rf", str(base)], check=False)
-    text = report(rows, machine, version)
+    text = report(rows, machine, version, fs)
     print(text)
     args.out.write_text(json.dumps({"machine": machine, "redis": version, "sizes": sizes.__dict__,
-                                    "fs": filesystem_of(Path(tempfile.gettempdir())),
+                                    "fs": fs,
                                     "rows": [r.__dict__ for r in rows]}, indent=2))
     return 0
 
