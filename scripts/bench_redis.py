@@ -3,6 +3,7 @@
     pip install -e '.[redis,bench]'
     python scripts/bench.py --backend redis            # the full run (several minutes)
     python scripts/bench.py --backend redis --quick    # small sizes, for development
+    python scripts/bench.py --backend redis --tmpdir /dev/shm   # the AOF on tmpfs (default: the temp dir)
     python scripts/bench_redis.py --systems ipcpool-1,celery --only throughput
 
 Every system runs the same no-op handler (it appends one fixed-width record:
