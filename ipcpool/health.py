@@ -187,6 +187,8 @@ def verdict(status: dict[str, Any] | None, *, now: float | None = None) -> tuple
     if status.get("state") != "running":
         return False, f"supervisor is {status.get('state')}"
     spool = status.get("spool") or {}
+    if spool.get("redisDown"):  # the supervisor's own view: unreachable, or full and refusing its writes
+        return False, spool.get("error") or "Redis is unreachable"
     if spool.get("full"):
         return False, (f"the spool's filesystem is full: {spool.get('ackHolds', 0)} handled message(s) wait for "
                        f"their acks, {spool.get('stranded', 0)} transition(s) wait for room (they are retried)")

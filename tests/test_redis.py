@@ -282,6 +282,8 @@ def test_a_full_redis_holds_the_ack_runs_no_handler_twice_and_carries_on(tmp_pat
         wait_until(lambda: "full and refuses writes" in str((read_status(tmp_path / "h" / "ipc") or {})
                                                             .get("spool", {}).get("error")),
                    30, message="status saying Redis is full, not unreachable")
+        health = ipcpool_cli(env, tmp_path, "health", "--config", str(config))
+        assert health.returncode == 1 and health.stdout.startswith("Redis is full and refuses writes"), health
         assert not client.is_acked("main", held)
         assert sup.proc.poll() is None, "the supervisor lives through a full Redis"
         admin.config_set("maxmemory", "0")  # room again
