@@ -193,12 +193,16 @@ class Outage:
             log.info("Redis at %s is back after %.1fs", self.where, time.monotonic() - self.since)
             self.since = None
 
+    @property
+    def what(self) -> str:
+        """What is wrong, in the words an operator acts on: the network, or maxmemory."""
+        return "full and refuses writes (maxmemory)" if self.full else "unreachable"
+
     def describe(self) -> str | None:
         """What an operator reads in ``status`` and /readyz while this outage lasts, or None."""
         if self.since is None:
             return None
-        what = "full and refuses writes (maxmemory)" if self.full else "unreachable"
-        return f"Redis is {what} since {round(time.monotonic() - self.since, 1)}s"
+        return f"Redis is {self.what} since {round(time.monotonic() - self.since, 1)}s"
 
     def may_try(self) -> bool:
         return self.since is None or time.monotonic() >= self.next_try
@@ -213,8 +217,7 @@ def retrying(outage: Outage, timeout: float, operation: Callable[[], T]) -> T:
         except UNAVAILABLE as exc:
             outage.failed(exc)
             if outage.next_try > deadline:
-                what = "full and refuses writes" if outage.full else "unreachable"
-                raise TransportUnavailable(f"Redis at {outage.where} is {what} ({exc}); gave up after "
+                raise TransportUnavailable(f"Redis at {outage.where} is {outage.what} ({exc}); gave up after "
                                            f"{timeout:g}s ([redis] outage_timeout)") from exc
             time.sleep(max(0.0, outage.next_try - time.monotonic()))
             continue
