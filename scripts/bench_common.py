@@ -357,20 +357,36 @@ def filesystem_of(path: Path) -> str:
     return f"{best[1]} on {best[0] or '?'}"
 
 
-def machine_info() -> dict[str, Any]:
-    model = "unknown"
+def cpu_model() -> str:
+    """The CPU's name, with its family, model, stepping and clock.
+
+    A VM's name can be as vague as "AMD EPYC", and hosts of one name differ
+    by CPU generation: the same code measured twice as fast on one as on
+    another. The family and model tell them apart.
+    """
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
+                if not line.strip():
+                    break  # the first CPU's block is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
+        return "unknown"
+    name = fields.get("model name", "unknown")
+    ident = ", ".join(f"{label} {fields[key]}" for key, label in
+                      (("cpu family", "family"), ("model", "model"), ("stepping", "stepping")) if key in fields)
+    mhz = fields.get("cpu MHz")
+    extra = "; ".join(part for part in (ident, f"{float(mhz):.0f} MHz" if mhz else "") if part)
+    return f"{name} ({extra})" if extra else name
+
+
+def machine_info() -> dict[str, Any]:
     uname = os.uname()
     return {
         "cpu_count": os.cpu_count(),
-        "cpu_model": model,
+        "cpu_model": cpu_model(),
         "python": sys.version.split()[0],
         "python_impl": sys.implementation.name,
         "kernel": f"{uname.sysname} {uname.release}",
