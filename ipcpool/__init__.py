@@ -25,6 +25,7 @@ from ipcpool.errors import (
     QueueFull,
     ResponseTimeout,
     SpoolError,
+    TransportUnavailable,
     WorkerBootError,
 )
 from ipcpool.message import IPCMessageType, Message
@@ -52,6 +53,7 @@ __all__ = [
     "QueueFull",
     "ResponseTimeout",
     "SpoolError",
+    "TransportUnavailable",
     "WorkerBootError",
     "get_ipc_system",
     "load_config",

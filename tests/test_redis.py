@@ -20,9 +20,8 @@ import redis
 from conftest import SupervisorProcess, ipcpool_cli, records, wait_until, write_config
 from redis_server import RedisServer
 
-from ipcpool import AsyncClient, Client, MessageExists, MessageFailed, QueueFull
+from ipcpool import AsyncClient, Client, MessageExists, MessageFailed, QueueFull, TransportUnavailable
 from ipcpool.config import load_config
-from ipcpool.errors import TransportUnavailable
 from ipcpool.health import read_status
 
 
