@@ -311,8 +311,11 @@ def _name(p: psutil.Process) -> str:
 
 
 def records(tmp_path: Path) -> list[dict[str, Any]]:
-    """Every delivery the recorder handlers saw (one JSON line each).
+    """Every delivery the recorder handlers saw (one JSON line each), in the order they started.
 
+    Each worker writes a file of its own, named by its pid, so the files' order
+    is not the deliveries' (a replacement worker's pid may sort first): the
+    records are ordered by their start time, each file's own order kept for a tie.
     A line without its newline is still being written (a reader can see part of a
     write(2) that is under way): it is left for the next read.
     """
@@ -322,6 +325,7 @@ def records(tmp_path: Path) -> list[dict[str, Any]]:
         for line in text[:text.rfind("\n") + 1].splitlines():
             if line.strip():
                 out.append(json.loads(line))
+    out.sort(key=lambda record: record.get("at", 0.0))
     return out
 
 
