@@ -31,13 +31,13 @@ from redis_server_proc import RedisServerProc
 
 
 def completion_bytes() -> bytes:
-    """A completion as RedisStore sends it: MULTI, the ack, the answer, XACK, XDEL, forget the name, EXEC."""
+    """A completion's bytes exactly as RedisStore sends them: MULTI, the store's completion commands, EXEC."""
     from hiredis import pack_command
 
-    commands = [("MULTI",), ("SET", "cost:ack:main:x", "{}", "EX", "60"), ("LPUSH", "cost:answer:main:x", "ack"),
-                ("EXPIRE", "cost:answer:main:x", "60"), ("XACK", "cost:stream:main", "ipcpool", "1-1"),
-                ("XDEL", "cost:stream:main", "1-1"), ("DEL", "cost:queued:main:x", "cost:deliveries:main:1-1"),
-                ("EXEC",)]
+    from ipcpool.transport.redis.keys import Keys
+    from ipcpool.transport.redis.scripts import complete_commands
+
+    commands = [("MULTI",), *complete_commands(Keys("cost"), "main", "1-1", "x", "x", "{}", 60, 60), ("EXEC",)]
     return b"".join(pack_command(c) for c in commands)
 
 
