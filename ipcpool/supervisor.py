@@ -376,7 +376,11 @@ class Supervisor:
         now = self.clock()
         if kind == "done":
             for seq, outcome, info in message[1]:
-                self.on_done(worker, seq, outcome, info)
+                try:
+                    self.on_done(worker, seq, outcome, info)
+                except Exception:  # one message's fault never leaves the rest of the batch unfinished
+                    log.exception("cannot finish delivery %d of worker pid=%d; if its file is left in processing/, "
+                                  "the next rescans put it back", seq, worker.pid)
             if message[2] is not None:
                 self.metrics.absorb(message[2])
         elif kind == "hb":
@@ -609,10 +613,14 @@ class Supervisor:
         current, _started = worker.current() if blame else (None, 0.0)
         held, worker.held = list(worker.held.values()), OrderedDict()
         for delivery in held:
-            if delivery is current:
-                self.record_failed_delivery(delivery, worker, how)
-            else:
-                self._requeue(delivery)
+            try:
+                if delivery is current:
+                    self.record_failed_delivery(delivery, worker, how)
+                else:
+                    self._requeue(delivery)
+            except Exception:  # one message's fault never strands the others the worker held
+                log.exception("cannot put back group=%s file=%s (held by worker pid=%d); if it is left in "
+                              "processing/, the next rescans put it back", delivery.group, delivery.name, worker.pid)
 
     def _requeue(self, delivery: Delivery, *, counted: bool = True, later: float = 0.0,
                  returned: bool = True) -> None:

@@ -173,7 +173,7 @@ def test_published_file_modes_private(root, umask_022):
 def test_published_file_modes_shared_are_not_left_to_the_umask(root, umask_022):
     # "Folder and file modes, set explicitly rather than left to the umask."
     spool = _make(root, mode="shared")
-    assert _mode(spool.publish("main", "m.json", b"{}")) == 0o660
+    assert _mode(spool.publish("main", "m.json", b"{}")) == 0o640  # group members read it; only its writer writes it
     spool.write_ack("main", "abc")
     assert _mode(spool.path("main", "acks", "abc.ack")) == 0o640
 

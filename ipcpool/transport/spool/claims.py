@@ -12,7 +12,7 @@ import errno
 import logging
 import os
 
-from ipcpool.transport.spool.layout import ACK_HOLD_PREFIX, PROCESSING, safe_id
+from ipcpool.transport.spool.layout import ACK_HOLD_PREFIX, PROCESSING, copy_name, safe_id
 from ipcpool.transport.spool.writes import _same_content, rename_noreplace, unlink_quietly
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ class Claims:
     _spares: list[tuple[str, int]]
     _tmp_counter: int
     _pid: int
+    max_message_bytes: int
 
     def claim(self, group: str, name: str) -> bool:
         """messages/ -> processing/; False when the file is gone (handled or removed).
@@ -48,7 +49,6 @@ class Claims:
         """
         source = self.path(group, PROCESSING, name)
         target = name
-        stem, dot, ext = name.rpartition(".")
         for attempt in range(1, 100):
             try:
                 rename_noreplace(source, self.inbox_path(group, target))
@@ -59,12 +59,12 @@ class Claims:
                 self.ensure_group(group)  # messages/ itself was removed: recreate it, then go on
                 continue
             except FileExistsError:
-                if _same_content(source, self.inbox_path(group, target)):
+                if _same_content(source, self.inbox_path(group, target), self.max_message_bytes):
                     unlink_quietly(source)  # a re-publish of the same bytes: one copy is enough
                     return target
                 # Counted names while they are few, then a random one: a collision never strands it.
                 suffix = f"requeued{attempt}" if attempt < 10 else f"requeued{attempt}-{os.urandom(4).hex()}"
-                target = f"{stem}.{suffix}.{ext}" if dot else f"{name}.{suffix}"
+                target = copy_name(name, suffix)
         raise FileExistsError(errno.EEXIST, "cannot find a free name in messages/", name)
 
     def complete(self, group: str, name: str, *, recycle: int | None = None) -> None:

@@ -10,10 +10,8 @@ message's inbox (picked up like any new file), purge is unlink.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import stat
 from typing import Any
 
 from ipcpool.message import MESSAGE_ID, now_iso
@@ -26,11 +24,13 @@ from ipcpool.transport.spool.layout import (
     MESSAGES,
     PROCESSING,
     RETRIED_DIR,
+    copy_name,
     epoch_ms,
     nack_name,
+    shorten,
     split_name,
 )
-from ipcpool.transport.spool.writes import rename_noreplace, unlink_quietly
+from ipcpool.transport.spool.writes import read_regular, rename_noreplace, unlink_quietly
 
 
 class DeadLetterFiles:
@@ -46,8 +46,7 @@ class DeadLetterFiles:
         inbox, name = split_name(name)
         if inbox != MESSAGES:
             name = f"{inbox}~{name}"
-        short = name if len(name.encode()) <= MAX_NAME_BYTES else \
-            f"{name.encode()[:120].decode(errors='ignore')}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
+        short = shorten(name, MAX_NAME_BYTES)
         if short.endswith(ERROR_SUFFIX):
             short += ".msg"
         errors_dir = self.path(group, ERRORS)
@@ -115,7 +114,7 @@ def list_errors(spool: Any, group: str | None = None) -> list[ErrorEntry]:
         for name in names:
             if not name.endswith(ERROR_SUFFIX):
                 continue
-            data = _read_regular(os.path.join(directory, name), RECORD_LIMIT)
+            data = read_regular(os.path.join(directory, name), RECORD_LIMIT)
             try:
                 record = json.loads(data) if data is not None else {"reason": "unreadable error record"}
             except ValueError:
@@ -138,22 +137,8 @@ def find(spool: Any, wanted: str, group: str | None = None) -> tuple[list[ErrorE
     return matches, {e.message_id for e in matches}
 
 
-def _read_regular(path: str, limit: int) -> bytes | None:
-    """Read a file only if it is a regular file (quarantined links and FIFOs are never opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return os.read(fd, limit)
-    finally:
-        os.close(fd)
-
-
 def read_message(spool: Any, entry: ErrorEntry) -> bytes | None:
-    return _read_regular(spool.path(entry.group, ERRORS, entry.file), spool.max_message_bytes + 1)
+    return read_regular(spool.path(entry.group, ERRORS, entry.file), spool.max_message_bytes + 1)
 
 
 def has_message(spool: Any, entry: ErrorEntry) -> bool:
@@ -173,8 +158,7 @@ def retry(spool: Any, entry: ErrorEntry) -> str:
     try:  # never replace a newer message that took the name meanwhile
         rename_noreplace(source, spool.path(entry.group, inbox, name))
     except FileExistsError:
-        stem, dot, ext = name.rpartition(".")
-        name = f"{stem}.retried{entry.epoch_ms}.{ext}" if dot else f"{name}.retried{entry.epoch_ms}"
+        name = copy_name(name, f"retried{entry.epoch_ms}")
         rename_noreplace(source, spool.path(entry.group, inbox, name))
     retried = os.path.join(spool.path(entry.group, ERRORS), RETRIED_DIR)
     try:

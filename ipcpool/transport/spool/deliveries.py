@@ -28,7 +28,7 @@ class DeliveryRecords:
 
     def delivery_path(self, group: str, name: str) -> Path:
         """Hashed, so any message name fits; the record holds the real name."""
-        digest = hashlib.sha1(name.encode()).hexdigest()
+        digest = hashlib.sha1(os.fsencode(name)).hexdigest()  # names need not be UTF-8
         return self.state_dir / DELIVERIES_DIR / group / f"{digest}.json"
 
     def save_deliveries(self, group: str, name: str, history: list[dict[str, Any]]) -> None:

@@ -13,6 +13,7 @@ user writes the rest, staging its files in a private folder.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -34,7 +35,8 @@ STATE_DIR = ".ipcpool"
 STAGING_DIR = "staging"
 DELIVERIES_DIR = "deliveries"
 MAX_NAME_BYTES = 180  # longer message names are shortened in errors/ so every derived name fits in 255
-_COPY_SUFFIX = re.compile(r"\.(?:requeued|retried)\d+\Z")
+NAME_MAX = 255  # bytes in one file name (Linux, macOS): a name ipcpool derives never exceeds it
+_COPY_SUFFIX = re.compile(r"\.(?:requeued|retried)\d+(?:-[0-9a-f]+)?\Z")
 RETRIED_DIR = "retried"
 RETRIED = f"errors/{RETRIED_DIR}"  # records of retried messages, kept [spool] retried_retention
 ERROR_SUFFIX = ".error.json"
@@ -46,7 +48,7 @@ _SHARED_DIRS = {
     ACKS: 0o2750, RESPONSES: 0o2750, ERRORS: 0o2750,
 }
 _SHARED_FILE = 0o640
-_SHARED_MESSAGE_FILE = 0o660
+_SHARED_MESSAGE_FILE = 0o640  # its writer alone may change it: the sticky folder only stops removal
 
 
 def is_message_name(name: str) -> bool:
@@ -71,6 +73,32 @@ def message_stem(name: str) -> str:
     name = name[name.rfind("/") + 1:]
     stem = name.rsplit(".", 1)[0] if "." in name else name
     return _COPY_SUFFIX.sub("", stem) if "." in stem else stem
+
+
+def name_digest(name: str) -> str:
+    """A short hash of a file name as the kernel holds it (any bytes: names need not be UTF-8)."""
+    return hashlib.sha1(os.fsencode(name)).hexdigest()[:12]
+
+
+def shorten(name: str, max_bytes: int) -> str:
+    """``name`` if it fits in ``max_bytes``, else its first bytes, ``~`` and a digest of the whole, to fit."""
+    raw = os.fsencode(name)
+    if len(raw) <= max_bytes:
+        return name
+    return f"{os.fsdecode(raw[:max_bytes - 13])}~{name_digest(name)}"
+
+
+def copy_name(name: str, suffix: str) -> str:
+    """``<stem>.<suffix>.<ext>``: a second copy's name beside the first, shortened so it always fits.
+
+    Only the stem is shortened, so the extension (the format) and the suffix
+    (which :func:`message_stem` removes again) stay as they are.
+    """
+    stem, dot, ext = name.rpartition(".")
+    if not dot:
+        stem, ext = name, ""
+    tail = f".{suffix}.{ext}" if dot else f".{suffix}"
+    return shorten(stem, NAME_MAX - len(os.fsencode(tail))) + tail
 
 
 def epoch_ms() -> int:

@@ -18,6 +18,9 @@ from ipcpool.errors import QueueFull
 from ipcpool.transport.spool.layout import ACKS, MESSAGES, PROCESSING, ack_name, nack_name
 from ipcpool.transport.spool.spool import Spool
 from ipcpool.transport.spool.waiter import POLL_FALLBACK, FileWaiter
+from ipcpool.transport.spool.writes import read_regular
+
+MAX_ANSWER_BYTES = 64 * 1024 * 1024  # a response is a handler's result: bounded, but generously
 
 Answer = tuple[str, Any]  # ("ack", None) | ("nack", body) | ("response", body bytes)
 
@@ -136,8 +139,7 @@ class SpoolOutbox:
 
     @staticmethod
     def _take_response(path: str) -> bytes:
-        with open(path, "rb") as handle:
-            body = handle.read()
+        body = read_regular(path, MAX_ANSWER_BYTES) or b""
         try:
             os.unlink(path)
         except OSError:
@@ -161,9 +163,9 @@ def _accepting(first: str, accept_nack: Callable[[dict[str, Any]], bool]) -> Cal
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
+    data = read_regular(path, MAX_ANSWER_BYTES)
     try:
-        with open(path, "rb") as handle:
-            body = json.loads(handle.read(1024 * 1024))
-    except (OSError, ValueError):
+        body = json.loads(data) if data is not None else None
+    except ValueError:
         return None
     return body if isinstance(body, dict) else None

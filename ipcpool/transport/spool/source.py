@@ -70,6 +70,7 @@ class SpoolSource:
         self.refused_groups: set[str] = set()  # folders strict_groups keeps out (each logged once)
         self.errors_cache: dict[str, tuple[int, int]] = {}  # group -> (errors/ mtime, quarantined count)
         self.rescan_queue: deque[str] = deque()
+        self.untracked: dict[str, set[str]] = {}  # group -> names in processing/ nothing tracked at its last rescan
         self._hints: deque[Hint] = deque()
         self._watcher: Any = None
         self._housekeeping: Iterator[None] | None = None
@@ -358,6 +359,26 @@ class SpoolSource:
             if group in self.groups:
                 self._scan_group(group)
                 self._count_errors(group)
+                self._put_back_untracked(group)
+
+    def _put_back_untracked(self, group: str) -> None:
+        """The directory is the truth for processing/ too: a file there that nothing tracks (neither claimed
+        for a worker nor stranded) at two rescans in a row was left by a transition that failed half done
+        (a fault the loop survived, or a hand): it goes back to its inbox."""
+        try:
+            names = self.spool.scan_processing(group)
+        except OSError:
+            return
+        untracked = {name for name in names if (group, name) not in self.taken and (group, name) not in self.stranded}
+        seen_before = self.untracked.get(group, set())
+        self.untracked[group] = untracked - seen_before
+        for name in untracked & seen_before:
+            log.warning("untracked message in processing/ group=%s file=%s (a transition was left half done); "
+                        "putting it back", group, name)
+            try:
+                self._requeue_stranded((group, name))
+            except OSError as exc:
+                self.stranded.add((group, name), REQUEUE, exc)
 
     def _count_errors(self, group: str) -> int:
         """Quarantined messages in a group, recounted (during rescans) only when the folder changed."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 import sys
 from typing import Any
 
@@ -180,28 +181,52 @@ def rename_noreplace(source: str, target: str) -> None:
     os.rename(source, target)
 
 
-def _same_content(a: str, b: str) -> bool:
+def read_regular(path: str, limit: int) -> bytes | None:
+    """Up to ``limit`` bytes of a regular file; None for anything else (gone, a link, a FIFO, a socket, a
+    directory, unreadable).
+
+    Every open of a spool entry someone else may have planted goes through here or
+    :meth:`Reads.read_claimed`: never following a link (which may point anywhere,
+    even at the message it is compared with), never blocking (a FIFO's open waits for
+    a writer for ever), and checked to be a regular file before one byte is read.
+    """
     try:
-        with open(a, "rb") as fa, open(b, "rb") as fb:
-            return os.fstat(fa.fileno()).st_size == os.fstat(fb.fileno()).st_size and fa.read() == fb.read()
+        fd = os.open(path, _OPEN_READ)
     except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        chunks, total = [], 0
+        want = min(st.st_size + 1, limit)  # sized by fstat: no buffer of ``limit`` bytes per read
+        while total < limit:
+            chunk = os.read(fd, max(1, min(want, limit - total)))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            want = 65536
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _same_content(a: str, b: str, limit: int) -> bool:
+    """Whether two spool entries are regular files with the same bytes; anything else is "different"."""
+    first = read_regular(a, limit + 1)
+    if first is None or len(first) > limit:
         return False
+    return read_regular(b, limit + 1) == first
 
 
 def _same_bytes(path: str, data: bytes) -> bool | None:
-    """Whether the file holds exactly ``data``; None when it is gone."""
-    try:
-        fd = os.open(path, _OPEN_READ)
-    except FileNotFoundError:
+    """Whether the entry is a regular file holding exactly ``data``; None when it is gone."""
+    if not os.path.lexists(path):
         return None
-    except OSError:
-        return False
-    try:
-        if os.fstat(fd).st_size != len(data):
-            return False
-        return os.read(fd, len(data) + 1) == data
-    finally:
-        os.close(fd)
+    return read_regular(path, len(data) + 1) == data
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -219,7 +244,5 @@ def unlink_quietly(path: str) -> None:
         pass
 
 
-_RENAMEAT2 = _load_renameat2()
-_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()  # os.fsencode's, inlined
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
