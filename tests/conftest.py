@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -272,6 +273,25 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def immutable() -> Iterator[Callable[..., None]]:
+    """chattr +i on a folder: no entry can be added or removed there, even by root (a real EPERM)."""
+    if shutil.which("chattr") is None:
+        pytest.skip("chattr (e2fsprogs) is not installed; .ci/run installs it")
+    made: list[Path] = []
+
+    def freeze(path: Path, on: bool = True) -> None:
+        result = subprocess.run(["chattr", "+i" if on else "-i", str(path)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"this filesystem has no immutable flag: {result.stderr.strip()}")
+        if on:
+            made.append(path)
+
+    yield freeze
+    for path in made:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
 
 
 @pytest.fixture(autouse=True)

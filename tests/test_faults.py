@@ -9,7 +9,6 @@ import errno
 import fcntl
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -85,25 +84,6 @@ def test_a_stopped_worker_with_a_full_pipe_never_wedges_the_loop(tmp_path, root,
 
 
 # -- 9: a transition that fails half-way leaves the message tracked and retried ----------------------------
-
-
-@pytest.fixture
-def immutable() -> Iterator[callable]:
-    """chattr +i on a folder: no entry can be added or removed there, even by root (a real EPERM)."""
-    if shutil.which("chattr") is None:
-        pytest.skip("chattr (e2fsprogs) is not installed; .ci/run installs it")
-    made: list[Path] = []
-
-    def freeze(path: Path, on: bool = True) -> None:
-        result = subprocess.run(["chattr", "+i" if on else "-i", str(path)], capture_output=True, text=True)
-        if result.returncode != 0:
-            pytest.skip(f"this filesystem has no immutable flag: {result.stderr.strip()}")
-        if on:
-            made.append(path)
-
-    yield freeze
-    for path in made:
-        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
 
 
 def test_a_requeue_the_filesystem_refuses_is_retried_until_it_succeeds(tmp_path, root, env, supervisor_factory,

@@ -137,6 +137,40 @@ def test_power_durability_fsyncs_the_file_then_its_folder(tmp_path, root, env, d
             break
 
 
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (.ci/run installs it)")
+def test_power_durability_fsyncs_ack_holds_and_delivery_records(tmp_path, root, env, immutable):
+    """What the pool relies on after a crash is on disk before it is relied on: the record of a delivery
+    that killed a worker (the poison count), and processing/.ack-<id> (a handled message whose ack
+    could not be written: the proof that it must not run again)."""
+    config = write_config(tmp_path / "c.toml", root, handlers={"task": "recorder:record"},
+                          sections={"spool": {"durability": "power"}, "pool": {"workers": 1, "max_deliveries": 2}})
+    trace = tmp_path / "fsync.trace"
+    proc, supervisor, log_path = _traced_run(tmp_path, env, config, trace)
+    deliveries = root / ".ipcpool" / "deliveries" / "main"
+    try:
+        with Client(root, "main") as client:
+            client.send("main", "task", {"exit": 9})  # kills its worker: one delivery recorded, then poison
+            wait_until(lambda: any(n.endswith(".error.json") for n in files(root, "main", "errors")), 60,
+                       message="the killer recorded, then quarantined as poison")
+            immutable(root / "main" / "acks")
+            held = client.send("main", "task", {"n": 1}, requires_ack=True)
+            wait_until(lambda: (root / "main" / "processing" / f".ack-{held}").exists(), 30,
+                       message="the handled message held for its ack")
+            immutable(root / "main" / "acks", on=False)
+            wait_until(lambda: acked(root, [held]), 30, message="the held ack written once acks/ takes it")
+        os.kill(supervisor, signal.SIGTERM)
+        assert proc.wait(60) == 0, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            kill_session(proc.pid)
+            proc.wait(10)
+    synced = [m.group(1) for part in tmp_path.glob(f"{trace.name}.*")
+              for line in part.read_text().splitlines() if (m := _FSYNC.match(line))]
+    assert str(root / "main" / "processing") in synced, "the .ack-<id> rename was not fsynced"
+    assert str(deliveries) in synced, "the delivery record's folder was not fsynced"
+    assert any(path.startswith(f"{deliveries}/") for path in synced), "the delivery record was not fsynced"
+
+
 # -- [pool] max_boot_failures ------------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Callable
 
 from ipcpool.transport.spool.layout import ACK_HOLD_PREFIX, PROCESSING, copy_name, safe_id
 from ipcpool.transport.spool.writes import _same_content, rename_noreplace, unlink_quietly
@@ -26,7 +27,10 @@ class Claims:
     _spares: list[tuple[str, int]]
     _tmp_counter: int
     _pid: int
+    _fsync: bool
     max_message_bytes: int
+
+    fsync_dir: Callable[[str], None]  # Writes'
 
     def claim(self, group: str, name: str) -> bool:
         """messages/ -> processing/; False when the file is gone (handled or removed).
@@ -133,8 +137,10 @@ class Claims:
         marker = f"{ACK_HOLD_PREFIX}{safe_id(message_id)}"
         try:
             os.rename(self.path(group, PROCESSING, name), self.path(group, PROCESSING, marker))
+            if self._fsync:  # the proof that it was handled must outlive a power loss as an ack would
+                self.fsync_dir(self.path(group, PROCESSING))
         except OSError:
-            return name
+            return name if os.path.lexists(self.path(group, PROCESSING, name)) else marker
         return marker
 
     def ack_holds(self, group: str) -> list[str]:

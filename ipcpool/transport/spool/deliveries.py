@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,9 @@ class DeliveryRecords:
     """Part of Spool."""
 
     state_dir: Path
+    _fsync: bool
+
+    fsync_dir: Callable[[str], None]  # Writes'
 
     def delivery_path(self, group: str, name: str) -> Path:
         """Hashed, so any message name fits; the record holds the real name."""
@@ -32,11 +36,27 @@ class DeliveryRecords:
         return self.state_dir / DELIVERIES_DIR / group / f"{digest}.json"
 
     def save_deliveries(self, group: str, name: str, history: list[dict[str, Any]]) -> None:
+        """Written whole (a temp file, then a rename); with durability "power", fsync'd file and folder
+        first: the poison count must survive what the messages survive."""
         path = self.delivery_path(group, name)
-        path.parent.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+        try:
+            path.parent.mkdir(mode=PRIVATE_DIR)
+        except FileExistsError:
+            pass
+        else:
+            if self._fsync:
+                self.fsync_dir(str(path.parent.parent))
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(json.dumps({"name": name, "history": history}).encode())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, json.dumps({"name": name, "history": history}).encode())
+            if self._fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
+        if self._fsync:
+            self.fsync_dir(str(path.parent))
 
     def drop_deliveries(self, group: str, name: str) -> None:
         unlink_quietly(str(self.delivery_path(group, name)))
