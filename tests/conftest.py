@@ -55,6 +55,19 @@ def pytest_configure(config: pytest.Config) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
+REQUIRE_TOOLS = "IPCPOOL_REQUIRE_TOOLS"  # set by .ci/run: a test whose tool is missing fails there, never skips
+
+
+def require_tool(name: str, found: str | None, install: str) -> str:
+    """``found`` (a path), or skip the test, saying how to install ``name`` (under CI: fail instead)."""
+    if found is None:
+        reason = f"{name} is not installed ({install}; .ci/run installs it)"
+        if os.environ.get(REQUIRE_TOOLS):
+            pytest.fail(f"{reason}, and {REQUIRE_TOOLS} says every test must run")
+        pytest.skip(reason)
+    return found
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02,
                message: str = "condition") -> Any:
     """Poll ``predicate`` until truthy; fail the test with ``message`` at the deadline."""
@@ -278,8 +291,7 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture
 def immutable() -> Iterator[Callable[..., None]]:
     """chattr +i on a folder: no entry can be added or removed there, even by root (a real EPERM)."""
-    if shutil.which("chattr") is None:
-        pytest.skip("chattr (e2fsprogs) is not installed; .ci/run installs it")
+    require_tool("chattr", shutil.which("chattr"), "Debian: apt-get install e2fsprogs")
     made: list[Path] = []
 
     def freeze(path: Path, on: bool = True) -> None:

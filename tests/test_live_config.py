@@ -23,7 +23,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from conftest import acked, files, kill_session, records, run_cli, wait_until, write_config
+from conftest import acked, files, kill_session, records, require_tool, run_cli, wait_until, write_config
 
 from ipcpool import Client
 from ipcpool.health import verdict
@@ -76,6 +76,7 @@ def _traced_run(tmp_path: Path, env: dict[str, str], config: Path, trace: Path) 
     ``-ff``: one trace file per process (``<trace>.<pid>``), so concurrent calls in
     two workers are never split into "unfinished" and "resumed" halves.
     """
+    require_tool("strace", shutil.which("strace"), "Debian: apt-get install strace")
     log_path = tmp_path / "supervisor.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed by the caller's process end
     command = ["strace", "-ff", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-e", "signal=none", "-o", str(trace),
@@ -98,7 +99,6 @@ _STARTED = re.compile(r"\[(\d+)\] ipcpool\.supervisor: Enhanced IPC system start
 _FSYNC = re.compile(r"^f(?:data)?sync\(\d+<(.*)>\)\s+=\s+0")
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (.ci/run installs it)")
 @pytest.mark.parametrize("durability", ["process", "power"])
 def test_power_durability_fsyncs_the_file_then_its_folder(tmp_path, root, env, durability):
     config = write_config(tmp_path / "c.toml", root, sections={"spool": {"durability": durability}},
@@ -137,7 +137,6 @@ def test_power_durability_fsyncs_the_file_then_its_folder(tmp_path, root, env, d
             break
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (.ci/run installs it)")
 def test_power_durability_fsyncs_ack_holds_and_delivery_records(tmp_path, root, env, immutable):
     """What the pool relies on after a crash is on disk before it is relied on: the record of a delivery
     that killed a worker (the poison count), and processing/.ack-<id> (a handled message whose ack

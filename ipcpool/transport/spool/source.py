@@ -39,6 +39,7 @@ from ipcpool.transport.spool.layout import (
     is_message_name,
     message_stem,
 )
+from ipcpool.transport.spool.ledgerclock import LedgerClock
 from ipcpool.transport.spool.spool import Spool
 from ipcpool.transport.spool.stranded import ACK, QUARANTINE, REQUEUE, RETRY_INTERVAL, Stranded
 from ipcpool.transport.spool.watcher import CLOSED, FILE, GROUP, LOST, OVERFLOW, Hint, make_watcher
@@ -75,6 +76,7 @@ class SpoolSource:
         self._watcher: Any = None
         self._housekeeping: Iterator[None] | None = None
         self._live_pids: set[int] = set()
+        self._ledger_clock: LedgerClock | None = None  # the acks' pruning clock, made at open()
         self.next_rescan = 0.0
         self.next_stranded_retry = 0.0
 
@@ -83,6 +85,7 @@ class SpoolSource:
     def open(self) -> int:
         spool = self.spool
         spool.ensure_root()
+        self._ledger_clock = LedgerClock(spool.state_dir, self.config.ack.retention)
         for group in self.config.spool.groups:
             spool.ensure_group(group)
         self.failures = spool.load_deliveries()
@@ -483,10 +486,11 @@ class SpoolSource:
         per step, run in slices by poll()."""
         cfg = self.config
         wall = time.time()
+        ledger_now = self._ledger_clock.now() if self._ledger_clock is not None else wall  # see LedgerClock
         for group in list(self.groups):
             for sub, age in ((ACKS, cfg.ack.retention), (RESPONSES, cfg.spool.response_retention),
                              (TMP, cfg.spool.tmp_max_age), (RETRIED, cfg.spool.retried_retention)):
-                for name in self.spool.scan_ages(group, sub, wall - age):
+                for name in self.spool.scan_ages(group, sub, (ledger_now if sub == ACKS else wall) - age):
                     if name is not None:
                         self.spool.unlink_quietly(group, sub, name)
                     yield
