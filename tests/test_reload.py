@@ -192,3 +192,38 @@ def test_a_sighup_while_booting_or_reloading_waits_its_turn(tmp_path, root, env,
     wait_until(lambda: (read_status(root)["reloads"]).get("succeeded") == 3, 60, message="three reloads done")
     assert "received SIGHUP during a reload: the reload starts once it is done" in sup.log()
     assert sup.stop() == 0
+
+
+def test_an_old_worker_that_cannot_act_keeps_what_it_holds_until_it_has_ended(tmp_path, root, supervisor_factory):
+    """A reload while an old worker can do nothing (SIGSTOPped here; in the wild, stuck in
+    uninterruptible sleep): the messages it holds are not handed to a new worker while it lives, so
+    none runs twice. Once it can act again it finishes its message and hands back the rest."""
+    config = write_config(tmp_path / "c.toml", root,
+                          sections={"pool": {"workers": 1, "prefetch": 8, "handler_timeout": 60.0},
+                                    "heartbeat": {"interval": 0.25, "miss_limit": 200}})
+    sup = supervisor_factory(config)
+    gate = tmp_path / "gate"
+    with Client(root, "main") as client:
+        gated = client.send("main", "task", {"gate": str(gate)}, requires_ack=True)
+        old = wait_until(lambda: next((r["pid"] for r in records(tmp_path) if r["id"] == gated), None), 30,
+                         message="the gated message running in the old worker")
+        behind = [client.send("main", "task", {"n": n}, requires_ack=True) for n in range(5)]
+        wait_until(lambda: not os.listdir(root / "main" / "messages"), 30, message="all five handed to it")
+        os.kill(old, signal.SIGSTOP)
+        try:
+            sup.signal(signal.SIGHUP)
+            wait_until(lambda: (sup.status() or {}).get("reloads", {}).get("succeeded") == 1, 30,
+                       message="the new generation ready")
+            after = client.send("main", "task", {"n": "after"}, requires_ack=True)
+            wait_until(lambda: client.is_acked("main", after), 30, message="a new worker handling new messages")
+            handled = {r["id"] for r in records(tmp_path)}
+            assert handled.isdisjoint(behind), "a message the stopped worker held was handed to a new worker"
+        finally:
+            os.kill(old, signal.SIGCONT)
+        gate.touch()
+        wait_until(lambda: all(client.is_acked("main", i) for i in [gated, *behind]), 30,
+                   message="the old worker's message finished and the rest handled")
+    counts = Counter(r["id"] for r in records(tmp_path))
+    assert set(counts.values()) == {1}, counts
+    assert next(r["pid"] for r in records(tmp_path) if r["id"] == gated) == old
+    assert sup.stop() == 0
