@@ -182,8 +182,8 @@ def rename_noreplace(source: str, target: str) -> None:
 
 
 def read_regular(path: str, limit: int) -> bytes | None:
-    """Up to ``limit`` bytes of a regular file; None for anything else (gone, a link, a FIFO, a socket, a
-    directory, unreadable).
+    """Up to ``limit`` bytes of a regular file; None for anything else (gone, a link, a hard link, a FIFO,
+    a socket, a directory, unreadable).
 
     Every open of a spool entry someone else may have planted goes through here or
     :meth:`Reads.read_claimed`: never following a link (which may point anywhere,
@@ -196,7 +196,7 @@ def read_regular(path: str, limit: int) -> bytes | None:
         return None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:  # a hard link's other name may be anywhere
             return None
         chunks, total = [], 0
         want = min(st.st_size + 1, limit)  # sized by fstat: no buffer of ``limit`` bytes per read
