@@ -62,7 +62,7 @@ from ipcpool.config import Config
 from ipcpool.errors import EXIT_OK, EXIT_WORKER_BOOT, EXIT_WORKER_GRACE, ConfigError
 from ipcpool.health import ProcessProbe, write_status
 from ipcpool.localroot import LocalRoot
-from ipcpool.logs import setup_logging
+from ipcpool.logs import MULTILINE, setup_logging
 from ipcpool.message import now_iso
 from ipcpool.pool import (
     Delivery,
@@ -550,7 +550,7 @@ class Supervisor:
                 self._release_held(worker, blame=False)
                 detail = (worker.boot_error or how).strip()
                 log.error("a worker of the reloaded config failed to boot pid=%d slot=%d (%s): %s",
-                          worker.pid, worker.slot, how, detail)
+                          worker.pid, worker.slot, how, detail, extra=MULTILINE)
                 # Named as `ipcpool check` names it: the file, [handlers], the problem.
                 where = f"{self.config.path}: [handlers] " if worker.boot_error else ""
                 self.abort_reload(f"a new worker failed to boot: {where}{detail.splitlines()[0]}")
@@ -583,7 +583,7 @@ class Supervisor:
         shown = detail if detail != self.last_boot_error else f"{detail.splitlines()[0]} (the same error again)"
         self.last_boot_error = detail
         log.error("worker failed to boot pid=%d slot=%d (%s), failure %d of %d: %s",
-                  worker.pid, worker.slot, how, self.boot_failures, limit, shown)
+                  worker.pid, worker.slot, how, self.boot_failures, limit, shown, extra=MULTILINE)
         if self.boot_failures >= limit:
             self.halt(EXIT_WORKER_BOOT, f"workers cannot boot: {detail.splitlines()[0]}")
             return

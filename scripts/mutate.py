@@ -615,6 +615,11 @@ MUTATIONS: tuple[Mutation, ...] = (
              ("tests/test_clock_jump.py::test_a_wall_clock_jump_past_the_retention_keeps_the_acks_a_sender_may_"
               "still_retry",),
              "a wall clock jump never prunes the dedupe ledger"),
+    Mutation("log-lines-not-escaped", "ipcpool/logs.py",
+             "            record.message = escape_controls(record.message)\n",
+             "            pass\n",
+             ("tests/test_odd_entries.py::test_a_name_with_control_characters_is_logged_escaped_on_one_line",),
+             "a writer's name never reaches the log raw: one line per event"),
     # -- signals, the CLI, logging, the environment ----------------------------------------------------
     Mutation("sigint-not-a-drain", SUP,
              "DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGXCPU,",

@@ -235,3 +235,19 @@ def test_a_group_writer_cannot_rewrite_another_writers_queued_message():
         assert json.loads((root / "main" / "messages" / "alice-1.json").read_bytes())["payload"] == {"to": "alice"}
     finally:
         shutil.rmtree(base)
+
+
+# -- what a writer puts in a name never reaches the log raw --------------------------------------------------
+
+
+def test_a_name_with_control_characters_is_logged_escaped_on_one_line(tmp_path, root, supervisor_factory):
+    sup = supervisor_factory(_config(tmp_path, root))
+    name = "evil\x1b]0;owned\x07\nFORGED ERROR line\x1b[2J.json"
+    _drop(root, name, b"not JSON")
+    os.utime(root / "main" / "messages" / name, (1, 1))
+    wait_until(lambda: _error_records(root), 30, message="the oddly named file quarantined")
+    log = sup.log()
+    assert "\x1b" not in log and "\x07" not in log
+    [line] = [line for line in log.splitlines() if "IPC message rejected" in line]
+    assert "evil\\x1b]0;owned\\x07\\nFORGED ERROR line\\x1b[2J.json" in line
+    assert not any(line.startswith("FORGED") for line in log.splitlines())
