@@ -462,8 +462,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              (f"{T_OPER}::test_one_info_line_per_finished_message[False]",),
              "[log] messages"),
     Mutation("log-format-ignored", "ipcpool/logs.py",
-             '    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(FORMAT))',
-             "    handler.setFormatter(logging.Formatter(FORMAT))",
+             '    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(FORMAT))',
+             "    handler.setFormatter(TextFormatter(FORMAT))",
              (f"{T_JSONLOG}::test_every_line_is_json_with_the_message_fields[spool]",),
              "[log] format"),
     # -- [http] -----------------------------------------------------------------------------------------------
