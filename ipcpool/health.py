@@ -171,6 +171,14 @@ def spool_space(root: str | os.PathLike[str]) -> dict[str, int] | None:
     return {"freeBytes": st.f_bavail * st.f_frsize, "freeInodes": st.f_favail}
 
 
+def status_is_live(status: dict[str, Any] | None, *, now: float | None = None) -> bool:
+    """Whether the record is a live supervisor's: fresh (rewritten every interval) and not in a final state."""
+    if status is None or status.get("state") in ("stopped", "halted", "failed"):
+        return False
+    age = (time.time() if now is None else now) - float(status.get("writtenAt", 0))
+    return age <= STALE_AFTER_INTERVALS * float(status.get("interval", 1.0))
+
+
 def verdict(status: dict[str, Any] | None, *, now: float | None = None) -> tuple[bool, str]:
     """(healthy, one-line reason) for ``ipcpool health``."""
     if status is None:

@@ -9,14 +9,18 @@ workers), and ``status.json`` is its public view of itself.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from pathlib import Path
 
 from ipcpool.errors import AlreadyRunning
+from ipcpool.health import read_status, status_is_live
+from ipcpool.portable import flock_holders
 
 STATE_DIR = ".ipcpool"
 LOCK_FILE = "lock"
 WORKERS_LOCK = "workers.lock"
+WORKERS_FILE = "workers.json"  # pid -> start time of each live worker, for a successor without /proc
 
 
 class LocalRoot:
@@ -72,6 +76,8 @@ class LocalRoot:
 
         Read from /proc/locks without touching the lock (taking it, even
         briefly, could make a starting supervisor fail with AlreadyRunning).
+        Without /proc (macOS), its status.json tells: a running supervisor
+        rewrites it every heartbeat interval, and ends it in a final state.
         """
         try:
             st = os.stat(self.state_dir / LOCK_FILE)
@@ -80,24 +86,24 @@ class LocalRoot:
         except OSError:
             return None
         holders = flock_holders(st.st_dev, st.st_ino)
-        return None if holders is None else bool(holders)
+        if holders is not None:
+            return bool(holders)
+        return status_is_live(read_status(self.root))
 
+    def record_workers(self, workers: dict[int, float | None]) -> None:
+        """Keep who this supervisor's workers are (pid -> start time): a successor finds them without /proc."""
+        path = self.state_dir / WORKERS_FILE
+        tmp = path.with_name(f".{WORKERS_FILE}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps({str(pid): started for pid, started in workers.items()}))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # only a fallback's record: /proc, where there is one, still tells
 
-def flock_holders(dev: int, ino: int) -> list[int] | None:
-    """Pids /proc/locks lists as holding a flock on the file (``dev``, ``ino``); None without /proc/locks.
-
-    The pid is the one that took the lock: a candidate, never proof of who holds it now.
-    """
-    wanted = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
-    pids: list[int] = []
-    try:
-        with open("/proc/locks") as handle:
-            for line in handle:
-                parts = line.split()
-                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == wanted:
-                    pid = int(parts[4])
-                    if pid not in pids:
-                        pids.append(pid)
-    except (OSError, ValueError):
-        return None
-    return pids
+    def recorded_workers(self) -> dict[int, float]:
+        """The workers a previous supervisor of this root recorded (pid -> start time)."""
+        try:
+            raw = json.loads((self.state_dir / WORKERS_FILE).read_bytes())
+            return {int(pid): float(started) for pid, started in raw.items() if started is not None}
+        except (OSError, ValueError, TypeError, AttributeError):
+            return {}

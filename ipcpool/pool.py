@@ -9,8 +9,10 @@ watcher thread or lock, and never imported handler code.
 A worker's exit status comes through the forkserver. When the forkserver dies
 (a SIGTERM to the whole process group reaches it too), every worker's status
 pipe closes while the workers run on: a lost status is not a dead worker. So
-each worker is also watched through a pidfd, which says when that very
-process has ended (and signals it without the risk of a reused pid).
+each worker is also known by its identity, its pid and start time: through a
+pidfd where there is one (Linux), which says when that very process has ended
+and signals it without the risk of a reused pid; elsewhere by its start time,
+checked before every signal (see ``ipcpool.portable``).
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from ipcpool import portable
 from ipcpool.channel import ResultChannel, TaskChannel
 from ipcpool.config import Config
-from ipcpool.health import ProcessProbe, ProcessReading, pid_alive
-from ipcpool.localroot import flock_holders
+from ipcpool.health import ProcessProbe, ProcessReading, pid_alive, process_create_time
+from ipcpool.portable import flock_holders
 from ipcpool.worker import SHARED_SLOTS, SLOT_SEQ, SLOT_STARTED, WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
@@ -92,7 +95,8 @@ class WorkerHandle:
     state: WorkerState = WorkerState.STARTING
     held: OrderedDict[int, Delivery] = field(default_factory=OrderedDict)
     pid: int = 0
-    pidfd: int | None = None  # this very process, even after its pid is reused
+    create_time: float | None = None  # with the pid, who this process is (a reused pid has another)
+    pidfd: int | None = None  # this very process, even after its pid is reused (Linux)
     status_lost: bool = False  # its exit status went with the forkserver; watched through the pidfd
     last_heartbeat: float = 0.0
     current_message: dict[str, Any] | None = None  # what its last heartbeat said it was running
@@ -133,7 +137,7 @@ class WorkerHandle:
 
     def _process_gone(self) -> bool:
         if self.pidfd is None:
-            return not pid_alive(self.pid)
+            return not pid_alive(self.pid, self.create_time)
         poller = select.poll()
         poller.register(self.pidfd, select.POLLIN)
         return bool(poller.poll(0))
@@ -174,11 +178,12 @@ class WorkerHandle:
         return self.tasks.send(command)
 
     def signal(self, signum: int) -> None:
-        """Signal this process (through its pidfd: never a stranger that reused the pid)."""
+        """Signal this process, never a stranger that reused its pid: through its pidfd, or by pid once its
+        start time is checked (where there are no pidfds)."""
         try:
             if self.pidfd is not None:
-                signal.pidfd_send_signal(self.pidfd, signum)
-            elif self.pid and not self.status_lost:
+                portable.pidfd_signal(self.pidfd, signum)
+            elif self.pid and pid_alive(self.pid, self.create_time):
                 os.kill(self.pid, signum)
         except ProcessLookupError:
             pass
@@ -209,14 +214,6 @@ class WorkerHandle:
             self.pidfd = None
 
 
-def _open_pidfd(pid: int) -> int | None:
-    """A pidfd for ``pid`` (Linux 5.3+), or None where there is none (or it already ended)."""
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return None
-
-
 def spawn_worker(ctx: Any, config: Config, slot: int, supervisor_pid: int, now: float,
                  handlers: dict[str, Any] | None = None, inherited_fds: tuple[int, ...] = (),
                  max_tasks: int = 0) -> WorkerHandle:
@@ -231,10 +228,10 @@ def spawn_worker(ctx: Any, config: Config, slot: int, supervisor_pid: int, now: 
     process.start()
     tasks_r.close()
     results_w.close()
-    # Opened at once: the process cannot have been reaped and its pid reused in between.
+    # Read at once: the process cannot have been reaped and its pid reused in between.
     handle = WorkerHandle(slot=slot, process=process, tasks=TaskChannel(tasks_w), results=ResultChannel(results_r),
                           shared=shared, started_at=now, config=config, pid=process.pid,
-                          pidfd=_open_pidfd(process.pid),
+                          create_time=_create_time(process.pid), pidfd=portable.pidfd_open(process.pid),
                           last_heartbeat=now)
     log.debug("spawned worker pid=%d slot=%d", process.pid, slot)
     return handle
@@ -274,8 +271,15 @@ def wall_to_iso(ts: float) -> str:
 # -- workers of a supervisor that is gone ------------------------------------------------------
 
 
+def _create_time(pid: int) -> float | None:
+    try:
+        return process_create_time(pid)
+    except Exception:  # noqa: BLE001 - it ended already: its death is seen through its sentinel
+        return None
+
+
 def lock_holders(fd: int) -> list[int]:
-    """Other pids that /proc/locks lists as holding a flock on the file open as ``fd`` (Linux).
+    """Other pids that /proc/locks lists as holding a flock on the file open as ``fd`` (Linux; [] elsewhere).
 
     Candidates only: see :func:`kill_lock_holders` before signalling any of them.
     """
@@ -283,43 +287,40 @@ def lock_holders(fd: int) -> list[int]:
     return [pid for pid in flock_holders(st.st_dev, st.st_ino) or [] if pid != os.getpid()]
 
 
-def has_open(pid: int, dev: int, ino: int) -> bool:
-    """Whether process ``pid`` has the file (``dev``, ``ino``) open: the lock it holds proves who it is."""
-    fd_dir = f"/proc/{pid}/fd"
-    try:
-        names = os.listdir(fd_dir)
-    except OSError:
-        return False
-    for name in names:
-        try:
-            st = os.stat(f"{fd_dir}/{name}")
-        except OSError:
-            continue
-        if st.st_ino == ino and st.st_dev == dev:
-            return True
-    return False
+def kill_lock_holders(fd: int, candidates: list[int], recorded: dict[int, float] | None = None) -> list[int]:
+    """SIGKILL those of ``candidates`` and of ``recorded`` (pid -> start time: the workers a previous
+    supervisor recorded) that hold the file open as ``fd``; returns whom.
 
-
-def kill_lock_holders(fd: int, candidates: list[int]) -> list[int]:
-    """SIGKILL those of ``candidates`` that hold the file open as ``fd`` open; returns whom.
-
-    Never kills a stranger: a pid from /proc/locks may have been reused since.
-    Each candidate is pinned with a pidfd first, then checked to have our
-    lock file open; the signal goes through that pidfd, so it reaches the
-    process that was checked or nobody.
+    Never kills a stranger: a pid may have been reused since. Each one is pinned
+    with a pidfd where there are pidfds, then proven to be the holder: it has our
+    lock file open (``/proc``), or, where that cannot be read, it is a recorded
+    worker with the start time recorded. The signal goes through the pidfd, so it
+    reaches the process that was checked or nobody; without pidfds it goes by pid
+    right after the check.
     """
     st = os.fstat(fd)
+    recorded = recorded or {}
     killed: list[int] = []
-    for pid in candidates:
-        pidfd = _open_pidfd(pid)
-        if pidfd is None:
-            continue  # gone already (or no pidfds here: then nobody is killed by pid alone)
+    for pid in dict.fromkeys([*candidates, *recorded]):
+        if pid == os.getpid():
+            continue
+        pidfd = portable.pidfd_open(pid)
         try:
-            if has_open(pid, st.st_dev, st.st_ino):
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                killed.append(pid)
+            proven = portable.has_open(pid, st.st_dev, st.st_ino)
+            if proven is None:  # no /proc here: the record of who our workers were is the proof
+                proven = pid in recorded and pid_alive(pid, recorded[pid])
+            if not proven:
+                continue
+            if pidfd is not None:
+                portable.pidfd_signal(pidfd, signal.SIGKILL)
+            elif pid_alive(pid, recorded.get(pid)):
+                os.kill(pid, signal.SIGKILL)
+            else:
+                continue
+            killed.append(pid)
         except ProcessLookupError:
             pass
         finally:
-            os.close(pidfd)
+            if pidfd is not None:
+                os.close(pidfd)
     return killed

@@ -8,10 +8,11 @@ Data flow::
     worker 1..N  --("done", results, counts) / ("hb", heartbeat) / ("stopping", why)
                    / ("retiring", n) on its result pipe--> supervisor --> finished / requeue / quarantine
 
-The loop blocks in one call, an epoll wait (:class:`WaitSet`) over every
-worker's result pipe and process (its status pipe, or its pidfd once the
-forkserver that passes statuses on is gone), task pipes with a backlog, the
-transport's descriptor (inotify for the spool, a socket for Redis), and the
+The loop blocks in one call, a selector's wait (:class:`WaitSet`: epoll on
+Linux, kqueue on macOS) over every worker's result pipe and process (its
+status pipe, or its pidfd once the forkserver that passes statuses on is
+gone), task pipes with a backlog, the transport's descriptor (inotify for
+the spool, a socket for Redis), and the
 wake-up pipe (fed by signal handlers, and by a watcher thread when one is
 configured), then runs non-blocking steps named by verbs: ``read_results``,
 ``poll`` (the transport), ``reap_workers``, ``kill_stale_workers``,
@@ -57,7 +58,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
-from ipcpool import proctitle
+from ipcpool import portable, proctitle
 from ipcpool.config import Config
 from ipcpool.errors import EXIT_OK, EXIT_WORKER_BOOT, EXIT_WORKER_GRACE, ConfigError
 from ipcpool.health import ProcessProbe, write_status
@@ -138,7 +139,7 @@ class Supervisor:
         self.reloads = ReloadLog()
         self._signals: deque[int] = deque()
         self._seq = 0
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_r, self._wake_w = portable.pipe()
         self._waitset = WaitSet()
         self._ctx = mp_context(fork=handlers is not None)
         self._lock_fd: int | None = lock_fd  # the compat API takes the lock before it forks us
@@ -206,8 +207,10 @@ class Supervisor:
 
         After a grace period the holders still there are killed, once, and
         only those proven to hold the lock (never a process that merely
-        reused a listed pid); then start-up goes on regardless, so a lock
-        leaked into some unrelated process can delay a restart but never block it.
+        reused a listed pid): found through /proc/locks, or through the record
+        of its workers the previous supervisor kept (where there is no /proc);
+        then start-up goes on regardless, so a lock leaked into some unrelated
+        process can delay a restart but never block it.
         """
         fd = os.open(self.local.workers_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         grace = 2 * self.config.heartbeat.interval + 1.0
@@ -225,7 +228,7 @@ class Supervisor:
                     if killed:
                         log.warning("workers.lock is still held; starting anyway")
                         return
-                    for pid in kill_lock_holders(fd, lock_holders(fd)):
+                    for pid in kill_lock_holders(fd, lock_holders(fd), self.local.recorded_workers()):
                         log.warning("killed orphaned worker pid=%d of a previous supervisor", pid)
                     killed = True
                     deadline = time.monotonic() + grace
@@ -494,6 +497,12 @@ class Supervisor:
         if self._holds_acks:
             worker.shared[SLOT_ACK_HOLDS] = 1.0
         self.workers.append(worker)
+        self.record_workers()
+
+    def record_workers(self) -> None:
+        """Who the workers are (pid, start time), kept on disk: if this supervisor dies, its successor finds
+        them without /proc (see wait_for_old_workers)."""
+        self.local.record_workers({w.pid: w.create_time for w in self.workers if w.pid})
 
     def spawn_missing_workers(self, now: float) -> None:
         if self.state != "running":
@@ -566,6 +575,7 @@ class Supervisor:
         finally:
             self._waitset.forget(worker)  # before its fds close: a forked sibling may still hold copies
             worker.close()
+            self.record_workers()
             self.next_status = 0.0
 
     def read_leftovers(self, worker: WorkerHandle) -> None:

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ipcpool import proctitle
+from ipcpool import portable, proctitle
 from ipcpool.config import Config
 from ipcpool.errors import (
     EXIT_OK,
@@ -684,7 +684,7 @@ def worker_main(spec: WorkerSpec) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # until the handlers are loaded
     # A signal also writes to this pipe (a forked compat worker must not write to the
     # supervisor's): it wakes the heartbeat thread, which times the shutdown grace.
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    wake_r, wake_w = portable.pipe()
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     for fd in spec.inherited_fds:  # nor hold the supervisor's root lock after it dies
         _close_quietly(fd)

@@ -219,7 +219,10 @@ def env(tmp_path: Path) -> dict[str, str]:
     environ = dict(os.environ)
     environ.pop("IPCPOOL_ROOT", None)
     environ.pop("IPCPOOL_CONFIG", None)
-    environ["PYTHONPATH"] = os.pathsep.join([str(HANDLERS_DIR), str(REPO)])
+    # What the run itself was given comes last, made absolute: subprocesses start in tmp_path (the portable
+    # run's sitecustomize: tests/portable).
+    given = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    environ["PYTHONPATH"] = os.pathsep.join([str(HANDLERS_DIR), str(REPO), *given])
     environ["IPCPOOL_TEST_RECORDS"] = str(record_dir)
     environ.setdefault("LOG_LEVEL", "info")
     return environ

@@ -23,6 +23,8 @@ from ipcpool.config import AckConfig
 
 LONG = AckConfig(timeout=120, max_retries=3, retry_delay=0.05)
 
+pytestmark = pytest.mark.portable  # also run with Linux's interfaces removed (.ci/run)
+
 
 def _cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     proc = subprocess.Popen([sys.executable, "-m", "ipcpool", *args], cwd=cwd, env=env, text=True,

@@ -12,11 +12,14 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
 from conftest import acked, files, records, wait_until, write_config
 
 from ipcpool import Client
 
 LONG = 600.0  # seconds: a grace or timeout no test waits for, so only the behaviour under test can end a drain
+
+pytestmark = pytest.mark.portable  # also run with Linux's interfaces removed (.ci/run)
 
 
 def _ctrl_c(pid: int) -> None:

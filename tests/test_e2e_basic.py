@@ -7,9 +7,12 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import files, records, wait_until, write_config
 
 from ipcpool import Client
+
+pytestmark = pytest.mark.portable  # also run with Linux's interfaces removed (.ci/run)
 
 
 def test_messages_from_every_kind_of_writer_are_handled_once_and_acked(tmp_path, root, env, supervisor_factory):

@@ -291,3 +291,34 @@ def test_only_processes_that_hold_the_lock_are_killed(tmp_path):
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
+
+
+@pytest.mark.portable
+def test_a_recorded_worker_is_killed_only_while_it_is_who_the_record_says(tmp_path):
+    """Where /proc cannot say who holds the lock (macOS), the previous supervisor's record of its workers
+    (pid and start time) is the proof: a recorded pid whose start time differs is a stranger, spared."""
+    lock = tmp_path / "workers.lock"
+    lock.touch()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(lock)!r}, os.O_RDWR)\n"
+        "fcntl.flock(fd, fcntl.LOCK_SH)\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        recorded = {holder.pid: psutil.Process(holder.pid).create_time(),
+                    stranger.pid: psutil.Process(stranger.pid).create_time() - 3600}  # its pid, another process
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            assert kill_lock_holders(fd, [], recorded) == [holder.pid]
+            assert holder.wait(10) == -signal.SIGKILL
+            assert stranger.poll() is None
+        finally:
+            os.close(fd)
+    finally:
+        for proc in (holder, stranger):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()

@@ -53,6 +53,7 @@ def _status_state(root: Path) -> str:
 @pytest.mark.parametrize(("signum", "target"), [
     (signal.SIGTERM, "group"), (signal.SIGTERM, "supervisor"), (signal.SIGINT, "group"), (signal.SIGINT, "supervisor"),
 ])
+@pytest.mark.portable
 def test_stop_signal_never_handles_a_message_twice(tmp_path, root, supervisor_factory, signum, target):
     """Reproduces the issue: handled messages were also requeued when the whole group got SIGTERM."""
     config = write_config(tmp_path / "c.toml", root, sections=SLOW)

@@ -37,6 +37,7 @@ def _drained(root: Path) -> bool:
     return not _names(root, "main", "messages") and not _names(root, "main", "processing")
 
 
+@pytest.mark.portable
 def test_killed_worker_is_replaced_and_its_messages_redelivered(tmp_path, root, supervisor_factory):
     config = write_config(tmp_path / "c.toml", root, sections={"pool": {"prefetch": 4}})
     sup = supervisor_factory(config)
@@ -191,6 +192,7 @@ def test_health_follows_supervisor_and_stopped_worker(tmp_path, root, env, super
                message="orphaned workers gone")
 
 
+@pytest.mark.portable
 def test_supervisor_sigkill_then_restart_loses_nothing(tmp_path, root, supervisor_factory):
     config = write_config(tmp_path / "c.toml", root, sections={"pool": {"prefetch": 4}})
     client = Client(root, "main")
@@ -334,3 +336,27 @@ def test_a_burst_is_split_evenly_even_while_a_worker_is_still_booting(tmp_path, 
     per_worker = Counter(r["pid"] for r in records(tmp_path))
     assert sorted(per_worker.values()) == [4, 4], per_worker
     sup.stop()
+
+
+@pytest.mark.portable
+def test_a_successor_kills_the_old_supervisors_stuck_worker_and_handles_what_it_held(tmp_path, root,
+                                                                                    supervisor_factory):
+    """The supervisor SIGKILLed while a worker can do nothing (SIGSTOPped, holding workers.lock): the next
+    supervisor finds it (through /proc/locks, or its predecessor's record of its workers where there is no
+    /proc), kills it after the grace, and handles what it held."""
+    config = write_config(tmp_path / "c.toml", root, sections={"pool": {"workers": 1}})
+    sup = supervisor_factory(config)
+    gate = tmp_path / "gate"
+    client = Client(root, "main")
+    held = client.send("main", "task", {"gate": str(gate)}, requires_ack=True)
+    stuck = wait_until(lambda: next((r["pid"] for r in records(tmp_path) if r["id"] == held), None), 30,
+                       message="the gated message running")
+    os.kill(stuck, signal.SIGSTOP)
+    sup.kill()
+    gate.touch()
+    successor = supervisor_factory(config)
+    wait_until(lambda: (root / "main" / "acks" / f"{held}.ack").exists(), 60, message="what it held handled")
+    assert f"killed orphaned worker pid={stuck}" in successor.log_since_start()
+    wait_until(lambda: not psutil.pid_exists(stuck) or psutil.Process(stuck).status() == psutil.STATUS_ZOMBIE, 20,
+               message="the stuck worker gone")
+    assert successor.stop() == 0

@@ -13,8 +13,9 @@ import logging
 import os
 from collections.abc import Callable
 
+from ipcpool.portable import rename_noreplace
 from ipcpool.transport.spool.layout import ACK_HOLD_PREFIX, PROCESSING, copy_name, safe_id
-from ipcpool.transport.spool.writes import _same_content, rename_noreplace, unlink_quietly
+from ipcpool.transport.spool.writes import _same_content, unlink_quietly
 
 log = logging.getLogger(__name__)
 MAX_SPARES = 16  # handled files one process keeps for its next acks (more when messages need none)

@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from ipcpool.message import MESSAGE_ID, now_iso
+from ipcpool.portable import rename_noreplace
 from ipcpool.records import ErrorEntry
 from ipcpool.transport.spool.layout import (
     ACKS,
@@ -30,7 +31,7 @@ from ipcpool.transport.spool.layout import (
     shorten,
     split_name,
 )
-from ipcpool.transport.spool.writes import read_regular, rename_noreplace, unlink_quietly
+from ipcpool.transport.spool.writes import read_regular, unlink_quietly
 
 
 class DeadLetterFiles:

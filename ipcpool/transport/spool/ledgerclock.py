@@ -23,26 +23,12 @@ import os
 import time
 from pathlib import Path
 
+from ipcpool.portable import boot_clock, boot_id
+
 log = logging.getLogger(__name__)
 
 CLOCK_FILE = "clock.json"
 JUMP_TOLERANCE = 60.0  # seconds the wall clock may run ahead of the boot clock (NTP slews) before it is a jump
-_BOOT_ID = "/proc/sys/kernel/random/boot_id"
-
-
-def boot_clock() -> float:
-    """Seconds since boot, suspend included where the platform counts it; never jumps."""
-    if hasattr(time, "CLOCK_BOOTTIME"):
-        return time.clock_gettime(time.CLOCK_BOOTTIME)
-    return time.monotonic()
-
-
-def boot_id() -> str | None:
-    try:
-        with open(_BOOT_ID) as handle:
-            return handle.read().strip() or None
-    except OSError:
-        return None
 
 
 class LedgerClock:

@@ -17,7 +17,7 @@ from ipcpool.message import SNIFF_BYTES
 from ipcpool.transport.spool.layout import PROCESSING
 from ipcpool.transport.spool.writes import _OPEN_READ
 
-_F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
+_F_SETLEASE: int | None = getattr(fcntl, "F_SETLEASE", None)  # Linux only: no lease, no reuse
 
 
 @dataclass(slots=True)  # not frozen: built once per delivery, and frozen init costs a setattr per field
@@ -102,7 +102,7 @@ class Reads:
         new openers out. Anything unusual (no leases here) means no reuse.
         """
         mode = stat.S_IMODE(st.st_mode)
-        if self.shared or st.st_uid != self._euid or mode & 0o077 or self._staging is None:
+        if self.shared or st.st_uid != self._euid or mode & 0o077 or self._staging is None or _F_SETLEASE is None:
             return None
         try:
             fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_RDLCK)

@@ -13,6 +13,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from watchdog.utils import UnsupportedLibcError
+
 from ipcpool.transport.spool.watcher import parse_events
 
 # -- waiting for files (senders waiting for acks, nacks and responses) -------------------------
@@ -39,8 +41,10 @@ class FileWaiter:
         self._reading = False  # one thread reads the descriptor at a time; the others wait
         self._generation = 0  # bumped after each read, so followers know to look again
         if sys.platform.startswith("linux"):
-            from watchdog.observers.inotify_c import inotify_init
-
+            try:
+                from watchdog.observers.inotify_c import inotify_init
+            except (ImportError, UnsupportedLibcError):  # no inotify here: the existence checks poll
+                return
             fd = inotify_init()
             if fd >= 0:
                 os.set_blocking(fd, False)
@@ -52,14 +56,14 @@ class FileWaiter:
 
     def watch_dirs(self, directories: set[str]) -> None:
         """Start (or share) a watch on each folder; pair with :meth:`unwatch_dirs`."""
-        from watchdog.observers.inotify_c import InotifyConstants as IN
-        from watchdog.observers.inotify_c import inotify_add_watch
-
         with self._cond:
             for directory in directories:
                 self._users[directory] = self._users.get(directory, 0) + 1
                 if self._fd < 0 or directory in self._dir_wds:
                     continue
+                from watchdog.observers.inotify_c import InotifyConstants as IN
+                from watchdog.observers.inotify_c import inotify_add_watch
+
                 wd = inotify_add_watch(self._fd, os.fsencode(directory),
                                        IN.IN_CREATE | IN.IN_MOVED_TO | IN.IN_ONLYDIR)
                 if wd >= 0:
@@ -67,8 +71,6 @@ class FileWaiter:
                     self._dir_wds[directory] = wd
 
     def unwatch_dirs(self, directories: set[str]) -> None:
-        from watchdog.observers.inotify_c import inotify_rm_watch
-
         with self._cond:
             for directory in directories:
                 users = self._users.get(directory, 0) - 1
@@ -78,6 +80,8 @@ class FileWaiter:
                 self._users.pop(directory, None)
                 wd = self._dir_wds.pop(directory, None)
                 if wd is not None and self._fd >= 0:
+                    from watchdog.observers.inotify_c import inotify_rm_watch
+
                     self._wd_dirs.pop(wd, None)
                     inotify_rm_watch(self._fd, wd)
 

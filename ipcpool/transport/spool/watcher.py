@@ -1,4 +1,5 @@
-"""Watching the spool: watchdog's inotify reader, or its polling observer.
+"""Watching the spool: inotify read directly on Linux, watchdog's observer elsewhere (FSEvents or kqueue on
+macOS), or its polling observer (network filesystems).
 
 Events are hints, the directory is the truth. The watcher's only job is to
 turn filesystem events into cheap hints (``file``, ``closed``, ``group``,
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.polling import PollingObserver
+from watchdog.utils import UnsupportedLibcError
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,10 @@ def make_watcher(root: str, notify: Notify, *, polling: bool, poll_interval: flo
     messages/ is hinted as ``<inbox>/<name>``.
     """
     if not polling and sys.platform.startswith("linux"):
-        return InotifyWatcher(root, inboxes)
+        try:
+            return InotifyWatcher(root, inboxes)
+        except (ImportError, UnsupportedLibcError, OSError) as exc:  # no inotify here: watchdog's best
+            log.info("inotify is not available (%s); watching through watchdog's observer", exc)
     return ObserverWatcher(root, notify, polling=polling, poll_interval=poll_interval, inboxes=inboxes)
 
 

@@ -9,14 +9,11 @@ overwritten in private staging and renamed like a fresh temp file.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import os
 import stat
-import sys
-from typing import Any
 
 from ipcpool.errors import MessageExists
+from ipcpool.portable import rename_noreplace
 from ipcpool.transport.spool.layout import MESSAGES, TMP
 
 _OPEN_WRITE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -151,36 +148,6 @@ class Writes:
         return final
 
 
-def _load_renameat2() -> Any:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        func = libc.renameat2
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    return func
-
-
-_RENAMEAT2 = _load_renameat2()
-_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()  # os.fsencode's, inlined
-
-
-def rename_noreplace(source: str, target: str) -> None:
-    """rename(2) that fails with FileExistsError instead of replacing ``target``."""
-    if _RENAMEAT2 is not None:
-        if _RENAMEAT2(_AT_FDCWD, source.encode(_FS_ENCODING, _FS_ERRORS), _AT_FDCWD,
-                      target.encode(_FS_ENCODING, _FS_ERRORS), _RENAME_NOREPLACE) == 0:
-            return
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
-            raise OSError(err, os.strerror(err), source, None, target) if err != errno.EEXIST \
-                else FileExistsError(err, os.strerror(err), target)
-    # No renameat2 here: check, then rename (a narrow race, on old kernels only).
-    if os.path.lexists(target):
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), target)
-    os.rename(source, target)
-
-
 def read_regular(path: str, limit: int) -> bytes | None:
     """Up to ``limit`` bytes of a regular file; None for anything else (gone, a link, a hard link, a FIFO,
     a socket, a directory, unreadable).
@@ -244,5 +211,3 @@ def unlink_quietly(path: str) -> None:
         pass
 
 
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1
