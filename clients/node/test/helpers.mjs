@@ -1,7 +1,7 @@
 // Test helpers: a temp root per test, a real `ipcpool run` in its own process group (always
 // stopped), waits on log lines and files with deadlines (never fixed sleeps).
 
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
@@ -97,6 +97,7 @@ export async function writeConfig(file, root, { handlers = DEFAULT_HANDLERS, gro
   return file;
 }
 
+let poolCount = 0;
 const running = new Set(); // supervisors not yet stopped: killed on the way out if a test crashed
 
 process.on('exit', () => {
@@ -119,7 +120,8 @@ export async function startPool(t, { dir, root, wait = true, ...configOptions } 
   root ??= path.join(dir, 'ipc');
   const records = path.join(dir, 'records');
   await fsp.mkdir(records, { recursive: true });
-  const config = await writeConfig(path.join(dir, `pool-${Date.now()}.toml`), root, configOptions);
+  poolCount += 1;
+  const config = await writeConfig(path.join(dir, `pool-${poolCount}.toml`), root, configOptions);
   const env = {
     ...process.env,
     PYTHONPATH: [HANDLERS_DIR, process.env.PYTHONPATH].filter(Boolean).join(path.delimiter),
@@ -238,9 +240,37 @@ export function captureLogger() {
   };
 }
 
+/** An agent's folder: an example (copied under the name `as`), ipc-enhanced.js beside it, ipcpool in node_modules. */
+export async function agentDir(dir, exampleFile = 'seed-send.ts', as = 'agent.mjs') {
+  const agent = path.join(dir, 'agent');
+  await fsp.mkdir(path.join(agent, 'node_modules'), { recursive: true });
+  await fsp.symlink(NODE_DIR, path.join(agent, 'node_modules', 'ipcpool'), 'dir');
+  await fsp.copyFile(path.join(NODE_DIR, 'ipc-enhanced.js'), path.join(agent, 'ipc-enhanced.js'));
+  await fsp.copyFile(path.join(NODE_DIR, 'ipc-enhanced.d.ts'), path.join(agent, 'ipc-enhanced.d.ts'));
+  await fsp.copyFile(path.join(NODE_DIR, 'examples', exampleFile), path.join(agent, as));
+  await fsp.writeFile(path.join(agent, 'package.json'), '{"type": "module", "private": true}\n');
+  return agent;
+}
+
+/** Run a command to its end: its exit code and its output (stdout and stderr together). */
+export function run(command, args, options) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { ...options, stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    child.stdout.on('data', (chunk) => { output += chunk; });
+    child.stderr.on('data', (chunk) => { output += chunk; });
+    child.on('error', reject);
+    child.on('exit', (code) => resolve({ code, output }));
+  });
+}
+
 /** Whether `npx` can run TypeScript 5 here (fetched from the npm registry on first use). */
-export function typescriptCommand() {
-  const probe = spawnSync('npx', ['-y', '-p', 'typescript@5', 'tsc', '--version'], { encoding: 'utf8', timeout: 180000 });
-  if (probe.status === 0 && /Version 5\./.test(probe.stdout)) return { ok: true, version: probe.stdout.trim() };
-  return { ok: false, why: probe.error ? probe.error.message : `${probe.stdout}${probe.stderr}`.trim().slice(-400) };
+export async function typescriptAvailable() {
+  try {
+    const { code, output } = await run('npx', ['-y', '-p', 'typescript@5', 'tsc', '--version'], { env: process.env });
+    if (code === 0 && /Version 5\./.test(output)) return { ok: true, version: output.trim() };
+    return { ok: false, why: output.trim().slice(-400) || `exit code ${code}` };
+  } catch (error) {
+    return { ok: false, why: error.message };
+  }
 }
