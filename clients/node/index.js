@@ -18,3 +18,4 @@ export {
 } from './lib/client.js';
 export { resolveRoot } from './lib/spool.js';
 export { supervisorStatus } from './lib/supervisor.js';
+export { createIPCSystem, getIPCSystem } from './lib/system.js';
