@@ -1,13 +1,13 @@
 // The original system's API: its documented send example, verbatim (examples/seed-send.ts), run
 // as an agent would run it: ipc-enhanced.js copied beside it, the package installed, the spool
-// root from IPCPOOL_ROOT. And getIPCSystem's shape.
+// root from IPCPOOL_ROOT. And getIPCSystem's shape, and the README's plain-fs snippet.
 
 import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
 import { IPCMessageType, IpcpoolError, NoSupervisor, createIPCSystem, getIPCSystem } from '../index.js';
-import { agentDir, run, startPool, tempDir } from './helpers.mjs';
+import { NODE_DIR, agentDir, run, startPool, tempDir } from './helpers.mjs';
 
 test("the seed's send example runs unchanged, its task acked, IPCPOOL_ROOT honoured", { timeout: 30000 }, async (t) => {
   const pool = await startPool(t);
@@ -56,4 +56,19 @@ test('registerHandler takes the ERROR handler (messages given up on) and refuses
   assert.equal(reports[0].type, 'error');
   assert.equal(reports[0].payload.messageId, error.messageId);
   assert.equal(reports[0].payload.error, error.message);
+});
+
+test("the README's plain-fs snippet (examples/plain-fs.mjs) publishes and gets its ack", { timeout: 30000 }, async (t) => {
+  const readme = await fsp.readFile(path.join(NODE_DIR, 'README.md'), 'utf8');
+  const snippet = await fsp.readFile(path.join(NODE_DIR, 'examples', 'plain-fs.mjs'), 'utf8');
+  assert.ok(readme.includes(`\`\`\`js\n${snippet}\`\`\``), 'the README shows examples/plain-fs.mjs verbatim');
+  const pool = await startPool(t);
+  const { code, output } = await run(process.execPath, [path.join(NODE_DIR, 'examples', 'plain-fs.mjs')], {
+    cwd: pool.dir, env: { ...process.env, IPCPOOL_ROOT: pool.root },
+  });
+  assert.equal(code, 0, output);
+  const seen = (await pool.readRecords()).find((r) => r.payload?.taskId === 7);
+  assert.ok(seen, 'the handler got it');
+  assert.equal(seen.requires_ack, true);
+  await fsp.access(path.join(pool.root, 'main', 'acks', `${seen.id}.ack`));
 });
