@@ -6,7 +6,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
 import { NoSupervisor, request, sendAndWait, supervisorStatus } from '../index.js';
-import { startPool, tempDir } from './helpers.mjs';
+import { startPool, tempDir, waitUntil } from './helpers.mjs';
 
 const sentence = (root) => `no ipcpool supervisor is running for ${root}; the message stays queued and will be handled when one starts`;
 const LONG_ACK = { timeoutMs: 30000, maxRetries: 3, retryDelayMs: 5000 };
@@ -36,7 +36,8 @@ test('request with no supervisor rejects at once with NoSupervisor', { timeout: 
 
 test('after the supervisor stopped: NoSupervisor at once, and the next supervisor handles the message', { timeout: 20000 }, async (t) => {
   const first = await startPool(t);
-  assert.equal((await supervisorStatus(first.root)).running, true);
+  // status.json is first written just after "Enhanced IPC system started" (until then: "starting").
+  await waitUntil(async () => (await supervisorStatus(first.root)).running === true, { what: 'the first status.json' });
   assert.equal((await first.stop()).code, 0);
   const status = await supervisorStatus(first.root);
   assert.equal(status.running, false);
