@@ -170,7 +170,7 @@ function answerProbe(message, first, nack, { response = false } = {}) {
   };
 }
 
-/** Resolve at once with NoSupervisor when status.json says none is running (unless told to wait for one). */
+/** Reject at once with NoSupervisor when status.json says none is running (unless told to wait for one). */
 async function failFastWithoutSupervisor(ctx, message) {
   if (ctx.waitForSupervisor) return;
   const status = await supervisorStatus(ctx.root);
