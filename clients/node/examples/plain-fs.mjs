@@ -1,0 +1,20 @@
+import { randomUUID } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+
+const root = process.env.IPCPOOL_ROOT || 'data/ipc';
+const group = 'main'; // its folders exist once `ipcpool run` has started with it in [spool] groups
+const id = randomUUID();
+const message = { id, type: 'task', groupFolder: group, payload: { taskId: 7 },
+  timestamp: new Date().toISOString(), requiresAck: true };
+const tmp = path.join(root, group, 'tmp', `.${id}.tmp`);
+await fs.writeFile(tmp, JSON.stringify(message), { mode: 0o600 });
+await fs.rename(tmp, path.join(root, group, 'messages', `${id}.json`)); // rename, never link: one link only
+
+const answer = (name) => fs.readFile(path.join(root, group, 'acks', name), 'utf8').catch(() => null);
+for (const deadline = Date.now() + 30000; ; await new Promise((r) => setTimeout(r, 200))) {
+  if (await answer(`${id}.ack`) !== null) break; // handled
+  const nack = await answer(`${id}.nack`); // ended in errors/: JSON with outcome, reason, errorFile
+  if (nack !== null) throw new Error(`not handled: ${JSON.parse(nack).reason}`);
+  if (Date.now() > deadline) throw new Error(`no ack for ${id} in 30 s: is \`ipcpool run\` up?`);
+}

@@ -1,0 +1,2 @@
+// Types for ipc-enhanced.js: the ipcpool package's, under the original system's module name.
+export * from 'ipcpool';

@@ -1,0 +1,121 @@
+// Envelopes as ipcpool validates them (ipcpool/message.py): the original system's wire keys,
+// the same name rules, JSON bytes that a receiver decodes to exactly what was built.
+
+import { randomUUID } from 'node:crypto';
+import { InvalidMessage } from './errors.js';
+
+// JavaScript's $ without the m flag matches only at the very end, as Python's \Z does.
+export const GROUP_NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
+export const MESSAGE_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$/;
+export const TYPE_NAME = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/;
+export const ENVELOPE_KEYS = Object.freeze(['id', 'type', 'groupFolder', 'payload', 'timestamp', 'requiresAck', 'replyTo']);
+export const MAX_MESSAGE_BYTES = 1024 * 1024; // [spool] max_message_bytes' default
+
+/** The original system's message types; any other short type name is allowed too. */
+export const IPCMessageType = Object.freeze({
+  TASK: 'task',
+  COMMAND: 'command',
+  RESPONSE: 'response',
+  ERROR: 'error',
+  HEARTBEAT: 'heartbeat',
+});
+
+function short(value) {
+  let text;
+  try {
+    text = typeof value === 'string' ? `'${value}'` : JSON.stringify(value) ?? String(value);
+  } catch {
+    text = String(value);
+  }
+  return text.length <= 80 ? text : `${text.slice(0, 77)}...`;
+}
+
+export function checkGroupName(name, what = 'group name') {
+  if (typeof name !== 'string' || !GROUP_NAME.test(name)) {
+    throw new InvalidMessage(
+      `invalid ${what} ${short(name)}: use 1-64 letters, digits, '_' or '-', starting with a letter or digit`);
+  }
+  return name;
+}
+
+export function checkMessageId(id) {
+  if (typeof id !== 'string' || !MESSAGE_ID.test(id)) {
+    throw new InvalidMessage(`invalid envelope: id must be 1-128 letters, digits, '_' or '-', got ${short(id)}`);
+  }
+  return id;
+}
+
+export function checkType(type) {
+  if (typeof type !== 'string' || !TYPE_NAME.test(type)) {
+    throw new InvalidMessage(
+      `invalid envelope: type must be a short name of letters, digits, '_', '.', ':' or '-', got ${short(type)}`);
+  }
+  return type;
+}
+
+/** A fresh wire envelope, validated as the receiver will validate it. */
+export function buildEnvelope(group, type, payload, { id, requiresAck = false, replyTo, extra } = {}) {
+  checkGroupName(group);
+  checkType(type);
+  if (replyTo !== undefined && replyTo !== null) checkGroupName(replyTo, 'replyTo group');
+  if (id !== undefined && id !== null && id !== '') checkMessageId(id);
+  if (typeof requiresAck !== 'boolean') {
+    throw new InvalidMessage(`invalid envelope: requiresAck must be true or false, got ${short(requiresAck)}`);
+  }
+  const envelope = {
+    id: id || randomUUID(),
+    type,
+    groupFolder: group,
+    // An envelope is an object with a type and a payload: without the key it would be read as legacy JSON.
+    payload: payload === undefined ? null : payload,
+    timestamp: new Date().toISOString(), // ISO-8601, milliseconds, Z: what the nacks carry back
+    requiresAck,
+  };
+  if (replyTo !== undefined && replyTo !== null) envelope.replyTo = replyTo;
+  if (extra !== undefined && extra !== null) {
+    if (typeof extra !== 'object' || Array.isArray(extra)) {
+      throw new InvalidMessage(`extra must be an object of additional envelope keys, got ${short(extra)}`);
+    }
+    for (const [key, value] of Object.entries(extra)) {
+      if (ENVELOPE_KEYS.includes(key)) {
+        throw new InvalidMessage(`extra key '${key}' is an envelope key; pass it as its own argument or option`);
+      }
+      envelope[key] = value;
+    }
+  }
+  return envelope;
+}
+
+/** The envelope as UTF-8 JSON bytes (compact, as ipcpool writes). */
+export function encode(envelope, maxBytes = MAX_MESSAGE_BYTES) {
+  let text;
+  try {
+    text = JSON.stringify(envelope);
+  } catch (error) {
+    throw new InvalidMessage(`cannot encode as json: ${error.message}`, { cause: error });
+  }
+  const data = Buffer.from(text, 'utf8');
+  if (data.length > maxBytes) {
+    throw new InvalidMessage(`message is ${data.length} bytes, over the receiver's limit of ${maxBytes} `
+      + '([spool] max_message_bytes)');
+  }
+  return data;
+}
+
+/**
+ * One message ready to publish: its id, group, file name, bytes, and the timestamp inside
+ * (a nack carries it back, so an older nack of a reused id is told apart).
+ */
+export function prepare(group, type, payload, options = {}) {
+  const envelope = buildEnvelope(group, type, payload, options);
+  const data = encode(envelope, options.maxMessageBytes ?? MAX_MESSAGE_BYTES);
+  return Object.freeze({
+    id: envelope.id,
+    group,
+    type,
+    name: `${envelope.id}.json`,
+    data,
+    timestamp: envelope.timestamp,
+    envelope,
+  });
+}
