@@ -176,6 +176,7 @@ class Supervisor:
             if self.config.http.listen:  # a taken port stops the start before any worker runs
                 self.http = ProbeServer(self.config.http, self.probe)
                 self.http.start()
+            self.write_starting_status()
             self.boot()
             while self.state in ("running", "draining"):
                 try:
@@ -215,6 +216,7 @@ class Supervisor:
         fd = os.open(self.local.workers_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         grace = 2 * self.config.heartbeat.interval + 1.0
         deadline = time.monotonic() + grace
+        next_status = time.monotonic() + self.config.heartbeat.interval
         killed = False
         try:
             while not self._signals:
@@ -232,6 +234,9 @@ class Supervisor:
                         log.warning("killed orphaned worker pid=%d of a previous supervisor", pid)
                     killed = True
                     deadline = time.monotonic() + grace
+                if time.monotonic() >= next_status:  # still "starting", not stale: senders keep waiting
+                    next_status = time.monotonic() + self.config.heartbeat.interval
+                    self.write_starting_status()
                 time.sleep(0.05)
         finally:
             os.close(fd)
@@ -897,6 +902,15 @@ class Supervisor:
         if self.source.backend == "spool" and not os.path.isdir(self.config.spool.root):
             return False, f"the spool root {self.config.spool.root} is gone"
         return True, f"{ready} of {self.pool_size} workers ready"
+
+    def write_starting_status(self) -> None:
+        """Say "starting" at once (the previous run's final record would say nobody is here): a sender reading
+        status.json waits for this supervisor instead of giving up on it while it recovers and boots."""
+        try:
+            write_status(self.local.root, build_status(self, self.clock(), {"groups": {}, "transport": {}}),
+                         mode=0o600 if self.config.spool.mode == "private" else 0o640)
+        except OSError as exc:
+            log.error("cannot write status.json: %s", exc)
 
     def write_status(self, now: float) -> None:
         self._source_stats = self.source.stats()

@@ -546,3 +546,17 @@ def test_load_deliveries_skips_unreadable_records(spool):
 
 def test_load_deliveries_without_state_dir(tmp_path):
     assert Spool(tmp_path / "never-created").load_deliveries() == {}
+
+
+def test_publish_never_reports_a_message_it_did_not_place(spool, root, monkeypatch):
+    """A namesake that is there at each rename and gone at each look (claimed, then another dropped):
+    publish gives up with MessageExists rather than return as if the file were placed."""
+    from ipcpool.errors import MessageExists
+    from ipcpool.transport.spool import writes
+
+    (root / "main" / MESSAGES / "m.json").write_bytes(b"theirs")
+    monkeypatch.setattr(writes, "_same_bytes", lambda path, data: None)
+    with pytest.raises(MessageExists):
+        spool.publish("main", "m.json", b"ours")
+    assert (root / "main" / MESSAGES / "m.json").read_bytes() == b"theirs"
+    assert not os.listdir(root / "main" / TMP), "the temp file is removed"

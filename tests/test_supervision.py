@@ -354,7 +354,10 @@ def test_a_successor_kills_the_old_supervisors_stuck_worker_and_handles_what_it_
     os.kill(stuck, signal.SIGSTOP)
     sup.kill()
     gate.touch()
-    successor = supervisor_factory(config)
+    successor = supervisor_factory(config, wait_ready=False)
+    # While it waits for the old worker, its status.json says so (a sender keeps waiting for it).
+    wait_until(lambda: (s := successor.status() or {}).get("state") == "starting"
+               and s["supervisor"]["pid"] == successor.pid, 30, message="the successor's status: starting")
     wait_until(lambda: (root / "main" / "acks" / f"{held}.ack").exists(), 60, message="what it held handled")
     assert f"killed orphaned worker pid={stuck}" in successor.log_since_start()
     wait_until(lambda: not psutil.pid_exists(stuck) or psutil.Process(stuck).status() == psutil.STATUS_ZOMBIE, 20,

@@ -19,6 +19,7 @@ from ipcpool.transport.spool.layout import MESSAGES, TMP
 _OPEN_WRITE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 _OPEN_SPARE = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 _OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+PUBLISH_ATTEMPTS = 16  # renames tried while a namesake is claimed or removed between two looks
 
 
 class Writes:
@@ -128,7 +129,7 @@ class Writes:
         fd = os.open(tmp_path, _OPEN_WRITE, self.file_mode(MESSAGES))
         try:
             self._fill(fd, data, self.file_mode(MESSAGES) if self.shared else None)
-            for _attempt in range(3):
+            for _attempt in range(PUBLISH_ATTEMPTS):
                 try:
                     rename_noreplace(tmp_path, final)
                     break
@@ -140,6 +141,8 @@ class Writes:
                         raise MessageExists(group, name) from None
                     unlink_quietly(tmp_path)
                     return final
+            else:  # the name kept coming and going under us: never report a publish that did not happen
+                raise MessageExists(group, name)
         except BaseException:
             unlink_quietly(tmp_path)
             raise
