@@ -192,7 +192,7 @@ def _redis_reachable(config: Config, reason: str) -> tuple[bool, str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ipcpool.health import read_status, verdict
+    from ipcpool.health import read_status, supervisor_alive, verdict
     from ipcpool.status import render_table
     from ipcpool.transport import make_inspector
 
@@ -203,7 +203,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     healthy = verdict(status)
     inspector = make_inspector(config)
     try:
-        if status is None or status.get("state") != "running" or not healthy[0]:
+        if status is None or status.get("state") != "running" or not supervisor_alive(status):
             # The supervisor may be down: what the transport holds is still true.
             status = dict(status or {}, folders=inspector.counts())
         if config.transport.backend == "redis":  # every live supervisor of the cluster, each group's queue

@@ -172,11 +172,21 @@ def spool_space(root: str | os.PathLike[str]) -> dict[str, int] | None:
 
 
 def status_is_live(status: dict[str, Any] | None, *, now: float | None = None) -> bool:
-    """Whether the record is a live supervisor's: fresh (rewritten every interval) and not in a final state."""
+    """Whether the record is a live supervisor's as far as the file tells: fresh (rewritten every interval) and
+    not in a final state. Readable from another pid namespace or a VM (an agent in a container on a Mac)."""
     if status is None or status.get("state") in ("stopped", "halted", "failed"):
         return False
     age = (time.time() if now is None else now) - float(status.get("writtenAt", 0))
     return age <= STALE_AFTER_INTERVALS * float(status.get("interval", 1.0))
+
+
+def supervisor_alive(status: dict[str, Any] | None) -> bool:
+    """The record is live and its supervisor's process still runs here (the same one: its start time)."""
+    if status is None or not status_is_live(status):
+        return False
+    supervisor = status.get("supervisor") or {}
+    pid = supervisor.get("pid")
+    return isinstance(pid, int) and pid_alive(pid, supervisor.get("createTime"))
 
 
 def verdict(status: dict[str, Any] | None, *, now: float | None = None) -> tuple[bool, str]:
@@ -202,6 +212,11 @@ def verdict(status: dict[str, Any] | None, *, now: float | None = None) -> tuple
                        f"their acks, {spool.get('stranded', 0)} transition(s) wait for room (they are retried)")
     if spool.get("stranded"):
         return False, f"{spool['stranded']} message(s) stranded in processing/ (retried): {spool.get('error')}"
+    unserved = spool.get("unservedGroups") or {}
+    if unserved:
+        group, why = next(iter(unserved.items()))
+        more = f" (and {len(unserved) - 1} more group(s))" if len(unserved) > 1 else ""
+        return False, f"group {group} is not served: {why}{more}"
     workers = status.get("workers", [])
     expected = int(status.get("expectedWorkers", len(workers)))
     ready = [w for w in workers if w.get("state") in ("ready", "busy")]

@@ -76,8 +76,10 @@ class LocalRoot:
 
         Read from /proc/locks without touching the lock (taking it, even
         briefly, could make a starting supervisor fail with AlreadyRunning).
-        Without /proc (macOS), its status.json tells: a running supervisor
-        rewrites it every heartbeat interval, and ends it in a final state.
+        Its status.json tells too: a running supervisor rewrites it every
+        heartbeat interval and ends it in a final state. That is what a sender
+        without /proc (macOS), or whose kernel does not see the supervisor's
+        locks (a container on a Mac runs in a VM), goes by.
         """
         try:
             st = os.stat(self.state_dir / LOCK_FILE)
@@ -85,10 +87,7 @@ class LocalRoot:
             return False
         except OSError:
             return None
-        holders = flock_holders(st.st_dev, st.st_ino)
-        if holders is not None:
-            return bool(holders)
-        return status_is_live(read_status(self.root))
+        return bool(flock_holders(st.st_dev, st.st_ino)) or status_is_live(read_status(self.root))
 
     def record_workers(self, workers: dict[int, float | None]) -> None:
         """Keep who this supervisor's workers are (pid -> start time): a successor finds them without /proc."""

@@ -92,7 +92,12 @@ def families(scrape: Scrape) -> list[Metric]:
     lag.add_metric([], scrape.loop_lag)
     up = GaugeMetricFamily("ipcpool_transport_up", "1 when the transport (spool folder or Redis) is reachable.")
     up.add_metric([], 0 if transport.get("redisDown") else 1)
-    return [messages, returned, duration, depth, inflight, oldest, errors, workers, restarts, holds, stranded, lag, up]
+    unserved = GaugeMetricFamily("ipcpool_groups_unserved",
+                                 "Group folders the supervisor refuses to serve (another user owns one, ...): "
+                                 "`ipcpool health` names each and the command that fixes it.")
+    unserved.add_metric([], len(transport.get("unservedGroups") or {}))
+    return [messages, returned, duration, depth, inflight, oldest, errors, workers, restarts, holds, stranded, lag, up,
+            unserved]
 
 
 def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

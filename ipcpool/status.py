@@ -160,6 +160,8 @@ def render_table(status: dict[str, Any], healthy: tuple[bool, str], *, now: floa
     if spool.get("stranded") or spool.get("full"):
         lines.append(f"spool: {'FULL; ' if spool.get('full') else ''}{spool.get('stranded')} stranded "
                      f"({spool.get('ackHolds')} acks waiting): {spool.get('error')}")
+    for group, why in (spool.get("unservedGroups") or {}).items():
+        lines.append(f"NOT SERVED: group {group}: {why}")
     return "\n".join(lines)
 
 

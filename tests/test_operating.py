@@ -478,16 +478,19 @@ def test_shared_mode_status_is_not_group_writable_and_old_folders_get_their_mode
     sup.stop()
 
 
-def test_a_spool_folder_another_user_owns_is_refused_with_the_reason(tmp_path, root, env):
+def test_a_spool_folder_another_user_owns_is_refused_with_the_reason(tmp_path, root, env, supervisor_factory):
+    """Its group is not served (the rest is): health says which folder, and the chown that fixes it."""
     if os.geteuid() != 0:
         pytest.skip("needs root to give a folder to another user")
     messages = root / "main" / "messages"
     messages.mkdir(parents=True)
     os.chown(messages, 65534, 65534)
     config = write_config(tmp_path / "c.toml", root)
-    out = ipcpool_cli(env, tmp_path, "run", "--config", str(config), timeout=60)
-    assert out.returncode == 1
-    assert f"{messages} is owned by uid 65534" in out.stderr and "chown" in out.stderr
+    sup = supervisor_factory(config)
+    out = wait_until(lambda: (h := ipcpool_cli(env, tmp_path, "health", "--config", str(config))).returncode == 1
+                     and "not served" in h.stdout and h, 30, message="health names the folder")
+    assert f"{messages} is owned by uid 65534" in out.stdout and "chown" in out.stdout
+    assert sup.stop() == 0
 
 
 def test_the_readme_stands_alone():

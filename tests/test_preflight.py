@@ -24,12 +24,14 @@ def test_world_writable_root_is_refused(tmp_path, root, env):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a folder to another user")
-def test_group_folder_owned_by_another_user_is_refused(tmp_path, root, env):
-    (root / "main").mkdir(parents=True)
-    os.chown(root / "main", 65534, 65534)
+def test_a_root_owned_by_another_user_is_refused(tmp_path, root, env):
+    """The root (not a group: one group only stops itself, see test_containers.py) owned by another user
+    cannot be served at all: the start stops, naming the owner and the fix."""
+    root.mkdir(parents=True)
+    os.chown(root, 65534, 65534)
     out = _run(write_config(tmp_path / "c.toml", root), env)
     assert out.returncode == 1
-    assert "owned by uid 65534" in out.stderr
+    assert "owned by uid 65534" in out.stderr and "chown" in out.stderr
 
 
 def test_symlinked_root_is_refused(tmp_path, env):

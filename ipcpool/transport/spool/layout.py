@@ -122,6 +122,14 @@ def safe_id(message_id: str) -> str:
     return message_id
 
 
+def is_volume_root(st: os.stat_result) -> bool:
+    """The shape Kubernetes gives a volume mounted under a pod's ``fsGroup``: owned by root, setgid,
+    group-writable, its group one of ours, not writable by others. Accepted as the spool root (only as the
+    root): root may do anything anyway, and everything ipcpool makes inside it is its own."""
+    return (st.st_uid == 0 and bool(st.st_mode & stat.S_ISGID) and bool(st.st_mode & stat.S_IWGRP)
+            and not st.st_mode & stat.S_IWOTH and st.st_gid in {os.getegid(), *os.getgroups()})
+
+
 class Layout:
     """Paths and folders of one spool root (part of :class:`~ipcpool.transport.spool.spool.Spool`,
     which sets ``root``, ``_root_s``, ``inboxes``, ``shared``, ``_staging`` and ``_euid``)."""
@@ -173,9 +181,11 @@ class Layout:
         st = os.lstat(path)
         if not stat.S_ISDIR(st.st_mode):
             return  # the caller says what is wrong with it
+        if path == self.root and is_volume_root(st):
+            return  # a Kubernetes volume under fsGroup: root's, setgid, ours by group (see is_volume_root)
         if st.st_uid != self._euid:
             raise SpoolError(f"{path} is owned by uid {st.st_uid}, not by this user (uid {self._euid}); ipcpool "
-                             f"must own its folders: `chown {self._euid} {path}`, or run as its owner")
+                             f"must own its folders: `chown -R {self._euid} {path}`, or run ipcpool as its owner")
         if stat.S_IMODE(st.st_mode) != mode:
             log.info("folder %s had mode %o; setting the documented %o", path, stat.S_IMODE(st.st_mode), mode)
             os.chmod(path, mode)
@@ -276,4 +286,9 @@ class Layout:
         self._mkdir(self.state_dir, self.dir_mode(""))
         self._mkdir(self.state_dir / DELIVERIES_DIR, PRIVATE_DIR)
         if self._staging is not None:
-            self._mkdir(Path(self._staging), PRIVATE_DIR)
+            staging = Path(self._staging)
+            self._mkdir(staging, PRIVATE_DIR | (stat.S_ISGID if self.shared else 0))
+            if self.shared:  # setgid, in the root's group: acks and responses staged there are the root's
+                gid = os.stat(self.root).st_gid  # group's to read, as the writers in it must
+                if os.stat(staging).st_gid != gid:
+                    os.chown(staging, -1, gid)

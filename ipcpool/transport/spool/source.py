@@ -69,6 +69,7 @@ class SpoolSource:
         self.stranded = Stranded(self.spool, self._requeue_stranded)
         self.groups: set[str] = set()
         self.refused_groups: set[str] = set()  # folders strict_groups keeps out (each logged once)
+        self.unserved: dict[str, str] = {}  # group -> why its folder cannot be served (another user's, ...)
         self.errors_cache: dict[str, tuple[int, int]] = {}  # group -> (errors/ mtime, quarantined count)
         self.rescan_queue: deque[str] = deque()
         self.untracked: dict[str, set[str]] = {}  # group -> names in processing/ nothing tracked at its last rescan
@@ -87,9 +88,9 @@ class SpoolSource:
         spool.ensure_root()
         self._ledger_clock = LedgerClock(spool.state_dir, self.config.ack.retention)
         for group in self.config.spool.groups:
-            spool.ensure_group(group)
+            self._ensure_group(group)
         self.failures = spool.load_deliveries()
-        recovered = sum(self._reconcile(group) for group in spool.list_groups())
+        recovered = sum(self._reconcile(group) for group in spool.list_groups() if group not in self.unserved)
         self._watcher = make_watcher(str(spool.root), self._on_hint,
                                      polling=self.config.spool.watcher == "polling",
                                      poll_interval=min(1.0, self.config.spool.rescan_interval),
@@ -233,7 +234,8 @@ class SpoolSource:
                     entry["oldestQueuedAge"] = round(now - seen, 3)
         errors = [e.error for e in self.stranded.entries.values()]
         trouble = {"full": self.stranded.no_space, "stranded": len(self.stranded), "ackHolds": self.stranded.ack_holds,
-                   "error": errors[0] if errors else None, **(spool_space(self.spool.root) or {})}
+                   "error": errors[0] if errors else None, "unservedGroups": dict(sorted(self.unserved.items())),
+                   **(spool_space(self.spool.root) or {})}
         return {"groups": groups, "transport": trouble}
 
     def announce(self, status: dict[str, Any]) -> None:
@@ -323,16 +325,29 @@ class SpoolSource:
                 log.warning("ignoring group folder %s: it is not in [spool] groups and [spool] strict_groups is on",
                             group)
             return
-        try:
-            self.spool.ensure_group(group)
-        except (SpoolError, OSError) as exc:
-            log.warning("refusing group %s: %s", group, exc)
+        if not self._ensure_group(group):
             return
         self.groups.add(group)
         if self._watcher is not None:
             self._watcher.watch_group(group)
         self._scan_group(group)
         self._count_errors(group)
+
+    def _ensure_group(self, group: str) -> bool:
+        """The group's folders, as they must be; False (and reported, once per change) when they cannot be:
+        that group only waits, the others are served, and it is tried again at each rescan."""
+        try:
+            self.spool.ensure_group(group)
+        except (SpoolError, OSError) as exc:
+            reason = str(exc)
+            if self.unserved.get(group) != reason:  # logged when it changes, not at every rescan
+                log.warning("not serving group %s: %s (the other groups are served; retried at each rescan)",
+                            group, reason)
+            self.unserved[group] = reason
+            return False
+        if self.unserved.pop(group, None) is not None:
+            log.info("serving group %s now: its folder was fixed", group)
+        return True
 
     def _scan_group(self, group: str) -> None:
         now = self.clock()
@@ -347,11 +362,14 @@ class SpoolSource:
     def rescan(self) -> None:
         """Start a rescan: new groups now, every group's inboxes in slices."""
         self.unclaimable.clear()  # retried (and logged again) at most once per rescan
-        for group in self.spool.list_groups():
+        listed = self.spool.list_groups()
+        for group in listed:
             if group not in self.groups:
                 self.add_group(group)
             else:
                 self.rescan_queue.append(group)
+        for group in set(self.unserved) - set(listed):
+            del self.unserved[group]  # its folder is gone: nothing waits there any more
 
     def _continue_rescan(self) -> None:
         """Scan queued groups for at most SLICE seconds, so a thousand groups never stall the loop."""
