@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from ipcpool.errors import AlreadyRunning
+from ipcpool.errors import AlreadyRunning, SpoolError
 from ipcpool.health import read_status, status_is_live
 from ipcpool.portable import flock_holders
 
@@ -32,14 +32,23 @@ class LocalRoot:
         self.root = Path(root).absolute()
 
     def ensure(self, mode: int) -> None:
-        """The root and its state folder exist (made with ``mode``; a folder already there is left as it is)."""
-        self.root.parent.mkdir(parents=True, exist_ok=True)
-        for path in (self.root, self.state_dir):
-            try:
-                path.mkdir(mode=mode)
-            except FileExistsError:
-                continue
-            os.chmod(path, mode)
+        """The root and its state folder exist (made with ``mode``; a folder already there is left as it is).
+
+        Raises SpoolError, saying how to make it, when this user may not create it.
+        """
+        try:
+            self.root.parent.mkdir(parents=True, exist_ok=True)
+            for path in (self.root, self.state_dir):
+                try:
+                    path.mkdir(mode=mode)
+                except FileExistsError:
+                    continue
+                os.chmod(path, mode)
+        except PermissionError as exc:
+            raise SpoolError(
+                f"cannot create the spool root {self.root}: {exc.strerror} ({exc.filename}); create it for this "
+                f"user (uid {os.geteuid()}) first: `install -d -o {os.geteuid()} {self.root}`, or point [spool] "
+                f"root (or IPCPOOL_ROOT) at a folder it may write") from None
 
     @property
     def state_dir(self) -> Path:

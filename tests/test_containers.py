@@ -12,7 +12,6 @@ import re
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli, wait_until, write_config
+from foreign import ForeignPython, find_foreign_python, world_readable_dir
 
 from ipcpool.metrics import parse, total
 from ipcpool.transport.spool.spool import Spool
@@ -113,3 +113,145 @@ def test_a_kubernetes_volume_root_is_accepted_only_in_that_shape(volume):
     mount.chmod(0o2775)
     assert is_volume_root(os.stat(mount)) is (NOBODY in {os.getegid(), *os.getgroups()})
     assert stat.S_IMODE(os.stat(mount).st_mode) == 0o2775
+
+
+# -- the recipes: writers as other uids, ipcpool as its own user ------------------------------------------------
+
+AGENTS = 4242  # the common group of the shared-mode recipe (docker run --user 1000:4242)
+IPCPOOL_UID = 10001  # the Dockerfile's ipcpool user
+NODE_UID = 1000  # the official Node images' `node` user
+
+
+@pytest.fixture(scope="module")
+def foreign() -> Iterator[tuple[ForeignPython, Path]]:
+    base = world_readable_dir("ipcpool-foreign-")
+    try:
+        yield find_foreign_python(base), base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+class ForeignPool:
+    """``ipcpool run`` as another uid (and group), in a folder every uid of the test can reach."""
+
+    def __init__(self, fp: ForeignPython, base: Path, root: Path, *, uid: int, gid: int,
+                 groups: tuple[int, ...] = (), **sections: dict[str, object]) -> None:
+        self.base, self.root = base, root
+        self.records = base / "records"
+        self.records.mkdir(exist_ok=True)
+        self.records.chmod(0o777)
+        self.config = write_config(base / "c.toml", root, sections=sections)
+        self.config.chmod(0o644)
+        self.log_path = base / "supervisor.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [fp.python, "-m", "ipcpool", "run", "--config", str(self.config)], user=uid, group=gid,
+                extra_groups=list(groups), env=fp.env(IPCPOOL_TEST_RECORDS=str(self.records), LOG_LEVEL="info"),
+                cwd=base, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(lambda: "Enhanced IPC system started" in self.log() or self.proc.poll() is not None, 60,
+                   message="the pool started as its own user")
+        assert self.proc.poll() is None, self.log()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+        return self.proc.wait(10)
+
+
+WRITER = """
+import json, os, sys, time
+root, action, message_id = sys.argv[1], sys.argv[2], sys.argv[3]
+group = os.path.join(root, "main")
+def publish(body):
+    tmp = os.path.join(group, "tmp", f".{message_id}.part")
+    with open(tmp, "w") as out:
+        out.write(body)
+    os.rename(tmp, os.path.join(group, "messages", f"{message_id}.json"))
+def wait_read(path):
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with open(path) as answer:
+                return answer.read()
+        except FileNotFoundError:
+            time.sleep(0.05)
+    raise SystemExit(f"no {path}")
+if action == "ack":
+    publish(json.dumps({"id": message_id, "type": "task", "payload": {"n": 1}, "requiresAck": True}))
+    print(wait_read(os.path.join(group, "acks", f"{message_id}.ack")))
+elif action == "request":
+    publish(json.dumps({"id": message_id, "type": "task", "payload": {"result": 42}, "replyTo": "main"}))
+    print(json.loads(wait_read(os.path.join(group, "responses", f"{message_id}.json")))["payload"]["result"])
+else:  # not JSON: quarantined, and its writer reads the nack
+    publish("this is not JSON")
+    print(json.loads(wait_read(os.path.join(group, "acks", f"{message_id}.nack")))["outcome"])
+"""
+
+
+def _write_as(fp: ForeignPython, root: Path, action: str, message_id: str, *, uid: int, gid: int) -> str:
+    out = subprocess.run([fp.python, "-c", WRITER, str(root), action, message_id], user=uid, group=gid,
+                         extra_groups=[], env=fp.env(), cwd="/tmp", capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout.strip()
+
+
+def test_recipe_a_writer_under_another_uid_in_shared_mode(foreign):
+    """`docker run --user 1000:4242` beside `ipcpool run` as its own user, also in group 4242, `[spool] mode =
+    "shared"`: the agent's files are claimed, handled, acked and quarantined like any other, and the agent
+    reads its ack, its response and its nack."""
+    fp, base = foreign
+    root = base / "shared-ipc"
+    root.mkdir()  # as the README says: `install -d -o ipcpool -g agents -m 2770 data/ipc`
+    os.chown(root, IPCPOOL_UID, AGENTS)
+    root.chmod(0o2770)
+    # Its own primary group, the agents' as a supplementary one (systemd: User=ipcpool, SupplementaryGroups=agents)
+    pool = ForeignPool(fp, base, root, uid=IPCPOOL_UID, gid=IPCPOOL_UID, groups=(AGENTS,), spool={"mode": "shared"})
+    try:
+        assert _write_as(fp, root, "ack", "agent-ack", uid=NODE_UID, gid=AGENTS).endswith("Z")
+        assert _write_as(fp, root, "request", "agent-request", uid=NODE_UID, gid=AGENTS) == "42"
+        assert _write_as(fp, root, "nack", "agent-bad", uid=NODE_UID, gid=AGENTS) == "rejected"
+        ack = root / "main" / "acks" / "agent-ack.ack"
+        assert ack.stat().st_gid == AGENTS and stat.S_IMODE(ack.stat().st_mode) == 0o640
+    finally:
+        assert pool.stop() == 0, pool.log()
+    assert "error" not in pool.log().lower().replace("errors/", "").replace("rejected", ""), pool.log()
+
+
+def test_recipe_a_writer_running_as_root_into_folders_ipcpool_owns(foreign):
+    """A container running as root (many images do) writing into a root folder that ipcpool's own user owns
+    (private mode): its files, root's and world-readable, are handled; the writer reads the answers."""
+    fp, base = foreign
+    root = base / "private-ipc"
+    root.mkdir()  # `install -d -o ipcpool data/ipc`
+    os.chown(root, IPCPOOL_UID, IPCPOOL_UID)
+    pool = ForeignPool(fp, base, root, uid=IPCPOOL_UID, gid=IPCPOOL_UID)
+    try:
+        assert _write_as(fp, root, "ack", "root-ack", uid=0, gid=0).endswith("Z")
+        assert _write_as(fp, root, "request", "root-request", uid=0, gid=0) == "42"
+        assert os.stat(root / "main").st_uid == IPCPOOL_UID
+    finally:
+        assert pool.stop() == 0, pool.log()
+
+
+def test_a_pool_starts_on_a_kubernetes_volume_root(foreign):
+    """The volume's root as Kubernetes mounts it under `fsGroup: 4242` (root's, setgid, group-writable), and
+    ipcpool running as uid 10001 with that supplementary group, as the pod spec in deploy/ sets it."""
+    fp, base = foreign
+    mount = base / "volume"
+    mount.mkdir()
+    os.chown(mount, 0, AGENTS)
+    mount.chmod(0o2775)
+    pool = ForeignPool(fp, base, mount, uid=IPCPOOL_UID, gid=IPCPOOL_UID, groups=(AGENTS,),
+                       spool={"mode": "shared"})
+    try:
+        assert _write_as(fp, mount, "ack", "k8s-ack", uid=NODE_UID, gid=AGENTS).endswith("Z")
+        assert os.stat(mount).st_uid == 0 and stat.S_IMODE(os.stat(mount).st_mode) == 0o2775, "left as it was"
+    finally:
+        assert pool.stop() == 0, pool.log()
