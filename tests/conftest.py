@@ -111,12 +111,15 @@ class SupervisorProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *, wait_ready: bool = True, timeout: float = 30.0) -> SupervisorProcess:
+    def start(self, *, wait_ready: bool = True, timeout: float = 30.0,
+              preexec: Callable[[], None] | None = None) -> SupervisorProcess:
+        """``preexec`` runs in the child before ``ipcpool`` does (a lower resource limit, say)."""
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._offset = self.log_path.stat().st_size
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ipcpool", "run", "--config", str(self.config)],
             cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=preexec,
         )
         if wait_ready:
             wait_until(lambda: "Enhanced IPC system started" in self.log_since_start() or self.proc.poll() is not None,
@@ -215,11 +218,12 @@ def env(tmp_path: Path) -> dict[str, str]:
 def supervisor_factory(tmp_path: Path, env: dict[str, str]) -> Iterator[Callable[..., SupervisorProcess]]:
     started: list[SupervisorProcess] = []
 
-    def make(config: Path, *, start: bool = True, wait_ready: bool = True) -> SupervisorProcess:
+    def make(config: Path, *, start: bool = True, wait_ready: bool = True,
+             preexec: Callable[[], None] | None = None) -> SupervisorProcess:
         sup = SupervisorProcess(config, tmp_path, env, tmp_path / "supervisor.log")
         started.append(sup)
         if start:
-            sup.start(wait_ready=wait_ready)
+            sup.start(wait_ready=wait_ready, preexec=preexec)
         return sup
 
     yield make
