@@ -8,11 +8,17 @@ processes behind.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import re
+import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import textwrap
 import time
 import uuid
@@ -371,3 +377,77 @@ def inotify_instances(pid: int) -> int:
         except OSError:  # closed meanwhile
             pass
     return count
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\r")
+
+
+class Terminal:
+    """A program on a pty of its own, as a person's terminal runs it (Ctrl-C is a real SIGINT).
+
+    ``screen`` is what it printed, escape codes stripped; ``raw`` every byte the terminal received.
+    """
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path, *, columns: int = 160,
+                 lines: int = 50) -> None:
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: the pty is its controlling terminal
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))  # as a window is
+            os.chdir(cwd)
+            os.execve(argv[0], argv, dict(env, TERM="xterm-256color", COLUMNS=str(columns), LINES=str(lines)))
+        self.screen = ""
+        self.raw = b""
+
+    def _take(self, chunk: bytes) -> None:
+        self.raw += chunk
+        self.screen += ANSI.sub("", chunk.decode("utf-8", "replace"))
+
+    def wait_for(self, text: str, timeout: float = 30.0) -> str:
+        """Read output until ``text`` appears on the screen (escape codes stripped)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.screen:
+            left = deadline - time.monotonic()
+            assert left > 0, f"{text!r} never appeared; the screen shows:\n{self.screen[-3000:]}"
+            if select.select([self.fd], [], [], left)[0]:
+                try:
+                    chunk = os.read(self.fd, 65536)
+                except OSError:  # the program ended: its last output is all there is
+                    chunk = b""
+                if not chunk:
+                    assert text in self.screen, f"ended without {text!r}:\n{self.screen[-3000:]}"
+                self._take(chunk)
+        return self.screen
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """The program's exit code, once it has ended on its own (its output read meanwhile)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if select.select([self.fd], [], [], 0.2)[0]:
+                try:
+                    self._take(os.read(self.fd, 65536))
+                except OSError:
+                    pass
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.pid = 0
+                return os.waitstatus_to_exitcode(status)
+        raise AssertionError(f"the program did not end within {timeout}s")
+
+    def close(self) -> None:
+        """Whatever happened, leave no program behind and no descriptor open."""
+        if self.pid:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            self.pid = 0
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+    def ctrl_c(self) -> int:
+        """Ctrl-C at the terminal (a real SIGINT from the line discipline); the exit code."""
+        os.write(self.fd, b"\x03")
+        return self.wait()
