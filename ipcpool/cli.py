@@ -30,6 +30,7 @@ from ipcpool.errors import (
 )
 from ipcpool.logs import setup_logging
 from ipcpool.message import GROUP_NAME, TYPE_NAME
+from ipcpool.terminal import printable
 
 log = logging.getLogger("ipcpool")
 CONFIG_ENV = "IPCPOOL_CONFIG"
@@ -174,7 +175,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"healthy": ok, "reason": reason, "status": status}, indent=1))
     else:
-        print(reason)
+        print(printable(reason))  # it may quote a spool error, and so a writer's file name
     return EXIT_OK if ok else EXIT_FAILURE
 
 

@@ -17,6 +17,7 @@ from ipcpool import records
 from ipcpool.config import load_config
 from ipcpool.errors import EXIT_FAILURE, EXIT_OK, ConfigError
 from ipcpool.progress import steps
+from ipcpool.terminal import printable
 from ipcpool.transport import make_inspector
 
 
@@ -69,7 +70,8 @@ def _list(dead: Any, args: argparse.Namespace) -> int:
         return EXIT_OK
     for e in entries:
         s = e.summary()
-        print(f"{s['time']}  {s['group']}  {s['id']}  {s['type'] or '-'}  attempts={s['attempts']}  {s['reason']}")
+        print(printable(f"{s['time']}  {s['group']}  {s['id']}  {s['type'] or '-'}  attempts={s['attempts']}  "
+                        f"{s['reason']}"))
     print(f"{len(entries)} quarantined message(s)", file=sys.stderr)
     return EXIT_OK
 
@@ -77,10 +79,10 @@ def _list(dead: Any, args: argparse.Namespace) -> int:
 def _show(dead: Any, args: argparse.Namespace) -> int:
     matches, ids = dead.find(args.id, args.group)
     if not matches:
-        print(f"no quarantined message with id (or id prefix, or file) {args.id}", file=sys.stderr)
+        print(printable(f"no quarantined message with id (or id prefix, or file) {args.id}"), file=sys.stderr)
         return EXIT_FAILURE
     if len(ids) > 1:
-        print(f"{args.id!r} is the start of {len(ids)} ids: {', '.join(sorted(ids))}; give more of the id",
+        print(printable(f"{args.id!r} is the start of {len(ids)} ids: {', '.join(sorted(ids))}; give more of the id"),
               file=sys.stderr)
         return EXIT_FAILURE
     if args.json:
@@ -88,7 +90,7 @@ def _show(dead: Any, args: argparse.Namespace) -> int:
                           for e in matches], indent=1))
         return EXIT_OK
     if len(matches) > 1:
-        print(f"{len(matches)} records share id {next(iter(ids))} (quarantined more than once):\n")
+        print(printable(f"{len(matches)} records share id {next(iter(ids))} (quarantined more than once):") + "\n")
     for n, entry in enumerate(matches):
         if n:
             print()
@@ -110,15 +112,16 @@ def _retry(dead: Any, args: argparse.Namespace) -> int:
         entries = [e for e in entries if e.message_id in wanted or e.file in wanted]
         missing = wanted - {e.message_id for e in entries} - {e.file for e in entries}
         if missing:
-            print(f"not in errors/: {', '.join(sorted(missing))}", file=sys.stderr)
+            print(printable(f"not in errors/: {', '.join(sorted(missing))}"), file=sys.stderr)
     with steps("retrying", len(entries)) as progress:
         for e in entries:
             progress.advance()
             if not dead.has_message(e):
-                progress.say(f"skipped {e.group}/{e.file}: its error record has no message (purge it)", error=True)
+                progress.say(printable(f"skipped {e.group}/{e.file}: its error record has no message (purge it)"),
+                             error=True)
                 continue
             name = dead.retry(e)
-            progress.say(f"retried {e.group}/{name}")
+            progress.say(printable(f"retried {e.group}/{name}"))
     return EXIT_OK if entries or args.all else EXIT_FAILURE
 
 
@@ -133,7 +136,7 @@ def _purge(dead: Any, args: argparse.Namespace) -> int:
             raise ConfigError(str(exc)) from exc
     if args.dry_run:
         for e in entries:
-            print(f"would purge {e.group}/{e.file}  {e.message_id}  {e.record.get('reason')}")
+            print(printable(f"would purge {e.group}/{e.file}  {e.message_id}  {e.record.get('reason')}"))
         print(f"would purge {len(entries)} quarantined message(s); nothing was deleted")
         return EXIT_OK
     with steps("purging", len(entries)) as progress:

@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ipcpool.health import pid_alive, read_status, verdict
+from ipcpool.terminal import printable
 
 RATE_WINDOW = 10.0  # seconds of history a group's rate is measured over
 
@@ -47,21 +48,24 @@ class Rates:
 
 
 def render(status: dict[str, Any] | None, rates: Rates, now: float) -> Group:
+    """One frame. Writers chose some of what it shows (a running message's type and id), so every
+    cell is a :class:`~rich.text.Text` (rich markup and emoji codes in it are shown, not obeyed) of
+    :func:`~ipcpool.terminal.printable` text (escape sequences shown escaped)."""
     healthy, reason = verdict(status, now=now)
     if status is None:
         return Group(Text("no supervisor has run on this root yet (no status.json)", style="bold red"))
     sup = status.get("supervisor") or {}
     age = now - float(status.get("writtenAt") or now)
     if status.get("state") != "running" or not pid_alive(int(sup.get("pid") or 0), sup.get("createTime")):
-        header = Text(f"supervisor is gone: pid {sup.get('pid')}, last state {status.get('state')}, "
-                      f"last seen {age:.0f}s ago ({reason})", style="bold red")
+        header = _cell(f"supervisor is gone: pid {sup.get('pid')}, last state {status.get('state')}, "
+                       f"last seen {age:.0f}s ago ({reason})", style="bold red")
     elif not healthy:
-        header = Text(f"ipcpool  pid {sup.get('pid')}  UNHEALTHY: {reason}  root {status.get('root')}  "
-                      f"snapshot {age:.1f}s old", style="bold yellow")
+        header = _cell(f"ipcpool  pid {sup.get('pid')}  UNHEALTHY: {reason}  root {status.get('root')}  "
+                       f"snapshot {age:.1f}s old", style="bold yellow")
     else:
-        header = Text(f"ipcpool  pid {sup.get('pid')}  {status.get('state')}  up {sup.get('uptime')}s  "
-                      f"root {status.get('root')}  transport {status.get('transport')}  "
-                      f"snapshot {age:.1f}s old", style="bold green")
+        header = _cell(f"ipcpool  pid {sup.get('pid')}  {status.get('state')}  up {sup.get('uptime')}s  "
+                       f"root {status.get('root')}  transport {status.get('transport')}  "
+                       f"snapshot {age:.1f}s old", style="bold green")
     workers = Table(title="workers", title_justify="left", expand=True)
     for column in ("slot", "pid", "state", "running", "for", "RSS MB", "handled", "failed", "restarts"):
         workers.add_column(column, justify="left" if column in ("state", "running") else "right")
@@ -69,21 +73,27 @@ def render(status: dict[str, Any] | None, rates: Rates, now: float) -> Group:
         current = w.get("currentMessage") or {}
         running = " ".join(str(v) for v in (current.get("type"), current.get("id")) if v) \
             if isinstance(current, dict) and current else "-"
-        workers.add_row(str(w["slot"]), str(w["pid"]), w["state"], running,
-                        f"{w['currentAge']:.1f}s" if w.get("currentAge") is not None else "-",
-                        _n(w.get("rssMb")), str(w["handled"]), str(w["failed"]), str(w["restarts"]))
+        workers.add_row(*(_cell(v) for v in (
+            w["slot"], w["pid"], w["state"], running,
+            f"{w['currentAge']:.1f}s" if w.get("currentAge") is not None else "-",
+            _n(w.get("rssMb")), w["handled"], w["failed"], w["restarts"])))
     groups = Table(title="groups", title_justify="left", expand=True)
     for column in ("group", "queued", "in flight", "errors", "oldest", f"rate/s ({RATE_WINDOW:g}s)"):
         groups.add_column(column, justify="left" if column == "group" else "right")
     for name, g in status.get("groups", {}).items():
         rate = rates.per_second(name)
-        groups.add_row(name, str(g.get("queued", 0) + g.get("buffered", 0)),
-                       str(g.get("held", 0) + g.get("running", 0)), str(g.get("errors", 0)),
-                       f"{g['oldestQueuedAge']:.1f}s" if g.get("oldestQueuedAge") is not None else "-",
-                       f"{rate:.1f}" if rate is not None else "-")
+        groups.add_row(*(_cell(v) for v in (
+            name, g.get("queued", 0) + g.get("buffered", 0), g.get("held", 0) + g.get("running", 0),
+            g.get("errors", 0), f"{g['oldestQueuedAge']:.1f}s" if g.get("oldestQueuedAge") is not None else "-",
+            f"{rate:.1f}" if rate is not None else "-")))
     totals = status.get("totals", {})
-    footer = Text("totals: " + "  ".join(f"{k} {v}" for k, v in totals.items()) + "    Ctrl-C to leave")
+    footer = _cell("totals: " + "  ".join(f"{k} {v}" for k, v in totals.items()) + "    Ctrl-C to leave")
     return Group(header, workers, groups, footer)
+
+
+def _cell(value: Any, style: str = "") -> Text:
+    """Literal text: no markup, no emoji codes, nothing unprintable."""
+    return Text(printable(value), style=style)
 
 
 def _n(value: Any) -> str:

@@ -18,10 +18,9 @@ import os
 import re
 from datetime import UTC, datetime
 
+from ipcpool.terminal import printable
+
 FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
-# Control characters (C0 but tab, DEL, C1), bidi overrides and lone surrogates (names that are not UTF-8):
-# a name or a type a writer chose must not move the cursor, retitle the window or start a new log line.
-_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 MULTILINE = {"multiline": True}  # extra= for a line whose message is lines of our own (a traceback)
 FORMATS = ("text", "json")
 _KEYS = re.compile(r"\b(id|group|type|file)=([^\s,;:]+)")
@@ -59,18 +58,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-def escape_controls(text: str) -> str:
-    """``text`` with every control character shown as its escape (``\\x1b``, ``\\u202e``, ``\\udcff``)."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii")
-                        if ord(m.group()) < 0xd800 else f"\\u{ord(m.group()):04x}", text)
-
-
 class TextFormatter(logging.Formatter):
     """One readable line per event: what a message's writer chose is escaped, never interpreted."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         if not getattr(record, "multiline", False):
-            record.message = escape_controls(record.message)
+            record.message = printable(record.message)
         return super().formatMessage(record)
 
 

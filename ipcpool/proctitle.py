@@ -2,8 +2,9 @@
 
 Like gunicorn's and Celery's: ``ipcpool: supervisor <root>``, ``ipcpool:
 forkserver``, ``ipcpool: worker <slot> idle`` or ``ipcpool: worker <slot>
-<type> <id>``. A title is set only when it changes, and a worker's from its
-heartbeat thread, once per heartbeat interval at most: never a call per message.
+<type> <id>`` (the id a writer chose, escaped as the CLI shows it). A title is
+set only when it changes, and a worker's from its heartbeat thread, once per
+heartbeat interval at most: never a call per message.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import sys
 
 import setproctitle
+
+from ipcpool.terminal import printable
 
 
 class Title:
@@ -31,7 +34,7 @@ def supervisor(root: object) -> str:
 
 def worker(slot: int, current: dict[str, object] | None, state: str = "idle") -> str:
     if current:
-        return f"ipcpool: worker {slot} {current.get('type')} {current.get('id')}"
+        return f"ipcpool: worker {slot} {printable(current.get('type'))} {printable(current.get('id'))}"
     return f"ipcpool: worker {slot} {state}"
 
 

@@ -17,7 +17,8 @@ class Steps:
 
     def say(self, line: str, *, error: bool = False) -> None:
         if self._bar is not None:
-            self._bar.console.print(line, markup=False, highlight=False, style="red" if error else None)
+            self._bar.console.print(line, markup=False, emoji=False, highlight=False,
+                                   style="red" if error else None)
         else:
             print(line, file=sys.stderr if error else sys.stdout)
 

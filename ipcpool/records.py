@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipcpool.config import INBOXES
+from ipcpool.terminal import printable
 
 MESSAGES = "messages"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -74,9 +75,13 @@ class ErrorEntry:
 
 
 def render(entry: ErrorEntry, message: str | None) -> str:
-    """One record as an operator reads it: fields, each delivery, the traceback as text, the message."""
+    """One record as an operator reads it: fields, each delivery, the traceback as text, the message.
+
+    Writers chose much of it (the type, the id, the body, what a handler raised): every value goes
+    through :func:`~ipcpool.terminal.printable`, a newline kept only inside the traceback and the message.
+    """
     record = entry.record
-    lines = [f"{entry.group}/errors/{entry.file}"]
+    lines = [f"{entry.group}/errors/{printable(entry.file)}"]
     fields = [("id", entry.message_id), ("type", record.get("type") or "-"), ("time", record.get("time")),
               ("reason", record.get("reason")), ("attempts", record.get("attempts")),
               ("deliveries", record.get("deliveries") if not isinstance(record.get("deliveries"), list)
@@ -84,20 +89,25 @@ def render(entry: ErrorEntry, message: str | None) -> str:
               ("worker pid", record.get("workerPid"))]
     if entry.inbox != MESSAGES:
         fields.insert(2, ("inbox", entry.inbox))
-    lines += [f"  {name:<11} {value}" for name, value in fields if value is not None]
+    lines += [f"  {name:<11} {printable(value)}" for name, value in fields if value is not None]
     history = record.get("deliveries")
     if isinstance(history, list):
         lines.append("  deliveries that killed or hung a worker:")
-        lines += [f"    {d.get('delivery')}. pid {d.get('workerPid')}: {d.get('ended')} ({d.get('time')})"
+        lines += [printable(f"    {d.get('delivery')}. pid {d.get('workerPid')}: {d.get('ended')} ({d.get('time')})")
                   for d in history if isinstance(d, dict)]
     exception = record.get("exception")
     if isinstance(exception, dict) and exception.get("traceback"):
         lines.append("  traceback:")
-        lines += [f"    {line}" for line in str(exception["traceback"]).rstrip("\n").splitlines()]
+        lines += [f"    {line}" for line in _block(str(exception["traceback"]).rstrip("\n"))]
     lines.append("  message:" if message is not None else "  message: (not in errors/ any more)")
     if message is not None:
-        lines += [f"    {line}" for line in _pretty(message).splitlines()]
+        lines += [f"    {line}" for line in _block(_pretty(message))]
     return "\n".join(lines)
+
+
+def _block(text: str) -> list[str]:
+    """Lines of a writer's text, escaped first: a carriage return or a form feed is shown, never a line break."""
+    return printable(text, newlines=True).split("\n")
 
 
 def _pretty(text: str) -> str:

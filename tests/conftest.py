@@ -8,12 +8,18 @@ processes behind.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import re
+import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import textwrap
 import time
 import uuid
@@ -125,12 +131,15 @@ class SupervisorProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *, wait_ready: bool = True, timeout: float = 30.0) -> SupervisorProcess:
+    def start(self, *, wait_ready: bool = True, timeout: float = 30.0,
+              preexec: Callable[[], None] | None = None) -> SupervisorProcess:
+        """``preexec`` runs in the child before ``ipcpool`` does (a lower resource limit, say)."""
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._offset = self.log_path.stat().st_size
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ipcpool", "run", "--config", str(self.config)],
             cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=preexec,
         )
         if wait_ready:
             wait_until(lambda: "Enhanced IPC system started" in self.log_since_start() or self.proc.poll() is not None,
@@ -232,11 +241,12 @@ def env(tmp_path: Path) -> dict[str, str]:
 def supervisor_factory(tmp_path: Path, env: dict[str, str]) -> Iterator[Callable[..., SupervisorProcess]]:
     started: list[SupervisorProcess] = []
 
-    def make(config: Path, *, start: bool = True, wait_ready: bool = True) -> SupervisorProcess:
+    def make(config: Path, *, start: bool = True, wait_ready: bool = True,
+             preexec: Callable[[], None] | None = None) -> SupervisorProcess:
         sup = SupervisorProcess(config, tmp_path, env, tmp_path / "supervisor.log")
         started.append(sup)
         if start:
-            sup.start(wait_ready=wait_ready)
+            sup.start(wait_ready=wait_ready, preexec=preexec)
         return sup
 
     yield make
@@ -402,3 +412,77 @@ def inotify_instances(pid: int) -> int:
         except OSError:  # closed meanwhile
             pass
     return count
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\r")
+
+
+class Terminal:
+    """A program on a pty of its own, as a person's terminal runs it (Ctrl-C is a real SIGINT).
+
+    ``screen`` is what it printed, escape codes stripped; ``raw`` every byte the terminal received.
+    """
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path, *, columns: int = 160,
+                 lines: int = 50) -> None:
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: the pty is its controlling terminal
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))  # as a window is
+            os.chdir(cwd)
+            os.execve(argv[0], argv, dict(env, TERM="xterm-256color", COLUMNS=str(columns), LINES=str(lines)))
+        self.screen = ""
+        self.raw = b""
+
+    def _take(self, chunk: bytes) -> None:
+        self.raw += chunk
+        self.screen += ANSI.sub("", chunk.decode("utf-8", "replace"))
+
+    def wait_for(self, text: str, timeout: float = 30.0) -> str:
+        """Read output until ``text`` appears on the screen (escape codes stripped)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.screen:
+            left = deadline - time.monotonic()
+            assert left > 0, f"{text!r} never appeared; the screen shows:\n{self.screen[-3000:]}"
+            if select.select([self.fd], [], [], left)[0]:
+                try:
+                    chunk = os.read(self.fd, 65536)
+                except OSError:  # the program ended: its last output is all there is
+                    chunk = b""
+                if not chunk:
+                    assert text in self.screen, f"ended without {text!r}:\n{self.screen[-3000:]}"
+                self._take(chunk)
+        return self.screen
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """The program's exit code, once it has ended on its own (its output read meanwhile)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if select.select([self.fd], [], [], 0.2)[0]:
+                try:
+                    self._take(os.read(self.fd, 65536))
+                except OSError:
+                    pass
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.pid = 0
+                return os.waitstatus_to_exitcode(status)
+        raise AssertionError(f"the program did not end within {timeout}s")
+
+    def close(self) -> None:
+        """Whatever happened, leave no program behind and no descriptor open."""
+        if self.pid:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            self.pid = 0
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+    def ctrl_c(self) -> int:
+        """Ctrl-C at the terminal (a real SIGINT from the line discipline); the exit code."""
+        os.write(self.fd, b"\x03")
+        return self.wait()

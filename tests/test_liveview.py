@@ -2,85 +2,12 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
-import pty
 import re
-import select
-import signal
-import struct
 import sys
-import termios
-import time
-from pathlib import Path
 
-from conftest import backend_config, write_config
+from conftest import Terminal, backend_config, write_config
 
 from ipcpool import Client
-
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\r")
-
-
-class Terminal:
-    """A program on a pty of its own, as a person's terminal runs it (Ctrl-C is a real SIGINT)."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
-        self.pid, self.fd = pty.fork()
-        if self.pid == 0:  # the child: the pty is its controlling terminal
-            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))  # 160 x 50, as a window is
-            os.chdir(cwd)
-            os.execve(argv[0], argv, dict(env, TERM="xterm-256color", COLUMNS="160", LINES="50"))
-        self.screen = ""
-
-    def wait_for(self, text: str, timeout: float = 30.0) -> str:
-        """Read output until ``text`` appears on the screen (escape codes stripped)."""
-        deadline = time.monotonic() + timeout
-        while text not in self.screen:
-            left = deadline - time.monotonic()
-            assert left > 0, f"{text!r} never appeared; the screen shows:\n{self.screen[-3000:]}"
-            if select.select([self.fd], [], [], left)[0]:
-                try:
-                    chunk = os.read(self.fd, 65536)
-                except OSError:  # the program ended: its last output is all there is
-                    chunk = b""
-                if not chunk:
-                    assert text in self.screen, f"ended without {text!r}:\n{self.screen[-3000:]}"
-                self.screen += ANSI.sub("", chunk.decode("utf-8", "replace"))
-        return self.screen
-
-    def wait(self, timeout: float = 30.0) -> int:
-        """The program's exit code, once it has ended on its own (its output read meanwhile)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if select.select([self.fd], [], [], 0.2)[0]:
-                try:
-                    self.screen += ANSI.sub("", os.read(self.fd, 65536).decode("utf-8", "replace"))
-                except OSError:
-                    pass
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.pid = 0
-                return os.waitstatus_to_exitcode(status)
-        raise AssertionError(f"the program did not end within {timeout}s")
-
-    def close(self) -> None:
-        """Whatever happened, leave no program behind and no descriptor open."""
-        if self.pid:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-                os.waitpid(self.pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
-            self.pid = 0
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
-
-    def ctrl_c(self) -> int:
-        """Ctrl-C at the terminal (a real SIGINT from the line discipline); the exit code."""
-        os.write(self.fd, b"\x03")
-        return self.wait()
 
 
 def test_top_shows_workers_and_groups_says_when_the_supervisor_is_gone_and_ends_on_ctrl_c(
