@@ -1,4 +1,8 @@
-"""Example handlers named by configs/prod.toml and configs/dev.toml.
+"""Example handlers named by configs/prod.toml and configs/dev.toml (``ipcpool.examples:handle_task``).
+
+They ship inside the package so the shipped configs run wherever ipcpool is
+installed (a clone, a wheel, the Docker image, the systemd unit); a real
+deployment names its own module in ``[handlers]``.
 
 A handler takes one :class:`ipcpool.Message` and may be ``def`` or
 ``async def``. What it returns becomes the response's ``result`` when the
@@ -14,7 +18,7 @@ from typing import Any
 
 from ipcpool import Message
 
-log = logging.getLogger("examples.handlers")
+log = logging.getLogger("ipcpool.examples")
 
 
 def handle_task(message: Message) -> dict[str, Any]:
