@@ -218,14 +218,22 @@ def spawn_worker(ctx: Any, config: Config, slot: int, supervisor_pid: int, now: 
                  handlers: dict[str, Any] | None = None, inherited_fds: tuple[int, ...] = (),
                  max_tasks: int = 0) -> WorkerHandle:
     """Start one worker process with fresh channels."""
-    tasks_r, tasks_w = ctx.Pipe(duplex=False)
-    results_r, results_w = ctx.Pipe(duplex=False)
-    shared = ctx.RawArray("d", SHARED_SLOTS)
-    spec = WorkerSpec(config=config, slot=slot, supervisor_pid=supervisor_pid,
-                      tasks=tasks_r, results=results_w, shared=shared, handlers=handlers,
-                      inherited_fds=inherited_fds, max_tasks=max_tasks)
-    process = ctx.Process(target=worker_main, args=(spec,), name=f"ipcpool-worker-{slot}", daemon=False)
-    process.start()
+    made: list[Any] = []  # closed again if the start fails half way (no descriptor leaks on EMFILE)
+    try:
+        tasks_r, tasks_w = ctx.Pipe(duplex=False)
+        made += [tasks_r, tasks_w]
+        results_r, results_w = ctx.Pipe(duplex=False)
+        made += [results_r, results_w]
+        shared = ctx.RawArray("d", SHARED_SLOTS)
+        spec = WorkerSpec(config=config, slot=slot, supervisor_pid=supervisor_pid,
+                          tasks=tasks_r, results=results_w, shared=shared, handlers=handlers,
+                          inherited_fds=inherited_fds, max_tasks=max_tasks)
+        process = ctx.Process(target=worker_main, args=(spec,), name=f"ipcpool-worker-{slot}", daemon=False)
+        process.start()
+    except BaseException:
+        for conn in made:
+            conn.close()
+        raise
     tasks_r.close()
     results_w.close()
     # Read at once: the process cannot have been reaped and its pid reused in between.

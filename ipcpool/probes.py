@@ -215,6 +215,13 @@ class ProbeServer:
         self._wake_r.close()
         self._wake_w.close()
 
+    def filenos(self) -> list[int]:
+        """Its descriptors (the listener, the wake-up pair, open clients): a worker forked from the supervisor
+        (the compat API) closes them, so it never holds the port or a client's connection."""
+        fds = [self._listener.fileno(), self._wake_r.fileno(), self._wake_w.fileno(), *self._connections]
+        selector_fd = getattr(self._selector, "fileno", None)
+        return fds + ([selector_fd()] if selector_fd is not None else [])
+
     def wake(self) -> None:
         """Any thread: the server has news to act on (an answer from the loop, a stop)."""
         try:

@@ -95,6 +95,7 @@ SHORT_LIFE = 1.0  # a worker that dies younger than this counts towards a crash 
 EXTERNAL_HEARTBEAT_TTL = 3600.0
 MAX_EXTERNAL_HEARTBEATS = 1000
 SHUTDOWN_KILL_WAIT = 5.0  # seconds to wait for a SIGKILLed worker to be gone at exit
+SPAWN_RETRY = 1.0  # seconds before a worker that could not be started (EMFILE, EAGAIN) is tried again
 RETRY_UNAVAILABLE = 1.0  # seconds before a message a worker could not read (its transport away) is handed out again
 
 DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGXCPU, signal.SIGXFSZ, signal.SIGALRM,
@@ -145,6 +146,7 @@ class Supervisor:
         self._lock_fd: int | None = lock_fd  # the compat API takes the lock before it forks us
         self._on_started = on_started  # called once every worker is ready (the compat API waits for it)
         self._holds_acks = False  # the transport's last word on it, told to every worker
+        self._spawn_failing = False  # a worker could not be started (logged once until one starts again)
         self.state = "starting"
         self.exit_code = EXIT_OK
         self.halt_reason = ""
@@ -490,7 +492,8 @@ class Supervisor:
     def spawn(self, slot: int, now: float) -> None:
         inherited: tuple[int, ...] = ()
         if self.handler_objects is not None:  # forked: close what is the supervisor's, siblings' channels too
-            own = (self._lock_fd, self._wake_r, self._wake_w, self._waitset.fileno(), self.source.fileno())
+            own = (self._lock_fd, self._wake_r, self._wake_w, self._waitset.fileno(), self.source.fileno(),
+                   *(self.http.filenos() if self.http is not None else ()))
             siblings = [fd for w in self.workers for fd in (w.tasks.fd, w.results.fd, w.process.sentinel, w.pidfd)]
             inherited = tuple(fd for fd in (*own, *siblings) if fd is not None)
         max_tasks = self.config.pool.max_tasks_per_worker
@@ -522,7 +525,18 @@ class Supervisor:
         occupied = {w.slot for w in self.workers if w.generation == self.generation}
         for slot in range(self.pool_size):
             if slot not in occupied and now >= self.next_spawn[slot]:
-                self.spawn(slot, now)
+                try:
+                    self.spawn(slot, now)
+                except OSError as exc:  # out of descriptors or processes: the loop goes on, and tries again
+                    if not self._spawn_failing:
+                        log.error("cannot start a worker for slot %d (%s); trying again every %gs", slot,
+                                  exc.strerror or exc, SPAWN_RETRY)
+                    self._spawn_failing = True
+                    self.next_spawn[slot] = now + SPAWN_RETRY
+                    return
+                if self._spawn_failing:
+                    self._spawn_failing = False
+                    log.info("workers start again (slot %d)", slot)
                 if probing:
                     return
 
