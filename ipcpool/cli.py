@@ -149,7 +149,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     payload = _payload(args.payload)
     with _client(args, **overrides) as client:
         if args.ack:
-            message_id = client.send_and_wait(args.group, args.type, payload, timeout=args.timeout)
+            message_id = client.send_and_wait(args.group, args.type, payload, timeout=args.timeout,
+                                              wait_for_supervisor=args.wait_for_supervisor)
         else:
             message_id = client.send(args.group, args.type, payload)
     print(message_id)
@@ -159,7 +160,8 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_request(args: argparse.Namespace) -> int:
     payload = _payload(args.payload)
     with _client(args) as client:
-        result = client.request(args.group, args.type, payload, timeout=args.timeout)
+        result = client.request(args.group, args.type, payload, timeout=args.timeout,
+                                wait_for_supervisor=args.wait_for_supervisor)
     print(json.dumps(result))
     return EXIT_OK
 
@@ -267,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--timeout", type=float, help="seconds to wait per attempt (default: [ack] timeout)")
         else:
             p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+        p.add_argument("--wait-for-supervisor", action="store_true",
+                       help="with no supervisor running, wait for one to start (default: say so and exit 1 at "
+                            "once; the message stays queued)")
     for name, func, text in (("health", cmd_health, "exit 0 when the pool is healthy, 1 otherwise"),
                              ("status", cmd_status, "show workers, groups and totals")):
         p = command(name, func, text)

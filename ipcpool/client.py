@@ -30,6 +30,7 @@ from ipcpool.errors import (
     MessageFailed,
     MessageNotHandled,
     MessageRejected,
+    NoSupervisor,
     ResponseTimeout,
     UnknownGroup,
 )
@@ -172,11 +173,12 @@ class Client:
         timeout: float | None = None,
         message_id: str | None = None,
         format: str | None = None,  # noqa: A002
+        wait_for_supervisor: bool = False,
     ) -> str:
         """Publish one message; returns its id. ``wait=True`` also waits for the ack (with retries)."""
         if wait:
             return self.send_and_wait(group, type, payload, timeout=timeout, reply_to=reply_to,
-                                      message_id=message_id, format=format)
+                                      message_id=message_id, format=format, wait_for_supervisor=wait_for_supervisor)
         message = self.prepare(group, type, payload, requires_ack=requires_ack, reply_to=reply_to,
                                message_id=message_id, fmt=format)
         self.publish(message)
@@ -231,18 +233,21 @@ class Client:
         reply_to: str | None = None,
         message_id: str | None = None,
         format: str | None = None,  # noqa: A002
+        wait_for_supervisor: bool = False,
     ) -> str:
         """Publish with requiresAck and wait for its ack.
 
         Raises MessageRejected / MessageFailed as soon as the message ends in
-        the dead letters, AckTimeout after every retry (or after the first,
-        when no supervisor is running for the root).
+        the dead letters, AckTimeout after every retry, NoSupervisor at once
+        when no supervisor runs for the root (the message stays queued; with
+        ``wait_for_supervisor``, the wait goes on for one to start).
         """
         message = self.prepare(group, type, payload, requires_ack=True, reply_to=reply_to,
                                message_id=message_id, fmt=format)
-        return self.wait_acked(message, timeout, published=False)
+        return self.wait_acked(message, timeout, published=False, wait_for_supervisor=wait_for_supervisor)
 
-    def wait_acked(self, message: Prepared, timeout: float | None, *, published: bool) -> str:
+    def wait_acked(self, message: Prepared, timeout: float | None, *, published: bool,
+                   wait_for_supervisor: bool = False) -> str:
         """The ack loop of :meth:`send_and_wait`; ``published``: attempt 1 was published already."""
         per_attempt = self.ack_policy.timeout if timeout is None else timeout
         attempts = 0
@@ -252,9 +257,11 @@ class Client:
                     attempts = attempt.retry_state.attempt_number
                     if not (published and attempts == 1):
                         self.ensure_present(message, attempts)
-                    answer = self.outbox.wait_answer(message.group, message.message_id, per_attempt,
-                                                     self.nack_matches(message))
-                    self.judge(message, answer, attempts, per_attempt)
+                    answer = None if wait_for_supervisor or attempts > 1 else self.answer_or_no_supervisor(message)
+                    if answer is None:
+                        answer = self.outbox.wait_answer(message.group, message.message_id, per_attempt,
+                                                         self.nack_matches(message))
+                    self.judge(message, answer, attempts, per_attempt, patient=wait_for_supervisor)
         except _NotAcked:
             error = AckTimeout(message.message_id, message.group, attempts, per_attempt, self.waiting_hint())
             self._give_up(error)
@@ -262,18 +269,35 @@ class Client:
         log.info("ACK received id=%s group=%s attempt=%d", message.message_id, message.group, attempts)
         return message.message_id
 
-    def judge(self, message: Prepared, answer: Any, attempt: int, per_attempt: float) -> None:
-        """An attempt's answer: an ack returns; a nack or a time-out raises (tenacity retries _NotAcked)."""
+    def answer_or_no_supervisor(self, message: Prepared, reply_group: str | None = None) -> Any:
+        """Published: with no supervisor running, its answer if one came already (a supervisor that handled it
+        and stopped), else NoSupervisor at once, rather than waiting out the timeout. None: one runs."""
+        if self.outbox.supervisor_running() is not False:
+            return None
+        answer = self.outbox.wait_answer(message.group, message.message_id, 0, self.nack_matches(message),
+                                         reply_group=reply_group)
+        if answer is not None:
+            return answer
+        error = NoSupervisor(message.message_id, message.group, self.outbox.root)
+        log.error("%s", error.hint)
+        self._give_up(error)
+        raise error
+
+    def judge(self, message: Prepared, answer: Any, attempt: int, per_attempt: float, *,
+              patient: bool = False) -> None:
+        """An attempt's answer: an ack returns; a nack or a time-out raises (tenacity retries _NotAcked).
+        ``patient``: waiting for a supervisor to start, so none running is no reason to stop."""
         if answer is None:
-            raise self.ack_timed_out(message, attempt, per_attempt)
+            raise self.ack_timed_out(message, attempt, per_attempt, patient=patient)
         if answer[0] == "nack":
             raise self.nacked(message, answer[1])
 
-    def ack_timed_out(self, message: Prepared, attempt: int, per_attempt: float) -> Exception:
+    def ack_timed_out(self, message: Prepared, attempt: int, per_attempt: float, *, patient: bool = False
+                      ) -> Exception:
         """Log one attempt's timeout; the exception ends the wait (no supervisor) or drives tenacity."""
         log.warning("ACK timeout id=%s group=%s attempt=%d of %d (%gs)", message.message_id, message.group,
                     attempt, self.ack_policy.max_retries + 1, per_attempt)
-        if self.outbox.supervisor_running() is False:
+        if not patient and self.outbox.supervisor_running() is False:
             error = AckTimeout(message.message_id, message.group, attempt, per_attempt, self.waiting_hint())
             log.error("%s", error.hint)
             self._give_up(error)
@@ -320,18 +344,22 @@ class Client:
         timeout: float = 30.0,
         *,
         format: str | None = None,  # noqa: A002
+        wait_for_supervisor: bool = False,
     ) -> Any:
         """Send with replyTo = this client's group and return the handler's result.
 
         Raises MessageFailed (a HandlerError) when the handler failed,
         MessageRejected when no handler took it, ResponseTimeout when nothing
-        came in ``timeout`` seconds.
+        came in ``timeout`` seconds, NoSupervisor at once when no supervisor
+        runs for the root (unless ``wait_for_supervisor``).
         """
         message = self.prepare(group, type, payload, reply_to=self.group, fmt=format)
         self.publish(message)
         log.info("IPC message sent id=%s group=%s (waiting for the response)", message.message_id, group)
-        answer = self.outbox.wait_answer(group, message.message_id, timeout, self.nack_matches(message),
-                                         reply_group=self.group)
+        answer = None if wait_for_supervisor else self.answer_or_no_supervisor(message, self.group)
+        if answer is None:
+            answer = self.outbox.wait_answer(group, message.message_id, timeout, self.nack_matches(message),
+                                             reply_group=self.group)
         return self.answer(message, answer, timeout)
 
     def answer(self, message: Prepared, answer: Any, timeout: float) -> Any:
@@ -385,11 +413,13 @@ class AsyncClient:
         return self.client.send(group, type, payload, requires_ack, reply_to, **kwargs)
 
     async def send_and_wait(self, group: str, type: str | IPCMessageType, payload: Any,  # noqa: A002
-                            *, timeout: float | None = None, message_id: str | None = None) -> str:
+                            *, timeout: float | None = None, message_id: str | None = None,
+                            wait_for_supervisor: bool = False) -> str:
         message = self.client.prepare(group, type, payload, requires_ack=True, message_id=message_id)
-        return await self.wait_acked(message, timeout, published=False)
+        return await self.wait_acked(message, timeout, published=False, wait_for_supervisor=wait_for_supervisor)
 
-    async def wait_acked(self, message: Prepared, timeout: float | None = None, *, published: bool) -> str:
+    async def wait_acked(self, message: Prepared, timeout: float | None = None, *, published: bool,
+                         wait_for_supervisor: bool = False) -> str:
         """:meth:`Client.wait_acked` as a coroutine."""
         c = self.client
         per_attempt = c.ack_policy.timeout if timeout is None else timeout
@@ -400,9 +430,11 @@ class AsyncClient:
                     attempts = attempt.retry_state.attempt_number
                     if not (published and attempts == 1):
                         c.ensure_present(message, attempts)
-                    answer = await c.outbox.async_wait_answer(message.group, message.message_id, per_attempt,
-                                                              c.nack_matches(message))
-                    c.judge(message, answer, attempts, per_attempt)
+                    answer = None if wait_for_supervisor or attempts > 1 else c.answer_or_no_supervisor(message)
+                    if answer is None:
+                        answer = await c.outbox.async_wait_answer(message.group, message.message_id, per_attempt,
+                                                                  c.nack_matches(message))
+                    c.judge(message, answer, attempts, per_attempt, patient=wait_for_supervisor)
         except _NotAcked:
             error = AckTimeout(message.message_id, message.group, attempts, per_attempt, c.waiting_hint())
             c._give_up(error)
@@ -411,13 +443,15 @@ class AsyncClient:
         return message.message_id
 
     async def request(self, group: str, type: str | IPCMessageType, payload: Any,  # noqa: A002
-                      timeout: float = 30.0) -> Any:
+                      timeout: float = 30.0, *, wait_for_supervisor: bool = False) -> Any:
         c = self.client
         message = c.prepare(group, type, payload, reply_to=c.group)
         c.publish(message)
         log.info("IPC message sent id=%s group=%s (waiting for the response)", message.message_id, group)
-        answer = await c.outbox.async_wait_answer(group, message.message_id, timeout, c.nack_matches(message),
-                                                  reply_group=c.group)
+        answer = None if wait_for_supervisor else c.answer_or_no_supervisor(message, c.group)
+        if answer is None:
+            answer = await c.outbox.async_wait_answer(group, message.message_id, timeout, c.nack_matches(message),
+                                                      reply_group=c.group)
         return c.answer(message, answer, timeout)
 
     def close(self) -> None:

@@ -105,6 +105,26 @@ class ResponseTimeout(IpcpoolError):
         )
 
 
+class NoSupervisor(AckTimeout, ResponseTimeout):
+    """No supervisor runs for the root: the message stays queued, and is handled when one starts.
+
+    ``send_and_wait`` and ``request`` raise it at once, instead of waiting out ``[ack] timeout`` for an answer
+    nobody can give (unless asked to wait for a supervisor). An AckTimeout and a ResponseTimeout, as they
+    raised for this before.
+    """
+
+    def __init__(self, message_id: str, group: str, root: object) -> None:
+        self.message_id = message_id
+        self.group = group
+        self.attempts = 1
+        self.timeout = 0.0
+        self.root = root
+        self.hint = (f"no ipcpool supervisor is running for {root}; the message stays queued and will be handled "
+                     "when one starts")
+        Exception.__init__(self, f"message {message_id} to group {group!r} is queued, but {self.hint} (wait for "
+                                 "one: --wait-for-supervisor, or wait_for_supervisor=True)")
+
+
 class MessageExists(IpcpoolError):
     """A different message with this file name is already queued; publishing would replace it."""
 
@@ -133,8 +153,12 @@ class MessageNotHandled(IpcpoolError):
         self.outcome = outcome
         where = f" (record: {error_file})" if error_file else ""
         # Exception's own __init__: in MessageFailed the next class in line is HandlerError.
-        Exception.__init__(self, f"message {message_id} to group {group!r} was {outcome or 'not handled'}: "
-                                 f"{reason}{where}")
+        said = _OUTCOME_WORDS.get(outcome, "was not handled")
+        Exception.__init__(self, f"message {message_id} to group {group!r} {said}: {reason}{where}")
+
+
+_OUTCOME_WORDS = {"rejected": "was rejected", "failed": "failed", "poisoned": "was quarantined as poison",
+                  "expired": "expired"}
 
 
 class MessageRejected(MessageNotHandled):

@@ -39,7 +39,7 @@ def add_errors_command(sub: Any, add_config: Callable[[argparse.ArgumentParser],
             p.add_argument("id", help="message id, a unique prefix of one, or an errors/ file name")
             p.add_argument("--json", action="store_true", help="the records and messages as JSON")
         elif name == "retry":
-            p.add_argument("ids", nargs="*", help="message ids")
+            p.add_argument("ids", nargs="*", help="message ids, unique prefixes of ids, or errors/ file names")
             p.add_argument("--all", action="store_true")
         else:
             p.add_argument("--all", action="store_true")
@@ -106,13 +106,21 @@ def _text(dead: Any, entry: records.ErrorEntry) -> str | None:
 def _retry(dead: Any, args: argparse.Namespace) -> int:
     if not args.all and not args.ids:
         raise ConfigError("errors retry: name message ids, or --all")
-    entries = dead.list(args.group)
-    if not args.all:
-        wanted = set(args.ids)
-        entries = [e for e in entries if e.message_id in wanted or e.file in wanted]
-        missing = wanted - {e.message_id for e in entries} - {e.file for e in entries}
-        if missing:
-            print(printable(f"not in errors/: {', '.join(sorted(missing))}"), file=sys.stderr)
+    entries, failed = [], False
+    if args.all:
+        entries = dead.list(args.group)
+    else:  # each as `errors show` takes it: an id, a unique prefix of one, or a file name
+        for wanted in dict.fromkeys(args.ids):
+            matches, ids = dead.find(wanted, args.group)
+            if not matches:
+                print(printable(f"not in errors/: {wanted}"), file=sys.stderr)
+                failed = True
+            elif len(ids) > 1:
+                print(printable(f"{wanted!r} is the start of {len(ids)} ids: {', '.join(sorted(ids))}; give more "
+                                f"of the id"), file=sys.stderr)
+                failed = True
+            else:
+                entries += [e for e in matches if e not in entries]
     with steps("retrying", len(entries)) as progress:
         for e in entries:
             progress.advance()
@@ -122,7 +130,7 @@ def _retry(dead: Any, args: argparse.Namespace) -> int:
                 continue
             name = dead.retry(e)
             progress.say(printable(f"retried {e.group}/{name}"))
-    return EXIT_OK if entries or args.all else EXIT_FAILURE
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
 def _purge(dead: Any, args: argparse.Namespace) -> int:

@@ -12,15 +12,23 @@ process. One line per event, in one of two formats (``[log] format``):
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import re
+import sys
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from ipcpool.terminal import printable
 
 FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+MAX_OUTPUT_LINE = 8192  # characters of handler output kept waiting for its newline before it is logged anyway
+_handler_log = logging.getLogger("ipcpool.handler")
+_emitting = threading.local()  # this thread is logging a line of handler output now
 MULTILINE = {"multiline": True}  # extra= for a line whose message is lines of our own (a traceback)
 FORMATS = ("text", "json")
 _KEYS = re.compile(r"\b(id|group|type|file)=([^\s,;:]+)")
@@ -65,6 +73,69 @@ class TextFormatter(logging.Formatter):
         if not getattr(record, "multiline", False):
             record.message = printable(record.message)
         return super().formatMessage(record)
+
+
+class HandlerOutput(io.TextIOBase):
+    """A worker's ``sys.stdout`` / ``sys.stderr``: each line a handler prints becomes one log line, marked as
+    handler output and with the message it was running, instead of landing unmarked in the supervisor's
+    output (and breaking JSON logs)."""
+
+    def __init__(self, stream: Any, level: int, running: Callable[[], dict[str, Any] | None]) -> None:
+        super().__init__()
+        self._stream = stream  # the real one: its descriptor, for code that asks for it
+        self._level = level
+        self._running = running
+        self._buffer = ""
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return int(self._stream.fileno())
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._buffer += text
+            lines = self._buffer.split("\n")
+            self._buffer = lines.pop()
+            if len(self._buffer) > MAX_OUTPUT_LINE:
+                lines.append(self._buffer)
+                self._buffer = ""
+        for line in lines:
+            self._emit(line)
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            rest, self._buffer = self._buffer, ""
+        if rest:
+            self._emit(rest)
+
+    def _emit(self, line: str) -> None:
+        if getattr(_emitting, "on", False):  # a log handler that writes to this very stream: no loop
+            self._stream.write(line + "\n")
+            return
+        _emitting.on = True
+        try:
+            about = self._running()
+            if about:
+                _handler_log.log(self._level, "handler output id=%s group=%s type=%s: %s", about.get("id"),
+                                 about.get("group"), about.get("type"), line)
+            else:
+                _handler_log.log(self._level, "handler output: %s", line)
+        finally:
+            _emitting.on = False
+
+
+def capture_handler_output(running: Callable[[], dict[str, Any] | None]) -> None:
+    """In a worker: what handlers print goes through logging (see :class:`HandlerOutput`)."""
+    sys.stdout = HandlerOutput(sys.stdout, logging.INFO, running)
+    sys.stderr = HandlerOutput(sys.stderr, logging.WARNING, running)
 
 
 def setup_logging(fmt: str = "text") -> None:

@@ -429,6 +429,16 @@ class Summary:
     decoded: bool = True  # False: all of this was read off a file name or a file's first bytes
 
     @property
+    def shown_id(self) -> str:
+        """For a log line: never ``id=None``."""
+        return self.id or "unknown"
+
+    @property
+    def shown_type(self) -> str:
+        """For a log line: never ``type=None`` (``unknown``, as /metrics labels it)."""
+        return self.type or "unknown"
+
+    @property
     def wants_answer(self) -> bool:
         """A sender may be waiting: for its ack, or for a response."""
         return self.requires_ack or self.reply_to is not None

@@ -130,8 +130,10 @@ class WorkerHandle:
             if self._process_gone():
                 return True
             self.status_lost = True
-            log.warning("worker pid=%d slot=%d: its exit status was lost with the forkserver; "
-                        "it still runs, and is watched until it ends", self.pid, self.slot)
+            # Expected when the whole process group is signalled (systemd, timeout, Ctrl-C): the forkserver
+            # that starts workers ends too. Nothing is wrong with the worker: it drains like the others.
+            log.info("worker pid=%d slot=%d outlives the forkserver (a signal to the process group ends it); "
+                     "the supervisor watches the worker itself until it ends", self.pid, self.slot)
             return False
         return self._process_gone()
 

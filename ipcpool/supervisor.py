@@ -677,7 +677,7 @@ class Supervisor:
                   "deliveries": history}
         if self.source.quarantine(group, ref, record, nack_body(group, record, summary, "poisoned")):
             log.error("Poison message moved to errors/ id=%s type=%s group=%s file=%s after %d deliveries",
-                      summary.id, summary.type, group, ref, len(history), extra={"outcome": "poisoned"})
+                      summary.shown_id, summary.shown_type, group, ref, len(history), extra={"outcome": "poisoned"})
             self.totals["poisoned"] += 1
             self.metrics.count(group, summary.type, "poisoned")
 
@@ -710,7 +710,7 @@ class Supervisor:
                 said = self.source.summarize(current.group, current.name)
                 self.kill_worker(worker, StopReason.TIMEOUT,
                                  f"handler ran {now - started:.1f}s (handler_timeout {pool.handler_timeout:g}s) "
-                                 f"id={said.id} type={said.type} group={current.group} file={current.name}")
+                                 f"id={said.shown_id} type={said.shown_type} group={current.group} file={current.name}")
 
     def kill_worker(self, worker: WorkerHandle, reason: StopReason, why: str) -> None:
         """TERM now, KILL after [pool] kill_grace."""

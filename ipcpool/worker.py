@@ -336,7 +336,7 @@ class Worker:
         handler = self.handlers.lookup(message)
         if handler is None:
             return self._reject(group, name, f"no handler for type {message.type}", _summary_of(message))
-        self._current_message = {"seq": self._seq, "id": message.id, "type": message.type}
+        self._current_message = {"seq": self._seq, "id": message.id, "type": message.type, "group": group}
         log.debug("Processing IPC message id=%s group=%s type=%s delivery=%d",
                   message.id, group, message.type, message.delivery_count)
         attempts = 1
@@ -492,7 +492,7 @@ class Worker:
         self.failed += 1
         self._last_type = summary.type
         log.warning("IPC message rejected id=%s group=%s type=%s file=%s: %s",
-                    summary.id, group, summary.type, name, reason, extra={"outcome": "invalid"})
+                    summary.shown_id, group, summary.shown_type, name, reason, extra={"outcome": "invalid"})
         record = {"id": summary.id, "type": summary.type, "reason": reason, "attempts": 0, "workerPid": self._pid}
         return Outcome.INVALID, self._quarantine(group, name, record, summary, "rejected")
 
@@ -508,11 +508,12 @@ class Worker:
             self.store.quarantine(group, name, record, nack, error_name or "")
         except FileNotFoundError:
             log.warning("message vanished before it could be moved to errors/ id=%s type=%s group=%s file=%s",
-                        summary.id, summary.type, group, name)
+                        summary.shown_id, summary.shown_type, group, name)
             return None
         except (OSError, SpoolError) as exc:
             log.error("cannot move the message to errors/ (%s); the supervisor keeps trying id=%s type=%s "
-                      "group=%s file=%s", getattr(exc, "strerror", None) or exc, summary.id, summary.type, group, name)
+                      "group=%s file=%s", getattr(exc, "strerror", None) or exc, summary.shown_id, summary.shown_type,
+                      group, name)
             return {"quarantine": _bounded(record), "nack": nack, "error": str(exc),
                     "errno": getattr(exc, "errno", None)}
         return None
@@ -688,9 +689,12 @@ def worker_main(spec: WorkerSpec) -> None:
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     for fd in spec.inherited_fds:  # nor hold the supervisor's root lock after it dies
         _close_quietly(fd)
-    from ipcpool.logs import setup_logging
+    from ipcpool.logs import capture_handler_output, setup_logging
 
     setup_logging(spec.config.log.format)
+    running: list[Worker] = []  # what a handler prints is logged with the message it runs (once there is one)
+    if spec.handlers is None:  # not the compat API's workers: their handlers print to the user's own program
+        capture_handler_output(lambda: running[0]._current_message if running else None)
     proctitle.Title().set(proctitle.worker(spec.slot, None, "starting"))
     os.umask(0o077 if spec.config.spool.mode == "private" else 0o007)
     try:
@@ -705,6 +709,7 @@ def worker_main(spec: WorkerSpec) -> None:
             pass
         os._exit(EXIT_WORKER_BOOT)
     worker = Worker(spec, handlers)
+    running.append(worker)
     worker.title.set(proctitle.worker(spec.slot, None))
     signal.signal(signal.SIGTERM, worker.on_sigterm)
     _take_worker_lock(LocalRoot(spec.config.spool.root))

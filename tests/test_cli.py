@@ -10,6 +10,8 @@ import datetime as dt
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from conftest import files, records, run_cli, wait_until, write_config
+from conftest import files, kill_session, records, run_cli, wait_until, write_config
 
 from ipcpool import Client
 
@@ -197,15 +199,41 @@ def test_send_prints_a_new_id_and_the_message_is_handled(tmp_path, root, env, su
 
 def test_send_ack_without_a_pool_exits_1_with_a_clear_message(tmp_path, root, env):
     config = write_config(tmp_path / "c.toml", root, handlers=RECORDER)
+    # The wait per attempt is 30 s, the command's deadline 20 s: it must not wait at all.
     out = run_cli(env, tmp_path, "send", "--config", str(config), "--group", "main", "--type", "task",
-               "--ack", "--timeout", "0.3", timeout=60)
+                  "--ack", "--timeout", "30", timeout=20)
     assert out.returncode == 1, (out.stdout, out.stderr)
-    # No supervisor holds the root: said at the first attempt's time-out, and the wait ends there.
-    assert "ACK timeout" in out.stderr and "1 attempt(s)" in out.stderr
+    # No supervisor holds the root: said at once (no wait), and the message stays queued.
+    assert "is queued, but no ipcpool supervisor is running" in out.stderr and "ACK timeout" not in out.stderr
     assert f"no ipcpool supervisor is running for {root}" in out.stderr
     assert "the message stays queued and will be handled when one starts" in out.stderr
     assert "Retrying IPC message" not in out.stderr
     assert len(files(root, "main", "messages")) == 1
+
+
+def test_request_without_a_pool_says_so_at_once(tmp_path, root, env):
+    config = write_config(tmp_path / "c.toml", root, handlers=RECORDER)
+    out = run_cli(env, tmp_path, "request", "--config", str(config), "--group", "main", "--type", "task",
+                  "--timeout", "30", timeout=20)
+    assert out.returncode == 1 and f"no ipcpool supervisor is running for {root}" in out.stderr, out.stderr
+
+
+def test_wait_for_supervisor_waits_for_one_to_start(tmp_path, root, env, supervisor_factory):
+    config = write_config(tmp_path / "c.toml", root, handlers=RECORDER)
+    sender = subprocess.Popen([sys.executable, "-m", "ipcpool", "send", "--config", str(config), "--group", "main",
+                               "--type", "task", "--ack", "--wait-for-supervisor"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_until(lambda: files(root, "main", "messages"), 20, message="the message queued")
+        assert sender.poll() is None, "it waits for a supervisor instead of giving up"
+        supervisor_factory(config)
+        out, err = sender.communicate(timeout=60)
+    finally:
+        if sender.poll() is None:
+            kill_session(sender.pid)
+            sender.wait()
+    assert sender.returncode == 0, err
+    assert out.strip() == files(root, "main", "acks")[0].removesuffix(".ack")
 
 
 # -- drain --------------------------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def test_ack_timeout_with_no_retries_makes_one_attempt(tmp_path, root, caplog):
     caplog.set_level(logging.INFO, logger="ipcpool.client")
     with Client(root, "main", ack=AckConfig(timeout=0.1, max_retries=0, retry_delay=0.05)) as client, \
             pytest.raises(AckTimeout) as caught:
-        client.send_and_wait("main", "task", {"n": 1})
+        client.send_and_wait("main", "task", {"n": 1}, wait_for_supervisor=True)  # the attempts, not the fail-fast
     assert caught.value.attempts == 1
     assert len(_client_log(caplog, "ACK timeout")) == 1
     assert _client_log(caplog, "Retrying IPC message") == []
@@ -114,7 +114,7 @@ def test_a_pool_that_starts_while_a_sender_waits_acks_the_one_queued_copy(tmp_pa
     def sender() -> None:
         with Client(root, "main", ack=AckConfig(timeout=30, max_retries=1, retry_delay=0.05)) as client:
             try:
-                outcome["id"] = client.send_and_wait("main", "task", {"n": 1})
+                outcome["id"] = client.send_and_wait("main", "task", {"n": 1}, wait_for_supervisor=True)
             except Exception as exc:
                 outcome["error"] = exc
 

@@ -38,3 +38,26 @@ def test_an_unknown_log_format_is_a_config_error(tmp_path, root, env):
     config = write_config(tmp_path / "c.toml", root, sections={"log": {"format": "xml"}})
     out = ipcpool_cli(env, tmp_path, "run", "--config", str(config))
     assert out.returncode == 2 and "[log] format" in out.stderr and "'json'" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_what_a_handler_prints_is_logged_as_its_output_with_the_message(tmp_path, root, supervisor_factory, fmt):
+    """A handler's print() used to land in the supervisor's output unmarked (and broke JSON logs)."""
+    from conftest import wait_until
+
+    config = write_config(tmp_path / "c.toml", root, sections={"log": {"format": fmt}})
+    sup = supervisor_factory(config)
+    with Client(root, "main") as client:
+        said = client.send("main", "task", {"print": "hello from the handler"}, wait=True)
+    wait_until(lambda: "(on stderr)" in sup.log(), 20, message="both lines logged")
+    lines = [line for line in sup.log().splitlines() if "hello from the handler" in line]
+    assert len(lines) == 2, lines
+    if fmt == "json":
+        records = [json.loads(line) for line in lines]
+        assert {r["logger"] for r in records} == {"ipcpool.handler"}
+        assert {r["level"] for r in records} == {"info", "warning"}
+        assert all(r["id"] == said and r["group"] == "main" and r["type"] == "task" for r in records)
+    else:
+        assert all(f"ipcpool.handler: handler output id={said} group=main type=task: hello from the handler" in line
+                   for line in lines), lines
+    assert sup.stop() == 0

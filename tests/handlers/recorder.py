@@ -3,7 +3,7 @@
 The payload drives the behaviour, so one handler serves every scenario:
 ``{"gate": path}`` (waits until the test creates ``path``: a handler held in flight for as long as the
 test needs, with no guess at how long that is), ``{"sleep": s}``, ``{"wait_file": path}`` (the same, after any sleep),
-``{"raise": "why"}``, ``{"exit": code}`` (os._exit),
+``{"raise": "why"}``, ``{"exit": code}`` (os._exit), ``{"print": text}`` (to stdout, then stderr),
 ``{"segv": true}``, ``{"sysexit": code}``, ``{"hang": true}`` (sleeps forever), ``{"leak_mb": n}``
 (keeps n MB per call), ``{"result": x}`` (returned to a requester).
 Each delivery appends one JSON line to ``$IPCPOOL_TEST_RECORDS/<pid>.jsonl``
@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -43,6 +44,9 @@ def _record(message: Message, handler: str) -> None:
 def _behave(payload: Any) -> Any:
     if not isinstance(payload, dict):
         return None
+    if payload.get("print"):
+        print(payload["print"])
+        print(f"{payload['print']} (on stderr)", file=sys.stderr)
     if payload.get("gate"):
         _wait_for_gate(str(payload["gate"]))
     if payload.get("sleep"):

@@ -48,7 +48,5 @@ def check_spool_permissions(config: Config) -> None:
     """Raise SpoolError when the root is unsafe; warn when running as root."""
     root = Path(config.spool.root).absolute()
     if os.geteuid() == 0:
-        log.warning("running as root: handlers run as root, and a spool other users can write becomes a root-owned "
-                    "attack surface. Run ipcpool as a dedicated user instead: `useradd --system ipcpool`, "
-                    "`chown -R ipcpool %s`, then start it as that user (systemd: User=ipcpool)", root)
+        log.warning("running as root (handlers too); a user of its own is safer: README, Agents in containers")
     _check_dir(root, "spool root")

@@ -70,8 +70,9 @@ class Stranded:
         text = getattr(error, "strerror", None) or str(error)
         if key not in self.entries:
             log.error("cannot %s (%s) group=%s file=%s id=%s type=%s; it stays in processing/ and is retried "
-                      "every %gs", _VERBS[action], text, key[0], key[1], message_id or (record or {}).get("id"),
-                      (record or {}).get("type"), RETRY_INTERVAL)
+                      "every %gs", _VERBS[action], text, key[0], key[1],
+                      message_id or (record or {}).get("id") or "unknown", (record or {}).get("type") or "unknown",
+                      RETRY_INTERVAL)
         self.entries[key] = Entry(action, text, code in NO_SPACE, record, nack, message_id)
 
     def retry(self) -> list[Key]:
