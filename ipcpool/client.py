@@ -16,6 +16,7 @@ the retries, the errors and the log lines are here, the same for both.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -209,8 +210,12 @@ class Client:
 
     @staticmethod
     def nack_matches(message: Prepared) -> Callable[[dict[str, Any]], bool]:
-        """Whether a nack answers this very message (not an older one with the same id)."""
-        return lambda body: body.get("timestamp") in (None, message.timestamp)
+        """Whether a nack answers this very message: its timestamp (not an older message's with the same id),
+        or, for a file that did not decode, the digest of our very bytes (not another writer's file dropped
+        under our id)."""
+        digest = hashlib.sha256(message.data).hexdigest()
+        return lambda body: body.get("timestamp") == message.timestamp or (
+            body.get("timestamp") is None and body.get("sha256") == digest)
 
     def nacked(self, message: Prepared, body: dict[str, Any]) -> MessageNotHandled:
         """The typed error a nack stands for, reported to the give-up hook and logged."""

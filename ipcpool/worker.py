@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import enum
 import fcntl
+import hashlib
 import logging
 import os
 import select
@@ -306,12 +307,12 @@ class Worker:
             # (clock skew, touch -d) counts as settled, or it would wait forever.
             if -FUTURE_MTIME_SLACK < time.time() - raw.mtime < self._settle:
                 return Outcome.UNSETTLED, None
-            return self._reject(group, name, str(exc), sniff(raw.data, fmt, stem))
+            return self._reject(group, name, str(exc), sniff(raw.data, fmt, stem), raw.data)
         try:
             message = to_message(obj, group=group, stem=stem, delivery_count=deliveries, inbox=raw.inbox)
             self._check_allowed(message)
         except InvalidMessage as exc:
-            return self._reject(group, name, str(exc), summarize(obj, stem))
+            return self._reject(group, name, str(exc), summarize(obj, stem), raw.data)
         return self._dispatch(message, name, raw.token)
 
     def _check_allowed(self, message: Message) -> None:
@@ -488,22 +489,23 @@ class Worker:
         info = self._quarantine(message.group, name, record, _summary_of(message), "failed", error_name)
         return Outcome.FAILED, info
 
-    def _reject(self, group: str, name: str, reason: str, summary: Summary) -> tuple[Outcome, Any]:
+    def _reject(self, group: str, name: str, reason: str, summary: Summary,
+                data: bytes | None = None) -> tuple[Outcome, Any]:
         self.failed += 1
         self._last_type = summary.type
         log.warning("IPC message rejected id=%s group=%s type=%s file=%s: %s",
                     summary.shown_id, group, summary.shown_type, name, reason, extra={"outcome": "invalid"})
         record = {"id": summary.id, "type": summary.type, "reason": reason, "attempts": 0, "workerPid": self._pid}
-        return Outcome.INVALID, self._quarantine(group, name, record, summary, "rejected")
+        return Outcome.INVALID, self._quarantine(group, name, record, summary, "rejected", data=data)
 
     def _quarantine(self, group: str, name: str, record: dict[str, Any], summary: Summary, outcome: str,
-                    error_name: str | None = None) -> Any:
+                    error_name: str | None = None, data: bytes | None = None) -> Any:
         """Move to errors/ with the record and, for a sender that may be waiting, a nack.
 
         Returns the info for the supervisor: None, or the record to retry
         with when the move could not be made now.
         """
-        nack = nack_body(group, record, summary, outcome)
+        nack = nack_body(group, record, summary, outcome, data)
         try:
             self.store.quarantine(group, name, record, nack, error_name or "")
         except FileNotFoundError:
@@ -613,21 +615,28 @@ def _summary_of(message: Message) -> Summary:
     return Summary(message.id, message.type, message.requires_ack, message.reply_to, message.timestamp)
 
 
-def nack_body(group: str, record: dict[str, Any], summary: Summary, outcome: str) -> dict[str, Any] | None:
+def nack_body(group: str, record: dict[str, Any], summary: Summary, outcome: str,
+              data: bytes | None = None) -> dict[str, Any] | None:
     """The nack for a message that ends in errors/, when a sender may be waiting for it.
 
     Written when the message asked for an ack or a response, or when it could
     not even be decoded (its sender may be waiting under the file's name).
     ``timestamp`` is the envelope's own, so a sender can tell a nack of its
-    message from an older one of the same id.
+    message from an older one of the same id. Without one (the file did not
+    decode), ``sha256`` of the bytes read, when there were any: a nack whose
+    id comes only from a file name (anyone in the group may drop a file under
+    another writer's id) answers only the sender of those very bytes.
     """
     if summary.id is None or not (summary.wants_answer or not summary.decoded):
         return None
     exception = record.get("exception")
-    return {"id": summary.id, "type": summary.type, "group": group, "outcome": outcome,
+    body = {"id": summary.id, "type": summary.type, "group": group, "outcome": outcome,
             "reason": str(record.get("reason", ""))[:MAX_RECORD_TEXT],
             "errorType": exception.get("type") if isinstance(exception, dict) else None,
             "timestamp": summary.timestamp, "time": now_iso()}
+    if summary.timestamp is None and data is not None:
+        body["sha256"] = hashlib.sha256(data).hexdigest()
+    return body
 
 
 def _bounded(record: dict[str, Any]) -> dict[str, Any]:

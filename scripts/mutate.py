@@ -719,6 +719,11 @@ MUTATIONS: tuple[Mutation, ...] = (
              "{current.get('type')} {current.get('id')}",
              (f"{T_TERM}::test_the_process_title_of_a_worker_running_a_hostile_message_is_escaped",),
              "a worker's process title escapes the id it shows"),
+    Mutation("nack-without-timestamp-answers-anyone", CLIENT,
+             "body.get(\"timestamp\") is None and body.get(\"sha256\") == digest)",
+             "body.get(\"timestamp\") is None)",
+             ("tests/test_odd_entries.py::test_a_file_dropped_under_a_senders_id_does_not_answer_that_sender",),
+             "a nack whose id comes only from a file name answers only the sender of those bytes"),
     # -- signals, the CLI, logging, the environment ----------------------------------------------------
     Mutation("sigint-not-a-drain", SUP,
              "DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGXCPU,",

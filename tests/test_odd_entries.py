@@ -251,3 +251,47 @@ def test_a_name_with_control_characters_is_logged_escaped_on_one_line(tmp_path, 
     [line] = [line for line in log.splitlines() if "IPC message rejected" in line]
     assert "evil\\x1b]0;owned\\x07\\nFORGED ERROR line\\x1b[2J.json" in line
     assert not any(line.startswith("FORGED") for line in log.splitlines())
+
+
+# -- a file dropped under another writer's id never answers that writer --------------------------------------
+
+
+def test_a_file_dropped_under_a_senders_id_does_not_answer_that_sender(tmp_path, root, supervisor_factory):
+    """A group writer drops garbage named after a waiting sender's message while that message is put back (here
+    at a restart): the garbage is quarantined, and its nack, whose id comes only from the file name, must not
+    end the sender's wait with a rejection while its real message is still being handled."""
+    import threading
+
+    from ipcpool import Client
+    from ipcpool.config import AckConfig
+
+    config = write_config(tmp_path / "c.toml", root, handlers=GATED,
+                          sections={"pool": {"workers": 2}, "spool": {"settle_time": 0.2}})
+    sup = supervisor_factory(config)
+    gate = tmp_path / "gate"
+    outcome: dict[str, object] = {}
+
+    def sender() -> None:
+        with Client(root, "main", ack=AckConfig(timeout=60, max_retries=0)) as client:
+            try:
+                outcome["id"] = client.send_and_wait("main", "task", {"gate": str(gate)}, message_id="victim",
+                                                     wait_for_supervisor=True)
+            except Exception as exc:  # noqa: BLE001 - what the sender saw is the verdict
+                outcome["error"] = exc
+
+    thread = threading.Thread(target=sender, daemon=True)
+    thread.start()
+    try:
+        _running(tmp_path, "victim")
+        os.killpg(sup.pid, signal.SIGKILL)
+        sup.wait()
+        _drop(root, "victim.json", b"garbage, not JSON")  # beside the claimed victim.json, put back at start
+        os.utime(root / "main" / "messages" / "victim.json", (1, 1))
+        supervisor_factory(config)
+        wait_until(lambda: (root / "main" / "acks" / "victim.nack").exists(), 30,
+                   message="the garbage quarantined, with a nack under the victim's id")
+        assert thread.is_alive(), f"the sender's wait ended on another writer's nack: {outcome}"
+    finally:
+        gate.touch()
+        thread.join(60)
+    assert outcome == {"id": "victim"}, outcome

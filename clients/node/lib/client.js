@@ -4,6 +4,8 @@
 // gets a second copy. A nack answers at once; with no supervisor for the root, the wait ends at
 // once with NoSupervisor (the message stays queued) unless the caller chose to wait for one.
 
+import { createHash } from 'node:crypto';
+
 import {
   AckTimeout,
   InvalidMessage,
@@ -104,8 +106,13 @@ export async function send(group, type, payload, options = {}) {
 }
 
 /** Whether a nack answers this very message, not an older one that had the same id. */
-const nackMatches = (message) => (body) => body.timestamp === undefined || body.timestamp === null
-  || body.timestamp === message.timestamp;
+// This very message's nack: its timestamp (not an older message's with the same id), or, for a file that did not
+// decode, the digest of our very bytes (not another writer's file dropped under our id).
+const nackMatches = (message) => {
+  const digest = createHash('sha256').update(message.data).digest('hex');
+  return (body) => body.timestamp === message.timestamp
+    || ((body.timestamp === undefined || body.timestamp === null) && body.sha256 === digest);
+};
 
 function reportGiveUp(ctx, error) {
   if (typeof ctx.onGiveUp !== 'function') return;
