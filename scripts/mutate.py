@@ -760,9 +760,9 @@ MUTATIONS: tuple[Mutation, ...] = (
              'log phrase "IPC message sent"'),
     Mutation("log-phrase-ack-received", CLIENT,
              '        log.info("ACK received id=%s group=%s attempt=%d", message.message_id, message.group, attempts)\n'
-             "        return message.message_id\n\n    def judge",
+             "        return message.message_id\n\n    def answer_or_no_supervisor",
              '        log.info("Acknowledged id=%s group=%s attempt=%d", message.message_id, message.group, attempts)\n'
-             "        return message.message_id\n\n    def judge",
+             "        return message.message_id\n\n    def answer_or_no_supervisor",
              (f"{T_LIVE}::test_the_original_log_phrases",),
              'log phrase "ACK received"'),
 )
