@@ -480,3 +480,112 @@ def test_queue_full_and_a_different_message_under_a_queued_name(tmp_path, redis_
         client.send("main", "task", {"n": 3})
         with pytest.raises(QueueFull):
             client.send("main", "task", {"n": 4})
+
+
+# -- outages longer than the lease -------------------------------------------------------------------------------
+
+
+def _two_hosts_holding_gated_work(tmp_path: Path, env: dict[str, str], url: str, prefix: str,
+                                  hosts: list[SupervisorProcess], gate: Path
+                                  ) -> tuple[SupervisorProcess, SupervisorProcess, list[str]]:
+    """Host a (2 workers) runs two gated handlers, host b (4 workers) two more and has two idle workers:
+    whichever of them takes the other's entries has a free worker for them, or logs the loss on renewal."""
+    extra: dict[str, dict[str, Any]] = {"redis": {"lease": 2.0}, "heartbeat": {"interval": 0.25}}
+    pool = {"prefetch": 1, "handler_timeout": 120.0}
+    a = _start(tmp_path, env, _host(tmp_path, "a", url, prefix, pool={"workers": 2, **pool}, **extra), "a", hosts)
+    ids: list[str] = []
+    with Client.from_config(tmp_path / "a" / "c.toml") as client:
+        ids += [client.send("main", "task", {"gate": str(gate), "n": n}, requires_ack=True) for n in range(2)]
+        wait_until(lambda: len(records(tmp_path)) == 2, 30, message="host a running two handlers")
+        admin = _raw(url)  # a read a issued while it had room would take the next message and sit on it
+        wait_until(lambda: admin.info("clients")["blocked_clients"] == 0, 30, message="host a reading no more")
+        b = _start(tmp_path, env, _host(tmp_path, "b", url, prefix, pool={"workers": 4, **pool}, **extra), "b", hosts)
+        ids += [client.send("main", "task", {"gate": str(gate), "n": n}, requires_ack=True) for n in (2, 3)]
+        wait_until(lambda: len(records(tmp_path)) == 4, 30, message="host b running two more")
+    running = {r["pid"] for r in records(tmp_path)}
+    assert running & set(_workers(a)) and running & set(_workers(b)), "each host holds running entries"
+    return a, b, ids
+
+
+def _lost_lines(log: str) -> Counter[str]:
+    return Counter(line.split("entry=")[1].split(":")[0] for line in log.splitlines() if "lost the lease" in line)
+
+
+def _check_each_ran_once(tmp_path: Path, url: str, prefix: str, ids: list[str], gate: Path,
+                         sups: tuple[SupervisorProcess, ...]) -> None:
+    gate.touch()
+    admin = _raw(url)
+    wait_until(lambda: all(admin.exists(f"{prefix}:ack:main:{i}") for i in ids), 60, message="every message acked")
+    counts = Counter(r["id"] for r in records(tmp_path))
+    assert counts == Counter(ids), f"each handler ran once: {counts}"
+    for sup in sups:
+        assert "reclaimed" not in sup.log(), "nobody took entries a live supervisor held"
+        lost = _lost_lines(sup.log())
+        assert all(n == 1 for n in lost.values()), f"'lost the lease' logged at most once per entry: {lost}"
+        assert sup.stop() == 0
+
+
+def test_an_outage_longer_than_the_lease_hands_no_live_work_to_another_supervisor(tmp_path, env, private_redis,
+                                                                                   hosts):
+    """Redis killed for longer than the lease, restarted from its AOF (a failover looks the same to us):
+    both supervisors see it gone and come back at their own pace; the first one back must not take the
+    other's running entries (their idle time includes the outage), however late the other reconnects."""
+    gate = tmp_path / "gate"
+    a, b, ids = _two_hosts_holding_gated_work(tmp_path, env, private_redis.url, "out", hosts, gate)
+    private_redis.kill()
+    wait_until(lambda: "is unreachable" in a.log() and "is unreachable" in b.log(), 30,
+               message="both supervisors seeing Redis gone")
+    time.sleep(3 * 2.0)  # the outage itself: three leases long (their back-off grows meanwhile)
+    private_redis.start()
+    wait_until(lambda: "is back after" in a.log() and "is back after" in b.log(), 30, message="both back")
+    time.sleep(2 * 2.0)  # nothing to wait for: two leases in which no supervisor may take the other's entries
+    _check_each_ran_once(tmp_path, private_redis.url, "out", ids, gate, (a, b))
+
+
+def test_a_redis_stalled_longer_than_the_lease_hands_no_live_work_to_another_supervisor(tmp_path, env,
+                                                                                         private_redis, hosts):
+    """Redis SIGSTOPped for longer than the lease (a stall shorter than the socket timeout: no call fails,
+    each one just waits): every entry's idle time includes the stall, and nobody could renew."""
+    gate = tmp_path / "gate"
+    a, b, ids = _two_hosts_holding_gated_work(tmp_path, env, private_redis.url, "stall", hosts, gate)
+    assert private_redis.proc is not None
+    private_redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(2.5 * 2.0)  # the stall itself: longer than the lease
+    finally:
+        private_redis.proc.send_signal(signal.SIGCONT)
+    time.sleep(2 * 2.0)  # nothing to wait for: two leases in which no supervisor may take the other's entries
+    _check_each_ran_once(tmp_path, private_redis.url, "stall", ids, gate, (a, b))
+
+
+def test_a_supervisor_that_lost_its_lease_says_so_once_and_finishes_late(tmp_path, env, private_redis, hosts):
+    """Host a's supervisor is frozen (SIGSTOP) past the lease while its worker runs a handler: host b takes
+    the entry over, as a lease means. When a thaws, its renewal finds the entry gone: that is logged once,
+    not at every heartbeat while a's handler runs on, and a's late completion harms nothing."""
+    url, gate = private_redis.url, tmp_path / "gate"
+    extra: dict[str, dict[str, Any]] = {"redis": {"lease": 2.0}, "heartbeat": {"interval": 0.25}}
+    pool = {"prefetch": 1, "handler_timeout": 120.0}
+    a = _start(tmp_path, env, _host(tmp_path, "a", url, "late", pool={"workers": 1, **pool}, **extra), "a", hosts)
+    admin = _raw(url)
+    with Client.from_config(tmp_path / "a" / "c.toml") as client:
+        message_id = client.send("main", "task", {"gate": str(gate)}, requires_ack=True)
+    wait_until(lambda: len(records(tmp_path)) == 1, 30, message="host a running it")
+    wait_until(lambda: admin.info("clients")["blocked_clients"] == 0, 30, message="host a reading no more")
+    b = _start(tmp_path, env, _host(tmp_path, "b", url, "late", pool={"workers": 2, **pool}, **extra), "b", hosts)
+    a.signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: "reclaimed 1 messages" in b.log(), 30, message="host b taking the entry over")
+    finally:
+        a.signal(signal.SIGCONT)
+    wait_until(lambda: "lost the lease" in a.log(), 30, message="host a finding it lost")
+    said = time.time()
+    wait_until(lambda: (a.status() or {}).get("writtenAt", 0) > said + 8 * 0.25, 30,
+               message="eight more heartbeats of host a, its handler still running")
+    assert len(_lost_lines(a.log())) == 1 and sum(_lost_lines(a.log()).values()) == 1, a.log()
+    gate.touch()
+    wait_until(lambda: admin.exists(f"late:ack:main:{message_id}"), 30, message="acked")
+    wait_until(lambda: [r["id"] for r in records(tmp_path)] == [message_id] * 2, 30,
+               message="both handlers done: a's, and b's after it took the entry over")
+    wait_until(lambda: admin.xlen("late:stream:main") == 0, 30, message="the entry gone")
+    assert a.stop() == 0 and b.stop() == 0
+    assert sum(_lost_lines(a.log()).values()) == 1, "still once after the late completion"

@@ -13,6 +13,9 @@
     <p>:dead:<g>                     the group's dead-letter stream (m, f, s, i, r: the record)
     <p>:supervisor:<consumer>        a live supervisor's status (expires unless renewed)
     <p>:ingested:<consumer>:<g>:<file identity>   a local file already moved into the stream
+    <p>:alive                        set by every supervisor each heartbeat, expires after half a lease: gone
+                                     when none reached Redis lately (Redis down, stalled, restarted; all cut off)
+    <p>:reclaim-hold                 set for one lease when <p>:alive was found gone: no reclaims meanwhile
 """
 
 from __future__ import annotations
@@ -61,3 +64,11 @@ class Keys:
 
     def ingested(self, consumer: str, group: str, identity: str) -> str:
         return f"{self.p}:ingested:{consumer}:{group}:{identity}"
+
+    @property
+    def alive(self) -> str:
+        return f"{self.p}:alive"
+
+    @property
+    def reclaim_hold(self) -> str:
+        return f"{self.p}:reclaim-hold"

@@ -22,6 +22,16 @@ Their KEYS and ARGV are spelled out where they are called (``calls`` below).
   consumer took meanwhile are left alone and named in the reply.
 - ``release``: make entries this consumer holds claimable by anyone at once
   (a drain: what no worker started goes back to the queue).
+- ``tick``: every supervisor, every heartbeat: Redis was reached. ``alive``
+  expires after half a lease; found gone, nobody reached Redis for that long
+  (it was down, stalled or restarted, or every supervisor was cut off), so
+  every entry's idle time includes a time nobody could renew it in, and
+  ``reclaim-hold`` is set for one lease.
+- ``reclaim``: a tick, then one XAUTOCLAIM page of entries idle for a lease,
+  unless ``reclaim-hold`` is set: after such a gap each supervisor gets a
+  whole lease to renew what it holds before anyone may take it. The check and
+  the claim are one step, so a Redis that stalls between them cannot slip a
+  stale claim through.
 """
 
 from __future__ import annotations
@@ -101,6 +111,26 @@ end
 return lost
 """
 
+# KEYS: alive, reclaim-hold; ARGV: half a lease, a lease (ms). Returns the ms reclaims must still wait (<= 0: none).
+TICK_BODY = """
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+local hold = redis.call('PTTL', KEYS[2])
+"""
+TICK = TICK_BODY + "return hold\n"
+
+# KEYS: alive, reclaim-hold, stream; ARGV: half a lease, a lease (ms), consumer group, consumer, cursor, count.
+# Returns {'hold', ms} while reclaims wait, else {'ok', next cursor, the claimed entries' ids}.
+RECLAIM = TICK_BODY + """
+if hold > 0 then return {'hold', hold} end
+local reply = redis.call('XAUTOCLAIM', KEYS[3], ARGV[3], ARGV[4], ARGV[2], ARGV[5], 'COUNT', ARGV[6])
+local ids = {}
+for _, entry in ipairs(reply[2]) do
+  if entry then ids[#ids + 1] = entry[1] end
+end
+return {'ok', reply[1], ids}
+"""
+
 RELEASE = """
 for i = 4, #ARGV do
   local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
@@ -121,6 +151,8 @@ class Scripts:
         self.quarantine = client.register_script(QUARANTINE)
         self.renew = client.register_script(RENEW)
         self.release = client.register_script(RELEASE)
+        self.tick = client.register_script(TICK)
+        self.reclaim = client.register_script(RECLAIM)
 
 
 def publish(scripts: Scripts, keys: Any, group: str, name: str, stem: str, data: bytes, fmt: str, inbox: str,
