@@ -589,3 +589,35 @@ def test_a_supervisor_that_lost_its_lease_says_so_once_and_finishes_late(tmp_pat
     wait_until(lambda: admin.xlen("late:stream:main") == 0, 30, message="the entry gone")
     assert a.stop() == 0 and b.stop() == 0
     assert sum(_lost_lines(a.log()).values()) == 1, "still once after the late completion"
+
+
+# -- completions kept through a drain ---------------------------------------------------------------------------
+
+
+def test_an_ack_held_through_an_outage_survives_a_drain_and_a_restart(tmp_path, env, private_redis, hosts):
+    """A handler finishes while Redis is down: its completion is kept. The supervisor is then drained
+    (SIGTERM, exit 0) before Redis is back. Redis and the supervisor come back: the completion is finished
+    from what the drain kept on the local root, the handler does not run again."""
+    gate = tmp_path / "gate"
+    config = _host(tmp_path, "h", private_redis.url, "kept", pool={"workers": 1, "handler_timeout": 120.0})
+    sup = _start(tmp_path, env, config, "h", hosts)
+    with Client.from_config(config) as client:
+        message_id = client.send("main", "task", {"gate": str(gate)}, requires_ack=True)
+    wait_until(lambda: len(records(tmp_path)) == 1, 30, message="the handler running")
+    private_redis.kill()
+    wait_until(lambda: "is unreachable" in sup.log(), 30, message="the outage seen")
+    gate.touch()
+    wait_until(lambda: "its ACK cannot be written" in sup.log(), 30, message="the ack held")
+    wait_until(lambda: "Redis did not take its ACK: kept" in sup.log(), 30, message="the supervisor keeping it")
+    assert sup.stop() == 0 and "stopped (drained)" in sup.log()
+    journal = tmp_path / "h" / "ipc" / ".ipcpool" / "redis-unfinished.json"
+    assert message_id in journal.read_text(), "the drain kept the completion on the local root"
+    private_redis.start()
+    again = _start(tmp_path, env, config, "h", hosts)
+    admin = _raw(private_redis.url)
+    wait_until(lambda: admin.exists(f"kept:ack:main:{message_id}"), 30, message="the kept ack written")
+    wait_until(lambda: admin.xlen("kept:stream:main") == 0, 30, message="the entry completed")
+    assert "could not finish in Redis were kept" in again.log_since_start()
+    assert [r["id"] for r in records(tmp_path)] == [message_id], "the handler ran once"
+    assert not journal.exists(), "nothing left to finish"
+    assert again.stop() == 0

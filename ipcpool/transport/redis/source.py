@@ -25,7 +25,10 @@
   list in Redis per entry, so the count goes on wherever the entry goes.
 - **Outages.** When Redis goes away the source stops handing out entries,
   logs once, retries with back-off; what cannot be finished now (an ack, a
-  dead-lettering) is kept and finished when Redis is back.
+  dead-lettering) is kept, on the local root too (:mod:`journal`: it
+  survives a drain, a restart, a SIGKILL), and finished when Redis is back,
+  before anything new is handed out; a start finishes what a previous run kept
+  before it takes any work.
 - **Files feed the cluster.** The local root's inboxes are still watched (a
   :class:`~ipcpool.transport.spool.source.SpoolSource`); each file is moved
   into its group's stream exactly once (a marker of its identity), then removed.
@@ -50,6 +53,7 @@ from ipcpool.config import Config
 from ipcpool.message import Summary, summarize_bytes
 from ipcpool.transport.redis.connection import UNAVAILABLE, Outage, connect
 from ipcpool.transport.redis.ingest import Ingest
+from ipcpool.transport.redis.journal import Journal
 from ipcpool.transport.redis.keys import CONSUMER_GROUP, Keys
 from ipcpool.transport.redis.scripts import Scripts, complete, quarantine
 from ipcpool.transport.redis.store import _text
@@ -85,6 +89,7 @@ class RedisSource:
         self.later: dict[tuple[str, str], float] = {}  # entries to hand out again, not before then
         self.failures: dict[tuple[str, str], int] = {}  # deliveries that killed a worker, as far as known here
         self.pending_work: dict[tuple[str, str], dict[str, Any]] = {}  # acks and dead-letterings to finish
+        self.journal = Journal(config.spool.root, fsync=config.spool.durability == "power")  # pending_work, on disk
         # A quarter lease at most between attempts: after an outage each supervisor is back, and has renewed
         # what it holds, well within the lease in which no one may reclaim (see _reclaim).
         self.outage = Outage(config, "supervisor", cap=config.redis.lease / 4)
@@ -111,12 +116,18 @@ class RedisSource:
     # -- the Source interface -----------------------------------------------------------------------------------
 
     def open(self) -> int:
+        self.pending_work.update(self.journal.load())
+        if self.pending_work:
+            log.warning("%d acks or dead-letterings a previous run could not finish in Redis were kept in %s: "
+                        "finishing them before taking any work", len(self.pending_work), self.journal.path)
         self.ingest.open()
         watch_fd = self.ingest.fileno()
         if watch_fd is not None:
             self._watch_fd = watch_fd
             self._poller.register(watch_fd, select.EPOLLIN)
         self._refresh_groups()
+        if self.pending_work:
+            self._finish_pending()  # its entries are this consumer's: recovered below unless finished here
         recovered = self._recover()
         self.next_reclaim = self.clock() + self.config.redis.lease / 2
         return recovered
@@ -189,6 +200,7 @@ class RedisSource:
         self.failures.pop(key, None)
         if isinstance(info, dict) and ("ackHold" in info or "quarantine" in info):
             self.pending_work[key] = info
+            self.journal.save(self.pending_work)
             what = "its dead-lettering" if "quarantine" in info else "its ACK"
             log.warning("IPC message finished, but Redis did not take %s: kept, and done as soon as it does "
                         "group=%s entry=%s id=%s", what, group, ref,
@@ -228,6 +240,7 @@ class RedisSource:
         except UNAVAILABLE as exc:
             self._lost(exc)
             self.pending_work[key] = {"quarantine": record, "nack": nack}
+            self.journal.save(self.pending_work)
             return False
 
     def summarize(self, group: str, ref: str) -> Summary:
@@ -356,7 +369,16 @@ class RedisSource:
         return False
 
     def close(self) -> None:
-        """Hand back what no worker started: the others may take it at once, not after the lease."""
+        """Hand back what no worker started: the others may take it at once, not after the lease.
+
+        What is left to finish is tried once more (Redis may be back); what
+        still is not stays in the journal for the next start.
+        """
+        if self.pending_work and not self.outage.down:
+            try:
+                self._finish_pending()
+            except UNAVAILABLE:
+                pass
         waiting = list(self.queue) + list(self.later)
         self.queue.clear()
         self.later.clear()
@@ -526,16 +548,20 @@ class RedisSource:
                               _answer_ttl(self.config)))
 
     def _finish_pending(self) -> None:
-        for key, info in list(self.pending_work.items()):
-            group, ref = key
-            if "quarantine" in info:
-                self._dead_letter(group, ref, info["quarantine"], info.get("nack"))
-            else:
-                complete(self.client, self.keys, group, ref, info.get("name") or ref, info.get("id"),
-                         time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
-                         max(1, int(self.config.ack.retention)), _answer_ttl(self.config))
-            del self.pending_work[key]
-            log.info("finished group=%s entry=%s now that Redis is back", group, ref)
+        """The kept acks and dead-letterings, into Redis; the journal says what is left (raises what Redis raises)."""
+        try:
+            for key, info in list(self.pending_work.items()):
+                group, ref = key
+                if "quarantine" in info:
+                    self._dead_letter(group, ref, info["quarantine"], info.get("nack"))
+                else:
+                    complete(self.client, self.keys, group, ref, info.get("name") or ref, info.get("id"),
+                             time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+                             max(1, int(self.config.ack.retention)), _answer_ttl(self.config))
+                del self.pending_work[key]
+                log.info("finished group=%s entry=%s now that Redis is back", group, ref)
+        finally:
+            self.journal.save(self.pending_work)
 
     def _release(self, keys: list[tuple[str, str]]) -> None:
         by_group: dict[str, list[str]] = {}
