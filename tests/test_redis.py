@@ -621,3 +621,50 @@ def test_an_ack_held_through_an_outage_survives_a_drain_and_a_restart(tmp_path, 
     assert [r["id"] for r in records(tmp_path)] == [message_id], "the handler ran once"
     assert not journal.exists(), "nothing left to finish"
     assert again.stop() == 0
+
+
+# -- files dropped into a supervisor's inbox (the bridge) -------------------------------------------------------
+
+
+def _drop_watched(inbox: Path, name: str, body: bytes) -> int:
+    """Publish like any writer (tmp/, then rename into the inbox); returns a descriptor on the file, so the
+    test can tell when the supervisor has moved it (a rename changes its ctime) or removed it (no links)."""
+    staged = inbox.parent / "tmp" / f".{name}.part"
+    staged.write_bytes(body)
+    fd = os.open(staged, os.O_RDONLY)
+    os.rename(staged, inbox / name)
+    return fd
+
+
+def _moved_since(fd: int, ctime_ns: int) -> bool:
+    st = os.fstat(fd)
+    return st.st_nlink == 0 or st.st_ctime_ns != ctime_ns
+
+
+def test_a_file_dropped_again_under_its_name_while_it_runs_waits_then_is_skipped_as_a_duplicate(
+        tmp_path, env, redis_url, redis_prefix, hosts):
+    """The same script as the spool's guarantee 3: job-1.json dropped, and dropped again while its handler
+    runs. The second is not handed to a second handler meanwhile; after the first's ack it is a duplicate."""
+    config = _host(tmp_path, "h", redis_url, redis_prefix, pool={"workers": 2, "prefetch": 1,
+                                                                 "handler_timeout": 120.0})
+    sup = _start(tmp_path, env, config, "h", hosts)
+    inbox, gate = tmp_path / "h" / "ipc" / "main" / "messages", tmp_path / "gate"
+    body = json.dumps({"id": "job-1", "type": "task", "payload": {"gate": str(gate)}, "requiresAck": True}).encode()
+    os.close(_drop_watched(inbox, "job-1.json", body))
+    wait_until(lambda: len(records(tmp_path)) == 1, 30, message="the first copy running")
+    fd = _drop_watched(inbox, "job-1.json", body)
+    try:
+        dropped = os.fstat(fd).st_ctime_ns
+        wait_until(lambda: _moved_since(fd, dropped), 30, message="the supervisor taking up the second copy")
+        wait_until(lambda: os.fstat(fd).st_nlink == 0 or (inbox / "job-1.json").exists(), 30,
+                   message="the second copy sent on, or put back to wait")
+    finally:
+        os.close(fd)
+    gate.touch()
+    wait_until(lambda: "Duplicate IPC message skipped (already acked) id=job-1" in sup.log()
+               or len(records(tmp_path)) > 1, 30, message="the second copy skipped")
+    assert [r["id"] for r in records(tmp_path)] == ["job-1"], "the handler ran once"
+    assert "Duplicate IPC message skipped (already acked) id=job-1" in sup.log()
+    wait_until(lambda: not os.listdir(inbox), 30, message="the inbox empty")
+    assert _raw(redis_url).exists(f"{redis_prefix}:ack:main:job-1")
+    assert sup.stop() == 0

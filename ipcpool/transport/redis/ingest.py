@@ -9,6 +9,12 @@ restart between publishing and removing the file never publishes it twice;
 then the file is removed. A file that must not be read (a link, a FIFO, too
 large) is quarantined locally, in ``errors/``, with the reason. While Redis
 is away, files wait where they are.
+
+As on the spool, a file whose name is queued or in flight in the cluster (a
+namesake dropped earlier, here or on any host, or sent under that id) waits
+in its inbox until that one is done: it is never handed to a second handler
+meanwhile, and once it is published its id meets the first one's ack. The
+same publish call says so (``busy``): one round trip per file, as before.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from ipcpool.transport.spool.source import SpoolSource
 log = logging.getLogger(__name__)
 
 BATCH = 256  # files moved per poll
-RETRY_LATER = 1.0  # seconds before a file Redis refused (queue full, away) is tried again
+RETRY_LATER = 1.0  # seconds before a file Redis refused (queue full, away, its name in flight) is tried again
 
 
 class Ingest:
@@ -44,6 +50,7 @@ class Ingest:
         self.consumer = consumer
         self.local = SpoolSource(config, clock=clock, on_hint=on_hint)
         self.moved = 0
+        self.waiting: set[tuple[str, str]] = set()  # files whose name is in flight in the cluster (said once)
 
     def open(self) -> None:
         recovered = self.local.open()
@@ -73,24 +80,33 @@ class Ingest:
                 result = spool.read_claimed(group, name)
                 st = os.stat(spool.path(group, PROCESSING, name))
             except FileNotFoundError:
+                self.waiting.discard((group, name))
                 self.local.finished(group, name, "vanished", None)
                 continue
             except InvalidMessage as exc:
+                self.waiting.discard((group, name))
                 self._refuse(group, name, str(exc))
                 continue
             inbox = split_name(name)[0] if "/" in name else MESSAGES
             identity = f"{name}:{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
             marker = self.keys.ingested(self.consumer, group, hashlib.sha1(identity.encode()).hexdigest())
+            stem = message_stem(name)
             try:
-                reply = publish(self.scripts, self.keys, group, identity, message_stem(name), result.data,
+                reply = publish(self.scripts, self.keys, group, stem, stem, result.data,
                                 format_for(name) or "", inbox, hashlib.sha1(result.data).hexdigest(),
                                 self.config.spool.max_queued, max(1, int(self.config.ack.retention)), marker)
             except UNAVAILABLE:
                 self.local.requeue(group, name, later=RETRY_LATER, counted=False)
                 raise
-            if reply and reply[0] == b"full":
+            verdict = reply[0] if reply else b""
+            if verdict in (b"full", b"busy"):
+                if verdict == b"busy" and (group, name) not in self.waiting:
+                    self.waiting.add((group, name))
+                    log.info("local file waits: a message named %s is queued or in flight in the cluster; it is "
+                             "sent once that one is done group=%s file=%s", stem, group, name)
                 self.local.requeue(group, name, later=RETRY_LATER, counted=False)
                 continue
+            self.waiting.discard((group, name))
             spool.complete(group, name)
             self.local.finished(group, name, "handled", None)
             self.moved += 1

@@ -6,8 +6,11 @@ Their KEYS and ARGV are spelled out where they are called (``calls`` below).
   full queue (``full``); the same bytes again are the same message (``same``);
   else XADD (fields m: the bytes, f: the format, s: the stem, i: the inbox, q:
   the name it is queued under), remember the name, register the group. A
-  local file moved in (``marker``) is published once per file identity, and
-  its name is not remembered (two files may share a name, as in the spool).
+  local file moved in (``marker``) is published once per file identity
+  (``same`` for that file again), and, as the spool holds back a file whose
+  namesake is claimed, not while its name is queued or in flight (``busy``:
+  the file waits, and is published once that one is done; then its id meets
+  the ack ledger).
 - ``fetch``: a worker's batch of entries, each with whether the ack ledger
   already holds its stem (the dedupe check, answered ahead in the same trip).
 - ``complete`` (not a script: a MULTI/EXEC of fixed commands, so a worker can
@@ -41,18 +44,21 @@ from typing import Any
 from ipcpool.transport.redis.keys import CONSUMER_GROUP
 
 PUBLISH = """
-local held = redis.call('GET', KEYS[2])
-if held then
-  if held == ARGV[5] then return {'same'} end
-  return {'exists'}
+if ARGV[9] == '1' then
+  if redis.call('EXISTS', KEYS[4]) == 1 then return {'same'} end
+  if redis.call('EXISTS', KEYS[2]) == 1 then return {'busy'} end
+else
+  local held = redis.call('GET', KEYS[2])
+  if held then
+    if held == ARGV[5] then return {'same'} end
+    return {'exists'}
+  end
 end
 local limit = tonumber(ARGV[6])
 if limit > 0 and redis.call('XLEN', KEYS[1]) >= limit then return {'full'} end
-if ARGV[9] == '1' then
-  if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', 86400) then return {'same'} end
-end
+if ARGV[9] == '1' then redis.call('SET', KEYS[4], '1', 'EX', 86400) end
 local id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[1], 'f', ARGV[2], 's', ARGV[3], 'i', ARGV[4], 'q', ARGV[10])
-if ARGV[9] ~= '1' then redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[7]) end
+redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[7])
 redis.call('SADD', KEYS[3], ARGV[8])
 return {'ok', id}
 """
