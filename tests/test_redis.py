@@ -668,3 +668,24 @@ def test_a_file_dropped_again_under_its_name_while_it_runs_waits_then_is_skipped
     wait_until(lambda: not os.listdir(inbox), 30, message="the inbox empty")
     assert _raw(redis_url).exists(f"{redis_prefix}:ack:main:job-1")
     assert sup.stop() == 0
+
+
+def test_a_local_file_that_never_decodes_is_quarantined_locally_once_settled(tmp_path, env, redis_url,
+                                                                             redis_prefix, hosts):
+    """It may still be being written until it has not changed for settle_time: then it is refused here, in
+    the local errors/ with the reason, never sent on to the cluster."""
+    config = _host(tmp_path, "h", redis_url, redis_prefix, spool={"settle_time": 0.5})
+    sup = _start(tmp_path, env, config, "h", hosts)
+    group = tmp_path / "h" / "ipc" / "main"
+    (group / "tmp" / "broken.json").write_text('{"id": "broken", "type": "task", "payl')
+    dropped = time.time()
+    os.rename(group / "tmp" / "broken.json", group / "messages" / "broken.json")
+    (record,) = wait_until(lambda: list((group / "errors").glob("*broken.json.error.json")), 30,
+                           message="the file refused locally")
+    assert record.stat().st_mtime - dropped >= 0.5, "not before it had settled"
+    assert "invalid JSON" in json.loads(record.read_text())["reason"]
+    assert record.with_name(record.name.removesuffix(".error.json")).read_text().endswith('"payl')
+    assert "local file refused, not sent to Redis group=main file=broken.json: invalid JSON" in sup.log()
+    raw = _raw(redis_url)
+    assert raw.xlen(f"{redis_prefix}:dead:main") == 0 and raw.xlen(f"{redis_prefix}:stream:main") == 0
+    assert sup.stop() == 0

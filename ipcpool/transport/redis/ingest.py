@@ -10,6 +10,12 @@ then the file is removed. A file that must not be read (a link, a FIFO, too
 large) is quarantined locally, in ``errors/``, with the reason. While Redis
 is away, files wait where they are.
 
+Nothing partial is sent on (guarantee 1): a file that does not decode while
+it changed within ``[spool] settle_time`` (a writer may still be writing it
+in place) goes back to its inbox until it has settled, as a worker puts such
+a file back on the spool; settled and still not decodable, it is quarantined
+locally, with the reason.
+
 As on the spool, a file whose name is queued or in flight in the cluster (a
 namesake dropped earlier, here or on any host, or sent under that id) waits
 in its inbox until that one is done: it is never handed to a second handler
@@ -22,12 +28,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
 from ipcpool.config import Config
 from ipcpool.errors import InvalidMessage
-from ipcpool.message import format_for
+from ipcpool.message import decode, format_for
 from ipcpool.transport.redis.connection import UNAVAILABLE
 from ipcpool.transport.redis.keys import Keys
 from ipcpool.transport.redis.scripts import Scripts, publish
@@ -38,6 +45,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 256  # files moved per poll
 RETRY_LATER = 1.0  # seconds before a file Redis refused (queue full, away, its name in flight) is tried again
+FUTURE_MTIME_SLACK = 1.0  # seconds an mtime may be ahead of our clock and still mean "just written" (the worker's)
 
 
 class Ingest:
@@ -87,13 +95,28 @@ class Ingest:
                 self.waiting.discard((group, name))
                 self._refuse(group, name, str(exc))
                 continue
+            fmt = format_for(name)
+            try:
+                if fmt is None:
+                    raise InvalidMessage("unsupported file extension: use .json or .msgpack")
+                decode(result.data, fmt)
+            except InvalidMessage as exc:
+                # Still being written? Back until it has not changed for settle_time (a future mtime, from
+                # clock skew or touch -d, counts as settled, or it would wait for ever); then it is refused.
+                settle = self.config.spool.settle_time
+                if -FUTURE_MTIME_SLACK < time.time() - result.mtime < settle:
+                    self.local.requeue(group, name, later=settle, counted=False)
+                else:
+                    self.waiting.discard((group, name))
+                    self._refuse(group, name, str(exc))
+                continue
             inbox = split_name(name)[0] if "/" in name else MESSAGES
             identity = f"{name}:{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
             marker = self.keys.ingested(self.consumer, group, hashlib.sha1(identity.encode()).hexdigest())
             stem = message_stem(name)
             try:
                 reply = publish(self.scripts, self.keys, group, stem, stem, result.data,
-                                format_for(name) or "", inbox, hashlib.sha1(result.data).hexdigest(),
+                                fmt, inbox, hashlib.sha1(result.data).hexdigest(),
                                 self.config.spool.max_queued, max(1, int(self.config.ack.retention)), marker)
             except UNAVAILABLE:
                 self.local.requeue(group, name, later=RETRY_LATER, counted=False)
