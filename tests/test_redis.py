@@ -7,7 +7,10 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -17,7 +20,7 @@ from typing import Any
 import psutil
 import pytest
 import redis
-from conftest import SupervisorProcess, ipcpool_cli, records, wait_until, write_config
+from conftest import SupervisorProcess, ipcpool_cli, kill_session, records, wait_until, write_config
 from redis_server import RedisServer
 
 from ipcpool import AsyncClient, Client, MessageExists, MessageFailed, QueueFull, TransportUnavailable
@@ -689,3 +692,81 @@ def test_a_local_file_that_never_decodes_is_quarantined_locally_once_settled(tmp
     raw = _raw(redis_url)
     assert raw.xlen(f"{redis_prefix}:dead:main") == 0 and raw.xlen(f"{redis_prefix}:stream:main") == 0
     assert sup.stop() == 0
+
+
+# -- consumer names ------------------------------------------------------------------------------------------
+
+
+class ContainerSupervisor(SupervisorProcess):
+    """``ipcpool run`` as in a container: in a mount namespace of its own, its volume bind-mounted at a
+    path every such supervisor shares (the Dockerfile's /data/ipc), on the same host name."""
+
+    def __init__(self, config: Path, cwd: Path, env: dict[str, str], log_path: Path, volume: Path,
+                 mount_point: Path) -> None:
+        super().__init__(config, cwd, env, log_path)
+        self.volume, self.mount_point = volume, mount_point
+
+    def start(self, *, wait_ready: bool = True, timeout: float = 30.0) -> SupervisorProcess:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._offset = self.log_path.stat().st_size
+        script = 'mount --bind "$1" "$2" && exec "$3" -m ipcpool run --config "$4"'
+        self.proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(self.volume),
+             str(self.mount_point), sys.executable, str(self.config)],
+            cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        if wait_ready:
+            wait_until(lambda: "Enhanced IPC system started" in self.log_since_start() or self.proc.poll() is not None,
+                       timeout, message="Enhanced IPC system started")
+            assert self.proc.poll() is None, f"supervisor exited early:\n{self.log()}"
+        return self
+
+
+def _mount_namespaces() -> None:
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs mount namespaces (unshare --mount: root, or CAP_SYS_ADMIN) to give two supervisors "
+                    "one root path on two volumes")
+
+
+def test_two_containers_with_one_host_name_and_root_path_never_take_each_others_work(tmp_path, env, private_redis,
+                                                                                   hosts):
+    """Two containers with a fixed host name and the image's one root path, each on a volume of its own:
+    restarting one must not take the entries the other's live workers hold; restarting the holder in place
+    (SIGKILLed, same volume) takes back its own at once."""
+    _mount_namespaces()
+    url, gate = private_redis.url, tmp_path / "gate"
+    mount_point = tmp_path / "data"
+    mount_point.mkdir()
+    extra = {"pool": {"workers": 2, "prefetch": 1, "handler_timeout": 120.0}, "redis": {"lease": 30.0}}
+    root = mount_point / "ipc"  # the same path in both containers
+    config = write_config(tmp_path / "c.toml", root, sections=_sections(url, "twins", **extra))
+    volumes = {name: tmp_path / f"volume-{name}" for name in "ab"}
+
+    def container(name: str) -> ContainerSupervisor:
+        volumes[name].mkdir(exist_ok=True)
+        sup = ContainerSupervisor(config, tmp_path, env, tmp_path / f"{name}.log", volumes[name], mount_point)
+        hosts.append(sup)
+        return sup
+
+    a, b = container("a").start(), container("b").start()
+    with Client.from_config(_host(tmp_path, "sender", url, "twins")) as client:
+        message_id = client.send("main", "task", {"gate": str(gate)}, requires_ack=True)
+    (first,) = wait_until(lambda: records(tmp_path), 30, message="the handler running")
+    holder, other = (a, b) if first["pid"] in _workers(a) else (b, a)
+    name = "a" if holder is a else "b"
+    assert other.stop() == 0
+    restarted = container("b" if name == "a" else "a").start()
+    assert "Recovered" not in restarted.log_since_start(), "the restarted container took the other's live entry"
+    assert "1 messages queued at start" not in restarted.log_since_start()
+    kill_session(holder.pid)
+    holder.wait(10)
+    again = container(name).start()
+    wait_until(lambda: "Recovered 1 messages this supervisor held before its restart" in again.log_since_start(), 30,
+               message="the holder, restarted in place, taking back its own at once")
+    gate.touch()
+    admin = _raw(url)
+    wait_until(lambda: admin.exists(f"twins:ack:main:{message_id}"), 30, message="acked")
+    deliveries = [r for r in records(tmp_path) if r["id"] == message_id]
+    assert len(deliveries) == 2 and deliveries[0]["pid"] == first["pid"], \
+        "run by the holder, then (it was SIGKILLed mid-handler) once more by the holder restarted in place"
+    assert restarted.stop() == 0 and again.stop() == 0

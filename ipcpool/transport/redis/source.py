@@ -10,9 +10,10 @@
   of all when it is back from an outage or a stall. A dead supervisor's
   entries are reclaimed by the others with ``XAUTOCLAIM`` once idle for
   ``[redis] lease``; nothing is locked, so a SIGKILL leaves nothing held. A
-  restarted supervisor (the same consumer name: its host and root) takes back
-  its own pending entries at once. An entry another supervisor took is
-  logged once, no longer renewed, and never handed out here again.
+  restarted supervisor (the same consumer name: its host name and a random id
+  kept on its root) takes back its own pending entries at once. An entry
+  another supervisor took is logged once, no longer renewed, and never handed
+  out here again.
 - **No reclaims after an outage of everyone.** Each renewal also ticks a key
   that lives half a lease; a supervisor's reclaim finds it gone when nobody
   reached Redis for that long (Redis was down, stalled or restarted, or every
@@ -36,7 +37,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -50,6 +50,7 @@ from typing import Any
 import redis.exceptions
 
 from ipcpool.config import Config
+from ipcpool.localroot import STATE_DIR
 from ipcpool.message import Summary, summarize_bytes
 from ipcpool.transport.redis.connection import UNAVAILABLE, Outage, connect
 from ipcpool.transport.redis.ingest import Ingest
@@ -65,9 +66,36 @@ RECLAIM_COUNT = 100
 RECLAIM_PAGES = 20  # pages of RECLAIM_COUNT one reclaim goes through per group
 
 
-def consumer_name(root: str) -> str:
-    """The same for a supervisor restarted on the same host and root: it takes back its own entries."""
-    return f"{socket.gethostname()}:{hashlib.sha1(os.path.abspath(root).encode()).hexdigest()[:10]}"
+CONSUMER_FILE = "consumer"  # in <root>/.ipcpool/: this root's consumer id
+
+
+def consumer_name(root: str, *, fsync: bool = False) -> str:
+    """The host name and a random id kept in ``<root>/.ipcpool/consumer``, made by the root's first start.
+
+    A supervisor restarted on its root has the same name, so it takes back its
+    own entries at once; any other root has another, whatever its path and its
+    host's name (containers with one fixed host name and the image's root path,
+    each on a volume of its own, never share a name: restarting one cannot take
+    what the other's workers hold). One root is one supervisor (its lock).
+    """
+    path = os.path.join(root, STATE_DIR, CONSUMER_FILE)
+    try:
+        with open(path, encoding="ascii") as handle:
+            token = handle.read().strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        token = ""
+    if not (len(token) == 16 and all(c in "0123456789abcdef" for c in token)):
+        token = os.urandom(8).hex()
+        tmp = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, f"{token}\n".encode())
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    return f"{socket.gethostname()}:{token}"
 
 
 class RedisSource:
@@ -79,7 +107,7 @@ class RedisSource:
         self.client = connect(config)
         self.keys = Keys(config.redis.prefix)
         self.scripts = Scripts(self.client)
-        self.consumer = consumer_name(config.spool.root)
+        self.consumer = ""  # this root's consumer name, read (or made) by open(): the root is ours by then
         self.lease_ms = int(config.redis.lease * 1000)
         self.block_ms = int(min(config.spool.rescan_interval, 5.0) * 1000)
         self.groups: set[str] = set()
@@ -116,11 +144,13 @@ class RedisSource:
     # -- the Source interface -----------------------------------------------------------------------------------
 
     def open(self) -> int:
+        self.ingest.open()  # the local root and its state folder exist from here on
+        self.consumer = self.ingest.consumer = consumer_name(self.config.spool.root,
+                                                             fsync=self.config.spool.durability == "power")
         self.pending_work.update(self.journal.load())
         if self.pending_work:
             log.warning("%d acks or dead-letterings a previous run could not finish in Redis were kept in %s: "
                         "finishing them before taking any work", len(self.pending_work), self.journal.path)
-        self.ingest.open()
         watch_fd = self.ingest.fileno()
         if watch_fd is not None:
             self._watch_fd = watch_fd
@@ -385,7 +415,8 @@ class RedisSource:
         self._release(waiting)
         self._drop_reader()
         try:
-            self.client.delete(self.keys.supervisor(self.consumer))
+            if self.consumer:
+                self.client.delete(self.keys.supervisor(self.consumer))
         except UNAVAILABLE:
             pass
         self.ingest.close()
