@@ -770,3 +770,56 @@ def test_two_containers_with_one_host_name_and_root_path_never_take_each_others_
     assert len(deliveries) == 2 and deliveries[0]["pid"] == first["pid"], \
         "run by the holder, then (it was SIGKILLed mid-handler) once more by the holder restarted in place"
     assert restarted.stop() == 0 and again.stop() == 0
+
+
+def test_a_supervisor_is_back_within_a_quarter_lease_of_redis_however_long_it_was_away(tmp_path, env,
+                                                                                        private_redis, hosts):
+    """After an outage of everyone no supervisor reclaims for one lease, in which each renews its own: each
+    must be back by then, so its back-off between attempts is at most a quarter lease, not 5 s."""
+    config = _host(tmp_path, "h", private_redis.url, "quarter", redis={"lease": 2.0})
+    sup = _start(tmp_path, env, config, "h", hosts)
+    private_redis.kill()
+    wait_until(lambda: "is unreachable" in sup.log(), 30, message="the outage seen")
+    time.sleep(7.0)  # the outage itself: long enough for an uncapped back-off to reach its 5 s steps
+    private_redis.start()
+    back = time.monotonic()
+    wait_until(lambda: "is back after" in sup.log(), 30, interval=0.01, message="the supervisor back")
+    assert time.monotonic() - back < 0.5 + 0.5, "back within a quarter lease (0.5 s), and a little"
+    assert sup.stop() == 0
+
+
+def test_a_supervisor_frozen_past_its_lease_never_starts_what_it_had_queued_and_lost(tmp_path, env, private_redis,
+                                                                                     hosts):
+    """Host a took over a dead host's entry while its one worker was busy, so it waits in a's queue. Host a
+    is then frozen past the lease (its worker finishes meanwhile) and host b takes the entry over. When a
+    thaws, with a free worker, it renews before it hands anything out: it finds the entry gone and leaves
+    it to b, instead of starting it beside b's run."""
+    url, prefix = private_redis.url, "frozen"
+    gates = {n: tmp_path / f"gate-{n}" for n in (1, 2)}
+    pool = {"prefetch": 1, "handler_timeout": 120.0}
+    admin = _raw(url)
+    stream = f"{prefix}:stream:main"
+    admin.xgroup_create(stream, "ipcpool", id="0", mkstream=True)
+    with Client.from_config(_host(tmp_path, "sender", url, prefix)) as client:
+        queued = client.send("main", "task", {"gate": str(gates[2])}, requires_ack=True)
+        assert len(admin.xreadgroup("ipcpool", "dead-host:0123456789abcdef", {stream: ">"})[0][1]) == 1
+        a = _start(tmp_path, env, _host(tmp_path, "a", url, prefix, pool={"workers": 1, **pool}), "a", hosts)
+        running = client.send("main", "task", {"gate": str(gates[1])}, requires_ack=True)
+    wait_until(lambda: [r["id"] for r in records(tmp_path)] == [running], 30, message="host a running one")
+    wait_until(lambda: "reclaimed 1 messages" in a.log(), 30, message="host a taking over the dead host's entry")
+    b = _start(tmp_path, env, _host(tmp_path, "b", url, prefix, pool={"workers": 2, **pool}), "b", hosts)
+    a.signal(signal.SIGSTOP)
+    try:
+        gates[1].touch()  # a's worker (not frozen) finishes and reports to its frozen supervisor
+        wait_until(lambda: admin.exists(f"{prefix}:ack:main:{running}"), 30, message="the running one acked")
+        wait_until(lambda: "reclaimed 1 messages" in b.log(), 30, message="host b taking over a's queued entry")
+        wait_until(lambda: [r["id"] for r in records(tmp_path)] == [running, queued], 30, message="b running it")
+    finally:
+        a.signal(signal.SIGCONT)
+    wait_until(lambda: "lost the lease" in a.log(), 30, message="host a finding it lost")
+    assert "it is left to that one" in a.log(), "found lost before it was handed to a's free worker"
+    gates[2].touch()
+    wait_until(lambda: admin.exists(f"{prefix}:ack:main:{queued}"), 30, message="acked")
+    assert [r["id"] for r in records(tmp_path)] == [running, queued], "b's run the only one"
+    assert a.stop() == 0 and b.stop() == 0
+    assert [r["id"] for r in records(tmp_path)] == [running, queued]
