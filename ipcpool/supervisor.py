@@ -666,6 +666,11 @@ class Supervisor:
                 continue
             silent = now - worker.last_heartbeat
             if silent > hb.miss_limit * hb.interval:
+                # Its heartbeats may wait unread in its pipe: the loop itself was held up (stopped and
+                # continued, the wait that followed came back empty: an interrupted epoll past its deadline).
+                self.read_leftovers(worker)
+                silent = now - worker.last_heartbeat
+            if silent > hb.miss_limit * hb.interval:
                 self.kill_worker(worker, StopReason.HUNG, f"no heartbeat for {silent:.1f}s")
                 continue
             current, started = worker.current()
