@@ -91,6 +91,19 @@ def test_a_handler_three_times_longer_than_the_lease_runs_once_on_one_host(tmp_p
     assert "reclaimed" not in a.log() + b.log(), "no supervisor took what a live one held"
 
 
+def test_a_busy_supervisor_alone_never_says_it_lost_a_lease(tmp_path, env, redis_url, redis_prefix, hosts):
+    """A renewal races the workers' reports: an entry its own worker has just completed (acknowledged, not yet
+    reported) is no longer pending. That is no lost lease: only an entry another consumer holds is."""
+    config = _host(tmp_path, "h", redis_url, redis_prefix, log={"messages": False})
+    sup = _start(tmp_path, env, config, "h", hosts)
+    with Client.from_config(config) as client:
+        ids = [client.send("main", "task", {"n": i}, requires_ack=True) for i in range(5000)]
+        wait_until(lambda: client.is_acked("main", ids[-1]) and client.outbox.depth("main") == 0, 120,
+                   message="the burst handled")
+    assert sup.stop() == 0
+    assert "lost the lease" not in sup.log()
+
+
 def test_delivery_counts_are_kept_in_redis_and_go_on_on_another_host(tmp_path, redis_url, redis_prefix):
     """A consumer records a delivery that killed a worker, then stops renewing (dies); another
     reclaims the entry after the lease and knows it is the second delivery."""
@@ -818,6 +831,7 @@ def test_a_supervisor_frozen_past_its_lease_never_starts_what_it_had_queued_and_
         a.signal(signal.SIGCONT)
     wait_until(lambda: "lost the lease" in a.log(), 30, message="host a finding it lost")
     assert "it is left to that one" in a.log(), "found lost before it was handed to a's free worker"
+    assert sum(_lost_lines(a.log()).values()) == 1, "only that one: the one a's worker finished is not lost"
     gates[2].touch()
     wait_until(lambda: admin.exists(f"{prefix}:ack:main:{queued}"), 30, message="acked")
     assert [r["id"] for r in records(tmp_path)] == [running, queued], "b's run the only one"

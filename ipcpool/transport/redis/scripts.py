@@ -22,7 +22,10 @@ Their KEYS and ARGV are spelled out where they are called (``calls`` below).
   nack (and the sender's answer), XACK, XDEL, forget the name and its deliveries.
 - ``renew``: extend the lease on entries this consumer still owns (XCLAIM to
   itself, JUSTID: the delivery counter is untouched); entries another
-  consumer took meanwhile are left alone and named in the reply.
+  consumer took meanwhile are left alone and named in the reply. An entry no
+  longer pending at all was finished (most often by its own worker, just
+  before the supervisor read that worker's report): nothing to renew, and
+  nothing lost.
 - ``release``: make entries this consumer holds claimable by anyone at once
   (a drain: what no worker started goes back to the queue).
 - ``tick``: every supervisor, every heartbeat: Redis was reached. ``alive``
@@ -108,10 +111,12 @@ RENEW = """
 local lost = {}
 for i = 3, #ARGV do
   local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if pending[1] and pending[1][2] == ARGV[2] then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-  else
-    table.insert(lost, ARGV[i])
+  if pending[1] then
+    if pending[1][2] == ARGV[2] then
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    else
+      table.insert(lost, ARGV[i])
+    end
   end
 end
 return lost
