@@ -125,8 +125,9 @@ def test_delivery_counts_are_kept_in_redis_and_go_on_on_another_host(tmp_path, r
         b.open()
         b.want(10)
         b.next_reclaim = 0.0
-        wait_until(lambda: (b.poll(time.monotonic()), setattr(b, "next_reclaim", 0.0), b.backlog())[2], 20,
-                   message="b reclaims it once a's lease lapsed")
+        wait_until(lambda: (b.poll(time.monotonic()), b.renew(()), setattr(b, "next_reclaim", 0.0),
+                            b.backlog())[3], 20, message="b (alive: it renews, as at each heartbeat) reclaims it "
+                                                         "once a's lease lapsed")
         ((_g, ref_b, deliveries_b),) = b.take(10)
         assert ref_b == ref and deliveries_b == 2, "the count went on on the other host"
     finally:

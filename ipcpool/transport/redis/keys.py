@@ -13,8 +13,9 @@
     <p>:dead:<g>                     the group's dead-letter stream (m, f, s, i, r: the record)
     <p>:supervisor:<consumer>        a live supervisor's status (expires unless renewed)
     <p>:ingested:<consumer>:<g>:<file identity>   a local file already moved into the stream
-    <p>:alive                        set by every supervisor each heartbeat, expires after half a lease: gone
-                                     when none reached Redis lately (Redis down, stalled, restarted; all cut off)
+    <p>:alive                        set by every supervisor's renewal (each heartbeat), expires a little before
+                                     a lease: gone when none renewed lately (Redis down, stalled or restarted,
+                                     or every supervisor cut off)
     <p>:reclaim-hold                 set for one lease when <p>:alive was found gone: no reclaims meanwhile
 """
 

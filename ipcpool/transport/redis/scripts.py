@@ -28,16 +28,19 @@ Their KEYS and ARGV are spelled out where they are called (``calls`` below).
   nothing lost.
 - ``release``: make entries this consumer holds claimable by anyone at once
   (a drain: what no worker started goes back to the queue).
-- ``tick``: every supervisor, every heartbeat: Redis was reached. ``alive``
-  expires after half a lease; found gone, nobody reached Redis for that long
-  (it was down, stalled or restarted, or every supervisor was cut off), so
-  every entry's idle time includes a time nobody could renew it in, and
-  ``reclaim-hold`` is set for one lease.
-- ``reclaim``: a tick, then one XAUTOCLAIM page of entries idle for a lease,
-  unless ``reclaim-hold`` is set: after such a gap each supervisor gets a
-  whole lease to renew what it holds before anyone may take it. The check and
-  the claim are one step, so a Redis that stalls between them cannot slip a
-  stale claim through.
+- ``tick``: every supervisor's every renewal: Redis was reached. ``alive``
+  expires after a *gap* (the lease less one and a half heartbeat intervals:
+  longer than renewals are ever apart, shorter than what would let a live
+  entry's idle time reach the lease); found gone, nobody reached Redis for
+  that long (it was down, stalled or restarted, or every supervisor was cut
+  off), so every entry's idle time includes a time nobody could renew it in,
+  and ``reclaim-hold`` is set for one lease.
+- ``reclaim``: one XAUTOCLAIM page of entries idle for a lease, unless
+  ``alive`` is gone (then ``reclaim-hold`` is set, as a tick would) or
+  ``reclaim-hold`` is set: after such a gap each supervisor gets a whole
+  lease to renew what it holds before anyone may take it. The check and the
+  claim are one step, so a Redis that stalls between them cannot slip a stale
+  claim through.
 """
 
 from __future__ import annotations
@@ -122,17 +125,19 @@ end
 return lost
 """
 
-# KEYS: alive, reclaim-hold; ARGV: half a lease, a lease (ms). Returns the ms reclaims must still wait (<= 0: none).
-TICK_BODY = """
+# KEYS: alive, reclaim-hold; ARGV: the gap, a lease (ms). Returns the ms reclaims must still wait (<= 0: none).
+TICK = """
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
 redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
-local hold = redis.call('PTTL', KEYS[2])
+return redis.call('PTTL', KEYS[2])
 """
-TICK = TICK_BODY + "return hold\n"
 
-# KEYS: alive, reclaim-hold, stream; ARGV: half a lease, a lease (ms), consumer group, consumer, cursor, count.
-# Returns {'hold', ms} while reclaims wait, else {'ok', next cursor, the claimed entries' ids}.
-RECLAIM = TICK_BODY + """
+# KEYS: alive, reclaim-hold, stream; ARGV: the gap, a lease (ms), consumer group, consumer, cursor, count.
+# Returns {'hold', ms} while reclaims wait, else {'ok', next cursor, the claimed entries' ids}. Only renewals
+# keep alive alive: a reclaim is no proof that the others could renew.
+RECLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
+local hold = redis.call('PTTL', KEYS[2])
 if hold > 0 then return {'hold', hold} end
 local reply = redis.call('XAUTOCLAIM', KEYS[3], ARGV[3], ARGV[4], ARGV[2], ARGV[5], 'COUNT', ARGV[6])
 local ids = {}

@@ -15,7 +15,8 @@
   another supervisor took is logged once, no longer renewed, and never handed
   out here again.
 - **No reclaims after an outage of everyone.** Each renewal also ticks a key
-  that lives half a lease; a supervisor's reclaim finds it gone when nobody
+  that lives the lease less one and a half heartbeat intervals; a
+  supervisor's reclaim finds it gone when nobody
   reached Redis for that long (Redis was down, stalled or restarted, or every
   supervisor was cut off): every entry's idle time then includes a time in
   which nobody could renew it, so no one reclaims for one lease, in which
@@ -121,7 +122,9 @@ class RedisSource:
         # A quarter lease at most between attempts: after an outage each supervisor is back, and has renewed
         # what it holds, well within the lease in which no one may reclaim (see _reclaim).
         self.outage = Outage(config, "supervisor", cap=config.redis.lease / 4)
-        self.gap_ms = max(1, self.lease_ms // 2)  # nobody reached Redis for this long: reclaims wait a lease
+        # Nobody renewed for this long: reclaims wait a lease. Longer than renewals are ever apart (the lease
+        # is at least 3 heartbeat intervals), and a live entry renewed just before such a gap stays below the lease.
+        self.gap_ms = max(1, self.lease_ms - int(1.5 * config.heartbeat.interval * 1000))
         self.renew_every = config.heartbeat.interval
         self.renewed_at = float("-inf")  # when the last renewal Redis answered was sent
         self.held: set[tuple[str, str]] = set()  # what the pool's workers hold, as the supervisor last said
@@ -532,8 +535,8 @@ class RedisSource:
             if held_back:
                 break
         if held_back and not self._holding:
-            log.info("no supervisor reached Redis for over half a lease (Redis was down, stalled or restarted, or "
-                     "every supervisor was cut off, or none ran): nothing is taken from other supervisors for "
+            log.info("no supervisor renewed its lease in Redis for a while (Redis was down, stalled or restarted, "
+                     "or every supervisor was cut off, or none ran): nothing is taken from other supervisors for "
                      "%.1fs, so each renews what it holds first", held_back / 1000)
         self._holding = bool(held_back)
         if claimed:
