@@ -418,8 +418,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              (f"{T_SUPV}::test_external_heartbeats_are_recorded_in_status_not_handled",),
              "[heartbeat] interval: status.json writes"),
     Mutation("heartbeat-miss-limit-ignored", SUP,
-             "            if silent > hb.miss_limit * hb.interval:",
-             "            if silent > 1000 * hb.interval:",
+             "            silence_limit = hb.miss_limit * hb.interval\n",
+             "            silence_limit = 1000 * hb.interval\n",
              (f"{T_SUPV}::test_health_follows_supervisor_and_stopped_worker",),
              "[heartbeat] miss_limit"),
     # -- [ack] ----------------------------------------------------------------------------------------------
