@@ -701,8 +701,13 @@ class Supervisor:
             if worker.stop_reason is StopReason.DRAIN:
                 self.kill_worker(worker, StopReason.DRAIN, "shutdown grace ran out")
                 continue
+            silence_limit = hb.miss_limit * hb.interval
+            if now - worker.last_heartbeat > silence_limit:
+                # Its heartbeats may wait unread in its pipe: the loop itself was held up (stopped and continued,
+                # the wait after came back empty: an interrupted epoll past its deadline). Read them first.
+                self.read_leftovers(worker)
             silent = now - worker.last_heartbeat
-            if silent > hb.miss_limit * hb.interval:
+            if silent > silence_limit:
                 self.kill_worker(worker, StopReason.HUNG, f"no heartbeat for {silent:.1f}s")
                 continue
             current, started = worker.current()

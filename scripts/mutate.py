@@ -97,6 +97,8 @@ R_SOURCE = "ipcpool/transport/redis/source.py"
 R_CONN = "ipcpool/transport/redis/connection.py"
 R_OUTBOX = "ipcpool/transport/redis/outbox.py"
 R_STORE = "ipcpool/transport/redis/store.py"
+R_SCRIPTS = "ipcpool/transport/redis/scripts.py"
+R_INGEST = "ipcpool/transport/redis/ingest.py"
 
 T_LOST = "tests/test_lost_events.py"
 T_LIVE = "tests/test_live_config.py"
@@ -109,6 +111,7 @@ T_DUR = "tests/test_durability.py"
 T_RETRY = "tests/test_retry.py"
 T_OPER = "tests/test_operating.py"
 T_REDIS = "tests/test_redis.py"
+T_TRANSPORTS = "tests/test_transports.py"
 T_HTTP = "tests/test_http.py"
 T_RELOAD = "tests/test_reload.py"
 T_JSONLOG = "tests/test_json_logs.py"
@@ -421,8 +424,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              (f"{T_SUPV}::test_external_heartbeats_are_recorded_in_status_not_handled",),
              "[heartbeat] interval: status.json writes"),
     Mutation("heartbeat-miss-limit-ignored", SUP,
-             "            if silent > hb.miss_limit * hb.interval:",
-             "            if silent > 1000 * hb.interval:",
+             "            silence_limit = hb.miss_limit * hb.interval\n",
+             "            silence_limit = 1000 * hb.interval\n",
              (f"{T_SUPV}::test_health_follows_supervisor_and_stopped_worker",),
              "[heartbeat] miss_limit"),
     # -- [ack] ----------------------------------------------------------------------------------------------
@@ -580,6 +583,79 @@ MUTATIONS: tuple[Mutation, ...] = (
              "               redis.exceptions.OutOfMemoryError, OSError)", "               OSError)",
              (f"{T_REDIS}::test_a_full_redis_holds_the_ack_runs_no_handler_twice_and_carries_on",),
              "a full Redis is waited out like an outage"),
+    # -- Redis outages, completions kept, the bridge, consumer names (issue 23, items 5-8) -----------------------
+    Mutation("redis-reclaim-not-held-after-an-outage", R_SCRIPTS,
+             "if hold > 0 then return {'hold', hold} end", "if false then return {'hold', hold} end",
+             (f"{T_REDIS}::test_an_outage_longer_than_the_lease_hands_no_live_work_to_another_supervisor",
+              f"{T_REDIS}::test_a_redis_stalled_longer_than_the_lease_hands_no_live_work_to_another_supervisor"),
+             "after an outage of everyone no supervisor reclaims for a lease: each renews its own first"),
+    Mutation("redis-renewals-do-not-tick", R_SOURCE,
+             "        self.scripts.tick(keys=[self.keys.alive, self.keys.reclaim_hold], args=[self.gap_ms, "
+             "self.lease_ms],\n                          client=pipe)\n",
+             "",
+             (f"{T_REDIS}::test_a_dead_supervisors_whole_backlog_is_taken_over_in_one_pass",),
+             "every renewal says Redis was reached: a live cluster's reclaims are never held back"),
+    Mutation("redis-supervisor-back-off-uncapped", R_SOURCE,
+             '        self.outage = Outage(config, "supervisor", cap=config.redis.lease / 4)',
+             '        self.outage = Outage(config, "supervisor")',
+             (f"{T_REDIS}::test_a_supervisor_is_back_within_a_quarter_lease_of_redis_however_long_it_was_away",),
+             "a supervisor is back within a quarter lease of Redis, well within the held lease"),
+    Mutation("redis-no-renewal-first-after-a-stall", R_SOURCE,
+             "            if self.outage.down or now - self.renewed_at > 2 * self.renew_every:\n",
+             "            if False:\n",
+             (f"{T_REDIS}::test_a_supervisor_frozen_past_its_lease_never_starts_what_it_had_queued_and_lost",),
+             "back from an outage or a stall, a supervisor renews before it hands anything out"),
+    Mutation("redis-lost-entry-still-handed-out", R_SOURCE,
+             "        self.queue.pop(key, None)\n        self.later.pop(key, None)\n",
+             "",
+             (f"{T_REDIS}::test_a_supervisor_frozen_past_its_lease_never_starts_what_it_had_queued_and_lost",),
+             "an entry another supervisor took is never handed out here again"),
+    Mutation("redis-lost-lease-said-every-heartbeat", R_SOURCE,
+             ("*self.pending_work} - self.lost:", "        if key in self.lost:\n            return\n"),
+             ("*self.pending_work}:", ""),
+             (f"{T_REDIS}::test_a_supervisor_that_lost_its_lease_says_so_once_and_finishes_late",),
+             "a lost lease is logged once, not at every heartbeat while the late handler runs"),
+    Mutation("redis-kept-completions-not-on-disk", R_SOURCE,
+             "            self.pending_work[key] = info\n            self.journal.save(self.pending_work)\n",
+             "            self.pending_work[key] = info\n",
+             (f"{T_REDIS}::test_an_ack_held_through_an_outage_survives_a_drain_and_a_restart",),
+             "an ack kept through an outage is kept on the local root across a drain"),
+    Mutation("redis-kept-completions-not-read-at-start", R_SOURCE,
+             "        self.pending_work.update(self.journal.load())\n",
+             "        self.journal.load()\n",
+             (f"{T_REDIS}::test_an_ack_held_through_an_outage_survives_a_drain_and_a_restart",),
+             "a start finishes the completions a previous run kept before it takes work"),
+    Mutation("redis-bridge-ignores-a-namesake-in-flight", R_SCRIPTS,
+             "  if redis.call('EXISTS', KEYS[2]) == 1 then return {'busy'} end\n",
+             "",
+             (f"{T_REDIS}::test_a_file_dropped_again_under_its_name_while_it_runs_waits_then_is_skipped_as_a_duplicate",),
+             "a file dropped again under its name waits for its namesake, then meets its ack (Redis)"),
+    Mutation("redis-bridge-sends-undecodable-files", R_INGEST,
+             "                decode(result.data, fmt)\n",
+             "                pass\n",
+             (f"{T_TRANSPORTS}::test_a_file_written_in_place_is_handled_once_whole_and_never_half[redis]",
+              f"{T_REDIS}::test_a_local_file_that_never_decodes_is_quarantined_locally_once_settled"),
+             "guarantee 1 on Redis: the bridge never sends on a file that does not decode"),
+    Mutation("redis-bridge-does-not-wait-for-a-file-to-settle", R_INGEST,
+             "                if -FUTURE_MTIME_SLACK < time.time() - result.mtime < settle:\n",
+             "                if False:\n",
+             (f"{T_TRANSPORTS}::test_a_file_written_in_place_is_handled_once_whole_and_never_half[redis]",),
+             "guarantee 1 on Redis: a file still being written waits for settle_time"),
+    Mutation("redis-finished-entry-called-lost", R_SCRIPTS,
+             "  if pending[1] then\n    if pending[1][2] == ARGV[2] then\n",
+             "  if true then\n    if pending[1] and pending[1][2] == ARGV[2] then\n",
+             (f"{T_REDIS}::test_a_busy_supervisor_alone_never_says_it_lost_a_lease",),
+             "an entry its own worker just finished is no lost lease (no false alarms under load)"),
+    Mutation("supervisor-judges-hung-without-reading-its-pipe", SUP,
+             "                self.read_leftovers(worker)\n            silent = now - worker.last_heartbeat\n",
+             "                pass\n            silent = now - worker.last_heartbeat\n",
+             (f"{T_SUPV}::test_a_supervisor_stopped_and_continued_does_not_take_its_working_workers_for_hung",),
+             "a supervisor stopped and continued reads its workers' heartbeats before it calls one hung"),
+    Mutation("redis-consumer-named-by-host-and-path", R_SOURCE,
+             '    return f"{socket.gethostname()}:{token}"',
+             '    return f"{socket.gethostname()}:{os.path.abspath(root)}"',
+             (f"{T_REDIS}::test_two_containers_with_one_host_name_and_root_path_never_take_each_others_work",),
+             "no two supervisors share a consumer name; a restart in place takes back its own"),
     # -- [handlers], [groups.*] ------------------------------------------------------------------------------
     Mutation("handler-types-ignored", HANDLERS,
              "        handler = self._handlers.get(message.type)\n", "        handler = None\n",

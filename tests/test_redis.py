@@ -7,7 +7,10 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -17,7 +20,7 @@ from typing import Any
 import psutil
 import pytest
 import redis
-from conftest import SupervisorProcess, ipcpool_cli, records, wait_until, write_config
+from conftest import SupervisorProcess, ipcpool_cli, kill_session, records, wait_until, write_config
 from redis_server import RedisServer
 
 from ipcpool import AsyncClient, Client, MessageExists, MessageFailed, QueueFull, TransportUnavailable
@@ -88,6 +91,19 @@ def test_a_handler_three_times_longer_than_the_lease_runs_once_on_one_host(tmp_p
     assert "reclaimed" not in a.log() + b.log(), "no supervisor took what a live one held"
 
 
+def test_a_busy_supervisor_alone_never_says_it_lost_a_lease(tmp_path, env, redis_url, redis_prefix, hosts):
+    """A renewal races the workers' reports: an entry its own worker has just completed (acknowledged, not yet
+    reported) is no longer pending. That is no lost lease: only an entry another consumer holds is."""
+    config = _host(tmp_path, "h", redis_url, redis_prefix, log={"messages": False})
+    sup = _start(tmp_path, env, config, "h", hosts)
+    with Client.from_config(config) as client:
+        ids = [client.send("main", "task", {"n": i}, requires_ack=True) for i in range(5000)]
+        wait_until(lambda: client.is_acked("main", ids[-1]) and client.outbox.depth("main") == 0, 120,
+                   message="the burst handled")
+    assert sup.stop() == 0
+    assert "lost the lease" not in sup.log()
+
+
 def test_delivery_counts_are_kept_in_redis_and_go_on_on_another_host(tmp_path, redis_url, redis_prefix):
     """A consumer records a delivery that killed a worker, then stops renewing (dies); another
     reclaims the entry after the lease and knows it is the second delivery."""
@@ -109,8 +125,9 @@ def test_delivery_counts_are_kept_in_redis_and_go_on_on_another_host(tmp_path, r
         b.open()
         b.want(10)
         b.next_reclaim = 0.0
-        wait_until(lambda: (b.poll(time.monotonic()), setattr(b, "next_reclaim", 0.0), b.backlog())[2], 20,
-                   message="b reclaims it once a's lease lapsed")
+        wait_until(lambda: (b.poll(time.monotonic()), b.renew(()), setattr(b, "next_reclaim", 0.0),
+                            b.backlog())[3], 20, message="b (alive: it renews, as at each heartbeat) reclaims it "
+                                                         "once a's lease lapsed")
         ((_g, ref_b, deliveries_b),) = b.take(10)
         assert ref_b == ref and deliveries_b == 2, "the count went on on the other host"
     finally:
@@ -480,3 +497,344 @@ def test_queue_full_and_a_different_message_under_a_queued_name(tmp_path, redis_
         client.send("main", "task", {"n": 3})
         with pytest.raises(QueueFull):
             client.send("main", "task", {"n": 4})
+
+
+# -- outages longer than the lease -------------------------------------------------------------------------------
+
+
+def _two_hosts_holding_gated_work(tmp_path: Path, env: dict[str, str], url: str, prefix: str,
+                                  hosts: list[SupervisorProcess], gate: Path
+                                  ) -> tuple[SupervisorProcess, SupervisorProcess, list[str]]:
+    """Host a (2 workers) runs two gated handlers, host b (4 workers) two more and has two idle workers:
+    whichever of them takes the other's entries has a free worker for them, or logs the loss on renewal."""
+    extra: dict[str, dict[str, Any]] = {"redis": {"lease": 2.0}, "heartbeat": {"interval": 0.25}}
+    pool = {"prefetch": 1, "handler_timeout": 120.0}
+    a = _start(tmp_path, env, _host(tmp_path, "a", url, prefix, pool={"workers": 2, **pool}, **extra), "a", hosts)
+    ids: list[str] = []
+    with Client.from_config(tmp_path / "a" / "c.toml") as client:
+        ids += [client.send("main", "task", {"gate": str(gate), "n": n}, requires_ack=True) for n in range(2)]
+        wait_until(lambda: len(records(tmp_path)) == 2, 30, message="host a running two handlers")
+        admin = _raw(url)  # a read a issued while it had room would take the next message and sit on it
+        wait_until(lambda: admin.info("clients")["blocked_clients"] == 0, 30, message="host a reading no more")
+        b = _start(tmp_path, env, _host(tmp_path, "b", url, prefix, pool={"workers": 4, **pool}, **extra), "b", hosts)
+        ids += [client.send("main", "task", {"gate": str(gate), "n": n}, requires_ack=True) for n in (2, 3)]
+        wait_until(lambda: len(records(tmp_path)) == 4, 30, message="host b running two more")
+    running = {r["pid"] for r in records(tmp_path)}
+    assert running & set(_workers(a)) and running & set(_workers(b)), "each host holds running entries"
+    return a, b, ids
+
+
+def _lost_lines(log: str) -> Counter[str]:
+    return Counter(line.split("entry=")[1].split(":")[0] for line in log.splitlines() if "lost the lease" in line)
+
+
+def _check_each_ran_once(tmp_path: Path, url: str, prefix: str, ids: list[str], gate: Path,
+                         sups: tuple[SupervisorProcess, ...]) -> None:
+    gate.touch()
+    admin = _raw(url)
+    wait_until(lambda: all(admin.exists(f"{prefix}:ack:main:{i}") for i in ids), 60, message="every message acked")
+    counts = Counter(r["id"] for r in records(tmp_path))
+    assert counts == Counter(ids), f"each handler ran once: {counts}"
+    for sup in sups:
+        assert "reclaimed" not in sup.log(), "nobody took entries a live supervisor held"
+        lost = _lost_lines(sup.log())
+        assert all(n == 1 for n in lost.values()), f"'lost the lease' logged at most once per entry: {lost}"
+        assert sup.stop() == 0
+
+
+def test_an_outage_longer_than_the_lease_hands_no_live_work_to_another_supervisor(tmp_path, env, private_redis,
+                                                                                   hosts):
+    """Redis killed for longer than the lease, restarted from its AOF (a failover looks the same to us):
+    both supervisors see it gone and come back at their own pace; the first one back must not take the
+    other's running entries (their idle time includes the outage), however late the other reconnects."""
+    gate = tmp_path / "gate"
+    a, b, ids = _two_hosts_holding_gated_work(tmp_path, env, private_redis.url, "out", hosts, gate)
+    private_redis.kill()
+    wait_until(lambda: "is unreachable" in a.log() and "is unreachable" in b.log(), 30,
+               message="both supervisors seeing Redis gone")
+    time.sleep(3 * 2.0)  # the outage itself: three leases long (their back-off grows meanwhile)
+    private_redis.start()
+    wait_until(lambda: "is back after" in a.log() and "is back after" in b.log(), 30, message="both back")
+    time.sleep(2 * 2.0)  # nothing to wait for: two leases in which no supervisor may take the other's entries
+    _check_each_ran_once(tmp_path, private_redis.url, "out", ids, gate, (a, b))
+
+
+def test_a_redis_stalled_longer_than_the_lease_hands_no_live_work_to_another_supervisor(tmp_path, env,
+                                                                                         private_redis, hosts):
+    """Redis SIGSTOPped for longer than the lease (a stall shorter than the socket timeout: no call fails,
+    each one just waits): every entry's idle time includes the stall, and nobody could renew."""
+    gate = tmp_path / "gate"
+    a, b, ids = _two_hosts_holding_gated_work(tmp_path, env, private_redis.url, "stall", hosts, gate)
+    assert private_redis.proc is not None
+    private_redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(2.5 * 2.0)  # the stall itself: longer than the lease
+    finally:
+        private_redis.proc.send_signal(signal.SIGCONT)
+    time.sleep(2 * 2.0)  # nothing to wait for: two leases in which no supervisor may take the other's entries
+    _check_each_ran_once(tmp_path, private_redis.url, "stall", ids, gate, (a, b))
+
+
+def test_a_supervisor_that_lost_its_lease_says_so_once_and_finishes_late(tmp_path, env, private_redis, hosts):
+    """Host a's supervisor is frozen (SIGSTOP) past the lease while its worker runs a handler: host b takes
+    the entry over, as a lease means. When a thaws, its renewal finds the entry gone: that is logged once,
+    not at every heartbeat while a's handler runs on, and a's late completion harms nothing."""
+    url, gate = private_redis.url, tmp_path / "gate"
+    extra: dict[str, dict[str, Any]] = {"redis": {"lease": 2.0}, "heartbeat": {"interval": 0.25}}
+    pool = {"prefetch": 1, "handler_timeout": 120.0}
+    a = _start(tmp_path, env, _host(tmp_path, "a", url, "late", pool={"workers": 1, **pool}, **extra), "a", hosts)
+    admin = _raw(url)
+    with Client.from_config(tmp_path / "a" / "c.toml") as client:
+        message_id = client.send("main", "task", {"gate": str(gate)}, requires_ack=True)
+    wait_until(lambda: len(records(tmp_path)) == 1, 30, message="host a running it")
+    wait_until(lambda: admin.info("clients")["blocked_clients"] == 0, 30, message="host a reading no more")
+    b = _start(tmp_path, env, _host(tmp_path, "b", url, "late", pool={"workers": 2, **pool}, **extra), "b", hosts)
+    a.signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: "reclaimed 1 messages" in b.log(), 30, message="host b taking the entry over")
+    finally:
+        a.signal(signal.SIGCONT)
+    wait_until(lambda: "lost the lease" in a.log(), 30, message="host a finding it lost")
+    said = time.time()
+    wait_until(lambda: (a.status() or {}).get("writtenAt", 0) > said + 8 * 0.25, 30,
+               message="eight more heartbeats of host a, its handler still running")
+    assert len(_lost_lines(a.log())) == 1 and sum(_lost_lines(a.log()).values()) == 1, a.log()
+    gate.touch()
+    wait_until(lambda: admin.exists(f"late:ack:main:{message_id}"), 30, message="acked")
+    wait_until(lambda: [r["id"] for r in records(tmp_path)] == [message_id] * 2, 30,
+               message="both handlers done: a's, and b's after it took the entry over")
+    wait_until(lambda: admin.xlen("late:stream:main") == 0, 30, message="the entry gone")
+    assert a.stop() == 0 and b.stop() == 0
+    assert sum(_lost_lines(a.log()).values()) == 1, "still once after the late completion"
+
+
+# -- completions kept through a drain ---------------------------------------------------------------------------
+
+
+def test_an_ack_held_through_an_outage_survives_a_drain_and_a_restart(tmp_path, env, private_redis, hosts):
+    """A handler finishes while Redis is down: its completion is kept. The supervisor is then drained
+    (SIGTERM, exit 0) before Redis is back. Redis and the supervisor come back: the completion is finished
+    from what the drain kept on the local root, the handler does not run again."""
+    gate = tmp_path / "gate"
+    config = _host(tmp_path, "h", private_redis.url, "kept", pool={"workers": 1, "handler_timeout": 120.0})
+    sup = _start(tmp_path, env, config, "h", hosts)
+    with Client.from_config(config) as client:
+        message_id = client.send("main", "task", {"gate": str(gate)}, requires_ack=True)
+    wait_until(lambda: len(records(tmp_path)) == 1, 30, message="the handler running")
+    private_redis.kill()
+    wait_until(lambda: "is unreachable" in sup.log(), 30, message="the outage seen")
+    gate.touch()
+    wait_until(lambda: "its ACK cannot be written" in sup.log(), 30, message="the ack held")
+    wait_until(lambda: "Redis did not take its ACK: kept" in sup.log(), 30, message="the supervisor keeping it")
+    assert sup.stop() == 0 and "stopped (drained)" in sup.log()
+    journal = tmp_path / "h" / "ipc" / ".ipcpool" / "redis-unfinished.json"
+    assert message_id in journal.read_text(), "the drain kept the completion on the local root"
+    private_redis.start()
+    again = _start(tmp_path, env, config, "h", hosts)
+    admin = _raw(private_redis.url)
+    wait_until(lambda: admin.exists(f"kept:ack:main:{message_id}"), 30, message="the kept ack written")
+    wait_until(lambda: admin.xlen("kept:stream:main") == 0, 30, message="the entry completed")
+    assert "could not finish in Redis were kept" in again.log_since_start()
+    assert [r["id"] for r in records(tmp_path)] == [message_id], "the handler ran once"
+    assert not journal.exists(), "nothing left to finish"
+    assert again.stop() == 0
+
+
+# -- files dropped into a supervisor's inbox (the bridge) -------------------------------------------------------
+
+
+def _drop_watched(inbox: Path, name: str, body: bytes) -> int:
+    """Publish like any writer (tmp/, then rename into the inbox); returns a descriptor on the file, so the
+    test can tell when the supervisor has moved it (a rename changes its ctime) or removed it (no links)."""
+    staged = inbox.parent / "tmp" / f".{name}.part"
+    staged.write_bytes(body)
+    fd = os.open(staged, os.O_RDONLY)
+    os.rename(staged, inbox / name)
+    return fd
+
+
+def _moved_since(fd: int, ctime_ns: int) -> bool:
+    st = os.fstat(fd)
+    return st.st_nlink == 0 or st.st_ctime_ns != ctime_ns
+
+
+def test_a_file_dropped_again_under_its_name_while_it_runs_waits_then_is_skipped_as_a_duplicate(
+        tmp_path, env, redis_url, redis_prefix, hosts):
+    """The same script as the spool's guarantee 3: job-1.json dropped, and dropped again while its handler
+    runs. The second is not handed to a second handler meanwhile; after the first's ack it is a duplicate."""
+    config = _host(tmp_path, "h", redis_url, redis_prefix, pool={"workers": 2, "prefetch": 1,
+                                                                 "handler_timeout": 120.0})
+    sup = _start(tmp_path, env, config, "h", hosts)
+    inbox, gate = tmp_path / "h" / "ipc" / "main" / "messages", tmp_path / "gate"
+    body = json.dumps({"id": "job-1", "type": "task", "payload": {"gate": str(gate)}, "requiresAck": True}).encode()
+    os.close(_drop_watched(inbox, "job-1.json", body))
+    wait_until(lambda: len(records(tmp_path)) == 1, 30, message="the first copy running")
+    fd = _drop_watched(inbox, "job-1.json", body)
+    try:
+        dropped = os.fstat(fd).st_ctime_ns
+        wait_until(lambda: _moved_since(fd, dropped), 30, message="the supervisor taking up the second copy")
+        wait_until(lambda: os.fstat(fd).st_nlink == 0 or (inbox / "job-1.json").exists(), 30,
+                   message="the second copy sent on, or put back to wait")
+    finally:
+        os.close(fd)
+    gate.touch()
+    wait_until(lambda: "Duplicate IPC message skipped (already acked) id=job-1" in sup.log()
+               or len(records(tmp_path)) > 1, 30, message="the second copy skipped")
+    assert [r["id"] for r in records(tmp_path)] == ["job-1"], "the handler ran once"
+    assert "Duplicate IPC message skipped (already acked) id=job-1" in sup.log()
+    wait_until(lambda: not os.listdir(inbox), 30, message="the inbox empty")
+    assert _raw(redis_url).exists(f"{redis_prefix}:ack:main:job-1")
+    assert sup.stop() == 0
+
+
+def test_a_local_file_that_never_decodes_is_quarantined_locally_once_settled(tmp_path, env, redis_url,
+                                                                             redis_prefix, hosts):
+    """It may still be being written until it has not changed for settle_time: then it is refused here, in
+    the local errors/ with the reason, never sent on to the cluster."""
+    config = _host(tmp_path, "h", redis_url, redis_prefix, spool={"settle_time": 0.5})
+    sup = _start(tmp_path, env, config, "h", hosts)
+    group = tmp_path / "h" / "ipc" / "main"
+    (group / "tmp" / "broken.json").write_text('{"id": "broken", "type": "task", "payl')
+    dropped = time.time()
+    os.rename(group / "tmp" / "broken.json", group / "messages" / "broken.json")
+    (record,) = wait_until(lambda: list((group / "errors").glob("*broken.json.error.json")), 30,
+                           message="the file refused locally")
+    assert record.stat().st_mtime - dropped >= 0.5, "not before it had settled"
+    assert "invalid JSON" in json.loads(record.read_text())["reason"]
+    assert record.with_name(record.name.removesuffix(".error.json")).read_text().endswith('"payl')
+    assert "local file refused, not sent to Redis group=main file=broken.json: invalid JSON" in sup.log()
+    raw = _raw(redis_url)
+    assert raw.xlen(f"{redis_prefix}:dead:main") == 0 and raw.xlen(f"{redis_prefix}:stream:main") == 0
+    assert sup.stop() == 0
+
+
+# -- consumer names ------------------------------------------------------------------------------------------
+
+
+class ContainerSupervisor(SupervisorProcess):
+    """``ipcpool run`` as in a container: in a mount namespace of its own, its volume bind-mounted at a
+    path every such supervisor shares (the Dockerfile's /data/ipc), on the same host name."""
+
+    def __init__(self, config: Path, cwd: Path, env: dict[str, str], log_path: Path, volume: Path,
+                 mount_point: Path) -> None:
+        super().__init__(config, cwd, env, log_path)
+        self.volume, self.mount_point = volume, mount_point
+
+    def start(self, *, wait_ready: bool = True, timeout: float = 30.0) -> SupervisorProcess:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._offset = self.log_path.stat().st_size
+        script = 'mount --bind "$1" "$2" && exec "$3" -m ipcpool run --config "$4"'
+        self.proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(self.volume),
+             str(self.mount_point), sys.executable, str(self.config)],
+            cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        if wait_ready:
+            wait_until(lambda: "Enhanced IPC system started" in self.log_since_start() or self.proc.poll() is not None,
+                       timeout, message="Enhanced IPC system started")
+            assert self.proc.poll() is None, f"supervisor exited early:\n{self.log()}"
+        return self
+
+
+def _mount_namespaces() -> None:
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs mount namespaces (unshare --mount: root, or CAP_SYS_ADMIN) to give two supervisors "
+                    "one root path on two volumes")
+
+
+def test_two_containers_with_one_host_name_and_root_path_never_take_each_others_work(tmp_path, env, private_redis,
+                                                                                   hosts):
+    """Two containers with a fixed host name and the image's one root path, each on a volume of its own:
+    restarting one must not take the entries the other's live workers hold; restarting the holder in place
+    (SIGKILLed, same volume) takes back its own at once."""
+    _mount_namespaces()
+    url, gate = private_redis.url, tmp_path / "gate"
+    mount_point = tmp_path / "data"
+    mount_point.mkdir()
+    extra = {"pool": {"workers": 2, "prefetch": 1, "handler_timeout": 120.0}, "redis": {"lease": 30.0}}
+    root = mount_point / "ipc"  # the same path in both containers
+    config = write_config(tmp_path / "c.toml", root, sections=_sections(url, "twins", **extra))
+    volumes = {name: tmp_path / f"volume-{name}" for name in "ab"}
+
+    def container(name: str) -> ContainerSupervisor:
+        volumes[name].mkdir(exist_ok=True)
+        sup = ContainerSupervisor(config, tmp_path, env, tmp_path / f"{name}.log", volumes[name], mount_point)
+        hosts.append(sup)
+        return sup
+
+    a, b = container("a").start(), container("b").start()
+    with Client.from_config(_host(tmp_path, "sender", url, "twins")) as client:
+        message_id = client.send("main", "task", {"gate": str(gate)}, requires_ack=True)
+    (first,) = wait_until(lambda: records(tmp_path), 30, message="the handler running")
+    holder, other = (a, b) if first["pid"] in _workers(a) else (b, a)
+    name = "a" if holder is a else "b"
+    assert other.stop() == 0
+    restarted = container("b" if name == "a" else "a").start()
+    assert "Recovered" not in restarted.log_since_start(), "the restarted container took the other's live entry"
+    assert "1 messages queued at start" not in restarted.log_since_start()
+    kill_session(holder.pid)
+    holder.wait(10)
+    again = container(name).start()
+    wait_until(lambda: "Recovered 1 messages this supervisor held before its restart" in again.log_since_start(), 30,
+               message="the holder, restarted in place, taking back its own at once")
+    gate.touch()
+    admin = _raw(url)
+    wait_until(lambda: admin.exists(f"twins:ack:main:{message_id}"), 30, message="acked")
+    deliveries = [r for r in records(tmp_path) if r["id"] == message_id]
+    assert len(deliveries) == 2 and deliveries[0]["pid"] == first["pid"], \
+        "run by the holder, then (it was SIGKILLed mid-handler) once more by the holder restarted in place"
+    assert restarted.stop() == 0 and again.stop() == 0
+
+
+def test_a_supervisor_is_back_within_a_quarter_lease_of_redis_however_long_it_was_away(tmp_path, env,
+                                                                                        private_redis, hosts):
+    """After an outage of everyone no supervisor reclaims for one lease, in which each renews its own: each
+    must be back by then, so its back-off between attempts is at most a quarter lease, not 5 s."""
+    config = _host(tmp_path, "h", private_redis.url, "quarter", redis={"lease": 2.0})
+    sup = _start(tmp_path, env, config, "h", hosts)
+    private_redis.kill()
+    wait_until(lambda: "is unreachable" in sup.log(), 30, message="the outage seen")
+    time.sleep(7.0)  # the outage itself: long enough for an uncapped back-off to reach its 5 s steps
+    private_redis.start()
+    back = time.monotonic()
+    wait_until(lambda: "is back after" in sup.log(), 30, interval=0.01, message="the supervisor back")
+    assert time.monotonic() - back < 0.5 + 0.5, "back within a quarter lease (0.5 s), and a little"
+    assert sup.stop() == 0
+
+
+def test_a_supervisor_frozen_past_its_lease_never_starts_what_it_had_queued_and_lost(tmp_path, env, private_redis,
+                                                                                     hosts):
+    """Host a took over a dead host's entry while its one worker was busy, so it waits in a's queue. Host a
+    is then frozen past the lease (its worker finishes meanwhile) and host b takes the entry over. When a
+    thaws, with a free worker, it renews before it hands anything out: it finds the entry gone and leaves
+    it to b, instead of starting it beside b's run."""
+    url, prefix = private_redis.url, "frozen"
+    gates = {n: tmp_path / f"gate-{n}" for n in (1, 2)}
+    pool = {"prefetch": 1, "handler_timeout": 120.0}
+    admin = _raw(url)
+    stream = f"{prefix}:stream:main"
+    admin.xgroup_create(stream, "ipcpool", id="0", mkstream=True)
+    with Client.from_config(_host(tmp_path, "sender", url, prefix)) as client:
+        queued = client.send("main", "task", {"gate": str(gates[2])}, requires_ack=True)
+        assert len(admin.xreadgroup("ipcpool", "dead-host:0123456789abcdef", {stream: ">"})[0][1]) == 1
+        a = _start(tmp_path, env, _host(tmp_path, "a", url, prefix, pool={"workers": 1, **pool}), "a", hosts)
+        running = client.send("main", "task", {"gate": str(gates[1])}, requires_ack=True)
+    wait_until(lambda: [r["id"] for r in records(tmp_path)] == [running], 30, message="host a running one")
+    wait_until(lambda: "reclaimed 1 messages" in a.log(), 30, message="host a taking over the dead host's entry")
+    b = _start(tmp_path, env, _host(tmp_path, "b", url, prefix, pool={"workers": 2, **pool}), "b", hosts)
+    a.signal(signal.SIGSTOP)
+    try:
+        gates[1].touch()  # a's worker (not frozen) finishes and reports to its frozen supervisor
+        wait_until(lambda: admin.exists(f"{prefix}:ack:main:{running}"), 30, message="the running one acked")
+        wait_until(lambda: "reclaimed 1 messages" in b.log(), 30, message="host b taking over a's queued entry")
+        wait_until(lambda: [r["id"] for r in records(tmp_path)] == [running, queued], 30, message="b running it")
+    finally:
+        a.signal(signal.SIGCONT)
+    wait_until(lambda: "lost the lease" in a.log(), 30, message="host a finding it lost")
+    assert "it is left to that one" in a.log(), "found lost before it was handed to a's free worker"
+    assert sum(_lost_lines(a.log()).values()) == 1, "only that one: the one a's worker finished is not lost"
+    gates[2].touch()
+    wait_until(lambda: admin.exists(f"{prefix}:ack:main:{queued}"), 30, message="acked")
+    assert [r["id"] for r in records(tmp_path)] == [running, queued], "b's run the only one"
+    assert a.stop() == 0 and b.stop() == 0
+    assert [r["id"] for r in records(tmp_path)] == [running, queued]

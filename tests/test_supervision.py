@@ -7,12 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import records, wait_until, write_config
+from conftest import acked, records, wait_until, write_config
 
 from ipcpool import Client
 
@@ -190,6 +191,33 @@ def test_health_follows_supervisor_and_stopped_worker(tmp_path, root, env, super
     wait_until(lambda: not [p for p in sup.worker_pids() if psutil.pid_exists(p)
                             and psutil.Process(p).status() != psutil.STATUS_ZOMBIE], 20,
                message="orphaned workers gone")
+
+
+def test_a_supervisor_stopped_and_continued_does_not_take_its_working_workers_for_hung(tmp_path, root,
+                                                                                       supervisor_factory):
+    """Ctrl-Z then fg, or SIGSTOP and SIGCONT: the workers kept beating meanwhile, their heartbeats wait in
+    the pipes. The supervisor must read them before it judges anyone hung, not kill the worker running a
+    handler (and count that delivery against its message)."""
+    config = write_config(tmp_path / "c.toml", root, sections={"pool": {"workers": 1, "handler_timeout": 120.0}})
+    sup = supervisor_factory(config)
+    gate = tmp_path / "gate"
+    with Client(root) as client:
+        message_id = client.send("main", "task", {"gate": str(gate)}, requires_ack=True)
+    wait_until(lambda: records(tmp_path), 20, message="the handler running")
+    sup.signal(signal.SIGSTOP)
+    try:
+        frozen = wait_until(lambda: psutil.Process(sup.pid).status() == psutil.STATUS_STOPPED and time.time(), 10,
+                            message="the supervisor stopped")
+        time.sleep(3 * 4 * 0.25)  # the stop itself: three times as long as miss_limit x interval
+    finally:
+        sup.signal(signal.SIGCONT)
+    wait_until(lambda: (sup.status() or {}).get("writtenAt", 0) > frozen + 3 * 4 * 0.25 + 4 * 0.25, 20,
+               message="four heartbeat intervals of the supervisor after it was continued")
+    assert "killing worker" not in sup.log() and "died" not in sup.log()
+    gate.touch()
+    wait_until(lambda: acked(root, [message_id]), 20, message="acked")
+    assert [r["id"] for r in records(tmp_path)] == [message_id], "one delivery, not retried"
+    assert sup.stop() == 0
 
 
 @pytest.mark.portable

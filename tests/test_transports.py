@@ -9,10 +9,12 @@ the only difference.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from typing import Any
 
 import pytest
+import redis
 from conftest import backend_config as _config
 from conftest import ipcpool_cli, records, wait_until, write_config
 
@@ -141,6 +143,42 @@ def test_a_file_dropped_in_the_local_inbox_is_handled_once(tmp_path, root, backe
                not [p for p in (root / "main" / "processing").iterdir() if p.is_file()], 30, message="files gone")
     sup.stop()
     assert len(records(tmp_path)) == 2
+
+
+def test_a_file_written_in_place_is_handled_once_whole_and_never_half(tmp_path, root, backend, supervisor_factory):
+    """Guarantee 1 for a direct writer: it opens messages/x.json itself and writes half of the body; the
+    supervisor sees the file (it moves it: its ctime changes) while half of it is there; then the rest is
+    written and the file closed. The message is handled once, whole, and nothing is quarantined."""
+    config = _config(tmp_path, root, backend, spool={"settle_time": 2.0})
+    sup = supervisor_factory(config)
+    body = json.dumps({"id": "in-place", "type": "task", "payload": {"text": "x" * 4000},
+                       "requiresAck": True}).encode()
+    path = root / "main" / "messages" / "in-place.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, body[:len(body) // 2])
+        half = os.fstat(fd).st_ctime_ns
+        wait_until(lambda: (st := os.fstat(fd)).st_nlink == 0 or st.st_ctime_ns != half, 30,
+                   message="the supervisor taking up the half-written file")
+        wait_until(lambda: os.fstat(fd).st_nlink == 0 or path.exists(), 30,
+                   message="the half-written file put back (or, wrongly, sent on)")
+        os.write(fd, body[len(body) // 2:])
+    finally:
+        os.close(fd)
+    dead = ([redis.Redis.from_url(backend["redis"]["url"]), f"{backend['redis']['prefix']}:dead:main"]
+            if backend else None)
+
+    def quarantined() -> list[str]:
+        local = [p.name for p in (root / "main" / "errors").iterdir() if p.is_file()]
+        return local + ([str(e[0]) for e in dead[0].xrange(dead[1])] if dead else [])
+
+    wait_until(lambda: records(tmp_path) or quarantined(), 30, message="the message handled (or quarantined)")
+    assert quarantined() == [], "nothing partial was processed"
+    (record,) = records(tmp_path)
+    assert record["id"] == "in-place" and record["payload"] == {"text": "x" * 4000}, "handled whole"
+    wait_until(lambda: not path.exists(), 30, message="the file gone")
+    assert sup.stop() == 0
+    assert len(records(tmp_path)) == 1 and quarantined() == []
 
 
 def test_the_original_api_on_either_transport(tmp_path, root, backend):

@@ -161,9 +161,10 @@ def where(config: Config) -> str:
 class Outage:
     """Tracks one connection's outages: one line when Redis goes away, one when it is back."""
 
-    def __init__(self, config: Config, who: str) -> None:
+    def __init__(self, config: Config, who: str, *, cap: float = RETRY_MAX) -> None:
         self.where = where(config)
         self.who = who
+        self.cap = min(RETRY_MAX, cap)  # the longest wait between two attempts
         self.since: float | None = None
         self.full = False  # Redis answers, but refuses writes (maxmemory): not the same fix as a dead link
         self.next_try = 0.0
@@ -184,9 +185,9 @@ class Outage:
             else:
                 log.error("Redis at %s is unreachable (%s); the %s retries with back-off and carries on when it "
                           "is back", self.where, exc, self.who)
-            self._delay = RETRY_FIRST
+            self._delay = min(RETRY_FIRST, self.cap)
         self.next_try = now + self._delay
-        self._delay = min(RETRY_MAX, self._delay * 2)
+        self._delay = min(self.cap, self._delay * 2)
 
     def ok(self) -> None:
         if self.since is not None:

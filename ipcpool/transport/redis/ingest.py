@@ -9,6 +9,18 @@ restart between publishing and removing the file never publishes it twice;
 then the file is removed. A file that must not be read (a link, a FIFO, too
 large) is quarantined locally, in ``errors/``, with the reason. While Redis
 is away, files wait where they are.
+
+Nothing partial is sent on (guarantee 1): a file that does not decode while
+it changed within ``[spool] settle_time`` (a writer may still be writing it
+in place) goes back to its inbox until it has settled, as a worker puts such
+a file back on the spool; settled and still not decodable, it is quarantined
+locally, with the reason.
+
+As on the spool, a file whose name is queued or in flight in the cluster (a
+namesake dropped earlier, here or on any host, or sent under that id) waits
+in its inbox until that one is done: it is never handed to a second handler
+meanwhile, and once it is published its id meets the first one's ack. The
+same publish call says so (``busy``): one round trip per file, as before.
 """
 
 from __future__ import annotations
@@ -16,12 +28,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
 from ipcpool.config import Config
 from ipcpool.errors import InvalidMessage
-from ipcpool.message import format_for
+from ipcpool.message import decode, format_for
 from ipcpool.transport.redis.connection import UNAVAILABLE
 from ipcpool.transport.redis.keys import Keys
 from ipcpool.transport.redis.scripts import Scripts, publish
@@ -31,7 +44,8 @@ from ipcpool.transport.spool.source import SpoolSource
 log = logging.getLogger(__name__)
 
 BATCH = 256  # files moved per poll
-RETRY_LATER = 1.0  # seconds before a file Redis refused (queue full, away) is tried again
+RETRY_LATER = 1.0  # seconds before a file Redis refused (queue full, away, its name in flight) is tried again
+FUTURE_MTIME_SLACK = 1.0  # seconds an mtime may be ahead of our clock and still mean "just written" (the worker's)
 
 
 class Ingest:
@@ -44,6 +58,7 @@ class Ingest:
         self.consumer = consumer
         self.local = SpoolSource(config, clock=clock, on_hint=on_hint)
         self.moved = 0
+        self.waiting: set[tuple[str, str]] = set()  # files whose name is in flight in the cluster (said once)
 
     def open(self) -> None:
         recovered = self.local.open()
@@ -73,24 +88,48 @@ class Ingest:
                 result = spool.read_claimed(group, name)
                 st = os.stat(spool.path(group, PROCESSING, name))
             except FileNotFoundError:
+                self.waiting.discard((group, name))
                 self.local.finished(group, name, "vanished", None)
                 continue
             except InvalidMessage as exc:
+                self.waiting.discard((group, name))
                 self._refuse(group, name, str(exc))
+                continue
+            fmt = format_for(name)
+            try:
+                if fmt is None:
+                    raise InvalidMessage("unsupported file extension: use .json or .msgpack")
+                decode(result.data, fmt)
+            except InvalidMessage as exc:
+                # Still being written? Back until it has not changed for settle_time (a future mtime, from
+                # clock skew or touch -d, counts as settled, or it would wait for ever); then it is refused.
+                settle = self.config.spool.settle_time
+                if -FUTURE_MTIME_SLACK < time.time() - result.mtime < settle:
+                    self.local.requeue(group, name, later=settle, counted=False)
+                else:
+                    self.waiting.discard((group, name))
+                    self._refuse(group, name, str(exc))
                 continue
             inbox = split_name(name)[0] if "/" in name else MESSAGES
             identity = f"{name}:{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
             marker = self.keys.ingested(self.consumer, group, hashlib.sha1(identity.encode()).hexdigest())
+            stem = message_stem(name)
             try:
-                reply = publish(self.scripts, self.keys, group, identity, message_stem(name), result.data,
-                                format_for(name) or "", inbox, hashlib.sha1(result.data).hexdigest(),
+                reply = publish(self.scripts, self.keys, group, stem, stem, result.data,
+                                fmt, inbox, hashlib.sha1(result.data).hexdigest(),
                                 self.config.spool.max_queued, max(1, int(self.config.ack.retention)), marker)
             except UNAVAILABLE:
                 self.local.requeue(group, name, later=RETRY_LATER, counted=False)
                 raise
-            if reply and reply[0] == b"full":
+            verdict = reply[0] if reply else b""
+            if verdict in (b"full", b"busy"):
+                if verdict == b"busy" and (group, name) not in self.waiting:
+                    self.waiting.add((group, name))
+                    log.info("local file waits: a message named %s is queued or in flight in the cluster; it is "
+                             "sent once that one is done group=%s file=%s", stem, group, name)
                 self.local.requeue(group, name, later=RETRY_LATER, counted=False)
                 continue
+            self.waiting.discard((group, name))
             spool.complete(group, name)
             self.local.finished(group, name, "handled", None)
             self.moved += 1

@@ -13,6 +13,10 @@
     <p>:dead:<g>                     the group's dead-letter stream (m, f, s, i, r: the record)
     <p>:supervisor:<consumer>        a live supervisor's status (expires unless renewed)
     <p>:ingested:<consumer>:<g>:<file identity>   a local file already moved into the stream
+    <p>:alive                        set by every supervisor's renewal (each heartbeat), expires a little before
+                                     a lease: gone when none renewed lately (Redis down, stalled or restarted,
+                                     or every supervisor cut off)
+    <p>:reclaim-hold                 set for one lease when <p>:alive was found gone: no reclaims meanwhile
 """
 
 from __future__ import annotations
@@ -61,3 +65,11 @@ class Keys:
 
     def ingested(self, consumer: str, group: str, identity: str) -> str:
         return f"{self.p}:ingested:{consumer}:{group}:{identity}"
+
+    @property
+    def alive(self) -> str:
+        return f"{self.p}:alive"
+
+    @property
+    def reclaim_hold(self) -> str:
+        return f"{self.p}:reclaim-hold"

@@ -6,8 +6,11 @@ Their KEYS and ARGV are spelled out where they are called (``calls`` below).
   full queue (``full``); the same bytes again are the same message (``same``);
   else XADD (fields m: the bytes, f: the format, s: the stem, i: the inbox, q:
   the name it is queued under), remember the name, register the group. A
-  local file moved in (``marker``) is published once per file identity, and
-  its name is not remembered (two files may share a name, as in the spool).
+  local file moved in (``marker``) is published once per file identity
+  (``same`` for that file again), and, as the spool holds back a file whose
+  namesake is claimed, not while its name is queued or in flight (``busy``:
+  the file waits, and is published once that one is done; then its id meets
+  the ack ledger).
 - ``fetch``: a worker's batch of entries, each with whether the ack ledger
   already holds its stem (the dedupe check, answered ahead in the same trip).
 - ``complete`` (not a script: a MULTI/EXEC of fixed commands, so a worker can
@@ -19,9 +22,25 @@ Their KEYS and ARGV are spelled out where they are called (``calls`` below).
   nack (and the sender's answer), XACK, XDEL, forget the name and its deliveries.
 - ``renew``: extend the lease on entries this consumer still owns (XCLAIM to
   itself, JUSTID: the delivery counter is untouched); entries another
-  consumer took meanwhile are left alone and named in the reply.
+  consumer took meanwhile are left alone and named in the reply. An entry no
+  longer pending at all was finished (most often by its own worker, just
+  before the supervisor read that worker's report): nothing to renew, and
+  nothing lost.
 - ``release``: make entries this consumer holds claimable by anyone at once
   (a drain: what no worker started goes back to the queue).
+- ``tick``: every supervisor's every renewal: Redis was reached. ``alive``
+  expires after a *gap* (the lease less one and a half heartbeat intervals:
+  longer than renewals are ever apart, shorter than what would let a live
+  entry's idle time reach the lease); found gone, nobody reached Redis for
+  that long (it was down, stalled or restarted, or every supervisor was cut
+  off), so every entry's idle time includes a time nobody could renew it in,
+  and ``reclaim-hold`` is set for one lease.
+- ``reclaim``: one XAUTOCLAIM page of entries idle for a lease, unless
+  ``alive`` is gone (then ``reclaim-hold`` is set, as a tick would) or
+  ``reclaim-hold`` is set: after such a gap each supervisor gets a whole
+  lease to renew what it holds before anyone may take it. The check and the
+  claim are one step, so a Redis that stalls between them cannot slip a stale
+  claim through.
 """
 
 from __future__ import annotations
@@ -31,18 +50,21 @@ from typing import Any
 from ipcpool.transport.redis.keys import CONSUMER_GROUP
 
 PUBLISH = """
-local held = redis.call('GET', KEYS[2])
-if held then
-  if held == ARGV[5] then return {'same'} end
-  return {'exists'}
+if ARGV[9] == '1' then
+  if redis.call('EXISTS', KEYS[4]) == 1 then return {'same'} end
+  if redis.call('EXISTS', KEYS[2]) == 1 then return {'busy'} end
+else
+  local held = redis.call('GET', KEYS[2])
+  if held then
+    if held == ARGV[5] then return {'same'} end
+    return {'exists'}
+  end
 end
 local limit = tonumber(ARGV[6])
 if limit > 0 and redis.call('XLEN', KEYS[1]) >= limit then return {'full'} end
-if ARGV[9] == '1' then
-  if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', 86400) then return {'same'} end
-end
+if ARGV[9] == '1' then redis.call('SET', KEYS[4], '1', 'EX', 86400) end
 local id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[1], 'f', ARGV[2], 's', ARGV[3], 'i', ARGV[4], 'q', ARGV[10])
-if ARGV[9] ~= '1' then redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[7]) end
+redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[7])
 redis.call('SADD', KEYS[3], ARGV[8])
 return {'ok', id}
 """
@@ -92,13 +114,37 @@ RENEW = """
 local lost = {}
 for i = 3, #ARGV do
   local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if pending[1] and pending[1][2] == ARGV[2] then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-  else
-    table.insert(lost, ARGV[i])
+  if pending[1] then
+    if pending[1][2] == ARGV[2] then
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    else
+      table.insert(lost, ARGV[i])
+    end
   end
 end
 return lost
+"""
+
+# KEYS: alive, reclaim-hold; ARGV: the gap, a lease (ms). Returns the ms reclaims must still wait (<= 0: none).
+TICK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+return redis.call('PTTL', KEYS[2])
+"""
+
+# KEYS: alive, reclaim-hold, stream; ARGV: the gap, a lease (ms), consumer group, consumer, cursor, count.
+# Returns {'hold', ms} while reclaims wait, else {'ok', next cursor, the claimed entries' ids}. Only renewals
+# keep alive alive: a reclaim is no proof that the others could renew.
+RECLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
+local hold = redis.call('PTTL', KEYS[2])
+if hold > 0 then return {'hold', hold} end
+local reply = redis.call('XAUTOCLAIM', KEYS[3], ARGV[3], ARGV[4], ARGV[2], ARGV[5], 'COUNT', ARGV[6])
+local ids = {}
+for _, entry in ipairs(reply[2]) do
+  if entry then ids[#ids + 1] = entry[1] end
+end
+return {'ok', reply[1], ids}
 """
 
 RELEASE = """
@@ -121,6 +167,8 @@ class Scripts:
         self.quarantine = client.register_script(QUARANTINE)
         self.renew = client.register_script(RENEW)
         self.release = client.register_script(RELEASE)
+        self.tick = client.register_script(TICK)
+        self.reclaim = client.register_script(RECLAIM)
 
 
 def publish(scripts: Scripts, keys: Any, group: str, name: str, stem: str, data: bytes, fmt: str, inbox: str,

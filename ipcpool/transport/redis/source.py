@@ -6,16 +6,31 @@
   source's own epoll), so a new entry reaches a worker without polling.
 - **Leases, not visibility timeouts.** Every entry this supervisor holds
   (in a worker's hands or waiting here) is renewed each heartbeat interval
-  (``XCLAIM`` to itself, ``JUSTID``: only entries it still owns). A dead
-  supervisor's entries are reclaimed by the others with ``XAUTOCLAIM`` once
-  idle for ``[redis] lease``; nothing is locked, so a SIGKILL leaves nothing
-  held. A restarted supervisor (the same consumer name: its host and root)
-  takes back its own pending entries at once.
+  (``XCLAIM`` to itself, ``JUSTID``: only entries it still owns), and first
+  of all when it is back from an outage or a stall. A dead supervisor's
+  entries are reclaimed by the others with ``XAUTOCLAIM`` once idle for
+  ``[redis] lease``; nothing is locked, so a SIGKILL leaves nothing held. A
+  restarted supervisor (the same consumer name: its host name and a random id
+  kept on its root) takes back its own pending entries at once. An entry
+  another supervisor took is logged once, no longer renewed, and never handed
+  out here again.
+- **No reclaims after an outage of everyone.** Each renewal also ticks a key
+  that lives the lease less one and a half heartbeat intervals; a
+  supervisor's reclaim finds it gone when nobody
+  reached Redis for that long (Redis was down, stalled or restarted, or every
+  supervisor was cut off): every entry's idle time then includes a time in
+  which nobody could renew it, so no one reclaims for one lease, in which
+  each live supervisor renews its own (``scripts.RECLAIM``: the check and the
+  claim are one step). A supervisor's back-off between attempts is at most a
+  quarter lease, so each is back in time.
 - **Poison across hosts.** The deliveries that killed or hung a worker are a
   list in Redis per entry, so the count goes on wherever the entry goes.
 - **Outages.** When Redis goes away the source stops handing out entries,
   logs once, retries with back-off; what cannot be finished now (an ack, a
-  dead-lettering) is kept and finished when Redis is back.
+  dead-lettering) is kept, on the local root too (:mod:`journal`: it
+  survives a drain, a restart, a SIGKILL), and finished when Redis is back,
+  before anything new is handed out; a start finishes what a previous run kept
+  before it takes any work.
 - **Files feed the cluster.** The local root's inboxes are still watched (a
   :class:`~ipcpool.transport.spool.source.SpoolSource`); each file is moved
   into its group's stream exactly once (a marker of its identity), then removed.
@@ -23,7 +38,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -37,9 +51,11 @@ from typing import Any
 import redis.exceptions
 
 from ipcpool.config import Config
+from ipcpool.localroot import STATE_DIR
 from ipcpool.message import Summary, summarize_bytes
 from ipcpool.transport.redis.connection import UNAVAILABLE, Outage, connect
 from ipcpool.transport.redis.ingest import Ingest
+from ipcpool.transport.redis.journal import Journal
 from ipcpool.transport.redis.keys import CONSUMER_GROUP, Keys
 from ipcpool.transport.redis.scripts import Scripts, complete, quarantine
 from ipcpool.transport.redis.store import _text
@@ -51,9 +67,36 @@ RECLAIM_COUNT = 100
 RECLAIM_PAGES = 20  # pages of RECLAIM_COUNT one reclaim goes through per group
 
 
-def consumer_name(root: str) -> str:
-    """The same for a supervisor restarted on the same host and root: it takes back its own entries."""
-    return f"{socket.gethostname()}:{hashlib.sha1(os.path.abspath(root).encode()).hexdigest()[:10]}"
+CONSUMER_FILE = "consumer"  # in <root>/.ipcpool/: this root's consumer id
+
+
+def consumer_name(root: str, *, fsync: bool = False) -> str:
+    """The host name and a random id kept in ``<root>/.ipcpool/consumer``, made by the root's first start.
+
+    A supervisor restarted on its root has the same name, so it takes back its
+    own entries at once; any other root has another, whatever its path and its
+    host's name (containers with one fixed host name and the image's root path,
+    each on a volume of its own, never share a name: restarting one cannot take
+    what the other's workers hold). One root is one supervisor (its lock).
+    """
+    path = os.path.join(root, STATE_DIR, CONSUMER_FILE)
+    try:
+        with open(path, encoding="ascii") as handle:
+            token = handle.read().strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        token = ""
+    if not (len(token) == 16 and all(c in "0123456789abcdef" for c in token)):
+        token = os.urandom(8).hex()
+        tmp = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, f"{token}\n".encode())
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    return f"{socket.gethostname()}:{token}"
 
 
 class RedisSource:
@@ -65,7 +108,7 @@ class RedisSource:
         self.client = connect(config)
         self.keys = Keys(config.redis.prefix)
         self.scripts = Scripts(self.client)
-        self.consumer = consumer_name(config.spool.root)
+        self.consumer = ""  # this root's consumer name, read (or made) by open(): the root is ours by then
         self.lease_ms = int(config.redis.lease * 1000)
         self.block_ms = int(min(config.spool.rescan_interval, 5.0) * 1000)
         self.groups: set[str] = set()
@@ -75,7 +118,18 @@ class RedisSource:
         self.later: dict[tuple[str, str], float] = {}  # entries to hand out again, not before then
         self.failures: dict[tuple[str, str], int] = {}  # deliveries that killed a worker, as far as known here
         self.pending_work: dict[tuple[str, str], dict[str, Any]] = {}  # acks and dead-letterings to finish
-        self.outage = Outage(config, "supervisor")
+        self.journal = Journal(config.spool.root, fsync=config.spool.durability == "power")  # pending_work, on disk
+        # A quarter lease at most between attempts: after an outage each supervisor is back, and has renewed
+        # what it holds, well within the lease in which no one may reclaim (see _reclaim).
+        self.outage = Outage(config, "supervisor", cap=config.redis.lease / 4)
+        # Nobody renewed for this long: reclaims wait a lease. Longer than renewals are ever apart (the lease
+        # is at least 3 heartbeat intervals), and a live entry renewed just before such a gap stays below the lease.
+        self.gap_ms = max(1, self.lease_ms - int(1.5 * config.heartbeat.interval * 1000))
+        self.renew_every = config.heartbeat.interval
+        self.renewed_at = float("-inf")  # when the last renewal Redis answered was sent
+        self.held: set[tuple[str, str]] = set()  # what the pool's workers hold, as the supervisor last said
+        self.lost: set[tuple[str, str]] = set()  # entries another supervisor took from this one (said once)
+        self._holding = False  # reclaims are held back after a gap (said once per gap)
         self.room = 0
         self._reader: Any = None  # the connection blocking reads are made on (its own: it blocks)
         self._reader_fd = -1
@@ -93,12 +147,20 @@ class RedisSource:
     # -- the Source interface -----------------------------------------------------------------------------------
 
     def open(self) -> int:
-        self.ingest.open()
+        self.ingest.open()  # the local root and its state folder exist from here on
+        self.consumer = self.ingest.consumer = consumer_name(self.config.spool.root,
+                                                             fsync=self.config.spool.durability == "power")
+        self.pending_work.update(self.journal.load())
+        if self.pending_work:
+            log.warning("%d acks or dead-letterings a previous run could not finish in Redis were kept in %s: "
+                        "finishing them before taking any work", len(self.pending_work), self.journal.path)
         watch_fd = self.ingest.fileno()
         if watch_fd is not None:
             self._watch_fd = watch_fd
             self._poller.register(watch_fd, select.EPOLLIN)
         self._refresh_groups()
+        if self.pending_work:
+            self._finish_pending()  # its entries are this consumer's: recovered below unless finished here
         recovered = self._recover()
         self.next_reclaim = self.clock() + self.config.redis.lease / 2
         return recovered
@@ -118,7 +180,9 @@ class RedisSource:
         if self.outage.down and not self.outage.may_try():
             return
         try:
-            if self.outage.down:  # back: first what a read cut short may have taken, then new reads
+            if self.outage.down or now - self.renewed_at > 2 * self.renew_every:
+                self._renew(now)  # back from an outage or a stall: what this one holds is renewed first
+            if self.outage.down:  # back: then what a read cut short may have taken, then new reads
                 self._take_back_unknown()
             self.ingest.forward(now)
             if self.pending_work:
@@ -165,9 +229,11 @@ class RedisSource:
     def finished(self, group: str, ref: str, outcome: str, info: Any) -> None:
         key = (group, ref)
         self.out.discard(key)
+        self.lost.discard(key)
         self.failures.pop(key, None)
         if isinstance(info, dict) and ("ackHold" in info or "quarantine" in info):
             self.pending_work[key] = info
+            self.journal.save(self.pending_work)
             what = "its dead-lettering" if "quarantine" in info else "its ACK"
             log.warning("IPC message finished, but Redis did not take %s: kept, and done as soon as it does "
                         "group=%s entry=%s id=%s", what, group, ref,
@@ -176,6 +242,9 @@ class RedisSource:
     def requeue(self, group: str, ref: str, *, later: float = 0.0, counted: bool = True) -> None:
         key = (group, ref)
         self.out.discard(key)
+        if key in self.lost:  # another supervisor holds it now: not this one's to hand out again
+            self.lost.discard(key)
+            return
         if later:
             self.later[key] = self.clock() + later
         else:
@@ -197,12 +266,14 @@ class RedisSource:
     def quarantine(self, group: str, ref: str, record: dict[str, Any], nack: dict[str, Any] | None) -> bool:
         key = (group, ref)
         self.out.discard(key)
+        self.lost.discard(key)
         self.failures.pop(key, None)
         try:
             return bool(self._dead_letter(group, ref, record, nack))
         except UNAVAILABLE as exc:
             self._lost(exc)
             self.pending_work[key] = {"quarantine": record, "nack": nack}
+            self.journal.save(self.pending_work)
             return False
 
     def summarize(self, group: str, ref: str) -> Summary:
@@ -218,24 +289,46 @@ class RedisSource:
 
     def renew(self, held: Iterable[tuple[str, str]]) -> None:
         """Extend the lease on everything held here: in workers' hands, and waiting in this queue."""
-        by_group: dict[str, list[str]] = {}
-        for group, ref in {*held, *self.out, *self.queue, *self.later, *self.pending_work}:
-            by_group.setdefault(group, []).append(ref)
-        if not by_group or (self.outage.down and not self.outage.may_try()):
+        self.held = set(held)
+        if self.outage.down and not self.outage.may_try():
             return
+        try:
+            self._renew(self.clock())
+        except UNAVAILABLE as exc:
+            self._lost(exc)
+
+    def _renew(self, now: float) -> None:
+        """One round trip: the tick (Redis was reached), and XCLAIM to itself of what this one still owns.
+
+        Raises what Redis raises. An entry another supervisor took meanwhile is
+        said once, dropped from what waits here, and not renewed again.
+        """
+        by_group: dict[str, list[str]] = {}
+        for group, ref in {*self.held, *self.out, *self.queue, *self.later, *self.pending_work} - self.lost:
+            by_group.setdefault(group, []).append(ref)
         pipe = self.client.pipeline(transaction=False)
+        self.scripts.tick(keys=[self.keys.alive, self.keys.reclaim_hold], args=[self.gap_ms, self.lease_ms],
+                          client=pipe)
         for group, refs in by_group.items():
             self.scripts.renew(keys=[self.keys.stream(group)], args=[CONSUMER_GROUP, self.consumer, *refs],
                                client=pipe)
-        try:
-            results = pipe.execute()
-        except UNAVAILABLE as exc:
-            self._lost(exc)
-            return
-        for group, lost in zip(by_group, results, strict=True):
+        results = pipe.execute()
+        self.renewed_at = now
+        for group, lost in zip(by_group, results[1:], strict=True):
             for ref in lost or ():
-                log.error("lost the lease on group=%s entry=%s: another supervisor took it (this one was out of "
-                          "touch longer than [redis] lease); its handler may run twice", group, _text(ref))
+                self._lose((group, _text(ref)))
+
+    def _lose(self, key: tuple[str, str]) -> None:
+        """Another supervisor took this entry: said once; what waits here of it is not handed out."""
+        if key in self.lost:
+            return
+        self.lost.add(key)
+        waiting = key in self.queue or key in self.later
+        self.queue.pop(key, None)
+        self.later.pop(key, None)
+        log.error("lost the lease on group=%s entry=%s: another supervisor took it (this one was out of touch "
+                  "longer than [redis] lease); %s", key[0], key[1],
+                  "it is left to that one" if waiting else "its handler may run twice")
 
     def housekeeping(self, live_pids: set[int] | None = None) -> None:
         self.ingest.housekeeping(live_pids or set())
@@ -309,14 +402,24 @@ class RedisSource:
         return False
 
     def close(self) -> None:
-        """Hand back what no worker started: the others may take it at once, not after the lease."""
+        """Hand back what no worker started: the others may take it at once, not after the lease.
+
+        What is left to finish is tried once more (Redis may be back); what
+        still is not stays in the journal for the next start.
+        """
+        if self.pending_work and not self.outage.down:
+            try:
+                self._finish_pending()
+            except UNAVAILABLE:
+                pass
         waiting = list(self.queue) + list(self.later)
         self.queue.clear()
         self.later.clear()
         self._release(waiting)
         self._drop_reader()
         try:
-            self.client.delete(self.keys.supervisor(self.consumer))
+            if self.consumer:
+                self.client.delete(self.keys.supervisor(self.consumer))
         except UNAVAILABLE:
             pass
         self.ingest.close()
@@ -399,6 +502,7 @@ class RedisSource:
                 for entry_id, fields in entries:
                     key = (group, _text(entry_id))
                     if fields and key not in skip and key not in self.queue:
+                        self.lost.discard(key)  # this consumer's again
                         self._enqueue(key)
                         recovered += 1
         self._learn_failures([key for key in self.queue if key not in skip])
@@ -407,18 +511,36 @@ class RedisSource:
         return recovered
 
     def _reclaim(self) -> None:
-        """Entries of supervisors that stopped renewing them (dead, or cut off) longer than the lease."""
+        """Entries of supervisors that stopped renewing them (dead, or cut off) longer than the lease.
+
+        Unless Redis says nobody reached it lately (``scripts.RECLAIM``): then
+        every supervisor's entries look idle, and each gets a lease to renew
+        its own before anyone takes any.
+        """
         claimed: list[tuple[str, str]] = []
+        held_back = 0
         for group in sorted(self.groups):
-            cursor = b"0-0"
+            cursor: Any = "0-0"
             for _ in range(RECLAIM_PAGES):  # a dead supervisor may have held hundreds: all of them, now
-                reply = self.client.xautoclaim(self.keys.stream(group), CONSUMER_GROUP, self.consumer,
-                                               self.lease_ms, start_id=cursor, count=RECLAIM_COUNT)
-                cursor, entries = reply[0], reply[1]  # (JUSTID would drop the cursor in redis-py)
-                claimed += [(group, _text(entry[0])) for entry in entries or () if entry]
+                reply = self.scripts.reclaim(keys=[self.keys.alive, self.keys.reclaim_hold, self.keys.stream(group)],
+                                             args=[self.gap_ms, self.lease_ms, CONSUMER_GROUP, self.consumer, cursor,
+                                                   RECLAIM_COUNT])
+                if reply[0] == b"hold":
+                    held_back = int(reply[1])
+                    break
+                cursor = reply[1]
+                claimed += [(group, _text(ref)) for ref in reply[2]]
                 if _text(cursor) == "0-0":
                     break
+            if held_back:
+                break
+        if held_back and not self._holding:
+            log.info("no supervisor renewed its lease in Redis for a while (Redis was down, stalled or restarted, "
+                     "or every supervisor was cut off, or none ran): nothing is taken from other supervisors for "
+                     "%.1fs, so each renews what it holds first", held_back / 1000)
+        self._holding = bool(held_back)
         if claimed:
+            self.lost.difference_update(claimed)
             log.warning("reclaimed %d messages from supervisors that stopped renewing their lease", len(claimed))
             self._learn_failures(claimed)
             for key in claimed:
@@ -460,16 +582,20 @@ class RedisSource:
                               _answer_ttl(self.config)))
 
     def _finish_pending(self) -> None:
-        for key, info in list(self.pending_work.items()):
-            group, ref = key
-            if "quarantine" in info:
-                self._dead_letter(group, ref, info["quarantine"], info.get("nack"))
-            else:
-                complete(self.client, self.keys, group, ref, info.get("name") or ref, info.get("id"),
-                         time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
-                         max(1, int(self.config.ack.retention)), _answer_ttl(self.config))
-            del self.pending_work[key]
-            log.info("finished group=%s entry=%s now that Redis is back", group, ref)
+        """The kept acks and dead-letterings, into Redis; the journal says what is left (raises what Redis raises)."""
+        try:
+            for key, info in list(self.pending_work.items()):
+                group, ref = key
+                if "quarantine" in info:
+                    self._dead_letter(group, ref, info["quarantine"], info.get("nack"))
+                else:
+                    complete(self.client, self.keys, group, ref, info.get("name") or ref, info.get("id"),
+                             time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+                             max(1, int(self.config.ack.retention)), _answer_ttl(self.config))
+                del self.pending_work[key]
+                log.info("finished group=%s entry=%s now that Redis is back", group, ref)
+        finally:
+            self.journal.save(self.pending_work)
 
     def _release(self, keys: list[tuple[str, str]]) -> None:
         by_group: dict[str, list[str]] = {}
