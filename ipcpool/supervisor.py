@@ -281,9 +281,8 @@ class Supervisor:
         """One iteration: block in one wait, then run every non-blocking step."""
         source = self.source
         waitables: list[Waitable] = [(self._wake_r, READABLE, "wake", self)]
-        source_fd = source.fileno()
-        if source_fd is not None:
-            waitables.append((source_fd, READABLE, "source", source))
+        source_fds = source.filenos()
+        waitables += [(fd, READABLE, "source", source) for fd in source_fds]
         for worker in self.workers:
             death = worker.death_fd
             if death is not None:
@@ -297,8 +296,8 @@ class Supervisor:
         ready = self._waitset.wait(waitables, timeout)
         if self._wake_r in ready:
             self._drain_wake_pipe()
-        if source_fd is not None and source_fd in ready:
-            source.read_events()
+        if any(fd in ready for fd in source_fds):
+            source.read_events(ready)
         self.handle_signals()
         self.flush_tasks(ready)
         self.read_results(ready)
@@ -492,7 +491,7 @@ class Supervisor:
     def spawn(self, slot: int, now: float) -> None:
         inherited: tuple[int, ...] = ()
         if self.handler_objects is not None:  # forked: close what is the supervisor's, siblings' channels too
-            own = (self._lock_fd, self._wake_r, self._wake_w, self._waitset.fileno(), self.source.fileno(),
+            own = (self._lock_fd, self._wake_r, self._wake_w, self._waitset.fileno(), *self.source.filenos(),
                    *(self.http.filenos() if self.http is not None else ()))
             siblings = [fd for w in self.workers for fd in (w.tasks.fd, w.results.fd, w.process.sentinel, w.pidfd)]
             inherited = tuple(fd for fd in (*own, *siblings) if fd is not None)

@@ -21,6 +21,8 @@ from conftest import ipcpool_cli, records, wait_until, write_config
 from ipcpool import Client, MessageFailed, MessageRejected
 from ipcpool.config import load_config
 
+pytestmark = pytest.mark.portable  # also run with Linux's interfaces removed (.ci/run)
+
 
 def test_messages_flow_acked_once_each(tmp_path, root, backend, supervisor_factory):
     config = _config(tmp_path, root, backend)

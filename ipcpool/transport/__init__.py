@@ -1,6 +1,6 @@
 """The transport seam: everything that knows where messages live, behind four narrow interfaces.
 
-    supervisor ──Source──────▶ open (recover) · fileno/poll · backlog · take · renew
+    supervisor ──Source──────▶ open (recover) · filenos/read_events/poll · backlog · take · renew
                                requeue · failed_delivery · quarantine · finished · stats
     worker     ──Store───────▶ prefetch · read · is_acked · complete · settle · reply · quarantine
     sender     ──Outbox──────▶ publish · present · answer (ack, nack or response) · depth
@@ -54,8 +54,8 @@ class Source(Protocol):
     def open(self) -> int:
         """Create what is missing, take back what a previous run held; returns how many came back."""
 
-    def fileno(self) -> int | None:
-        """What the supervisor's loop waits on (readable when poll has work), or None."""
+    def filenos(self) -> list[int]:
+        """What the supervisor's loop waits on, with everything else (readable when read_events has news)."""
 
     def poll(self, now: float) -> None:
         """Turn events into backlog; run rescans, retries and housekeeping, in short slices."""
@@ -63,8 +63,8 @@ class Source(Protocol):
     def busy(self) -> bool:
         """Sliced work is left: poll again without waiting."""
 
-    def read_events(self) -> None:
-        """fileno() is readable: take in what it says."""
+    def read_events(self, ready: set[int] | None = None) -> None:
+        """Some of filenos() are ``ready`` (None: look at each): take in what they say."""
 
     def backlog(self) -> int:
         """How many messages take() could hand out now."""

@@ -65,8 +65,8 @@ class Ingest:
         if recovered:
             log.info("%d local files claimed before a restart go to Redis now", recovered)
 
-    def fileno(self) -> int | None:
-        return self.local.fileno()
+    def filenos(self) -> list[int]:
+        return self.local.filenos()
 
     def read_events(self) -> None:
         self.local.read_events()

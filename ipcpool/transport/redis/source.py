@@ -2,8 +2,8 @@
 
 - **Taking.** One blocking ``XREADGROUP ... BLOCK`` is kept outstanding on a
   connection of its own while the pool has room, for as many entries as it
-  has room for; its socket is in the supervisor's epoll set (through this
-  source's own epoll), so a new entry reaches a worker without polling.
+  has room for; its socket is among what the supervisor's loop waits on
+  (:meth:`RedisSource.filenos`), so a new entry reaches a worker without polling.
 - **Leases, not visibility timeouts.** Every entry this supervisor holds
   (in a worker's hands or waiting here) is renewed each heartbeat interval
   (``XCLAIM`` to itself, ``JUSTID``: only entries it still owns), and first
@@ -136,10 +136,9 @@ class RedisSource:
         self._outstanding = False  # a read is in flight on it
         self.out: set[tuple[str, str]] = set()  # handed to the pool and not given back yet
         self._last_groups: dict[str, dict[str, Any]] = {}  # stats() while Redis is away: the last figures
-        self._poller = select.epoll()
         self.ingest = Ingest(config, self.client, self.keys, self.scripts, self.consumer, clock=clock,
                              on_hint=on_hint)
-        self._watch_fd = None
+        self._watch_fds: list[int] = []  # the local inboxes' watch (inotify), once open
         self.next_groups = 0.0
         self.next_reclaim = 0.0
         self._housekeeping = False
@@ -154,10 +153,7 @@ class RedisSource:
         if self.pending_work:
             log.warning("%d acks or dead-letterings a previous run could not finish in Redis were kept in %s: "
                         "finishing them before taking any work", len(self.pending_work), self.journal.path)
-        watch_fd = self.ingest.fileno()
-        if watch_fd is not None:
-            self._watch_fd = watch_fd
-            self._poller.register(watch_fd, select.EPOLLIN)
+        self._watch_fds = self.ingest.filenos()
         self._refresh_groups()
         if self.pending_work:
             self._finish_pending()  # its entries are this consumer's: recovered below unless finished here
@@ -165,15 +161,19 @@ class RedisSource:
         self.next_reclaim = self.clock() + self.config.redis.lease / 2
         return recovered
 
-    def fileno(self) -> int:
-        return self._poller.fileno()
+    def filenos(self) -> list[int]:
+        """The local inboxes' watch, and the socket of the read outstanding, if any: the loop waits on both."""
+        return [*self._watch_fds, self._reader_fd] if self._outstanding else list(self._watch_fds)
 
-    def read_events(self) -> None:
-        for fd, _mask in self._poller.poll(0):
-            if fd == self._watch_fd:
-                self.ingest.read_events()
-            elif self._outstanding and fd == self._reader_fd:
-                self._read_reply()
+    def read_events(self, ready: set[int] | None = None) -> None:
+        """Take in what the ready descriptors say (``None``: look at each, without waiting)."""
+        if ready is None:
+            fds = self.filenos()
+            ready = set(select.select(fds, [], [], 0)[0]) if fds else set()
+        if any(fd in ready for fd in self._watch_fds):
+            self.ingest.read_events()
+        if self._outstanding and self._reader_fd in ready:
+            self._read_reply()
 
     def poll(self, now: float) -> None:
         self.ingest.poll(now)
@@ -423,7 +423,6 @@ class RedisSource:
         except UNAVAILABLE:
             pass
         self.ingest.close()
-        self._poller.close()
         self.client.close()
 
     # -- reading ----------------------------------------------------------------------------------------------
@@ -441,12 +440,10 @@ class RedisSource:
                                   "BLOCK", self.block_ms, "STREAMS", *(self.keys.stream(g) for g in names),
                                   *([">"] * len(names)))
         self._reader_fd = self._reader._sock.fileno()
-        self._poller.register(self._reader_fd, select.EPOLLIN)
         self._outstanding = True
 
     def _read_reply(self) -> None:
         self._outstanding = False
-        self._poller.unregister(self._reader_fd)
         try:
             reply = self._reader.read_response()
         except UNAVAILABLE as exc:
@@ -468,12 +465,7 @@ class RedisSource:
         this consumer when it recovers (its own pending entries), or to anyone after the lease."""
         if self._reader is None:
             return
-        if self._outstanding:
-            try:
-                self._poller.unregister(self._reader_fd)
-            except (OSError, ValueError):
-                pass
-            self._outstanding = False
+        self._outstanding = False
         self._reader.disconnect()
         self._reader = None
 

@@ -101,10 +101,12 @@ class SpoolSource:
         self.next_rescan = self.clock() + self.config.spool.rescan_interval
         return recovered
 
-    def fileno(self) -> int | None:
-        return self._watcher.fileno() if self._watcher is not None else None
+    def filenos(self) -> list[int]:
+        """The watcher's descriptor (inotify), if it has one (an observer's thread wakes the loop instead)."""
+        fd = self._watcher.fileno() if self._watcher is not None else None
+        return [] if fd is None else [fd]
 
-    def read_events(self) -> None:
+    def read_events(self, ready: set[int] | None = None) -> None:
         """The watcher's descriptor is readable: take its events."""
         if self._watcher is not None:
             self._hints.extend(self._watcher.read())
