@@ -76,8 +76,16 @@ def _list(dead: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _find(dead: Any, wanted: str, group: str | None) -> tuple[list[records.ErrorEntry], set[str]]:
+    """As ``errors show`` and ``retry`` take it: an id, a unique prefix of one, a file (or Redis entry) name,
+    or the ``<group>/errors/<name>`` a nack's errorFile and MessageRejected say."""
+    if "/errors/" in wanted:
+        group, _, wanted = wanted.partition("/errors/")
+    return dead.find(wanted, group)
+
+
 def _show(dead: Any, args: argparse.Namespace) -> int:
-    matches, ids = dead.find(args.id, args.group)
+    matches, ids = _find(dead, args.id, args.group)
     if not matches:
         print(printable(f"no quarantined message with id (or id prefix, or file) {args.id}"), file=sys.stderr)
         return EXIT_FAILURE
@@ -111,7 +119,7 @@ def _retry(dead: Any, args: argparse.Namespace) -> int:
         entries = dead.list(args.group)
     else:  # each as `errors show` takes it: an id, a unique prefix of one, or a file name
         for wanted in dict.fromkeys(args.ids):
-            matches, ids = dead.find(wanted, args.group)
+            matches, ids = _find(dead, wanted, args.group)
             if not matches:
                 print(printable(f"not in errors/: {wanted}"), file=sys.stderr)
                 failed = True

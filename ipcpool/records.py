@@ -86,7 +86,8 @@ def render(entry: ErrorEntry, message: str | None) -> str:
               ("reason", record.get("reason")), ("attempts", record.get("attempts")),
               ("deliveries", record.get("deliveries") if not isinstance(record.get("deliveries"), list)
                else len(record["deliveries"])),
-              ("worker pid", record.get("workerPid"))]
+              ("worker pid", record.get("workerPid")),
+              ("entry", record.get("originalEntry"))]  # Redis: the stream entry a nack's errorFile names
     if entry.inbox != MESSAGES:
         fields.insert(2, ("inbox", entry.inbox))
     lines += [f"  {name:<11} {printable(value)}" for name, value in fields if value is not None]

@@ -460,7 +460,8 @@ class Supervisor:
         load = {w: w.outstanding() for w in self.workers if w.state is WorkerState.READY and w.tasks.open}
         ready = [w for w, n in load.items() if prefetch - n >= refill_at]
         source = self.source
-        source.want(sum(prefetch - load[w] for w in ready))
+        wanted = sum(prefetch - load[w] for w in ready)
+        source.want(wanted)
         backlog = source.backlog()
         if not ready or not backlog:
             return
@@ -483,8 +484,13 @@ class Supervisor:
                 batch.append((self._seq, group, ref, deliveries))
             if batch and not worker.send(("run", batch)):
                 log.warning("worker pid=%d channel closed while dispatching", worker.pid)
+            wanted -= len(batch)
             if not source.backlog():
                 break
+        # What was handed out fills room: a transport that fetches ahead (Redis) must not read for room that
+        # is gone until the next dispatch (with prefetch 1 it took a message into a busy supervisor, out of
+        # reach of idle hosts).
+        source.want(max(0, wanted))
 
     # -- supervision --------------------------------------------------------------------------
 

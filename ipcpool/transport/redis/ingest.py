@@ -34,14 +34,20 @@ from typing import Any
 
 from ipcpool.config import Config
 from ipcpool.errors import InvalidMessage
-from ipcpool.message import decode, format_for
+from ipcpool.message import decode, format_for, summarize
 from ipcpool.transport.redis.connection import UNAVAILABLE
 from ipcpool.transport.redis.keys import Keys
+from ipcpool.transport.redis.relay import AnswerRelay, relay_field, relay_value
 from ipcpool.transport.redis.scripts import Scripts, publish
 from ipcpool.transport.spool.layout import MESSAGES, PROCESSING, message_stem, split_name
 from ipcpool.transport.spool.source import SpoolSource
 
 log = logging.getLogger(__name__)
+
+
+def stem_of(name: str) -> str:
+    """A file's stem as Redis holds it: valid UTF-8 always (a name that is not UTF-8 shows its bytes escaped)."""
+    return os.fsencode(message_stem(name)).decode("utf-8", "backslashreplace")
 
 BATCH = 256  # files moved per poll
 RETRY_LATER = 1.0  # seconds before a file Redis refused (queue full, away, its name in flight) is tried again
@@ -59,6 +65,7 @@ class Ingest:
         self.local = SpoolSource(config, clock=clock, on_hint=on_hint)
         self.moved = 0
         self.waiting: set[tuple[str, str]] = set()  # files whose name is in flight in the cluster (said once)
+        self.relay: AnswerRelay | None = None  # writes answers back beside the files (set once the consumer is)
 
     def open(self) -> None:
         recovered = self.local.open()
@@ -82,57 +89,74 @@ class Ingest:
 
     def forward(self, now: float) -> None:
         """Move what is claimable now into the streams (UNAVAILABLE propagates: the files wait)."""
-        spool = self.local.spool
         for group, name, _deliveries in self.local.take(BATCH):
             try:
-                result = spool.read_claimed(group, name)
-                st = os.stat(spool.path(group, PROCESSING, name))
-            except FileNotFoundError:
+                self._forward(group, name)
+            except UNAVAILABLE:
+                raise
+            except Exception as exc:
+                log.exception("cannot send a local file on to Redis group=%s file=%s; it is quarantined locally",
+                              group, name)
                 self.waiting.discard((group, name))
-                self.local.finished(group, name, "vanished", None)
-                continue
-            except InvalidMessage as exc:
+                self._refuse(group, name, f"cannot be sent on to Redis: {type(exc).__name__}: {exc}")
+
+    def _forward(self, group: str, name: str) -> None:
+        spool = self.local.spool
+        try:
+            result = spool.read_claimed(group, name)
+            st = os.stat(spool.path(group, PROCESSING, name))
+        except FileNotFoundError:
+            self.waiting.discard((group, name))
+            self.local.finished(group, name, "vanished", None)
+            return
+        except InvalidMessage as exc:
+            self.waiting.discard((group, name))
+            self._refuse(group, name, str(exc))
+            return
+        fmt = format_for(name)
+        try:
+            if fmt is None:
+                raise InvalidMessage("unsupported file extension: use .json or .msgpack")
+            said = summarize(decode(result.data, fmt), stem_of(name))
+        except InvalidMessage as exc:
+            # Still being written? Back until it has not changed for settle_time (a future mtime, from
+            # clock skew or touch -d, counts as settled, or it would wait for ever); then it is refused.
+            settle = self.config.spool.settle_time
+            if -FUTURE_MTIME_SLACK < time.time() - result.mtime < settle:
+                self.local.requeue(group, name, later=settle, counted=False)
+            else:
                 self.waiting.discard((group, name))
                 self._refuse(group, name, str(exc))
-                continue
-            fmt = format_for(name)
-            try:
-                if fmt is None:
-                    raise InvalidMessage("unsupported file extension: use .json or .msgpack")
-                decode(result.data, fmt)
-            except InvalidMessage as exc:
-                # Still being written? Back until it has not changed for settle_time (a future mtime, from
-                # clock skew or touch -d, counts as settled, or it would wait for ever); then it is refused.
-                settle = self.config.spool.settle_time
-                if -FUTURE_MTIME_SLACK < time.time() - result.mtime < settle:
-                    self.local.requeue(group, name, later=settle, counted=False)
-                else:
-                    self.waiting.discard((group, name))
-                    self._refuse(group, name, str(exc))
-                continue
-            inbox = split_name(name)[0] if "/" in name else MESSAGES
-            identity = f"{name}:{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
-            marker = self.keys.ingested(self.consumer, group, hashlib.sha1(identity.encode()).hexdigest())
-            stem = message_stem(name)
-            try:
-                reply = publish(self.scripts, self.keys, group, stem, stem, result.data,
-                                fmt, inbox, hashlib.sha1(result.data).hexdigest(),
-                                self.config.spool.max_queued, max(1, int(self.config.ack.retention)), marker)
-            except UNAVAILABLE:
-                self.local.requeue(group, name, later=RETRY_LATER, counted=False)
-                raise
-            verdict = reply[0] if reply else b""
-            if verdict in (b"full", b"busy"):
-                if verdict == b"busy" and (group, name) not in self.waiting:
-                    self.waiting.add((group, name))
-                    log.info("local file waits: a message named %s is queued or in flight in the cluster; it is "
-                             "sent once that one is done group=%s file=%s", stem, group, name)
-                self.local.requeue(group, name, later=RETRY_LATER, counted=False)
-                continue
-            self.waiting.discard((group, name))
-            spool.complete(group, name)
-            self.local.finished(group, name, "handled", None)
-            self.moved += 1
+            return
+        inbox = split_name(name)[0] if "/" in name else MESSAGES
+        identity = os.fsencode(name) + f":{st.st_ino}:{st.st_mtime_ns}:{st.st_size}".encode()
+        marker = self.keys.ingested(self.consumer, group, hashlib.sha1(identity).hexdigest())
+        stem = stem_of(name)
+        wants = said.id is not None and (said.requires_ack or said.reply_to is not None)
+        relay = (self.keys.relay(self.consumer), relay_field(group, said.id), relay_value(said.reply_to,
+                 said.requires_ack)) if wants and said.id is not None else None
+        try:
+            reply = publish(self.scripts, self.keys, group, stem, stem, result.data,
+                            fmt, inbox, hashlib.sha1(result.data).hexdigest(),
+                            self.config.spool.max_queued, max(1, int(self.config.ack.retention)), marker,
+                            relay=relay)
+        except UNAVAILABLE:
+            self.local.requeue(group, name, later=RETRY_LATER, counted=False)
+            raise
+        verdict = reply[0] if reply else b""
+        if verdict in (b"full", b"busy"):
+            if verdict == b"busy" and (group, name) not in self.waiting:
+                self.waiting.add((group, name))
+                log.info("local file waits: a message named %s is queued or in flight in the cluster; it is "
+                         "sent once that one is done group=%s file=%s", stem, group, name)
+            self.local.requeue(group, name, later=RETRY_LATER, counted=False)
+            return
+        self.waiting.discard((group, name))
+        if relay is not None and self.relay is not None and said.id is not None and verdict == b"ok":
+            self.relay.add(group, said.id, said.reply_to, said.requires_ack)  # its answers come back here
+        spool.complete(group, name)
+        self.local.finished(group, name, "handled", None)
+        self.moved += 1
 
     def _refuse(self, group: str, name: str, reason: str) -> None:
         record = {"id": None, "type": None, "reason": reason, "attempts": 0}

@@ -13,6 +13,7 @@
     <p>:dead:<g>                     the group's dead-letter stream (m, f, s, i, r: the record)
     <p>:supervisor:<consumer>        a live supervisor's status (expires unless renewed)
     <p>:ingested:<consumer>:<g>:<file identity>   a local file already moved into the stream
+    <p>:relay:<consumer>             hash "<g>/<id>" -> what a bridged file's writer waits for (see relay.py)
     <p>:alive                        set by every supervisor's renewal (each heartbeat), expires a little before
                                      a lease: gone when none renewed lately (Redis down, stalled or restarted,
                                      or every supervisor cut off)
@@ -65,6 +66,9 @@ class Keys:
 
     def ingested(self, consumer: str, group: str, identity: str) -> str:
         return f"{self.p}:ingested:{consumer}:{group}:{identity}"
+
+    def relay(self, consumer: str) -> str:
+        return f"{self.p}:relay:{consumer}"
 
     @property
     def alive(self) -> str:

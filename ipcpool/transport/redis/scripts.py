@@ -66,6 +66,10 @@ if ARGV[9] == '1' then redis.call('SET', KEYS[4], '1', 'EX', 86400) end
 local id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[1], 'f', ARGV[2], 's', ARGV[3], 'i', ARGV[4], 'q', ARGV[10])
 redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[7])
 redis.call('SADD', KEYS[3], ARGV[8])
+if ARGV[12] ~= '' then  -- a bridged file whose writer waits for answers in its local root (relay.py)
+  redis.call('HSET', KEYS[5], ARGV[11], ARGV[12])
+  redis.call('EXPIRE', KEYS[5], ARGV[7])
+end
 return {'ok', id}
 """
 
@@ -172,11 +176,14 @@ class Scripts:
 
 
 def publish(scripts: Scripts, keys: Any, group: str, name: str, stem: str, data: bytes, fmt: str, inbox: str,
-            digest: str, max_queued: int, ttl: int, marker: str | None = None, *, client: Any = None) -> list[Any]:
+            digest: str, max_queued: int, ttl: int, marker: str | None = None, *, client: Any = None,
+            relay: tuple[str, str, str] | None = None) -> list[Any]:
+    """``relay``: (the relay hash, its field, its value) for a bridged file whose writer waits for answers."""
+    relay_key, relay_field, relay_value = relay or (keys.groups, "", "")
     return scripts.publish(keys=[keys.stream(group), keys.queued(group, name), keys.groups,
-                                 marker or keys.queued(group, name)],
+                                 marker or keys.queued(group, name), relay_key],
                            args=[data, fmt, stem, inbox, digest, max_queued, ttl, group, "1" if marker else "0",
-                                 name], client=client)
+                                 name, relay_field, relay_value], client=client)
 
 
 def fetch_call(keys: Any, group: str, entries: list[str]) -> tuple[list[str], list[str]]:

@@ -57,6 +57,7 @@ from ipcpool.transport.redis.connection import UNAVAILABLE, Outage, connect
 from ipcpool.transport.redis.ingest import Ingest
 from ipcpool.transport.redis.journal import Journal
 from ipcpool.transport.redis.keys import CONSUMER_GROUP, Keys
+from ipcpool.transport.redis.relay import AnswerRelay
 from ipcpool.transport.redis.scripts import Scripts, complete, quarantine
 from ipcpool.transport.redis.store import _text
 
@@ -138,6 +139,7 @@ class RedisSource:
         self._last_groups: dict[str, dict[str, Any]] = {}  # stats() while Redis is away: the last figures
         self.ingest = Ingest(config, self.client, self.keys, self.scripts, self.consumer, clock=clock,
                              on_hint=on_hint)
+        self.relay: AnswerRelay | None = None  # answers of bridged files, written back beside them (at open)
         self._watch_fds: list[int] = []  # the local inboxes' watch (inotify), once open
         self.next_groups = 0.0
         self.next_reclaim = 0.0
@@ -154,6 +156,11 @@ class RedisSource:
             log.warning("%d acks or dead-letterings a previous run could not finish in Redis were kept in %s: "
                         "finishing them before taking any work", len(self.pending_work), self.journal.path)
         self._watch_fds = self.ingest.filenos()
+        self.relay = self.ingest.relay = AnswerRelay(self.config, self.client, self.keys, self.ingest.local.spool,
+                                                     self.consumer)
+        if self.relay.load():
+            log.info("%d bridged messages still wait for answers to write back beside their files",
+                     len(self.relay.pending))
         self._refresh_groups()
         if self.pending_work:
             self._finish_pending()  # its entries are this consumer's: recovered below unless finished here
@@ -185,6 +192,8 @@ class RedisSource:
             if self.outage.down:  # back: then what a read cut short may have taken, then new reads
                 self._take_back_unknown()
             self.ingest.forward(now)
+            if self.relay is not None:
+                self.relay.check(now)
             if self.pending_work:
                 self._finish_pending()
             if now >= self.next_groups:
@@ -566,7 +575,7 @@ class RedisSource:
     # -- finishing ---------------------------------------------------------------------------------------------
 
     def _dead_letter(self, group: str, ref: str, record: dict[str, Any], nack: dict[str, Any] | None) -> int:
-        error_file = f"{group}/dead-letters/{ref}"
+        error_file = f"{group}/errors/{ref}"  # as `ipcpool errors show` names it (and finds it: by its entry)
         body = dict(record, originalEntry=ref, group=group)
         nack_body = json.dumps(dict(nack, errorFile=error_file)).encode() if nack is not None else None
         return int(quarantine(self.scripts, self.keys, group, ref, ref, record.get("id"),

@@ -228,7 +228,7 @@ class RedisStore:
         return True
 
     def error_ref(self, group: str, ref: str) -> str:
-        return f"{group}/dead-letters/{ref}"
+        return f"{group}/errors/{ref}"  # as `ipcpool errors show` names it (and finds it: by its entry)
 
     def quarantine(self, group: str, ref: str, record: dict[str, Any], nack: dict[str, Any] | None,
                    error_ref: str = "") -> None:
