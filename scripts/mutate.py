@@ -813,6 +813,11 @@ MUTATIONS: tuple[Mutation, ...] = (
              "        source.want(max(0, wanted))", "        pass",
              ("tests/test_bridge_answers.py::test_answers_of_a_bridged_file_come_back_beside_it_from_another_host",),
              "a busy supervisor does not read ahead for room it handed out (prefetch 1 never hoards)"),
+    Mutation("bridge-sends-names-redis-cannot-hold", "ipcpool/transport/redis/ingest.py",
+             '    return os.fsencode(message_stem(name)).decode("utf-8", "backslashreplace")',
+             "    return message_stem(name)",
+             ("tests/test_planted_entries.py::test_every_kind_of_entry_in_every_folder_at_every_transition[redis]",),
+             "through the bridge too, any name the kernel accepts is handled or quarantined"),
     # -- signals, the CLI, logging, the environment ----------------------------------------------------
     Mutation("sigint-not-a-drain", SUP,
              "DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGXCPU,",
