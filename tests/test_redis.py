@@ -838,3 +838,28 @@ def test_a_supervisor_frozen_past_its_lease_never_starts_what_it_had_queued_and_
     assert [r["id"] for r in records(tmp_path)] == [running, queued], "b's run the only one"
     assert a.stop() == 0 and b.stop() == 0
     assert [r["id"] for r in records(tmp_path)] == [running, queued]
+
+
+def test_a_send_with_redis_down_says_at_once_that_it_retries_and_for_how_long(tmp_path, env):
+    """It blocked for [redis] outage_timeout (a minute) before saying anything a user could act on."""
+    import select as _select
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as unused:  # a loopback port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    config = write_config(tmp_path / "c.toml", tmp_path / "ipc", sections=_sections(
+        f"redis://127.0.0.1:{port}/0", "down", redis={"outage_timeout": 60.0}))
+    sender = subprocess.Popen([sys.executable, "-m", "ipcpool", "send", "--config", str(config), "--group", "main",
+                               "--type", "task"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True,
+                              stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert _select.select([sender.stderr], [], [], 20)[0], "nothing said while it retries"
+        first = sender.stderr.readline()
+        assert "is unreachable" in first and "retries with back-off for up to 60s ([redis] outage_timeout)" in first
+        assert sender.poll() is None, "it is still retrying, as it said"
+    finally:
+        kill_session(sender.pid)
+        sender.wait(10)

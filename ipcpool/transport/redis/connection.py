@@ -161,9 +161,13 @@ def where(config: Config) -> str:
 class Outage:
     """Tracks one connection's outages: one line when Redis goes away, one when it is back."""
 
-    def __init__(self, config: Config, who: str, *, cap: float = RETRY_MAX) -> None:
+    def __init__(self, config: Config, who: str, *, cap: float = RETRY_MAX, gives_up_after: float | None = None
+                 ) -> None:
         self.where = where(config)
         self.who = who
+        # A sender gives up after [redis] outage_timeout: its first line says so, so nobody waits in the dark.
+        self.how_long = (f" for up to {gives_up_after:g}s ([redis] outage_timeout), then gives up"
+                         if gives_up_after is not None else "")
         self.cap = min(RETRY_MAX, cap)  # the longest wait between two attempts
         self.since: float | None = None
         self.full = False  # Redis answers, but refuses writes (maxmemory): not the same fix as a dead link
@@ -180,11 +184,11 @@ class Outage:
             self.since = now
             self.full = isinstance(exc, redis.exceptions.OutOfMemoryError)
             if self.full:
-                log.error("Redis at %s is full and refuses writes (%s); the %s retries with back-off and carries "
-                          "on when it has room (raise maxmemory, or drain what fills it)", self.where, exc, self.who)
+                log.error("Redis at %s is full and refuses writes (%s); the %s retries with back-off%s (raise "
+                          "maxmemory, or drain what fills it)", self.where, exc, self.who, self.how_long)
             else:
-                log.error("Redis at %s is unreachable (%s); the %s retries with back-off and carries on when it "
-                          "is back", self.where, exc, self.who)
+                log.error("Redis at %s is unreachable (%s); the %s retries with back-off%s", self.where, exc,
+                          self.who, self.how_long or " and carries on when it is back")
             self._delay = min(RETRY_FIRST, self.cap)
         self.next_try = now + self._delay
         self._delay = min(self.cap, self._delay * 2)

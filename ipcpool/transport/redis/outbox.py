@@ -48,7 +48,7 @@ class RedisOutbox:
         self.keys = Keys(config.redis.prefix)
         self.scripts = Scripts(self.client)
         self.lane = Lane(self.client)  # publish, once per message
-        self.outage = Outage(config, "sender")
+        self.outage = Outage(config, "sender", gives_up_after=config.redis.outage_timeout)
         self.max_queued = config.spool.max_queued
         self.ttl = max(1, int(config.ack.retention))
 
