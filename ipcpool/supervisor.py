@@ -146,6 +146,8 @@ class Supervisor:
         self._lock_fd: int | None = lock_fd  # the compat API takes the lock before it forks us
         self._on_started = on_started  # called once every worker is ready (the compat API waits for it)
         self._holds_acks = False  # the transport's last word on it, told to every worker
+        self._source_busy = False  # the transport has sliced work left (a rescan, pruning): no waiting
+        self._room = 0  # what the workers could take after the last dispatch (a fetching transport asks for it)
         self._spawn_failing = False  # a worker could not be started (logged once until one starts again)
         self.state = "starting"
         self.exit_code = EXIT_OK
@@ -281,8 +283,7 @@ class Supervisor:
         """One iteration: block in one wait, then run every non-blocking step."""
         source = self.source
         waitables: list[Waitable] = [(self._wake_r, READABLE, "wake", self)]
-        source_fds = source.filenos()
-        waitables += [(fd, READABLE, "source", source) for fd in source_fds]
+        waitables += [(fd, READABLE, "source", source) for fd in source.filenos()]
         for worker in self.workers:
             death = worker.death_fd
             if death is not None:
@@ -292,17 +293,15 @@ class Supervisor:
             if worker.tasks.pending:
                 waitables.append((worker.tasks.fd, WRITABLE, "tasks", worker))
         if timeout is None:
-            timeout = 0.0 if source.busy() else self.tick  # sliced work (a rescan, pruning): come straight back
+            timeout = 0.0 if self._source_busy else self.tick  # sliced work (a rescan, pruning): come straight back
         ready = self._waitset.wait(waitables, timeout)
         if self._wake_r in ready:
             self._drain_wake_pipe()
-        if any(fd in ready for fd in source_fds):
-            source.read_events(ready)
         self.handle_signals()
         self.flush_tasks(ready)
         self.read_results(ready)
         now = self.clock()
-        source.poll(now)
+        self._source_busy = source.poll(now, ready, self._room)
         self.reap_workers(now, ready)
         self.kill_stale_workers(now)
         self.recycle_workers()
@@ -429,7 +428,7 @@ class Supervisor:
             self._requeue(delivery, counted=False, later=RETRY_UNAVAILABLE if info else 0.0)
         else:
             self._count_outcome(worker, outcome, delivery.group, info)
-            self.source.finished(delivery.group, delivery.name, outcome,
+            self.source.done(delivery.group, delivery.name, outcome,
                                  info[-1] if outcome == "heartbeat" and info is not None else info)
 
     def _count_outcome(self, worker: WorkerHandle, outcome: str, group: str, info: Any) -> None:
@@ -461,7 +460,7 @@ class Supervisor:
         ready = [w for w, n in load.items() if prefetch - n >= refill_at]
         source = self.source
         wanted = sum(prefetch - load[w] for w in ready)
-        source.want(wanted)
+        self._room = wanted
         backlog = source.backlog()
         if not ready or not backlog:
             return
@@ -490,7 +489,7 @@ class Supervisor:
         # What was handed out fills room: a transport that fetches ahead (Redis) must not read for room that
         # is gone until the next dispatch (with prefetch 1 it took a message into a busy supervisor, out of
         # reach of idle hosts).
-        source.want(max(0, wanted))
+        self._room = max(0, wanted)
 
     # -- supervision --------------------------------------------------------------------------
 
@@ -658,7 +657,7 @@ class Supervisor:
 
     def _requeue(self, delivery: Delivery, *, counted: bool = True, later: float = 0.0,
                  returned: bool = True) -> None:
-        self.source.requeue(delivery.group, delivery.name, later=later, counted=counted)
+        self.source.requeue(delivery.group, delivery.name, later=later)
         if returned:  # not a file still being written (unsettled): that one was never a delivery
             self.metrics.returned_to_queue(delivery.group)
         if counted:
@@ -669,7 +668,7 @@ class Supervisor:
     def record_failed_delivery(self, delivery: Delivery, worker: WorkerHandle, how: str) -> None:
         """This delivery killed or hung its worker: counted against the message; poison at the limit."""
         group, ref = delivery.group, delivery.name
-        history = self.source.failed_delivery(group, ref, {
+        history = self.source.record_failure(group, ref, {
             "delivery": delivery.deliveries, "workerPid": worker.pid, "ended": how, "time": now_iso()})
         limit = self.config.pool.max_deliveries
         if len(history) < limit:

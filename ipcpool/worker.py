@@ -76,6 +76,7 @@ from ipcpool.message import (
 from ipcpool.retry import handler_retrying
 from ipcpool.tally import Labels, Tally
 from ipcpool.transport import make_store
+from ipcpool.transport.base import MessageGone
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +294,7 @@ class Worker:
     def _process(self, group: str, name: str, deliveries: int) -> tuple[Outcome, Any]:
         try:
             raw = self.store.read(group, name)
-        except FileNotFoundError:
+        except MessageGone:
             return Outcome.VANISHED, None
         except InvalidMessage as exc:
             return self._reject(group, name, str(exc), sniff(exc.head, *self.store.names(name)))
@@ -328,7 +329,7 @@ class Worker:
         self._last_type = message.type
         ack = message.id if message.requires_ack else None
         if ack is not None and store.is_acked(group, ack, holds=bool(self.shared[SLOT_ACK_HOLDS])):
-            store.complete_duplicate(group, name, ack, token)
+            store.complete(group, name, ack, token, duplicate=True)
             log.info("Duplicate IPC message skipped (already acked) id=%s group=%s type=%s",
                      message.id, group, message.type, extra={"outcome": "duplicate"})
             return Outcome.DUPLICATE, None
@@ -508,7 +509,7 @@ class Worker:
         nack = nack_body(group, record, summary, outcome, data)
         try:
             self.store.quarantine(group, name, record, nack, error_name or "")
-        except FileNotFoundError:
+        except MessageGone:
             log.warning("message vanished before it could be moved to errors/ id=%s type=%s group=%s file=%s",
                         summary.shown_id, summary.shown_type, group, name)
             return None

@@ -98,7 +98,7 @@ R_CONN = "ipcpool/transport/redis/connection.py"
 R_OUTBOX = "ipcpool/transport/redis/outbox.py"
 R_STORE = "ipcpool/transport/redis/store.py"
 R_SCRIPTS = "ipcpool/transport/redis/scripts.py"
-R_INGEST = "ipcpool/transport/redis/ingest.py"
+R_INGEST = "ipcpool/transport/bridge/ingest.py"
 
 T_LOST = "tests/test_lost_events.py"
 T_LIVE = "tests/test_live_config.py"
@@ -168,8 +168,9 @@ MUTATIONS: tuple[Mutation, ...] = (
               f"{T_DUR}::test_old_acks_and_uncollected_responses_are_pruned"),
              "[spool] tmp_max_age / response_retention: only older files go"),
     Mutation("duplicate-not-re-acked", STORE,
-             "        try:\n            self.spool.write_ack_named(group, ack_name(ack_id))\n        except OSError:\n"
-             "            pass  # the ack (or the held file that becomes it) is there already\n",
+             "            try:\n                spool.write_ack_named(group, ack_name(ack_id or \"\"))\n"
+             "            except OSError:\n"
+             "                pass  # the ack (or the held file that becomes it) is there already\n",
              "",
              (f"{T_CLIENT}::test_an_id_that_already_has_an_ack_is_not_handled_again",),
              "guarantee 3: removed and re-acked"),
@@ -538,8 +539,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              "returned messages are not finished ones"),
     # -- [transport], [redis] -------------------------------------------------------------------------------
     Mutation("backend-key-ignored", SEAM,
-             '    if config.transport.backend == "redis":\n        from ipcpool.transport.redis.source import',
-             '    if False:\n        from ipcpool.transport.redis.source import',
+             '    if config.transport.backend == "redis":\n        from ipcpool.transport.bridge import Bridge',
+             '    if False:\n        from ipcpool.transport.bridge import Bridge',
              ("tests/test_transports.py::test_messages_flow_acked_once_each[redis]",),
              "[transport] backend: the supervisor serves the configured backend"),
     Mutation("redis-url-ignored", R_CONN,
@@ -800,20 +801,20 @@ MUTATIONS: tuple[Mutation, ...] = (
              "body.get(\"timestamp\") is None)",
              ("tests/test_odd_entries.py::test_a_file_dropped_under_a_senders_id_does_not_answer_that_sender",),
              "a nack whose id comes only from a file name answers only the sender of those bytes"),
-    Mutation("bridged-answers-not-written-back", "ipcpool/transport/redis/source.py",
-             "            if self.relay is not None:\n                self.relay.check(now)\n", "",
+    Mutation("bridged-answers-not-written-back", "ipcpool/transport/bridge/__init__.py",
+             "        if self.relay is not None:\n            self.relay.check(now)\n", "",
              ("tests/test_bridge_answers.py::test_answers_of_a_bridged_file_come_back_beside_it_from_another_host",),
              "on Redis, a bridged file's ack, nack and response are written back beside it"),
-    Mutation("bridged-answers-forgotten-at-restart", "ipcpool/transport/redis/source.py",
-             "        if self.relay.load():", "        if False:",
+    Mutation("bridged-answers-forgotten-at-restart", "ipcpool/transport/bridge/__init__.py",
+             "        return self.relay.load()", "        return 0",
              ("tests/test_bridge_answers.py::test_answers_come_back_across_a_restart_of_the_supervisor_that_took_"
               "the_file",),
              "bridged answers come back across a restart of the supervisor that took the file"),
     Mutation("dispatch-room-stays-stale", SUP,
-             "        source.want(max(0, wanted))", "        pass",
+             "        self._room = max(0, wanted)", "        pass",
              ("tests/test_bridge_answers.py::test_answers_of_a_bridged_file_come_back_beside_it_from_another_host",),
              "a busy supervisor does not read ahead for room it handed out (prefetch 1 never hoards)"),
-    Mutation("bridge-sends-names-redis-cannot-hold", "ipcpool/transport/redis/ingest.py",
+    Mutation("bridge-sends-names-redis-cannot-hold", R_INGEST,
              '    return os.fsencode(message_stem(name)).decode("utf-8", "backslashreplace")',
              "    return message_stem(name)",
              ("tests/test_planted_entries.py::test_every_kind_of_entry_in_every_folder_at_every_transition[redis]",),

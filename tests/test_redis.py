@@ -107,25 +107,23 @@ def test_a_busy_supervisor_alone_never_says_it_lost_a_lease(tmp_path, env, redis
 def test_delivery_counts_are_kept_in_redis_and_go_on_on_another_host(tmp_path, redis_url, redis_prefix):
     """A consumer records a delivery that killed a worker, then stops renewing (dies); another
     reclaims the entry after the lease and knows it is the second delivery."""
-    from ipcpool.transport.redis.source import RedisSource
+    from ipcpool.transport import make_source
 
     configs = [load_config(_host(tmp_path, name, redis_url, redis_prefix, redis={"lease": 0.75})) for name in "ab"]
     with Client.from_config(configs[0]) as client:
         client.send("main", "task", {"n": 1}, message_id="counted")
-    a = RedisSource(configs[0], clock=time.monotonic, on_hint=lambda: None)
-    b = RedisSource(configs[1], clock=time.monotonic, on_hint=lambda: None)
+    a = make_source(configs[0], clock=time.monotonic, on_hint=lambda: None)
+    b = make_source(configs[1], clock=time.monotonic, on_hint=lambda: None)
     try:
         a.open()
-        a.want(10)
-        wait_until(lambda: (a.read_events(), a.poll(time.monotonic()), a.backlog())[2], 10, message="a takes it")
+        wait_until(lambda: (a.poll(time.monotonic(), None, 10), a.backlog())[1], 10, message="a takes it")
         ((group, ref, deliveries),) = a.take(10)
         assert deliveries == 1
-        history = a.failed_delivery(group, ref, {"delivery": 1, "ended": "exited with code 7"})
+        history = a.record_failure(group, ref, {"delivery": 1, "ended": "exited with code 7"})
         assert len(history) == 1
         b.open()
-        b.want(10)
         b.next_reclaim = 0.0
-        wait_until(lambda: (b.poll(time.monotonic()), b.renew(()), setattr(b, "next_reclaim", 0.0),
+        wait_until(lambda: (b.poll(time.monotonic(), None, 10), b.renew(()), setattr(b, "next_reclaim", 0.0),
                             b.backlog())[3], 20, message="b (alive: it renews, as at each heartbeat) reclaims it "
                                                          "once a's lease lapsed")
         ((_g, ref_b, deliveries_b),) = b.take(10)

@@ -45,8 +45,8 @@ import select
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Collection, Iterable
+from typing import Any, Protocol
 
 import redis.exceptions
 
@@ -54,10 +54,8 @@ from ipcpool.config import Config
 from ipcpool.localroot import STATE_DIR
 from ipcpool.message import Summary, summarize_bytes
 from ipcpool.transport.redis.connection import UNAVAILABLE, Outage, connect
-from ipcpool.transport.redis.ingest import Ingest
 from ipcpool.transport.redis.journal import Journal
 from ipcpool.transport.redis.keys import CONSUMER_GROUP, Keys
-from ipcpool.transport.redis.relay import AnswerRelay
 from ipcpool.transport.redis.scripts import Scripts, complete, quarantine
 from ipcpool.transport.redis.store import _text
 
@@ -100,10 +98,24 @@ def consumer_name(root: str, *, fsync: bool = False) -> str:
     return f"{socket.gethostname()}:{token}"
 
 
+class LocalInboxes(Protocol):
+    """What this source asks of the bridge (``ipcpool.transport.bridge``), which the factory gives it."""
+
+    def open(self) -> int: ...
+    def attach(self, client: Any, keys: Keys, scripts: Scripts, consumer: str) -> int: ...
+    def filenos(self) -> list[int]: ...
+    def poll(self, now: float, ready: Collection[int]) -> bool: ...
+    def forward(self, now: float) -> None: ...
+    def groups(self) -> set[str]: ...
+    def housekeeping(self, live_pids: set[int]) -> None: ...
+    def stats(self) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+
+
 class RedisSource:
     backend = "redis"
 
-    def __init__(self, config: Config, *, clock: Callable[[], float], on_hint: Callable[[], None]) -> None:
+    def __init__(self, config: Config, *, clock: Callable[[], float], bridge: LocalInboxes) -> None:
         self.config = config
         self.clock = clock
         self.client = connect(config)
@@ -137,9 +149,7 @@ class RedisSource:
         self._outstanding = False  # a read is in flight on it
         self.out: set[tuple[str, str]] = set()  # handed to the pool and not given back yet
         self._last_groups: dict[str, dict[str, Any]] = {}  # stats() while Redis is away: the last figures
-        self.ingest = Ingest(config, self.client, self.keys, self.scripts, self.consumer, clock=clock,
-                             on_hint=on_hint)
-        self.relay: AnswerRelay | None = None  # answers of bridged files, written back beside them (at open)
+        self.bridge = bridge  # the local inboxes: files into the streams, their answers back beside them
         self._watch_fds: list[int] = []  # the local inboxes' watch (inotify), once open
         self.next_groups = 0.0
         self.next_reclaim = 0.0
@@ -148,19 +158,16 @@ class RedisSource:
     # -- the Source interface -----------------------------------------------------------------------------------
 
     def open(self) -> int:
-        self.ingest.open()  # the local root and its state folder exist from here on
-        self.consumer = self.ingest.consumer = consumer_name(self.config.spool.root,
-                                                             fsync=self.config.spool.durability == "power")
+        self.bridge.open()  # the local root and its state folder exist from here on
+        self.consumer = consumer_name(self.config.spool.root, fsync=self.config.spool.durability == "power")
         self.pending_work.update(self.journal.load())
         if self.pending_work:
             log.warning("%d acks or dead-letterings a previous run could not finish in Redis were kept in %s: "
                         "finishing them before taking any work", len(self.pending_work), self.journal.path)
-        self._watch_fds = self.ingest.filenos()
-        self.relay = self.ingest.relay = AnswerRelay(self.config, self.client, self.keys, self.ingest.local.spool,
-                                                     self.consumer)
-        if self.relay.load():
-            log.info("%d bridged messages still wait for answers to write back beside their files",
-                     len(self.relay.pending))
+        self._watch_fds = self.bridge.filenos()
+        waiting = self.bridge.attach(self.client, self.keys, self.scripts, self.consumer)
+        if waiting:
+            log.info("%d bridged messages still wait for answers to write back beside their files", waiting)
         self._refresh_groups()
         if self.pending_work:
             self._finish_pending()  # its entries are this consumer's: recovered below unless finished here
@@ -172,28 +179,29 @@ class RedisSource:
         """The local inboxes' watch, and the socket of the read outstanding, if any: the loop waits on both."""
         return [*self._watch_fds, self._reader_fd] if self._outstanding else list(self._watch_fds)
 
-    def read_events(self, ready: set[int] | None = None) -> None:
-        """Take in what the ready descriptors say (``None``: look at each, without waiting)."""
+    def poll(self, now: float, ready: Collection[int] | None = None, room: int = 0) -> bool:
+        """The read that came back, the local inboxes, renewals, reclaims, retries; then one read is kept
+        outstanding for ``room`` (``ready`` None: look at each descriptor, without waiting). True while
+        the local inboxes have work to come back for at once."""
         if ready is None:
             fds = self.filenos()
             ready = set(select.select(fds, [], [], 0)[0]) if fds else set()
-        if any(fd in ready for fd in self._watch_fds):
-            self.ingest.read_events()
+        self.room = room
         if self._outstanding and self._reader_fd in ready:
             self._read_reply()
-
-    def poll(self, now: float) -> None:
-        self.ingest.poll(now)
+        more = self.bridge.poll(now, ready)
         if self.outage.down and not self.outage.may_try():
-            return
+            return more
+        self._poll_redis(now)
+        return more
+
+    def _poll_redis(self, now: float) -> None:
         try:
             if self.outage.down or now - self.renewed_at > 2 * self.renew_every:
                 self._renew(now)  # back from an outage or a stall: what this one holds is renewed first
             if self.outage.down:  # back: then what a read cut short may have taken, then new reads
                 self._take_back_unknown()
-            self.ingest.forward(now)
-            if self.relay is not None:
-                self.relay.check(now)
+            self.bridge.forward(now)
             if self.pending_work:
                 self._finish_pending()
             if now >= self.next_groups:
@@ -216,26 +224,20 @@ class RedisSource:
             return
         self.outage.ok()
 
-    def busy(self) -> bool:
-        return self.ingest.busy()
-
     def backlog(self) -> int:
         return 0 if self.outage.down else len(self.queue)
 
-    def want(self, room: int) -> None:
-        self.room = room
-
-    def take(self, room: int) -> list[tuple[str, str, int]]:
+    def take(self, n: int) -> list[tuple[str, str, int]]:
         taken: list[tuple[str, str, int]] = []
         queue = self.queue
-        while room > 0 and queue:
+        while n > 0 and queue:
             key = queue.popitem(last=False)[0]
             self.out.add(key)
             taken.append((key[0], key[1], self.failures.get(key, 0) + 1))
-            room -= 1
+            n -= 1
         return taken
 
-    def finished(self, group: str, ref: str, outcome: str, info: Any) -> None:
+    def done(self, group: str, ref: str, outcome: str, info: Any) -> None:
         key = (group, ref)
         self.out.discard(key)
         self.lost.discard(key)
@@ -248,7 +250,7 @@ class RedisSource:
                         "group=%s entry=%s id=%s", what, group, ref,
                         info.get("id") or (info.get("quarantine") or {}).get("id"))
 
-    def requeue(self, group: str, ref: str, *, later: float = 0.0, counted: bool = True) -> None:
+    def requeue(self, group: str, ref: str, *, later: float = 0.0) -> None:
         key = (group, ref)
         self.out.discard(key)
         if key in self.lost:  # another supervisor holds it now: not this one's to hand out again
@@ -260,7 +262,7 @@ class RedisSource:
             self.queue[key] = None
             self.queue.move_to_end(key, last=False)  # it was next once; it is next again
 
-    def failed_delivery(self, group: str, ref: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    def record_failure(self, group: str, ref: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
         key = self.keys.deliveries(group, ref)
         try:
             _, _, history = (self.client.pipeline(transaction=True).rpush(key, json.dumps(entry))
@@ -340,7 +342,7 @@ class RedisSource:
                   "it is left to that one" if waiting else "its handler may run twice")
 
     def housekeeping(self, live_pids: set[int] | None = None) -> None:
-        self.ingest.housekeeping(live_pids or set())
+        self.bridge.housekeeping(live_pids or set())
         self._housekeeping = True
 
     def stats(self) -> dict[str, Any]:
@@ -375,7 +377,7 @@ class RedisSource:
             self._last_groups = groups
         trouble = {"full": False, "stranded": len(self.pending_work), "ackHolds": 0,
                    "error": self.outage.describe(),
-                   "consumer": self.consumer, "redisDown": self.outage.down, **self.ingest.stats()}
+                   "consumer": self.consumer, "redisDown": self.outage.down, **self.bridge.stats()}
         return {"groups": groups, "transport": trouble}
 
     def _queue_replies(self, names: list[str]) -> list[tuple[Any, Any, Any, Any]]:
@@ -431,7 +433,7 @@ class RedisSource:
                 self.client.delete(self.keys.supervisor(self.consumer))
         except UNAVAILABLE:
             pass
-        self.ingest.close()
+        self.bridge.close()
         self.client.close()
 
     # -- reading ----------------------------------------------------------------------------------------------
@@ -559,7 +561,7 @@ class RedisSource:
 
     def _refresh_groups(self) -> None:
         known = {_text(g) for g in self.client.smembers(self.keys.groups)}
-        known |= set(self.config.spool.groups) | self.ingest.groups()
+        known |= set(self.config.spool.groups) | self.bridge.groups()
         for group in sorted(known - self.groups):
             if self.config.spool.strict_groups and group not in self.config.spool.groups:
                 continue

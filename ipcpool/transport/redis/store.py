@@ -24,7 +24,7 @@ from ipcpool.config import Config
 from ipcpool.config import ack_retry_window as _window
 from ipcpool.errors import InvalidMessage
 from ipcpool.message import FORMATS, SNIFF_BYTES, now_iso
-from ipcpool.transport import Raw, Receipt
+from ipcpool.transport.base import MessageGone, Raw, Receipt
 from ipcpool.transport.redis.connection import UNAVAILABLE, Lane, connect, unavailable
 from ipcpool.transport.redis.keys import Keys
 from ipcpool.transport.redis.scripts import Scripts, complete, complete_commands, fetch_call, quarantine
@@ -111,7 +111,7 @@ class RedisStore:
                 raise unavailable(exc, self.config) from exc
             fields = entries[0][1] if entries else None
         if fields is None:
-            raise FileNotFoundError(f"stream entry {ref} of group {group} is gone")
+            raise MessageGone(f"stream entry {ref} of group {group} is gone")
         data = fields.get(b"m")
         stem = _text(fields.get(b"s")) or ref
         self._answer = (group, stem, acked) if acked is not None else None
@@ -148,8 +148,10 @@ class RedisStore:
         except UNAVAILABLE as exc:
             raise unavailable(exc, self.config) from exc
 
-    def complete(self, group: str, ref: str, ack_id: str | None, token: Any) -> dict[str, Any] | None:
-        """Ack, XACK and XDEL in one MULTI/EXEC, sent unanswered; ``settle`` checks that it took.
+    def complete(self, group: str, ref: str, ack_id: str | None, token: Any, *, duplicate: bool = False
+                 ) -> dict[str, Any] | None:
+        """Ack, XACK and XDEL in one MULTI/EXEC, sent unanswered; ``settle`` checks that it took (a
+        ``duplicate``'s is not reported: if it fails, the copy comes back and is skipped again).
 
         The worker goes on to its next message while Redis runs this one, and
         reports neither to the supervisor before ``settle`` checked. The
@@ -160,14 +162,10 @@ class RedisStore:
         the spool's: one write.
         """
         self._stems.pop((group, ref), None)
-        if ack_id is not None:
+        if ack_id is not None and not duplicate:
             self._acked_here.add((group, ack_id))
-        self._send_complete(group, ref, ack_id, token, report=True)
+        self._send_complete(group, ref, ack_id, token, report=not duplicate)
         return None
-
-    def complete_duplicate(self, group: str, ref: str, ack_id: str, token: Any) -> None:
-        self._stems.pop((group, ref), None)
-        self._send_complete(group, ref, ack_id, token, report=False)  # if it fails it comes back, a duplicate
 
     def settle(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Check the completions sent since the last call; (group, ref) -> what the supervisor must finish.
@@ -242,7 +240,7 @@ class RedisStore:
         except UNAVAILABLE as exc:
             raise unavailable(exc, self.config) from exc
         if not done:
-            raise FileNotFoundError(f"stream entry {ref} of group {group} is gone")
+            raise MessageGone(f"stream entry {ref} of group {group} is gone")
 
     def close(self) -> None:
         self._finish_fetch()  # nothing unread: the lane closes with FIN, and what it sent is delivered

@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
 from ipcpool.config import Config
@@ -75,6 +75,7 @@ class SpoolSource:
         self.untracked: dict[str, set[str]] = {}  # group -> names in processing/ nothing tracked at its last rescan
         self._hints: deque[Hint] = deque()
         self._watcher: Any = None
+        self._watcher_fds: tuple[int, ...] = ()
         self._housekeeping: Iterator[None] | None = None
         self._live_pids: set[int] = set()
         self._ledger_clock: LedgerClock | None = None  # the acks' pruning clock, made at open()
@@ -96,6 +97,8 @@ class SpoolSource:
                                      poll_interval=min(1.0, self.config.spool.rescan_interval),
                                      inboxes=self.config.spool.inboxes)
         self._watcher.start()
+        fd = self._watcher.fileno()
+        self._watcher_fds = () if fd is None else (fd,)
         for group in spool.list_groups():
             self.add_group(group)
         self.next_rescan = self.clock() + self.config.spool.rescan_interval
@@ -103,15 +106,13 @@ class SpoolSource:
 
     def filenos(self) -> list[int]:
         """The watcher's descriptor (inotify), if it has one (an observer's thread wakes the loop instead)."""
-        fd = self._watcher.fileno() if self._watcher is not None else None
-        return [] if fd is None else [fd]
+        return list(self._watcher_fds)
 
-    def read_events(self, ready: set[int] | None = None) -> None:
-        """The watcher's descriptor is readable: take its events."""
-        if self._watcher is not None:
+    def poll(self, now: float, ready: Collection[int] = (), room: int = 0) -> bool:
+        """Take in the watcher's events, then offers, retries, rescans and pruning, in slices; True while sliced
+        work is left (``room`` means nothing here: the inboxes are the backlog)."""
+        if self._watcher is not None and any(fd in ready for fd in self._watcher_fds):
             self._hints.extend(self._watcher.read())
-
-    def poll(self, now: float) -> None:
         self._drain_hints(now)
         if self.settling:
             for key, due in list(self.settling.items()):
@@ -128,20 +129,15 @@ class SpoolSource:
             self._continue_rescan()
         if self._housekeeping is not None:
             self._continue_housekeeping()
-
-    def busy(self) -> bool:
         return bool(self.rescan_queue) or self._housekeeping is not None or bool(self._hints)
 
     def backlog(self) -> int:
         return len(self.pending)
 
-    def want(self, room: int) -> None:
-        """The pool could take ``room`` more: nothing to ask for here (the inboxes are the backlog)."""
-
-    def take(self, room: int) -> list[tuple[str, str, int]]:
+    def take(self, n: int) -> list[tuple[str, str, int]]:
         taken: list[tuple[str, str, int]] = []
         pending = self.pending
-        while room > 0 and pending:
+        while n > 0 and pending:
             key, _seen = pending.popitem(last=False)
             if key in self.taken:
                 self.blocked.add(key)
@@ -151,10 +147,10 @@ class SpoolSource:
             self.taken.add(key)
             history = self.failures.get(key)
             taken.append((key[0], key[1], len(history) + 1 if history else 1))
-            room -= 1
+            n -= 1
         return taken
 
-    def finished(self, group: str, ref: str, outcome: str, info: Any) -> None:
+    def done(self, group: str, ref: str, outcome: str, info: Any) -> None:
         key = (group, ref)
         self.taken.discard(key)
         if key in self.failures:
@@ -168,7 +164,7 @@ class SpoolSource:
                                   errno_=info.get("errno"), record=info["quarantine"], nack=info.get("nack"))
         self._unblock(key)
 
-    def requeue(self, group: str, ref: str, *, later: float = 0.0, counted: bool = True) -> None:
+    def requeue(self, group: str, ref: str, *, later: float = 0.0) -> None:
         key = (group, ref)
         self.taken.discard(key)
         try:
@@ -184,7 +180,7 @@ class SpoolSource:
                     self.pending[back] = self.clock()
         self._unblock(key)
 
-    def failed_delivery(self, group: str, ref: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    def record_failure(self, group: str, ref: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
         history = self.failures.setdefault((group, ref), [])
         history.append(entry)
         return list(history)

@@ -10,7 +10,7 @@ from typing import Any
 
 from ipcpool.config import Config
 from ipcpool.message import format_for
-from ipcpool.transport import Raw, Receipt
+from ipcpool.transport.base import MessageGone, Raw, Receipt
 from ipcpool.transport.spool.layout import MESSAGES, ack_name, message_stem, split_name
 from ipcpool.transport.spool.spool import Spool
 
@@ -25,7 +25,10 @@ class SpoolStore:
         """Files are read one by one, as they are reached."""
 
     def read(self, group: str, ref: str) -> Raw:
-        result = self.spool.read_claimed(group, ref)
+        try:
+            result = self.spool.read_claimed(group, ref)
+        except FileNotFoundError as exc:
+            raise MessageGone(f"{group}/processing/{ref} is gone") from exc
         return Raw(result.data, format_for(ref), message_stem(ref), split_name(ref)[0] if "/" in ref else MESSAGES,
                    result.mtime, result.recycle)
 
@@ -42,9 +45,18 @@ class SpoolStore:
         spool = self.spool
         return (holds and spool.is_held_for_ack(group, message_id)) or spool.has_ack_named(group, ack_name(message_id))
 
-    def complete(self, group: str, ref: str, ack_id: str | None, token: Any) -> dict[str, Any] | None:
-        """Ack (when asked), then remove; an ack that cannot be written holds the file instead."""
+    def complete(self, group: str, ref: str, ack_id: str | None, token: Any, *, duplicate: bool = False
+                 ) -> dict[str, Any] | None:
+        """Ack (when asked), then remove; an ack that cannot be written holds the file instead. A ``duplicate``
+        (a copy of what is acked already) refreshes its ack, best effort, and goes."""
         spool = self.spool
+        if duplicate:
+            try:
+                spool.write_ack_named(group, ack_name(ack_id or ""))
+            except OSError:
+                pass  # the ack (or the held file that becomes it) is there already
+            spool.complete(group, ref, recycle=token)
+            return None
         if ack_id is not None:
             try:
                 spool.write_ack_named(group, ack_name(ack_id))
@@ -56,14 +68,6 @@ class SpoolStore:
 
     def settle(self) -> dict[tuple[str, str], dict[str, Any]]:
         return {}  # complete() is done when it returns
-
-    def complete_duplicate(self, group: str, ref: str, ack_id: str, token: Any) -> None:
-        """A copy of what is acked already: refresh its ack (best effort) and remove it."""
-        try:
-            self.spool.write_ack_named(group, ack_name(ack_id))
-        except OSError:
-            pass  # the ack (or the held file that becomes it) is there already
-        self.spool.complete(group, ref, recycle=token)
 
     def reply(self, group: str, request_id: str, data: bytes) -> bool:
         """False when the group has no folder (the response is dropped); OSError when it cannot be written."""
@@ -83,7 +87,10 @@ class SpoolStore:
     def quarantine(self, group: str, ref: str, record: dict[str, Any], nack: dict[str, Any] | None,
                    error_ref: str = "") -> None:
         name = error_ref.rsplit("/", 1)[-1] if error_ref else None
-        self.spool.quarantine(group, ref, record, nack=nack, error_name=name)
+        try:
+            self.spool.quarantine(group, ref, record, nack=nack, error_name=name)
+        except FileNotFoundError as exc:
+            raise MessageGone(f"{group}/processing/{ref} is gone") from exc
 
     def close(self) -> None:
         self.spool.drop_spares()

@@ -29,15 +29,15 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from ipcpool.config import Config
 from ipcpool.errors import InvalidMessage
 from ipcpool.message import decode, format_for, summarize
+from ipcpool.transport.bridge.relay import AnswerRelay, relay_field, relay_value
 from ipcpool.transport.redis.connection import UNAVAILABLE
 from ipcpool.transport.redis.keys import Keys
-from ipcpool.transport.redis.relay import AnswerRelay, relay_field, relay_value
 from ipcpool.transport.redis.scripts import Scripts, publish
 from ipcpool.transport.spool.layout import MESSAGES, PROCESSING, message_stem, split_name
 from ipcpool.transport.spool.source import SpoolSource
@@ -55,13 +55,11 @@ FUTURE_MTIME_SLACK = 1.0  # seconds an mtime may be ahead of our clock and still
 
 
 class Ingest:
-    def __init__(self, config: Config, client: Any, keys: Keys, scripts: Scripts, consumer: str, *,
-                 clock: Callable[[], float], on_hint: Callable[[], None]) -> None:
+    def __init__(self, config: Config, *, clock: Callable[[], float], on_hint: Callable[[], None]) -> None:
         self.config = config
-        self.client = client
-        self.keys = keys
-        self.scripts = scripts
-        self.consumer = consumer
+        self.keys: Keys = Keys(config.redis.prefix)
+        self.scripts: Scripts | None = None  # the Redis side, once attached (see Bridge.attach)
+        self.consumer = ""
         self.local = SpoolSource(config, clock=clock, on_hint=on_hint)
         self.moved = 0
         self.waiting: set[tuple[str, str]] = set()  # files whose name is in flight in the cluster (said once)
@@ -75,14 +73,9 @@ class Ingest:
     def filenos(self) -> list[int]:
         return self.local.filenos()
 
-    def read_events(self) -> None:
-        self.local.read_events()
-
-    def poll(self, now: float) -> None:
-        self.local.poll(now)
-
-    def busy(self) -> bool:
-        return self.local.busy() or bool(self.local.backlog())
+    def poll(self, now: float, ready: Collection[int] = ()) -> bool:
+        """The local inboxes' events, rescans and pruning; True while there is work to come back for at once."""
+        return self.local.poll(now, ready) or bool(self.local.backlog())
 
     def groups(self) -> set[str]:
         return set(self.local.groups)
@@ -107,7 +100,7 @@ class Ingest:
             st = os.stat(spool.path(group, PROCESSING, name))
         except FileNotFoundError:
             self.waiting.discard((group, name))
-            self.local.finished(group, name, "vanished", None)
+            self.local.done(group, name, "vanished", None)
             return
         except InvalidMessage as exc:
             self.waiting.discard((group, name))
@@ -123,7 +116,7 @@ class Ingest:
             # clock skew or touch -d, counts as settled, or it would wait for ever); then it is refused.
             settle = self.config.spool.settle_time
             if -FUTURE_MTIME_SLACK < time.time() - result.mtime < settle:
-                self.local.requeue(group, name, later=settle, counted=False)
+                self.local.requeue(group, name, later=settle)
             else:
                 self.waiting.discard((group, name))
                 self._refuse(group, name, str(exc))
@@ -136,12 +129,13 @@ class Ingest:
         relay = (self.keys.relay(self.consumer), relay_field(group, said.id), relay_value(said.reply_to,
                  said.requires_ack)) if wants and said.id is not None else None
         try:
+            assert self.scripts is not None
             reply = publish(self.scripts, self.keys, group, stem, stem, result.data,
                             fmt, inbox, hashlib.sha1(result.data).hexdigest(),
                             self.config.spool.max_queued, max(1, int(self.config.ack.retention)), marker,
                             relay=relay)
         except UNAVAILABLE:
-            self.local.requeue(group, name, later=RETRY_LATER, counted=False)
+            self.local.requeue(group, name, later=RETRY_LATER)
             raise
         verdict = reply[0] if reply else b""
         if verdict in (b"full", b"busy"):
@@ -149,13 +143,13 @@ class Ingest:
                 self.waiting.add((group, name))
                 log.info("local file waits: a message named %s is queued or in flight in the cluster; it is "
                          "sent once that one is done group=%s file=%s", stem, group, name)
-            self.local.requeue(group, name, later=RETRY_LATER, counted=False)
+            self.local.requeue(group, name, later=RETRY_LATER)
             return
         self.waiting.discard((group, name))
         if relay is not None and self.relay is not None and said.id is not None and verdict == b"ok":
             self.relay.add(group, said.id, said.reply_to, said.requires_ack)  # its answers come back here
         spool.complete(group, name)
-        self.local.finished(group, name, "handled", None)
+        self.local.done(group, name, "handled", None)
         self.moved += 1
 
     def _refuse(self, group: str, name: str, reason: str) -> None:
