@@ -143,8 +143,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              (f"{T_LOST}::test_periodic_rescans_find_what_no_event_announced",),
              "guarantee 5: rescan every rescan_interval"),
     Mutation("new-group-folder-event-ignored", SOURCE,
-             "                if self.spool.is_group_dir(group):\n                    self.add_group(group)",
-             "                if self.spool.is_group_dir(group):\n                    pass",
+             "                if self.spool.folders.is_group_dir(group):\n                    self.add_group(group)",
+             "                if self.spool.folders.is_group_dir(group):\n                    pass",
              (f"{T_LOST}::test_a_group_folder_made_while_running_is_watched_at_once",),
              "[spool] groups: other group folders are picked up when they appear"),
     Mutation("new-group-folder-not-found-by-rescans", SOURCE,
@@ -168,7 +168,7 @@ MUTATIONS: tuple[Mutation, ...] = (
               f"{T_DUR}::test_old_acks_and_uncollected_responses_are_pruned"),
              "[spool] tmp_max_age / response_retention: only older files go"),
     Mutation("duplicate-not-re-acked", STORE,
-             "            try:\n                spool.write_ack_named(group, ack_name(ack_id or \"\"))\n"
+             "            try:\n                spool.ledger.write_ack_named(group, ack_name(ack_id or \"\"))\n"
              "            except OSError:\n"
              "                pass  # the ack (or the held file that becomes it) is there already\n",
              "",
@@ -225,7 +225,7 @@ MUTATIONS: tuple[Mutation, ...] = (
               "tests/test_e2e_basic.py::test_messages_from_every_kind_of_writer_are_handled_once_and_acked"),
              "guarantee 1: nothing partial is processed"),
     Mutation("processing-not-recovered-at-start", SOURCE,
-             "        for name in self.spool.scan_processing(group):", "        for name in []:",
+             "        for name in self.spool.folders.scan_processing(group):", "        for name in []:",
              (f"{T_SUPV}::test_supervisor_sigkill_then_restart_loses_nothing",),
              "guarantee 2: on start, processing/ is moved back to messages/"),
     Mutation("requeue-overwrites-a-namesake", CLAIMS,
@@ -308,7 +308,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              (f"{T_LIVE}::test_power_durability_fsyncs_the_file_then_its_folder[power]",),
              "[spool] durability = power: fsync ... then folder"),
     Mutation("power-without-file-fsync", WRITES,
-             "            if self._fsync:\n                os.fsync(fd)\n        finally:",
+             "            if self.fsync:\n                os.fsync(fd)\n        finally:",
              "            if False:\n                os.fsync(fd)\n        finally:",
              (f"{T_LIVE}::test_power_durability_fsyncs_the_file_then_its_folder[power]",),
              "[spool] durability = power: fsync file ..."),
@@ -720,12 +720,13 @@ MUTATIONS: tuple[Mutation, ...] = (
               "rescans",),
              "the directory is the truth for processing/ too"),
     Mutation("ack-hold-not-fsynced", CLAIMS,
-             "            if self._fsync:  # the proof that it was handled must outlive a power loss as an ack would\n"
-             "                self.fsync_dir(self.path(group, PROCESSING))\n", "",
+             "            if self.writer.fsync:  # the proof that it was handled must outlive a power loss as an ack "
+             "would\n                self.writer.fsync_dir(self.path(group, PROCESSING))\n", "",
              (f"{T_LIVE}::test_power_durability_fsyncs_ack_holds_and_delivery_records",),
              'durability = "power": .ack-<id> holds fsynced'),
     Mutation("delivery-records-not-fsynced", "ipcpool/transport/spool/deliveries.py",
-             "        os.replace(tmp, path)\n        if self._fsync:\n            self.fsync_dir(str(path.parent))\n",
+             "        os.replace(tmp, path)\n        if self.writer.fsync:\n"
+             "            self.writer.fsync_dir(str(path.parent))\n",
              "        os.replace(tmp, path)\n",
              (f"{T_LIVE}::test_power_durability_fsyncs_ack_holds_and_delivery_records",),
              'durability = "power": delivery records fsynced'),

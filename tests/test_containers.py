@@ -46,8 +46,8 @@ def test_a_group_folder_another_user_owns_stops_that_group_only(tmp_path, root, 
     word in status or health, with a warning every rescan. Now the rest is served and it is reported."""
     _root_only()
     spool = Spool(root)
-    spool.ensure_root()
-    spool.ensure_group("agent8")
+    spool.folders.ensure_root()
+    spool.folders.ensure_group("agent8")
     for path in (root / "agent8", *(root / "agent8").iterdir()):
         os.chown(path, NOBODY, NOBODY)
     config = write_config(tmp_path / "c.toml", root, groups=["main", "agent8"],

@@ -227,8 +227,8 @@ def test_writer_in_shared_mode_cannot_forge_acks() -> None:
 
 def _check_shared_writer(root: Path) -> None:
     spool = Spool(root, mode="shared")
-    spool.ensure_root()
-    spool.ensure_group("main")
+    spool.folders.ensure_root()
+    spool.folders.ensure_group("main")
     gid = 65534  # nogroup
     for dirpath, _dirnames, _ in os.walk(root):
         os.chown(dirpath, 0, gid)

@@ -19,16 +19,16 @@ from ipcpool.transport.spool.spool import Spool
 @pytest.fixture
 def spool(root: Path) -> Spool:
     spool = Spool(root)
-    spool.ensure_root()
-    spool.ensure_group("main")
-    spool.ensure_group("group1")
+    spool.folders.ensure_root()
+    spool.folders.ensure_group("main")
+    spool.folders.ensure_group("group1")
     return spool
 
 
 def _quarantine(spool: Spool, name: str, data: bytes, record: dict, group: str = "main") -> str:
-    spool.publish(group, name, data)
-    assert spool.claim(group, name)
-    return spool.quarantine(group, name, record)
+    spool.writer.publish(group, name, data)
+    assert spool.claims.claim(group, name)
+    return spool.dead.quarantine(group, name, record)
 
 
 def _wait_next_ms() -> None:
@@ -123,7 +123,7 @@ def test_read_message(spool):
 
 def test_retry_moves_the_message_back_under_its_original_name(spool, root):
     _quarantine(spool, "a.json", b'{"type":"task","payload":1}', {"reason": "handler failed", "id": "a"})
-    spool.save_deliveries("main", "a.json", [{"reason": "worker died"}])
+    spool.deliveries.save("main", "a.json", [{"reason": "worker died"}])
     [entry] = list_errors(spool)
 
     assert retry(spool, entry) == "a.json"
@@ -134,15 +134,15 @@ def test_retry_moves_the_message_back_under_its_original_name(spool, root):
     retried = json.loads((errors / RETRIED_DIR / f"{entry.file}.error.json").read_text())
     assert retried["reason"] == "handler failed"
     assert list_errors(spool) == []
-    assert spool.load_deliveries() == {}  # a fresh delivery count
+    assert spool.deliveries.load() == {}  # a fresh delivery count
 
 
 def test_retried_message_can_be_claimed_and_quarantined_again(spool, root):
     _quarantine(spool, "a.json", b"{}", {"reason": "first"})
     retry(spool, list_errors(spool)[0])
-    assert spool.claim("main", "a.json")
+    assert spool.claims.claim("main", "a.json")
     _wait_next_ms()
-    spool.quarantine("main", "a.json", {"reason": "second"})
+    spool.dead.quarantine("main", "a.json", {"reason": "second"})
     [entry] = list_errors(spool)
     assert entry.record["reason"] == "second"
     retry(spool, entry)
@@ -152,7 +152,7 @@ def test_retried_message_can_be_claimed_and_quarantined_again(spool, root):
 def test_retry_never_overwrites_a_queued_message_with_the_same_name(spool, root):
     # Invariant 2, "nothing is lost": a new a.json queued meanwhile must survive a retry of the old one.
     _quarantine(spool, "a.json", b"old", {"reason": "x"})
-    spool.publish("main", "a.json", b"new")
+    spool.writer.publish("main", "a.json", b"new")
     [entry] = list_errors(spool)
     try:
         retry(spool, entry)
@@ -177,9 +177,9 @@ def test_purge_removes_both_files(spool, root):
 
 
 def test_purge_a_quarantined_directory(spool, root):
-    os.mkdir(spool.path("main", PROCESSING, "dir.json"))
+    os.mkdir(spool.folders.path("main", PROCESSING, "dir.json"))
     (root / "main" / PROCESSING / "dir.json" / "inner").write_text("x")
-    spool.quarantine("main", "dir.json", {"reason": "refused: a directory, not a regular file"})
+    spool.dead.quarantine("main", "dir.json", {"reason": "refused: a directory, not a regular file"})
     [entry] = list_errors(spool)
     purge(spool, entry)
     assert os.listdir(root / "main" / ERRORS) == []

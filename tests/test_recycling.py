@@ -12,27 +12,27 @@ from pathlib import Path
 
 import pytest
 
-from ipcpool.transport.spool.claims import MAX_SPARES
 from ipcpool.transport.spool.layout import ACKS, PROCESSING, RESPONSES, STAGING_DIR, STATE_DIR
 from ipcpool.transport.spool.spool import Spool
+from ipcpool.transport.spool.writes import MAX_SPARES
 
 BIG = b'{"id": "m", "type": "task", "payload": "' + b"x" * 9000 + b'"}'
 
 
 def _worker_spool(root: Path, **kwargs) -> Spool:
     spool = Spool(root, private_staging=True, **kwargs)
-    spool.ensure_root()
-    spool.ensure_group("main")
+    spool.folders.ensure_root()
+    spool.folders.ensure_group("main")
     return spool
 
 
 def _handle(spool: Spool, name: str, data: bytes = BIG) -> os.stat_result:
     """Publish, claim and read one message as a worker would; returns its file's stat."""
-    spool.publish("main", name, data)
-    assert spool.claim("main", name)
-    st = os.stat(spool.path("main", PROCESSING, name))
-    raw = spool.read_claimed("main", name)
-    spool.complete("main", name, recycle=raw.recycle)
+    spool.writer.publish("main", name, data)
+    assert spool.claims.claim("main", name)
+    st = os.stat(spool.folders.path("main", PROCESSING, name))
+    raw = spool.reader.read_claimed("main", name)
+    spool.claims.complete("main", name, recycle=raw.recycle)
     return st
 
 
@@ -43,14 +43,14 @@ def _staging(root: Path) -> list[str]:
 def test_ack_is_written_into_the_handled_file_and_holds_only_a_timestamp(tmp_path: Path) -> None:
     spool = _worker_spool(tmp_path)
     st = _handle(spool, "m.json")
-    assert len(_staging(tmp_path)) == 1 and not os.listdir(spool.path("main", PROCESSING))
-    spool.write_ack("main", "m")
-    ack = Path(spool.path("main", "acks", "m.ack"))
+    assert len(_staging(tmp_path)) == 1 and not os.listdir(spool.folders.path("main", PROCESSING))
+    spool.ledger.write_ack("main", "m")
+    ack = Path(spool.folders.path("main", "acks", "m.ack"))
     text = ack.read_text()
     dt.datetime.fromisoformat(text.replace("Z", "+00:00"))  # a timestamp, none of the message's 9 KB left
     ack_st = ack.stat()
     assert ack_st.st_ino == st.st_ino and ack_st.st_size == len(text)
-    assert stat.S_IMODE(ack_st.st_mode) == spool.file_mode(ACKS)
+    assert stat.S_IMODE(ack_st.st_mode) == spool.folders.file_mode(ACKS)
     assert _staging(tmp_path) == []
 
 
@@ -59,41 +59,41 @@ def test_shared_mode_never_recycles(tmp_path: Path) -> None:
     spool = _worker_spool(tmp_path, mode="shared")
     _handle(spool, "m.json")
     assert _staging(tmp_path) == [], "the handled file was unlinked, not kept"
-    spool.write_response("main", "m", b'{"requestId": "m", "success": true}')
-    response = Path(spool.response_path("main", "m"))
-    assert stat.S_IMODE(response.stat().st_mode) == spool.file_mode(RESPONSES) == 0o640
+    spool.ledger.write_response("main", "m", b'{"requestId": "m", "success": true}')
+    response = Path(spool.ledger.response_path("main", "m"))
+    assert stat.S_IMODE(response.stat().st_mode) == spool.folders.file_mode(RESPONSES) == 0o640
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o660])
 def test_a_file_others_could_open_is_never_recycled(tmp_path: Path, mode: int) -> None:
     spool = _worker_spool(tmp_path)
-    spool.publish("main", "m.json", BIG)
-    path = spool.path("main", "messages", "m.json")
+    spool.writer.publish("main", "m.json", BIG)
+    path = spool.folders.path("main", "messages", "m.json")
     os.chmod(path, mode)
-    assert spool.claim("main", "m.json")
-    raw = spool.read_claimed("main", "m.json")
+    assert spool.claims.claim("main", "m.json")
+    raw = spool.reader.read_claimed("main", "m.json")
     assert raw.recycle is None
 
 
 def test_a_file_a_writer_still_holds_open_is_never_recycled(tmp_path: Path) -> None:
     """A direct writer still writing (or a writable mapping) would write into our next ack."""
     spool = _worker_spool(tmp_path)
-    spool.publish("main", "m.json", BIG)
-    assert spool.claim("main", "m.json")
-    writer = os.open(spool.path("main", PROCESSING, "m.json"), os.O_WRONLY)
+    spool.writer.publish("main", "m.json", BIG)
+    assert spool.claims.claim("main", "m.json")
+    writer = os.open(spool.folders.path("main", PROCESSING, "m.json"), os.O_WRONLY)
     try:
-        assert spool.read_claimed("main", "m.json").recycle is None
+        assert spool.reader.read_claimed("main", "m.json").recycle is None
     finally:
         os.close(writer)
-    assert spool.read_claimed("main", "m.json").recycle == 0o600
+    assert spool.reader.read_claimed("main", "m.json").recycle == 0o600
 
 
 def test_a_spare_whose_destination_folder_is_gone_is_not_leaked(tmp_path: Path) -> None:
     spool = _worker_spool(tmp_path)
     _handle(spool, "m.json")
-    os.rmdir(spool.path("main", RESPONSES))
+    os.rmdir(spool.folders.path("main", RESPONSES))
     with pytest.raises(FileNotFoundError):
-        spool.write_response("main", "m", b"{}")
+        spool.ledger.write_response("main", "m", b"{}")
     assert _staging(tmp_path) == []
 
 
@@ -102,8 +102,8 @@ def test_spares_are_bounded_and_dropped_on_exit(tmp_path: Path) -> None:
     for i in range(MAX_SPARES + 5):
         _handle(spool, f"m{i}.json")
     assert len(_staging(tmp_path)) == MAX_SPARES
-    assert not os.listdir(spool.path("main", PROCESSING))
-    spool.drop_spares()
+    assert not os.listdir(spool.folders.path("main", PROCESSING))
+    spool.writer.drop_spares()
     assert _staging(tmp_path) == []
 
 
@@ -113,23 +113,23 @@ def test_a_lost_spare_falls_back_to_a_fresh_file(tmp_path: Path) -> None:
     _handle(spool, "b.json")
     for name in _staging(tmp_path):  # housekeeping (or an operator) removed them meanwhile
         os.unlink(tmp_path / STATE_DIR / STAGING_DIR / name)
-    spool.write_ack("main", "a")
-    assert Path(spool.path("main", "acks", "a.ack")).read_text().endswith("Z")
+    spool.ledger.write_ack("main", "a")
+    assert Path(spool.folders.path("main", "acks", "a.ack")).read_text().endswith("Z")
     assert _staging(tmp_path) == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
 def test_a_file_owned_by_another_user_is_never_recycled(tmp_path: Path) -> None:
     spool = _worker_spool(tmp_path)
-    spool.publish("main", "m.json", BIG)
-    assert spool.claim("main", "m.json")
-    os.chown(spool.path("main", PROCESSING, "m.json"), 65534, 65534)
-    raw = spool.read_claimed("main", "m.json")
+    spool.writer.publish("main", "m.json", BIG)
+    assert spool.claims.claim("main", "m.json")
+    os.chown(spool.folders.path("main", PROCESSING, "m.json"), 65534, 65534)
+    raw = spool.reader.read_claimed("main", "m.json")
     assert raw.recycle is None
-    spool.complete("main", "m.json", recycle=raw.recycle)
-    assert _staging(tmp_path) == [] and not os.listdir(spool.path("main", PROCESSING))
-    spool.write_ack("main", "m")
-    assert os.stat(spool.path("main", "acks", "m.ack")).st_uid == 0
+    spool.claims.complete("main", "m.json", recycle=raw.recycle)
+    assert _staging(tmp_path) == [] and not os.listdir(spool.folders.path("main", PROCESSING))
+    spool.ledger.write_ack("main", "m")
+    assert os.stat(spool.folders.path("main", "acks", "m.ack")).st_uid == 0
 
 
 def test_prune_staging_removes_only_files_of_gone_processes(tmp_path: Path) -> None:
@@ -142,7 +142,7 @@ def test_prune_staging_removes_only_files_of_gone_processes(tmp_path: Path) -> N
     (staging / f".{dead_pid}-1.spare").write_bytes(b"old")
     (staging / f".{dead_pid}-2-abcdef.tmp").write_bytes(b"half")
     (staging / "stray").write_bytes(b"?")
-    assert spool.prune_staging({os.getpid()}) == 3
+    assert spool.writer.prune_staging({os.getpid()}) == 3
     assert len(_staging(tmp_path)) == 1 and _staging(tmp_path)[0].startswith(f".{os.getpid()}-")
 
 
@@ -150,9 +150,9 @@ def test_read_lease_is_released_even_if_a_fork_keeps_the_file_open(tmp_path: Pat
     """A handler's thread may fork while a worker reads: the child's copy of the open file
     must not keep the lease, or the worker's own open of the spare breaks it (SIGIO kills)."""
     spool = _worker_spool(tmp_path)
-    spool.publish("main", "m.json", BIG)
-    assert spool.claim("main", "m.json")
-    path = spool.path("main", PROCESSING, "m.json")
+    spool.writer.publish("main", "m.json", BIG)
+    assert spool.claims.claim("main", "m.json")
+    path = spool.folders.path("main", PROCESSING, "m.json")
     real_close = os.close
     children: list[int] = []
 
@@ -170,7 +170,7 @@ def test_read_lease_is_released_even_if_a_fork_keeps_the_file_open(tmp_path: Pat
     monkeypatch.setattr("ipcpool.transport.spool.reads.os.close", fork_then_close)
     previous = signal.signal(signal.SIGIO, signal.SIG_IGN)  # a broken lease would kill this test process
     try:
-        raw = spool.read_claimed("main", "m.json")
+        raw = spool.reader.read_claimed("main", "m.json")
         monkeypatch.setattr("ipcpool.transport.spool.reads.os.close", real_close)
         assert children and raw.recycle is not None
         # With the lease still held by the child's copy this open fails with EAGAIN

@@ -46,24 +46,24 @@ def test_undecodable_file_with_a_future_mtime_is_quarantined(tmp_path, root, sup
 
 def test_requeue_keeps_one_copy_of_an_identical_republish(tmp_path):
     spool = Spool(tmp_path / "ipc")
-    spool.ensure_root()
-    spool.ensure_group("main")
-    spool.publish("main", "m1.json", b'{"id": "m1", "type": "task", "payload": {}}')
-    assert spool.claim("main", "m1.json")
-    spool.publish("main", "m1.json", b'{"id": "m1", "type": "task", "payload": {}}')  # the sender re-sent it
-    assert spool.requeue("main", "m1.json") == "m1.json"
+    spool.folders.ensure_root()
+    spool.folders.ensure_group("main")
+    spool.writer.publish("main", "m1.json", b'{"id": "m1", "type": "task", "payload": {}}')
+    assert spool.claims.claim("main", "m1.json")
+    spool.writer.publish("main", "m1.json", b'{"id": "m1", "type": "task", "payload": {}}')  # the sender re-sent it
+    assert spool.claims.requeue("main", "m1.json") == "m1.json"
     assert os.listdir(tmp_path / "ipc" / "main" / MESSAGES) == ["m1.json"]
     assert os.listdir(tmp_path / "ipc" / "main" / PROCESSING) == []
 
 
 def test_requeue_never_replaces_a_different_message_with_the_same_name(tmp_path):
     spool = Spool(tmp_path / "ipc")
-    spool.ensure_root()
-    spool.ensure_group("main")
-    spool.publish("main", "job.json", b'{"n": 1}')
-    assert spool.claim("main", "job.json")
-    spool.publish("main", "job.json", b'{"n": 2}')  # a legacy writer reusing its file name
-    back = spool.requeue("main", "job.json")
+    spool.folders.ensure_root()
+    spool.folders.ensure_group("main")
+    spool.writer.publish("main", "job.json", b'{"n": 1}')
+    assert spool.claims.claim("main", "job.json")
+    spool.writer.publish("main", "job.json", b'{"n": 2}')  # a legacy writer reusing its file name
+    back = spool.claims.requeue("main", "job.json")
     assert back == "job.requeued1.json"
     folder = tmp_path / "ipc" / "main" / MESSAGES
     assert sorted(json.loads((folder / n).read_text())["n"] for n in os.listdir(folder)) == [1, 2]
@@ -71,12 +71,12 @@ def test_requeue_never_replaces_a_different_message_with_the_same_name(tmp_path)
 
 def test_claim_never_replaces_a_file_stranded_in_processing(tmp_path):
     spool = Spool(tmp_path / "ipc")
-    spool.ensure_root()
-    spool.ensure_group("main")
+    spool.folders.ensure_root()
+    spool.folders.ensure_group("main")
     (tmp_path / "ipc" / "main" / PROCESSING / "x.json").write_text('{"n": "stranded"}')
-    spool.publish("main", "x.json", b'{"n": "new"}')
+    spool.writer.publish("main", "x.json", b'{"n": "new"}')
     try:
-        spool.claim("main", "x.json")
+        spool.claims.claim("main", "x.json")
         raise AssertionError("claim replaced a stranded file")
     except FileExistsError:
         pass

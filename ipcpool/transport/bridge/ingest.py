@@ -96,8 +96,8 @@ class Ingest:
     def _forward(self, group: str, name: str) -> None:
         spool = self.local.spool
         try:
-            result = spool.read_claimed(group, name)
-            st = os.stat(spool.path(group, PROCESSING, name))
+            result = spool.reader.read_claimed(group, name)
+            st = os.stat(spool.folders.path(group, PROCESSING, name))
         except FileNotFoundError:
             self.waiting.discard((group, name))
             self.local.done(group, name, "vanished", None)
@@ -148,7 +148,7 @@ class Ingest:
         self.waiting.discard((group, name))
         if relay is not None and self.relay is not None and said.id is not None and verdict == b"ok":
             self.relay.add(group, said.id, said.reply_to, said.requires_ack)  # its answers come back here
-        spool.complete(group, name)
+        spool.claims.complete(group, name)
         self.local.done(group, name, "handled", None)
         self.moved += 1
 

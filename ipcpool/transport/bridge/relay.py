@@ -116,20 +116,20 @@ class AnswerRelay:
         key = (group, message_id)
         try:
             if response is not None and relayed.reply_to is not None and "response" not in relayed.done:
-                if self.spool.is_group_dir(relayed.reply_to):
-                    self.spool.write_response(relayed.reply_to, message_id, response)
+                if self.spool.folders.is_group_dir(relayed.reply_to):
+                    self.spool.ledger.write_response(relayed.reply_to, message_id, response)
                 else:
                     log.warning("Response dropped: replyTo group %r has no folder here id=%s group=%s",
                                 relayed.reply_to, message_id, group)
                 self.client.delete(self.keys.response(relayed.reply_to, message_id))
                 relayed.done.add("response")
             if acked and relayed.wants_ack and "ack" not in relayed.done:
-                self.spool.write_ack(group, message_id)
+                self.spool.ledger.write_ack(group, message_id)
                 relayed.done.add("ack")
             if nack is not None:
                 body = json.loads(nack)
                 if isinstance(body, dict) and body.get("id") == message_id:
-                    self.spool.write_nack(group, body)
+                    self.spool.ledger.write_nack(group, body)
                     return True
         except OSError as exc:  # a full disk, a folder removed: tried again at the next look
             if key not in self._failing:

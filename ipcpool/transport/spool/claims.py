@@ -11,27 +11,25 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Callable
 
 from ipcpool.portable import rename_noreplace
-from ipcpool.transport.spool.layout import ACK_HOLD_PREFIX, PROCESSING, copy_name, safe_id
-from ipcpool.transport.spool.writes import _same_content, unlink_quietly
+from ipcpool.transport.spool.layout import ACK_HOLD_PREFIX, PROCESSING, Folders, copy_name, safe_id
+from ipcpool.transport.spool.ledger import Ledger
+from ipcpool.transport.spool.writes import Writer, _same_content, unlink_quietly
 
 log = logging.getLogger(__name__)
-MAX_SPARES = 16  # handled files one process keeps for its next acks (more when messages need none)
 
 
 class Claims:
-    """Part of Spool: moving claimed messages."""
+    """Moving claimed messages: one rename each, inside one filesystem."""
 
-    _staging: str | None
-    _spares: list[tuple[str, int]]
-    _tmp_counter: int
-    _pid: int
-    _fsync: bool
-    max_message_bytes: int
-
-    fsync_dir: Callable[[str], None]  # Writes'
+    def __init__(self, folders: Folders, writer: Writer, ledger: Ledger, *, max_message_bytes: int) -> None:
+        self.folders = folders
+        self.path = folders.path
+        self.inbox_path = folders.inbox_path
+        self.writer = writer
+        self.ledger = ledger
+        self.max_message_bytes = max_message_bytes  # what a comparison of two copies reads at most
 
     def claim(self, group: str, name: str) -> bool:
         """messages/ -> processing/; False when the file is gone (handled or removed).
@@ -61,7 +59,7 @@ class Claims:
             except FileNotFoundError:
                 if not os.path.lexists(source):
                     return None
-                self.ensure_group(group)  # messages/ itself was removed: recreate it, then go on
+                self.folders.ensure_group(group)  # messages/ itself was removed: recreate it, then go on
                 continue
             except FileExistsError:
                 if _same_content(source, self.inbox_path(group, target), self.max_message_bytes):
@@ -83,49 +81,8 @@ class Claims:
         every recently deleted inode on each create).
         """
         source = self.path(group, PROCESSING, name)
-        if recycle is not None and self._staging is not None and len(self._spares) < MAX_SPARES:
-            self._tmp_counter += 1
-            spare = f"{self._staging}/.{self._pid}-{self._tmp_counter}.spare"
-            try:
-                os.rename(source, spare)
-            except OSError:
-                pass  # the source is gone, or staging is (recycling is only an optimisation)
-            else:
-                self._spares.append((spare, recycle))
-                return
-        unlink_quietly(source)
-
-    def drop_spares(self) -> None:
-        """Unlink the files kept for reuse (a worker's clean exit)."""
-        while self._spares:
-            unlink_quietly(self._spares.pop()[0])
-
-    def prune_staging(self, live_pids: set[int]) -> int:
-        """Remove staging files left by processes that are gone (temp files, spares); returns how many.
-
-        Every staging name starts with ``.<pid>-``; a file of a live process
-        is kept even when old (a spare's mtime is its message's).
-        """
-        if self._staging is None:
-            return 0
-        removed = 0
-        try:
-            with os.scandir(self._staging) as entries:
-                names = [e.name for e in entries]
-        except FileNotFoundError:
-            return 0
-        for name in names:
-            pid_text = name[1:].split("-", 1)[0]
-            if pid_text.isdigit() and int(pid_text) in live_pids:
-                continue
-            try:
-                os.unlink(f"{self._staging}/{name}")
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:
-                    log.warning("cannot remove staging leftover %s: %s", name, exc)
-                continue
-            removed += 1
-        return removed
+        if recycle is None or not self.writer.keep_spare(source, recycle):
+            unlink_quietly(source)
 
     def hold_for_ack(self, group: str, name: str, message_id: str) -> str:
         """A handled message whose ack could not be written: keep it, renamed, as the proof.
@@ -138,8 +95,8 @@ class Claims:
         marker = f"{ACK_HOLD_PREFIX}{safe_id(message_id)}"
         try:
             os.rename(self.path(group, PROCESSING, name), self.path(group, PROCESSING, marker))
-            if self._fsync:  # the proof that it was handled must outlive a power loss as an ack would
-                self.fsync_dir(self.path(group, PROCESSING))
+            if self.writer.fsync:  # the proof that it was handled must outlive a power loss as an ack would
+                self.writer.fsync_dir(self.path(group, PROCESSING))
         except OSError:
             return name if os.path.lexists(self.path(group, PROCESSING, name)) else marker
         return marker
@@ -157,5 +114,5 @@ class Claims:
 
     def release_ack_hold(self, group: str, held: str, message_id: str | None = None) -> None:
         """Write the held message's ack, then drop the held file (in that order: the dedupe never lapses)."""
-        self.write_ack(group, message_id or held[len(ACK_HOLD_PREFIX):])
+        self.ledger.write_ack(group, message_id or held[len(ACK_HOLD_PREFIX):])
         unlink_quietly(self.path(group, PROCESSING, held))

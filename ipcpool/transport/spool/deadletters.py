@@ -25,19 +25,25 @@ from ipcpool.transport.spool.layout import (
     MESSAGES,
     PROCESSING,
     RETRIED_DIR,
+    Folders,
     copy_name,
     epoch_ms,
     nack_name,
     shorten,
     split_name,
 )
-from ipcpool.transport.spool.writes import read_regular, unlink_quietly
+from ipcpool.transport.spool.ledger import Ledger
+from ipcpool.transport.spool.writes import Writer, read_regular, unlink_quietly
 
 
 class DeadLetterFiles:
-    """Part of Spool: moving a message into errors/ with its record."""
+    """Moving a message into errors/ with its record, and a nack for its sender."""
 
-    _fsync: bool
+    def __init__(self, folders: Folders, writer: Writer, ledger: Ledger) -> None:
+        self.folders = folders
+        self.path = folders.path
+        self.writer = writer
+        self.ledger = ledger
 
     def error_name_for(self, group: str, name: str) -> str:
         """The free ``<epoch_ms>-<name>`` a message would get in errors/ (see :meth:`quarantine`).
@@ -52,7 +58,7 @@ class DeadLetterFiles:
             short += ".msg"
         errors_dir = self.path(group, ERRORS)
         if not os.path.isdir(errors_dir):
-            self.ensure_group(group)  # someone removed errors/: recreate rather than strand the message
+            self.folders.ensure_group(group)  # someone removed errors/: recreate rather than strand the message
         stamp, n = epoch_ms(), 0
         error_name = f"{stamp}-{short}"
         while any(os.path.lexists(f"{errors_dir}/{error_name}{suffix}") for suffix in ("", ERROR_SUFFIX)):
@@ -81,20 +87,20 @@ class DeadLetterFiles:
         record = {"file": error_name, "originalName": base, "inbox": inbox, "group": group, "time": now_iso(),
                   **record}
         body = json.dumps(record, indent=2, default=str).encode()
-        self.write_atomic(group, ERRORS, error_name + ERROR_SUFFIX, body)
+        self.writer.write_atomic(group, ERRORS, error_name + ERROR_SUFFIX, body)
         moved = False
         try:
             rename_noreplace(self.path(group, source, name), f"{errors_dir}/{error_name}")
             moved = True
             if nack is not None:  # last: a sender told of the record finds the message there too
-                self.write_nack(group, dict(nack, errorFile=f"{group}/{ERRORS}/{error_name}"))
+                self.ledger.write_nack(group, dict(nack, errorFile=f"{group}/{ERRORS}/{error_name}"))
         except BaseException:
             if moved:  # the nack failed: put the message back, so the whole move is retried
                 os.rename(f"{errors_dir}/{error_name}", self.path(group, source, name))
             unlink_quietly(f"{errors_dir}/{error_name}{ERROR_SUFFIX}")
             raise
-        if self._fsync:
-            self.fsync_dir(errors_dir)
+        if self.writer.fsync:
+            self.writer.fsync_dir(errors_dir)
         return error_name
 
 
@@ -104,10 +110,10 @@ RECORD_LIMIT = 1024 * 1024
 
 
 def list_errors(spool: Any, group: str | None = None) -> list[ErrorEntry]:
-    groups = [group] if group else spool.list_groups()
+    groups = [group] if group else spool.folders.list_groups()
     entries: list[ErrorEntry] = []
     for g in groups:
-        directory = spool.path(g, ERRORS)
+        directory = spool.folders.path(g, ERRORS)
         try:
             names = os.listdir(directory)
         except FileNotFoundError:
@@ -139,12 +145,12 @@ def find(spool: Any, wanted: str, group: str | None = None) -> tuple[list[ErrorE
 
 
 def read_message(spool: Any, entry: ErrorEntry) -> bytes | None:
-    return read_regular(spool.path(entry.group, ERRORS, entry.file), spool.max_message_bytes + 1)
+    return read_regular(spool.folders.path(entry.group, ERRORS, entry.file), spool.reader.max_message_bytes + 1)
 
 
 def has_message(spool: Any, entry: ErrorEntry) -> bool:
     """False for a record left without its message (a crash between the two writes)."""
-    return os.path.lexists(spool.path(entry.group, ERRORS, entry.file))
+    return os.path.lexists(spool.folders.path(entry.group, ERRORS, entry.file))
 
 
 def retry(spool: Any, entry: ErrorEntry) -> str:
@@ -154,25 +160,25 @@ def retry(spool: Any, entry: ErrorEntry) -> str:
     """
     name = entry.original_name
     inbox = entry.inbox
-    spool.drop_deliveries(entry.group, name if inbox == MESSAGES else f"{inbox}/{name}")
-    source = spool.path(entry.group, ERRORS, entry.file)
+    spool.deliveries.drop(entry.group, name if inbox == MESSAGES else f"{inbox}/{name}")
+    source = spool.folders.path(entry.group, ERRORS, entry.file)
     try:  # never replace a newer message that took the name meanwhile
-        rename_noreplace(source, spool.path(entry.group, inbox, name))
+        rename_noreplace(source, spool.folders.path(entry.group, inbox, name))
     except FileExistsError:
         name = copy_name(name, f"retried{entry.epoch_ms}")
-        rename_noreplace(source, spool.path(entry.group, inbox, name))
-    retried = os.path.join(spool.path(entry.group, ERRORS), RETRIED_DIR)
+        rename_noreplace(source, spool.folders.path(entry.group, inbox, name))
+    retried = os.path.join(spool.folders.path(entry.group, ERRORS), RETRIED_DIR)
     try:
-        os.mkdir(retried, spool.dir_mode(ERRORS))
-        os.chmod(retried, spool.dir_mode(ERRORS))  # the spool's mode, whatever the umask
+        os.mkdir(retried, spool.folders.dir_mode(ERRORS))
+        os.chmod(retried, spool.folders.dir_mode(ERRORS))  # the spool's mode, whatever the umask
     except FileExistsError:
         pass
-    os.rename(spool.path(entry.group, ERRORS, entry.file + ERROR_SUFFIX),
+    os.rename(spool.folders.path(entry.group, ERRORS, entry.file + ERROR_SUFFIX),
               os.path.join(retried, entry.file + ERROR_SUFFIX))
     message_id = entry.record.get("id")
     if isinstance(message_id, str) and MESSAGE_ID.match(message_id):
         try:
-            os.unlink(spool.path(entry.group, ACKS, nack_name(message_id)))
+            os.unlink(spool.folders.path(entry.group, ACKS, nack_name(message_id)))
         except OSError:
             pass
     return name if inbox == MESSAGES else f"{inbox}/{name}"
@@ -181,13 +187,13 @@ def retry(spool: Any, entry: ErrorEntry) -> str:
 def purge(spool: Any, entry: ErrorEntry) -> None:
     for name in (entry.file, entry.file + ERROR_SUFFIX):
         try:
-            os.unlink(spool.path(entry.group, ERRORS, name))
+            os.unlink(spool.folders.path(entry.group, ERRORS, name))
         except FileNotFoundError:
             pass
         except IsADirectoryError:
             import shutil
 
-            shutil.rmtree(spool.path(entry.group, ERRORS, name))
+            shutil.rmtree(spool.folders.path(entry.group, ERRORS, name))
 
 
 

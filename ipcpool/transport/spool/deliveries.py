@@ -11,57 +11,55 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ipcpool.message import GROUP_NAME
-from ipcpool.transport.spool.layout import DELIVERIES_DIR, PRIVATE_DIR
-from ipcpool.transport.spool.writes import unlink_quietly
+from ipcpool.transport.spool.layout import DELIVERIES_DIR, PRIVATE_DIR, Folders
+from ipcpool.transport.spool.writes import Writer, unlink_quietly
 
 log = logging.getLogger(__name__)
 
 
 class DeliveryRecords:
-    """Part of Spool."""
+    """How often each message killed or hung a worker, one small file each under ``.ipcpool/deliveries/``."""
 
-    state_dir: Path
-    _fsync: bool
+    def __init__(self, folders: Folders, writer: Writer) -> None:
+        self.state_dir = folders.state_dir
+        self.writer = writer
 
-    fsync_dir: Callable[[str], None]  # Writes'
-
-    def delivery_path(self, group: str, name: str) -> Path:
+    def path(self, group: str, name: str) -> Path:
         """Hashed, so any message name fits; the record holds the real name."""
         digest = hashlib.sha1(os.fsencode(name)).hexdigest()  # names need not be UTF-8
         return self.state_dir / DELIVERIES_DIR / group / f"{digest}.json"
 
-    def save_deliveries(self, group: str, name: str, history: list[dict[str, Any]]) -> None:
+    def save(self, group: str, name: str, history: list[dict[str, Any]]) -> None:
         """Written whole (a temp file, then a rename); with durability "power", fsync'd file and folder
         first: the poison count must survive what the messages survive."""
-        path = self.delivery_path(group, name)
+        path = self.path(group, name)
         try:
             path.parent.mkdir(mode=PRIVATE_DIR)
         except FileExistsError:
             pass
         else:
-            if self._fsync:
-                self.fsync_dir(str(path.parent.parent))
+            if self.writer.fsync:
+                self.writer.fsync_dir(str(path.parent.parent))
         tmp = path.with_name(f".{path.name}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, json.dumps({"name": name, "history": history}).encode())
-            if self._fsync:
+            if self.writer.fsync:
                 os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        if self._fsync:
-            self.fsync_dir(str(path.parent))
+        if self.writer.fsync:
+            self.writer.fsync_dir(str(path.parent))
 
-    def drop_deliveries(self, group: str, name: str) -> None:
-        unlink_quietly(str(self.delivery_path(group, name)))
+    def drop(self, group: str, name: str) -> None:
+        unlink_quietly(str(self.path(group, name)))
 
-    def load_deliveries(self) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    def load(self) -> dict[tuple[str, str], list[dict[str, Any]]]:
         """Every message's recorded failed deliveries, keyed by (group, file name)."""
         base = self.state_dir / DELIVERIES_DIR
         found: dict[tuple[str, str], list[dict[str, Any]]] = {}

@@ -18,19 +18,19 @@ class SpoolInspector:
         """What each group's folders hold, counted on disk: true with or without a supervisor."""
         spool = self.spool
         counts = {}
-        for group in spool.list_groups():
+        for group in spool.folders.list_groups():
             try:
-                with os.scandir(spool.path(group, ERRORS)) as entries:
+                with os.scandir(spool.folders.path(group, ERRORS)) as entries:
                     errors = sum(1 for e in entries if e.name.endswith(ERROR_SUFFIX))
             except FileNotFoundError:
                 errors = 0
-            counts[group] = {"queued": len(spool.scan_inboxes(group)),
-                             "processing": len(spool.scan_processing(group)), "errors": errors}
+            counts[group] = {"queued": len(spool.folders.scan_inboxes(group)),
+                             "processing": len(spool.folders.scan_processing(group)), "errors": errors}
         return counts
 
     def busy(self) -> bool:
-        spool = self.spool
-        return any(spool.scan_inboxes(group) or spool.scan_processing(group) for group in spool.list_groups())
+        folders = self.spool.folders
+        return any(folders.scan_inboxes(group) or folders.scan_processing(group) for group in folders.list_groups())
 
     def dead_letters(self) -> SpoolDeadLetters:
         return SpoolDeadLetters(self.spool)

@@ -130,16 +130,21 @@ def is_volume_root(st: os.stat_result) -> bool:
             and not st.st_mode & stat.S_IWOTH and st.st_gid in {os.getegid(), *os.getgroups()})
 
 
-class Layout:
-    """Paths and folders of one spool root (part of :class:`~ipcpool.transport.spool.spool.Spool`,
-    which sets ``root``, ``_root_s``, ``inboxes``, ``shared``, ``_staging`` and ``_euid``)."""
+class Folders:
+    """Paths, modes and folders of one spool root: what every other part of a spool is built on.
 
-    root: Path
-    _root_s: str
-    inboxes: tuple[str, ...]
-    shared: bool
-    _staging: str | None
-    _euid: int
+    ``staging``: the private folder the supervisor and its workers write acks, responses and
+    records in before renaming them into place (a sender has none: it writes into ``tmp/``).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, mode: str = "private",
+                 inboxes: tuple[str, ...] = (MESSAGES,), private_staging: bool = False) -> None:
+        self.root = Path(root).absolute()
+        self._root_s = str(self.root)
+        self.inboxes = inboxes  # where writers drop messages; messages/ first
+        self.shared = mode == "shared"
+        self.staging: str | None = f"{self._root_s}/{STATE_DIR}/{STAGING_DIR}" if private_staging else None
+        self.euid = os.geteuid()
 
     @property
     def state_dir(self) -> Path:
@@ -170,7 +175,7 @@ class Layout:
         try:
             path.mkdir(mode=mode)
         except FileExistsError:
-            if self._staging is not None:  # the supervisor's side: the folders it owns get their modes
+            if self.staging is not None:  # the supervisor's side: the folders it owns get their modes
                 self._own_folder(path, mode)
             return
         os.chmod(path, mode)
@@ -183,9 +188,9 @@ class Layout:
             return  # the caller says what is wrong with it
         if path == self.root and is_volume_root(st):
             return  # a Kubernetes volume under fsGroup: root's, setgid, ours by group (see is_volume_root)
-        if st.st_uid != self._euid:
-            raise SpoolError(f"{path} is owned by uid {st.st_uid}, not by this user (uid {self._euid}); ipcpool "
-                             f"must own its folders: `chown -R {self._euid} {path}`, or run ipcpool as its owner")
+        if st.st_uid != self.euid:
+            raise SpoolError(f"{path} is owned by uid {st.st_uid}, not by this user (uid {self.euid}); ipcpool "
+                             f"must own its folders: `chown -R {self.euid} {path}`, or run ipcpool as its owner")
         if stat.S_IMODE(st.st_mode) != mode:
             log.info("folder %s had mode %o; setting the documented %o", path, stat.S_IMODE(st.st_mode), mode)
             os.chmod(path, mode)
@@ -285,8 +290,8 @@ class Layout:
         self._mkdir(self.root, self.dir_mode())
         self._mkdir(self.state_dir, self.dir_mode(""))
         self._mkdir(self.state_dir / DELIVERIES_DIR, PRIVATE_DIR)
-        if self._staging is not None:
-            staging = Path(self._staging)
+        if self.staging is not None:
+            staging = Path(self.staging)
             self._mkdir(staging, PRIVATE_DIR | (stat.S_ISGID if self.shared else 0))
             if self.shared:  # setgid, in the root's group: acks and responses staged there are the root's
                 gid = os.stat(self.root).st_gid  # group's to read, as the writers in it must

@@ -13,13 +13,18 @@ import os
 from typing import Any
 
 from ipcpool.message import now_iso
-from ipcpool.transport.spool.layout import ACKS, RESPONSES, ack_name, nack_name, safe_id
+from ipcpool.transport.spool.layout import ACKS, RESPONSES, Folders, ack_name, nack_name, safe_id
+from ipcpool.transport.spool.writes import Writer
 
 _EFFECTIVE_IDS = os.access in os.supports_effective_ids
 
 
 class Ledger:
-    """Part of Spool."""
+    """Acks, nacks and responses of one spool root."""
+
+    def __init__(self, folders: Folders, writer: Writer) -> None:
+        self.path = folders.path
+        self.write_atomic = writer.write_atomic
 
     def has_ack(self, group: str, message_id: str) -> bool:
         return self.has_ack_named(group, ack_name(message_id))

@@ -33,7 +33,7 @@ class SpoolOutbox:
     def __init__(self, root: str | os.PathLike[str], *, durability: str = "process", mode: str = "private",
                  max_queued: int = 0) -> None:
         self.spool = Spool(root, durability=durability, mode=mode)
-        self.spool.ensure_root()
+        self.spool.folders.ensure_root()
         self.max_queued = max_queued
         self._known_groups: set[str] = set()
         self.waiter = FileWaiter()
@@ -46,41 +46,41 @@ class SpoolOutbox:
 
     def ensure_group(self, group: str) -> None:
         if group not in self._known_groups:
-            self.spool.ensure_group(group)
+            self.spool.folders.ensure_group(group)
             self._known_groups.add(group)
 
     def publish(self, group: str, name: str, data: bytes) -> None:
         self.ensure_group(group)
-        if self.max_queued and self.spool.count(group, MESSAGES) >= self.max_queued:
+        if self.max_queued and self.spool.folders.count(group, MESSAGES) >= self.max_queued:
             raise QueueFull(group, self.max_queued)
-        self.spool.publish(group, name, data)
+        self.spool.writer.publish(group, name, data)
 
     def present(self, group: str, name: str, message_id: str) -> bool:
         """Queued, in flight or acked: checked in lifecycle order so no move slips between checks."""
         spool = self.spool
-        return (os.path.exists(spool.path(group, MESSAGES, name))
-                or os.path.exists(spool.path(group, PROCESSING, name))
-                or spool.has_ack(group, message_id))
+        return (os.path.exists(spool.folders.path(group, MESSAGES, name))
+                or os.path.exists(spool.folders.path(group, PROCESSING, name))
+                or spool.ledger.has_ack(group, message_id))
 
     def is_acked(self, group: str, message_id: str) -> bool:
-        return self.spool.has_ack(group, message_id)
+        return self.spool.ledger.has_ack(group, message_id)
 
     def depth(self, group: str) -> int:
-        return self.spool.count(group, MESSAGES)
+        return self.spool.folders.count(group, MESSAGES)
 
     def supervisor_running(self) -> bool | None:
-        return self.spool.supervisor_running()
+        return self.spool.local.supervisor_running()
 
     def nack(self, group: str, message_id: str) -> dict[str, Any] | None:
         """The nack of that id, if there is one."""
-        return _read_json(self.spool.path(group, ACKS, nack_name(message_id)))
+        return _read_json(self.spool.folders.path(group, ACKS, nack_name(message_id)))
 
     # -- waiting for the answer -------------------------------------------------------------------------
 
     def _paths(self, group: str, message_id: str, reply_group: str | None) -> tuple[str, str]:
-        first = (self.spool.response_path(reply_group, message_id) if reply_group is not None
-                 else self.spool.path(group, ACKS, ack_name(message_id)))
-        return first, self.spool.path(group, ACKS, nack_name(message_id))
+        first = (self.spool.ledger.response_path(reply_group, message_id) if reply_group is not None
+                 else self.spool.folders.path(group, ACKS, ack_name(message_id)))
+        return first, self.spool.folders.path(group, ACKS, nack_name(message_id))
 
     def wait_answer(self, group: str, message_id: str, timeout: float, accept_nack: Callable[[dict[str, Any]], bool],
                     *, reply_group: str | None = None) -> Answer | None:

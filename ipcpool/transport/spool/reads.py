@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ipcpool.errors import InvalidMessage
 from ipcpool.message import SNIFF_BYTES
-from ipcpool.transport.spool.layout import PROCESSING
+from ipcpool.transport.spool.layout import PROCESSING, Folders
 from ipcpool.transport.spool.writes import _OPEN_READ
 
 _F_SETLEASE: int | None = getattr(fcntl, "F_SETLEASE", None)  # Linux only: no lease, no reuse
@@ -28,13 +28,13 @@ class ReadResult:
     recycle: int | None = None  # its permission bits when it may become our next ack (see _recyclable)
 
 
-class Reads:
-    """Part of Spool: reading what the supervisor claimed."""
+class Reader:
+    """Reading what the supervisor claimed, safely and once."""
 
-    max_message_bytes: int
-    shared: bool
-    _euid: int
-    _staging: str | None
+    def __init__(self, folders: Folders, *, max_message_bytes: int = 1024 * 1024) -> None:
+        self.folders = folders
+        self.path = folders.path
+        self.max_message_bytes = max_message_bytes
 
     def read_claimed(self, group: str, name: str) -> ReadResult:
         """Read a claimed file safely: no symlinks, only regular single-link files, size-capped.
@@ -102,7 +102,9 @@ class Reads:
         new openers out. Anything unusual (no leases here) means no reuse.
         """
         mode = stat.S_IMODE(st.st_mode)
-        if self.shared or st.st_uid != self._euid or mode & 0o077 or self._staging is None or _F_SETLEASE is None:
+        folders = self.folders
+        if folders.shared or st.st_uid != folders.euid or mode & 0o077 or folders.staging is None or \
+                _F_SETLEASE is None:
             return None
         try:
             fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_RDLCK)

@@ -86,12 +86,12 @@ class SpoolSource:
 
     def open(self) -> int:
         spool = self.spool
-        spool.ensure_root()
-        self._ledger_clock = LedgerClock(spool.state_dir, self.config.ack.retention)
+        spool.folders.ensure_root()
+        self._ledger_clock = LedgerClock(spool.folders.state_dir, self.config.ack.retention)
         for group in self.config.spool.groups:
             self._ensure_group(group)
-        self.failures = spool.load_deliveries()
-        recovered = sum(self._reconcile(group) for group in spool.list_groups() if group not in self.unserved)
+        self.failures = spool.deliveries.load()
+        recovered = sum(self._reconcile(group) for group in spool.folders.list_groups() if group not in self.unserved)
         self._watcher = make_watcher(str(spool.root), self._on_hint,
                                      polling=self.config.spool.watcher == "polling",
                                      poll_interval=min(1.0, self.config.spool.rescan_interval),
@@ -99,7 +99,7 @@ class SpoolSource:
         self._watcher.start()
         fd = self._watcher.fileno()
         self._watcher_fds = () if fd is None else (fd,)
-        for group in spool.list_groups():
+        for group in spool.folders.list_groups():
             self.add_group(group)
         self.next_rescan = self.clock() + self.config.spool.rescan_interval
         return recovered
@@ -155,7 +155,7 @@ class SpoolSource:
         self.taken.discard(key)
         if key in self.failures:
             del self.failures[key]
-            self.spool.drop_deliveries(*key)
+            self.spool.deliveries.drop(*key)
         if isinstance(info, dict):
             if "ackHold" in info:
                 self._ack_held((group, info["ackHold"]), info.get("id"))
@@ -189,7 +189,7 @@ class SpoolSource:
         key = (group, ref)
         self.taken.discard(key)
         try:
-            self.spool.quarantine(group, ref, record, nack=nack)
+            self.spool.dead.quarantine(group, ref, record, nack=nack)
         except FileNotFoundError:
             done = False
         except OSError as exc:
@@ -198,13 +198,13 @@ class SpoolSource:
         else:
             done = True
         self.failures.pop(key, None)
-        self.spool.drop_deliveries(*key)
+        self.spool.deliveries.drop(*key)
         self._unblock(key)
         return done
 
     def summarize(self, group: str, ref: str) -> Summary:
         try:
-            data = self.spool.read_claimed(group, ref).data
+            data = self.spool.reader.read_claimed(group, ref).data
         except Exception:  # noqa: BLE001 - unreadable or refused: only the name speaks for it
             data = b""
         return summarize_bytes(data, format_for(ref), message_stem(ref))
@@ -256,10 +256,10 @@ class SpoolSource:
 
         Handled messages kept for an ack that could not be written get it now.
         """
-        for held in self.spool.ack_holds(group):
+        for held in self.spool.claims.ack_holds(group):
             self._ack_held((group, held), None)
         recovered = 0
-        for name in self.spool.scan_processing(group):
+        for name in self.spool.folders.scan_processing(group):
             key = (group, name)
             try:
                 back = self._requeue(key)
@@ -287,7 +287,7 @@ class SpoolSource:
                 if group in self.groups and name is not None:
                     self.offer(group, name, now, closed=kind == CLOSED)
             elif kind == GROUP and group is not None:
-                if self.spool.is_group_dir(group):
+                if self.spool.folders.is_group_dir(group):
                     self.add_group(group)
             elif kind == OVERFLOW:
                 if self.next_rescan > 0.0:  # one line per overflow, however many watches saw it
@@ -335,7 +335,7 @@ class SpoolSource:
         """The group's folders, as they must be; False (and reported, once per change) when they cannot be:
         that group only waits, the others are served, and it is tried again at each rescan."""
         try:
-            self.spool.ensure_group(group)
+            self.spool.folders.ensure_group(group)
         except (SpoolError, OSError) as exc:
             reason = str(exc)
             if self.unserved.get(group) != reason:  # logged when it changes, not at every rescan
@@ -350,7 +350,7 @@ class SpoolSource:
     def _scan_group(self, group: str) -> None:
         now = self.clock()
         try:
-            names = self.spool.scan_inboxes(group)
+            names = self.spool.folders.scan_inboxes(group)
         except OSError as exc:
             log.error("cannot scan group %s: %s", group, exc)
             return
@@ -360,7 +360,7 @@ class SpoolSource:
     def rescan(self) -> None:
         """Start a rescan: new groups now, every group's inboxes in slices."""
         self.unclaimable.clear()  # retried (and logged again) at most once per rescan
-        listed = self.spool.list_groups()
+        listed = self.spool.folders.list_groups()
         for group in listed:
             if group not in self.groups:
                 self.add_group(group)
@@ -385,7 +385,7 @@ class SpoolSource:
         for a worker nor stranded) at two rescans in a row was left by a transition that failed half done
         (a fault the loop survived, or a hand): it goes back to its inbox."""
         try:
-            names = self.spool.scan_processing(group)
+            names = self.spool.folders.scan_processing(group)
         except OSError:
             return
         untracked = {name for name in names if (group, name) not in self.taken and (group, name) not in self.stranded}
@@ -401,7 +401,7 @@ class SpoolSource:
 
     def _count_errors(self, group: str) -> int:
         """Quarantined messages in a group, recounted (during rescans) only when the folder changed."""
-        path = self.spool.path(group, ERRORS)
+        path = self.spool.folders.path(group, ERRORS)
         try:
             mtime = os.stat(path).st_mtime_ns
         except OSError:
@@ -419,7 +419,7 @@ class SpoolSource:
     def _claim(self, key: Key) -> bool:
         """Rename into processing/; a file that cannot be claimed never stops the loop."""
         try:
-            return self.spool.claim(*key)
+            return self.spool.claims.claim(*key)
         except FileExistsError:
             if key in self.stranded:  # its namesake in processing/ is being retried: this one waits for it
                 self.blocked.add(key)
@@ -449,10 +449,10 @@ class SpoolSource:
         not forget how often it killed a worker). Raises OSError when the
         rename fails; nothing has changed then.
         """
-        name = self.spool.requeue(*key)
+        name = self.spool.claims.requeue(*key)
         if name is None:
             if self.failures.pop(key, None) is not None:  # it was handled after all
-                self.spool.drop_deliveries(*key)
+                self.spool.deliveries.drop(*key)
             return None
         back = (key[0], name)
         history = self.failures.pop(key, None)
@@ -460,8 +460,8 @@ class SpoolSource:
             self.failures[back] = history
             try:
                 if back != key:
-                    self.spool.drop_deliveries(*key)
-                self.spool.save_deliveries(back[0], back[1], history)
+                    self.spool.deliveries.drop(*key)
+                self.spool.deliveries.save(back[0], back[1], history)
             except OSError as exc:
                 log.warning("cannot save the delivery history of group=%s file=%s (%s); kept in memory",
                             back[0], back[1], exc)
@@ -476,7 +476,7 @@ class SpoolSource:
     def _ack_held(self, key: Key, message_id: str | None) -> None:
         """Write the ack of a handled message held in processing/, or keep trying."""
         try:
-            self.spool.release_ack_hold(key[0], key[1], message_id)
+            self.spool.claims.release_ack_hold(key[0], key[1], message_id)
         except OSError as exc:
             self.stranded.add(key, ACK, exc, message_id=message_id or key[1][5:])
             return
@@ -506,11 +506,11 @@ class SpoolSource:
         for group in list(self.groups):
             for sub, age in ((ACKS, cfg.ack.retention), (RESPONSES, cfg.spool.response_retention),
                              (TMP, cfg.spool.tmp_max_age), (RETRIED, cfg.spool.retried_retention)):
-                for name in self.spool.scan_ages(group, sub, (ledger_now if sub == ACKS else wall) - age):
+                for name in self.spool.folders.scan_ages(group, sub, (ledger_now if sub == ACKS else wall) - age):
                     if name is not None:
-                        self.spool.unlink_quietly(group, sub, name)
+                        self.spool.folders.unlink_quietly(group, sub, name)
                     yield
-        self.spool.prune_staging({os.getpid(), *self._live_pids})
+        self.spool.writer.prune_staging({os.getpid(), *self._live_pids})
         self._forget_gone_deliveries()
 
     def _forget_gone_deliveries(self) -> None:
@@ -519,10 +519,11 @@ class SpoolSource:
         for key in list(self.failures):
             if key in self.taken or key in self.stranded or key in self.pending:
                 continue
-            if not os.path.lexists(spool.inbox_path(*key)) and not os.path.lexists(spool.path(key[0], PROCESSING,
-                                                                                                key[1])):
+            folders = spool.folders
+            if not os.path.lexists(folders.inbox_path(*key)) and \
+                    not os.path.lexists(folders.path(key[0], PROCESSING, key[1])):
                 del self.failures[key]
-                spool.drop_deliveries(*key)
+                spool.deliveries.drop(*key)
 
     def _continue_housekeeping(self) -> None:
         assert self._housekeeping is not None

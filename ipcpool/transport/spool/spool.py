@@ -1,30 +1,35 @@
-"""One spool root's files: the class the spool transport's sides share.
+"""One spool root, assembled from its parts: each a module and an object of its own, sharing only ``folders``.
 
-Its jobs live in modules of their own, one each, combined here:
-:mod:`layout` (names, modes, folders, scans), :mod:`writes` (atomic writes),
-:mod:`reads` (safe reads), :mod:`claims` (claim, requeue, complete, ack
-holds), :mod:`ledger` (acks, nacks, responses), :mod:`deadletters`
-(errors/), :mod:`deliveries` (delivery records), and the local root's locks
-(:mod:`ipcpool.localroot`).
+::
+
+    folders     layout.Folders           paths, modes, the folders themselves, scans
+    writer      writes.Writer            temp file then rename; the handled files kept to reuse (staging)
+    reader      reads.Reader             safe, size-capped reads of what was claimed
+    ledger      ledger.Ledger            acks, nacks, responses
+    claims      claims.Claims            claim, put back, complete, ack holds
+    dead        deadletters.DeadLetterFiles   errors/ and its records
+    deliveries  deliveries.DeliveryRecords    how often each message killed a worker
+    local       ipcpool.localroot.LocalRoot   the root's own state: the supervisor's lock, workers' records
+
+A Spool is built per process (a worker builds its own: its temp names and spare files are its own).
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from ipcpool.localroot import LocalRoot
 from ipcpool.transport.spool.claims import Claims
 from ipcpool.transport.spool.deadletters import DeadLetterFiles
 from ipcpool.transport.spool.deliveries import DeliveryRecords
-from ipcpool.transport.spool.layout import MESSAGES, STAGING_DIR, STATE_DIR, Layout
+from ipcpool.transport.spool.layout import MESSAGES, Folders
 from ipcpool.transport.spool.ledger import Ledger
-from ipcpool.transport.spool.reads import Reads
-from ipcpool.transport.spool.writes import Writes
+from ipcpool.transport.spool.reads import Reader
+from ipcpool.transport.spool.writes import Writer
 
 
-class Spool(LocalRoot, Layout, Writes, Reads, Claims, Ledger, DeadLetterFiles, DeliveryRecords):
+class Spool:
     """One spool root: ``<root>/<group>/{tmp,messages,processing,acks,responses,errors}``."""
 
     def __init__(
@@ -37,24 +42,20 @@ class Spool(LocalRoot, Layout, Writes, Reads, Claims, Ledger, DeadLetterFiles, D
         private_staging: bool = False,
         inboxes: tuple[str, ...] = (MESSAGES,),
     ) -> None:
-        self.root = Path(root).absolute()
-        self.inboxes = inboxes  # where writers drop messages; messages/ first
-        self.durability = durability
-        self.shared = mode == "shared"
-        self.max_message_bytes = max_message_bytes
-        self._fsync = durability == "power"
-        self._root_s = str(self.root)
-        self._tmp_counter = 0
-        # The supervisor and workers stage acks, responses and error records in a
-        # folder only they can write, never in the writers' tmp/.
-        self._staging = f"{self._root_s}/{STATE_DIR}/{STAGING_DIR}" if private_staging else None
-        # Handled message files kept (in staging) to become the next acks and
-        # responses: see Claims.complete. Only ever filled with private staging.
-        self._spares: list[tuple[str, int]] = []  # (path, permission bits)
-        self._euid = os.geteuid()
-        self._pid = os.getpid()  # a Spool is never shared across a fork: each worker builds its own
-        # Temp names in staging: this process's pid (see prune_staging), a token of this Spool's, a counter.
-        self._staging_prefix = f"{self._staging}/.{self._pid}-{os.urandom(4).hex()}-" if self._staging else ""
+        # The supervisor and its workers stage acks, responses and error records in a folder only they can
+        # write (private_staging), never in the writers' tmp/.
+        self.folders = Folders(root, mode=mode, inboxes=inboxes, private_staging=private_staging)
+        self.writer = Writer(self.folders, durability=durability)
+        self.reader = Reader(self.folders, max_message_bytes=max_message_bytes)
+        self.ledger = Ledger(self.folders, self.writer)
+        self.claims = Claims(self.folders, self.writer, self.ledger, max_message_bytes=max_message_bytes)
+        self.dead = DeadLetterFiles(self.folders, self.writer, self.ledger)
+        self.deliveries = DeliveryRecords(self.folders, self.writer)
+        self.local = LocalRoot(self.folders.root)
+
+    @property
+    def root(self) -> Any:
+        return self.folders.root
 
     @classmethod
     def from_config(cls, config: Any, *, private_staging: bool = True) -> Spool:

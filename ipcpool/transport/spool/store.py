@@ -26,7 +26,7 @@ class SpoolStore:
 
     def read(self, group: str, ref: str) -> Raw:
         try:
-            result = self.spool.read_claimed(group, ref)
+            result = self.spool.reader.read_claimed(group, ref)
         except FileNotFoundError as exc:
             raise MessageGone(f"{group}/processing/{ref} is gone") from exc
         return Raw(result.data, format_for(ref), message_stem(ref), split_name(ref)[0] if "/" in ref else MESSAGES,
@@ -43,7 +43,8 @@ class SpoolStore:
         it removes the file, so no moment is missed.
         """
         spool = self.spool
-        return (holds and spool.is_held_for_ack(group, message_id)) or spool.has_ack_named(group, ack_name(message_id))
+        return (holds and spool.claims.is_held_for_ack(group, message_id)) or \
+            spool.ledger.has_ack_named(group, ack_name(message_id))
 
     def complete(self, group: str, ref: str, ack_id: str | None, token: Any, *, duplicate: bool = False
                  ) -> dict[str, Any] | None:
@@ -52,18 +53,18 @@ class SpoolStore:
         spool = self.spool
         if duplicate:
             try:
-                spool.write_ack_named(group, ack_name(ack_id or ""))
+                spool.ledger.write_ack_named(group, ack_name(ack_id or ""))
             except OSError:
                 pass  # the ack (or the held file that becomes it) is there already
-            spool.complete(group, ref, recycle=token)
+            spool.claims.complete(group, ref, recycle=token)
             return None
         if ack_id is not None:
             try:
-                spool.write_ack_named(group, ack_name(ack_id))
+                spool.ledger.write_ack_named(group, ack_name(ack_id))
             except OSError as exc:
-                held = spool.hold_for_ack(group, ref, ack_id)
+                held = spool.claims.hold_for_ack(group, ref, ack_id)
                 return {"ackHold": held, "id": ack_id, "errno": exc.errno, "error": exc.strerror or str(exc)}
-        spool.complete(group, ref, recycle=token)
+        spool.claims.complete(group, ref, recycle=token)
         return None
 
     def settle(self) -> dict[tuple[str, str], dict[str, Any]]:
@@ -72,25 +73,25 @@ class SpoolStore:
     def reply(self, group: str, request_id: str, data: bytes) -> bool:
         """False when the group has no folder (the response is dropped); OSError when it cannot be written."""
         spool = self.spool
-        if not spool.is_group_dir(group):
+        if not spool.folders.is_group_dir(group):
             return False
         try:
-            spool.write_response(group, request_id, data)
+            spool.ledger.write_response(group, request_id, data)
         except FileNotFoundError:
-            spool.ensure_group(group)
-            spool.write_response(group, request_id, data)
+            spool.folders.ensure_group(group)
+            spool.ledger.write_response(group, request_id, data)
         return True
 
     def error_ref(self, group: str, ref: str) -> str:
-        return f"{group}/errors/{self.spool.error_name_for(group, ref)}"
+        return f"{group}/errors/{self.spool.dead.error_name_for(group, ref)}"
 
     def quarantine(self, group: str, ref: str, record: dict[str, Any], nack: dict[str, Any] | None,
                    error_ref: str = "") -> None:
         name = error_ref.rsplit("/", 1)[-1] if error_ref else None
         try:
-            self.spool.quarantine(group, ref, record, nack=nack, error_name=name)
+            self.spool.dead.quarantine(group, ref, record, nack=nack, error_name=name)
         except FileNotFoundError as exc:
             raise MessageGone(f"{group}/processing/{ref} is gone") from exc
 
     def close(self) -> None:
-        self.spool.drop_spares()
+        self.spool.writer.drop_spares()

@@ -84,9 +84,9 @@ class Stranded:
                     self._requeue(key)
                 elif entry.action == QUARANTINE:
                     assert entry.record is not None
-                    self.spool.quarantine(key[0], key[1], entry.record, nack=entry.nack)
+                    self.spool.dead.quarantine(key[0], key[1], entry.record, nack=entry.nack)
                 else:
-                    self.spool.release_ack_hold(key[0], key[1], entry.message_id)
+                    self.spool.claims.release_ack_hold(key[0], key[1], entry.message_id)
             except FileNotFoundError as exc:
                 if entry.action == ACK:  # the held file is ours: acks/ is missing; recreated, then retried
                     self._retry_failed(key, entry, exc)
@@ -107,7 +107,7 @@ class Stranded:
 
     def _recreate(self, group: str) -> None:
         try:
-            self.spool.ensure_group(group)
+            self.spool.folders.ensure_group(group)
         except (OSError, SpoolError) as exc:
             log.warning("cannot recreate the folders of group %s: %s", group, exc)
 

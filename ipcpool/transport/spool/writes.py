@@ -9,28 +9,41 @@ overwritten in private staging and renamed like a fresh temp file.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import stat
 
 from ipcpool.errors import MessageExists
 from ipcpool.portable import rename_noreplace
-from ipcpool.transport.spool.layout import MESSAGES, TMP
+from ipcpool.transport.spool.layout import MESSAGES, TMP, Folders
+
+log = logging.getLogger(__name__)
 
 _OPEN_WRITE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 _OPEN_SPARE = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 _OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+MAX_SPARES = 16  # handled files one process keeps for its next acks (more when messages need none)
 PUBLISH_ATTEMPTS = 16  # renames tried while a namesake is claimed or removed between two looks
 
 
-class Writes:
-    """Temp-file-then-rename writes (part of Spool: uses its paths, modes, staging and spares)."""
+class Writer:
+    """Temp-file-then-rename writes into one spool root's folders, and the handled files kept to be reused.
 
-    _tmp_counter: int
-    _staging: str | None
-    _staging_prefix: str
-    _spares: list[tuple[str, int]]
-    _fsync: bool
-    shared: bool
+    One per process (each worker builds its own): the temp names, the staging
+    token and the spare files are this process's.
+    """
+
+    def __init__(self, folders: Folders, *, durability: str = "process") -> None:
+        self.folders = folders
+        self.fsync = durability == "power"
+        self._tmp_counter = 0
+        self._pid = os.getpid()
+        # Temp names in staging: this process's pid (see prune_staging), a token of this writer's, a counter.
+        staging = folders.staging
+        self._staging_prefix = f"{staging}/.{self._pid}-{os.urandom(4).hex()}-" if staging else ""
+        # Handled message files kept in staging to become the next acks and responses (see keep_spare).
+        self._spares: list[tuple[str, int]] = []  # (path, permission bits)
 
     def _tmp_name(self) -> str:
         """Short and unguessable: never derived from a (possibly long) message name."""
@@ -49,23 +62,23 @@ class Writes:
         A failed write or fsync (ENOSPC, EIO) removes the temp file and raises,
         so nothing partial reaches the destination.
         """
-        final = self.path(group, sub, name)
-        file_mode = self.file_mode(sub) if mode is None else mode
+        final = self.folders.path(group, sub, name)
+        file_mode = self.folders.file_mode(sub) if mode is None else mode
         while self._spares and sub != MESSAGES:
             if self._write_spare(*self._spares.pop(), final, data, file_mode):
                 return final
-        staging = self._staging if sub != MESSAGES else None
-        tmp_path = self._staging_path() if staging else self.path(group, TMP, self._tmp_name())
+        staging = self.folders.staging if sub != MESSAGES else None
+        tmp_path = self._staging_path() if staging else self.folders.path(group, TMP, self._tmp_name())
         fd = os.open(tmp_path, _OPEN_WRITE, file_mode)
         try:
             # Shared: group bits must not depend on the umask (private 0600 only narrows).
-            self._fill(fd, data, file_mode if self.shared else None)
+            self._fill(fd, data, file_mode if self.folders.shared else None)
             os.rename(tmp_path, final)
         except BaseException:
             unlink_quietly(tmp_path)
             raise
-        if self._fsync:
-            self.fsync_dir(self.path(group, sub))
+        if self.fsync:
+            self.fsync_dir(self.folders.path(group, sub))
         return final
 
     def _fill(self, fd: int, data: bytes, chmod_to: int | None, *, truncate: bool = False) -> None:
@@ -79,7 +92,7 @@ class Writes:
                 # After the write, not O_TRUNC at open: shrinking within the file's first
                 # block frees nothing, emptying it frees and reallocates it (5x the CPU on ext4).
                 os.ftruncate(fd, len(data))
-            if self._fsync:
+            if self.fsync:
                 os.fsync(fd)
         finally:
             os.close(fd)
@@ -106,9 +119,56 @@ class Writes:
         except BaseException:
             unlink_quietly(spare)
             raise
-        if self._fsync:
+        if self.fsync:
             self.fsync_dir(os.path.dirname(final))
         return True
+
+    def keep_spare(self, source: str, mode: int) -> bool:
+        """Move a handled message's file into staging, to become the next ack or response (see Claims.complete);
+        False when it is not kept (enough kept, no staging, or the move failed: the caller unlinks it)."""
+        staging = self.folders.staging
+        if staging is None or len(self._spares) >= MAX_SPARES:
+            return False
+        self._tmp_counter += 1
+        spare = f"{staging}/.{self._pid}-{self._tmp_counter}.spare"
+        try:
+            os.rename(source, spare)
+        except OSError:
+            return False  # the source is gone, or staging is (recycling is only an optimisation)
+        self._spares.append((spare, mode))
+        return True
+
+    def drop_spares(self) -> None:
+        """Unlink the files kept for reuse (a worker's clean exit)."""
+        while self._spares:
+            unlink_quietly(self._spares.pop()[0])
+
+    def prune_staging(self, live_pids: set[int]) -> int:
+        """Remove staging files left by processes that are gone (temp files, spares); returns how many.
+
+        Every staging name starts with ``.<pid>-``; a file of a live process
+        is kept even when old (a spare's mtime is its message's).
+        """
+        if self.folders.staging is None:
+            return 0
+        removed = 0
+        try:
+            with os.scandir(self.folders.staging) as entries:
+                names = [e.name for e in entries]
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            pid_text = name[1:].split("-", 1)[0]
+            if pid_text.isdigit() and int(pid_text) in live_pids:
+                continue
+            try:
+                os.unlink(f"{self.folders.staging}/{name}")
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    log.warning("cannot remove staging leftover %s: %s", name, exc)
+                continue
+            removed += 1
+        return removed
 
     def fsync_dir(self, path: str) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -124,11 +184,11 @@ class Writes:
         message (the ack retry path re-publishes): that is success. With
         other bytes it raises :class:`MessageExists`, never overwrites.
         """
-        final = self.path(group, MESSAGES, name)
-        tmp_path = self.path(group, TMP, self._tmp_name())
-        fd = os.open(tmp_path, _OPEN_WRITE, self.file_mode(MESSAGES))
+        final = self.folders.path(group, MESSAGES, name)
+        tmp_path = self.folders.path(group, TMP, self._tmp_name())
+        fd = os.open(tmp_path, _OPEN_WRITE, self.folders.file_mode(MESSAGES))
         try:
-            self._fill(fd, data, self.file_mode(MESSAGES) if self.shared else None)
+            self._fill(fd, data, self.folders.file_mode(MESSAGES) if self.folders.shared else None)
             for _attempt in range(PUBLISH_ATTEMPTS):
                 try:
                     rename_noreplace(tmp_path, final)
@@ -146,8 +206,8 @@ class Writes:
         except BaseException:
             unlink_quietly(tmp_path)
             raise
-        if self._fsync:
-            self.fsync_dir(self.path(group, MESSAGES))
+        if self.fsync:
+            self.fsync_dir(self.folders.path(group, MESSAGES))
         return final
 
 
