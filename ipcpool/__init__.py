@@ -3,8 +3,8 @@
 Processes drop message files into ``<root>/<group>/messages/``; ``ipcpool run``
 hands each to a worker process running the handler named in config, acks,
 replies or quarantines it, and never loses one; on Redis Streams, many
-supervisors share each group's queue. The README has the on-disk contract,
-docs/design.md the architecture and the invariants.
+supervisors share each group's queue. docs/spool-format.md has the on-disk
+contract, docs/design.md the architecture and the invariants.
 """
 
 from ipcpool.client import AsyncClient, Client

@@ -322,7 +322,7 @@ class Client:
     def _give_up(self, error: IpcpoolError) -> None:
         message_id = getattr(error, "message_id", "")
         group = getattr(error, "group", "")
-        if isinstance(error, AckTimeout):
+        if isinstance(error, AckTimeout) and not isinstance(error, NoSupervisor):  # that one said so already
             log.error("IPC message not acknowledged, giving up id=%s group=%s attempts=%d",
                       message_id, group, error.attempts)
         if self.on_give_up is None:

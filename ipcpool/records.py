@@ -9,6 +9,7 @@ A record is the JSON that says why a message was quarantined: ``id``, ``type``,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -17,9 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipcpool.config import INBOXES
+from ipcpool.message import Summary, now_iso
 from ipcpool.terminal import printable
 
 MESSAGES = "messages"
+MAX_NACK_REASON = 8192  # characters of the reason a nack carries
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -127,3 +130,27 @@ def _plain_name(name: str) -> bool:
     """One directory entry of messages/: never a path (a forged record must not move files elsewhere)."""
     return (bool(name) and "/" not in name and "\0" not in name and name not in (".", "..")
             and not name.startswith(".") and len(os.fsencode(name)) <= 255)
+
+
+def nack_body(group: str, record: dict[str, Any], summary: Summary, outcome: str,
+              data: bytes | None = None) -> dict[str, Any] | None:
+    """The nack for a message that ends in errors/, when a sender may be waiting for it.
+
+    Written when the message asked for an ack or a response, or when it could
+    not even be decoded (its sender may be waiting under the file's name).
+    ``timestamp`` is the envelope's own, so a sender can tell a nack of its
+    message from an older one of the same id. Without one (the file did not
+    decode), ``sha256`` of the bytes read, when there were any: a nack whose
+    id comes only from a file name (anyone in the group may drop a file under
+    another writer's id) answers only the sender of those very bytes.
+    """
+    if summary.id is None or not (summary.wants_answer or not summary.decoded):
+        return None
+    exception = record.get("exception")
+    body = {"id": summary.id, "type": summary.type, "group": group, "outcome": outcome,
+            "reason": str(record.get("reason", ""))[:MAX_NACK_REASON],
+            "errorType": exception.get("type") if isinstance(exception, dict) else None,
+            "timestamp": summary.timestamp, "time": now_iso()}
+    if summary.timestamp is None and data is not None:
+        body["sha256"] = hashlib.sha256(data).hexdigest()
+    return body

@@ -77,13 +77,14 @@ from ipcpool.pool import (
     spawn_worker,
 )
 from ipcpool.probes import Answer, LoopProbe, ProbeServer
+from ipcpool.records import nack_body
 from ipcpool.reload import Reload, ReloadLog, restart_only_change
 from ipcpool.sdnotify import notify, watchdog_interval
 from ipcpool.status import build_status
 from ipcpool.tally import Labels, PoolMetrics, Scrape
 from ipcpool.transport import make_source
 from ipcpool.waitset import READABLE, WRITABLE, Waitable, WaitSet
-from ipcpool.worker import SLOT_ACK_HOLDS, nack_body
+from ipcpool.worker import SLOT_ACK_HOLDS
 
 log = logging.getLogger(__name__)
 

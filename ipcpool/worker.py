@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import enum
 import fcntl
-import hashlib
 import logging
 import os
 import select
@@ -73,6 +72,7 @@ from ipcpool.message import (
     summarize,
     to_message,
 )
+from ipcpool.records import nack_body
 from ipcpool.retry import handler_retrying
 from ipcpool.tally import Labels, Tally
 from ipcpool.transport import make_store
@@ -614,30 +614,6 @@ def _chain(te: traceback.TracebackException) -> list[traceback.TracebackExceptio
 
 def _summary_of(message: Message) -> Summary:
     return Summary(message.id, message.type, message.requires_ack, message.reply_to, message.timestamp)
-
-
-def nack_body(group: str, record: dict[str, Any], summary: Summary, outcome: str,
-              data: bytes | None = None) -> dict[str, Any] | None:
-    """The nack for a message that ends in errors/, when a sender may be waiting for it.
-
-    Written when the message asked for an ack or a response, or when it could
-    not even be decoded (its sender may be waiting under the file's name).
-    ``timestamp`` is the envelope's own, so a sender can tell a nack of its
-    message from an older one of the same id. Without one (the file did not
-    decode), ``sha256`` of the bytes read, when there were any: a nack whose
-    id comes only from a file name (anyone in the group may drop a file under
-    another writer's id) answers only the sender of those very bytes.
-    """
-    if summary.id is None or not (summary.wants_answer or not summary.decoded):
-        return None
-    exception = record.get("exception")
-    body = {"id": summary.id, "type": summary.type, "group": group, "outcome": outcome,
-            "reason": str(record.get("reason", ""))[:MAX_RECORD_TEXT],
-            "errorType": exception.get("type") if isinstance(exception, dict) else None,
-            "timestamp": summary.timestamp, "time": now_iso()}
-    if summary.timestamp is None and data is not None:
-        body["sha256"] = hashlib.sha256(data).hexdigest()
-    return body
 
 
 def _bounded(record: dict[str, Any]) -> dict[str, Any]:

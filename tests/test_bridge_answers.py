@@ -116,3 +116,23 @@ def test_the_node_client_works_unchanged_against_a_host_on_redis(tmp_path, env, 
     said = json.loads(out.stdout.strip().splitlines()[-1])
     assert said["result"] == "from redis" and said["acked"]
     assert "ACK received" in out.stderr
+
+
+def test_a_file_the_bridge_refuses_is_answered_beside_it(tmp_path, env, redis_url, redis_prefix, started):
+    """A file that never decodes is quarantined in the local errors/ (it is not sent on), and, as on the spool,
+    its writer finds a nack beside it: with the sha256 of its bytes, since it carries no timestamp."""
+    import hashlib
+
+    config = _host(tmp_path, "a", redis_url, redis_prefix)
+    started.append(SupervisorProcess(config, tmp_path, env, tmp_path / "a.log").start())
+    root = tmp_path / "a" / "ipc"
+    body = b'{"id": "broken", "type": "task", "payload": {'  # cut short, and settled long ago
+    tmp = root / "main" / "tmp" / ".broken.part"
+    tmp.write_bytes(body)
+    os.utime(tmp, (1, 1))
+    os.rename(tmp, root / "main" / "messages" / "broken.json")
+    wait_until(lambda: (root / "main" / "acks" / "broken.nack").exists(), 30, message="the nack beside the file")
+    nack = json.loads((root / "main" / "acks" / "broken.nack").read_bytes())
+    assert nack["outcome"] == "rejected" and "invalid JSON" in nack["reason"]
+    assert nack["sha256"] == hashlib.sha256(body).hexdigest()
+    assert any(n.endswith(".error.json") for n in os.listdir(root / "main" / "errors"))

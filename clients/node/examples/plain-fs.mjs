@@ -14,7 +14,8 @@ await fs.rename(tmp, path.join(root, group, 'messages', `${id}.json`)); // renam
 const answer = (name) => fs.readFile(path.join(root, group, 'acks', name), 'utf8').catch(() => null);
 for (const deadline = Date.now() + 30000; ; await new Promise((r) => setTimeout(r, 200))) {
   if (await answer(`${id}.ack`) !== null) break; // handled
-  const nack = await answer(`${id}.nack`); // ended in errors/: JSON with outcome, reason, errorFile
-  if (nack !== null) throw new Error(`not handled: ${JSON.parse(nack).reason}`);
+  const nack = JSON.parse(await answer(`${id}.nack`) ?? 'null'); // ended in errors/: outcome, reason, errorFile
+  // Only this very message's nack: another writer may drop a file under our id (docs/spool-format.md).
+  if (nack?.timestamp === message.timestamp) throw new Error(`not handled: ${nack.reason}`);
   if (Date.now() > deadline) throw new Error(`no ack for ${id} in 30 s: is \`ipcpool run\` up?`);
 }

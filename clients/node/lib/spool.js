@@ -20,7 +20,7 @@ const SHARED_DIRS = {
   '': 0o2750, tmp: 0o3770, messages: 0o3770, processing: 0o2700, acks: 0o2750, responses: 0o2750, errors: 0o2750,
 };
 const SHARED_FILE = 0o640;
-const SHARED_MESSAGE_FILE = 0o660;
+const SHARED_MESSAGE_FILE = 0o640; // its writer alone may change a queued message (as ipcpool's own senders)
 
 const O_NOFOLLOW = FS.O_NOFOLLOW ?? 0;
 const O_NONBLOCK = FS.O_NONBLOCK ?? 0;

@@ -34,7 +34,8 @@ from typing import Any
 
 from ipcpool.config import Config
 from ipcpool.errors import InvalidMessage
-from ipcpool.message import decode, format_for, summarize
+from ipcpool.message import Summary, decode, format_for, sniff, summarize
+from ipcpool.records import nack_body
 from ipcpool.transport.bridge.relay import AnswerRelay, relay_field, relay_value
 from ipcpool.transport.redis.connection import UNAVAILABLE
 from ipcpool.transport.redis.keys import Keys
@@ -104,7 +105,7 @@ class Ingest:
             return
         except InvalidMessage as exc:
             self.waiting.discard((group, name))
-            self._refuse(group, name, str(exc))
+            self._refuse(group, name, str(exc), sniff(exc.head, format_for(name), message_stem(name)))
             return
         fmt = format_for(name)
         try:
@@ -119,7 +120,7 @@ class Ingest:
                 self.local.requeue(group, name, later=settle)
             else:
                 self.waiting.discard((group, name))
-                self._refuse(group, name, str(exc))
+                self._refuse(group, name, str(exc), sniff(result.data, fmt, message_stem(name)), result.data)
             return
         inbox = split_name(name)[0] if "/" in name else MESSAGES
         identity = os.fsencode(name) + f":{st.st_ino}:{st.st_mtime_ns}:{st.st_size}".encode()
@@ -152,9 +153,13 @@ class Ingest:
         self.local.done(group, name, "handled", None)
         self.moved += 1
 
-    def _refuse(self, group: str, name: str, reason: str) -> None:
-        record = {"id": None, "type": None, "reason": reason, "attempts": 0}
-        self.local.quarantine(group, name, record, None)
+    def _refuse(self, group: str, name: str, reason: str, said: Summary | None = None,
+                data: bytes | None = None) -> None:
+        """Quarantined here, in the local errors/, with a nack beside it for its writer, as the spool does."""
+        record = {"id": said.id if said else None, "type": said.type if said else None, "reason": reason,
+                  "attempts": 0}
+        nack = nack_body(group, record, said, "rejected", data) if said is not None else None
+        self.local.quarantine(group, name, record, nack)
         log.warning("local file refused, not sent to Redis group=%s file=%s: %s", group, name, reason)
 
     def housekeeping(self, live_pids: set[int]) -> None:
