@@ -95,6 +95,14 @@ def _digest(path: Path) -> str:
         os.close(fd)
 
 
+def _is_entry(path: bytes) -> bool:
+    """Something other than a directory is at ``path`` (a directory is left alone where it was planted)."""
+    try:
+        return not stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 def plant(path: bytes, kind: str, outside: Outside, spool_target: bytes) -> None:
     """Make an entry of ``kind`` at ``path``."""
     if kind == "symlink-in-spool":
@@ -269,16 +277,19 @@ class Pool:
         quarantined = self.real_quarantines()
         return ([f"not acked: {i}" for i in sorted(self.handled_ids) if f"{i}.ack".encode() not in acked]
                 + [f"not quarantined: {i}" for i in sorted(self.failing_ids) if quarantined[i] < 1]
-                + [f"still there: {path!r}" for _group, path in self.odd
-                   if os.path.lexists(path) and not stat.S_ISDIR(os.lstat(path).st_mode)]
+                + [f"still there: {path!r}" for _group, path in self.odd if _is_entry(path)]
                 + [f"still claimed: {name!r}" for name in self._claimed()])
 
     def _claimed(self) -> list[bytes]:
         """Entries in processing/ (a directory planted there is not a message: it is left alone)."""
         out = []
         for folder in (self.group_dir() + b"/processing", self.group_dir() + b"/processing/tasks"):
-            out += [n for n in os.listdir(folder)
-                    if not n.startswith(b".") and not stat.S_ISDIR(os.lstat(folder + b"/" + n).st_mode)]
+            for name in os.listdir(folder):
+                try:  # listed, then moved on by the pool: not claimed any more
+                    if not name.startswith(b".") and not stat.S_ISDIR(os.lstat(folder + b"/" + name).st_mode):
+                        out.append(name)
+                except FileNotFoundError:
+                    continue
         return out
 
     def check(self, phase: str) -> None:
