@@ -255,9 +255,11 @@ class Pool:
     def in_flight(self, ids: set[str]) -> bool:
         """Every one of ``ids`` taken (the spool: claimed into processing/; Redis: sent on, none left here) and
         two of them running (one in each worker)."""
-        here = {os.fsdecode(n) for sub in (b"/messages", b"/processing")
-                for n in os.listdir(self.group_dir() + sub)}
-        taken = not ({f"{i}.json" for i in ids} & here) if self.redis else {f"{i}.json" for i in ids} <= here
+        names = {f"{i}.json" for i in ids}
+        inbox = {os.fsdecode(n) for n in os.listdir(self.group_dir() + b"/messages")}
+        claimed = {os.fsdecode(n) for n in os.listdir(self.group_dir() + b"/processing")}
+        # Claimed, not merely present: a namesake dropped over one still in messages/ would replace it.
+        taken = not (names & (inbox | claimed)) if self.redis else names <= claimed
         return taken and len({r["id"] for r in records(self.tmp_path)} & ids) == 2
 
     def error_records(self) -> list[dict[str, Any]]:
