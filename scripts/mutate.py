@@ -86,6 +86,7 @@ PROBES = "ipcpool/probes.py"
 TERMINAL = "ipcpool/terminal.py"
 # the spool backend (ipcpool/transport/spool/)
 SOURCE = "ipcpool/transport/spool/source.py"
+HOUSEKEEPING = "ipcpool/transport/spool/housekeeping.py"
 SPOOL = "ipcpool/transport/spool/spool.py"
 WRITES = "ipcpool/transport/spool/writes.py"
 CLAIMS = "ipcpool/transport/spool/claims.py"
@@ -161,9 +162,9 @@ MUTATIONS: tuple[Mutation, ...] = (
              "    if policy.jitter > 0:", "    if False:",
              (f"{T_RETRY}::test_ack_waits_with_jitter_stay_in_range",),
              "[ack] jitter"),
-    Mutation("housekeeping-deletes-fresh-tmp-and-responses", SOURCE,
-             "(RESPONSES, cfg.spool.response_retention),\n                             (TMP, cfg.spool.tmp_max_age)",
-             "(RESPONSES, -1e9),\n                             (TMP, -1e9)",
+    Mutation("housekeeping-deletes-fresh-tmp-and-responses", HOUSEKEEPING,
+             "(RESPONSES, config.spool.response_retention),\n                         (TMP, config.spool.tmp_max_age)",
+             "(RESPONSES, -1e9),\n                         (TMP, -1e9)",
              (f"{T_DUR}::test_stale_temp_files_are_removed_by_housekeeping",
               f"{T_DUR}::test_old_acks_and_uncollected_responses_are_pruned"),
              "[spool] tmp_max_age / response_retention: only older files go"),
@@ -339,16 +340,16 @@ MUTATIONS: tuple[Mutation, ...] = (
              "mode=spool.mode, max_queued=spool.max_queued)", "mode=spool.mode, max_queued=0)",
              ("tests/test_errors_cli.py::test_cli_send_refuses_when_the_queue_is_full",),
              "[spool] max_queued"),
-    Mutation("tmp-max-age-ignored", SOURCE,
-             "(TMP, cfg.spool.tmp_max_age)", "(TMP, 3600.0)",
+    Mutation("tmp-max-age-ignored", HOUSEKEEPING,
+             "(TMP, config.spool.tmp_max_age)", "(TMP, 3600.0)",
              (f"{T_DUR}::test_stale_temp_files_are_removed_by_housekeeping",),
              "[spool] tmp_max_age"),
-    Mutation("response-retention-ignored", SOURCE,
-             "(RESPONSES, cfg.spool.response_retention)", "(RESPONSES, 3600.0)",
+    Mutation("response-retention-ignored", HOUSEKEEPING,
+             "(RESPONSES, config.spool.response_retention)", "(RESPONSES, 3600.0)",
              (f"{T_DUR}::test_old_acks_and_uncollected_responses_are_pruned",),
              "[spool] response_retention"),
-    Mutation("retried-retention-ignored", SOURCE,
-             "(RETRIED, cfg.spool.retried_retention)", "(RETRIED, 7 * 86400.0)",
+    Mutation("retried-retention-ignored", HOUSEKEEPING,
+             "(RETRIED, config.spool.retried_retention)", "(RETRIED, 7 * 86400.0)",
              (f"{T_OPER}::test_retried_records_get_the_spools_mode_and_are_pruned",),
              "[spool] retried_retention"),
     Mutation("inboxes-key-ignored", SPOOL, _SPOOL_FROM_CONFIG, _spool_from_config(inboxes='("messages",)'),
@@ -460,8 +461,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              "    if policy.backoff <= 1:", "    if True:",
              (f"{T_LIVE}::test_a_real_sender_backs_off_between_ack_attempts",),
              "[ack] backoff"),
-    Mutation("ack-retention-ignored", SOURCE,
-             "((ACKS, cfg.ack.retention),", "((ACKS, 86400.0),",
+    Mutation("ack-retention-ignored", HOUSEKEEPING,
+             "((ACKS, config.ack.retention),", "((ACKS, 86400.0),",
              (f"{T_DUR}::test_old_acks_and_uncollected_responses_are_pruned",),
              "[ack] retention"),
     Mutation("log-messages-key-ignored", WORKER,
@@ -730,7 +731,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "        os.replace(tmp, path)\n",
              (f"{T_LIVE}::test_power_durability_fsyncs_ack_holds_and_delivery_records",),
              'durability = "power": delivery records fsynced'),
-    Mutation("ack-pruning-trusts-a-jumped-clock", SOURCE,
+    Mutation("ack-pruning-trusts-a-jumped-clock", HOUSEKEEPING,
              "(ledger_now if sub == ACKS else wall) - age", "wall - age",
              ("tests/test_clock_jump.py::test_a_wall_clock_jump_past_the_retention_keeps_the_acks_a_sender_may_"
               "still_retry",),

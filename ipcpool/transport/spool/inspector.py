@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
 from ipcpool.config import Config
 from ipcpool.transport.spool.deadletters import SpoolDeadLetters
-from ipcpool.transport.spool.layout import ERROR_SUFFIX, ERRORS
 from ipcpool.transport.spool.spool import Spool
 
 
@@ -16,17 +13,9 @@ class SpoolInspector:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """What each group's folders hold, counted on disk: true with or without a supervisor."""
-        spool = self.spool
-        counts = {}
-        for group in spool.folders.list_groups():
-            try:
-                with os.scandir(spool.folders.path(group, ERRORS)) as entries:
-                    errors = sum(1 for e in entries if e.name.endswith(ERROR_SUFFIX))
-            except FileNotFoundError:
-                errors = 0
-            counts[group] = {"queued": len(spool.folders.scan_inboxes(group)),
-                             "processing": len(spool.folders.scan_processing(group)), "errors": errors}
-        return counts
+        folders = self.spool.folders
+        return {group: {"queued": len(folders.scan_inboxes(group)), "processing": len(folders.scan_processing(group)),
+                        "errors": folders.count_dead_letters(group)} for group in folders.list_groups()}
 
     def busy(self) -> bool:
         folders = self.spool.folders

@@ -252,6 +252,14 @@ class Folders:
                 names += [f"{inbox}/{name}" for name in self.scan(group, f"{PROCESSING}/{inbox}")]
         return names
 
+    def count_dead_letters(self, group: str) -> int:
+        """How many messages a group's errors/ holds (its records, ``*.error.json``); 0 without the folder."""
+        try:
+            with os.scandir(self.path(group, ERRORS)) as entries:
+                return sum(1 for e in entries if e.name.endswith(ERROR_SUFFIX))
+        except FileNotFoundError:
+            return 0
+
     def count(self, group: str, sub: str) -> int:
         try:
             with os.scandir(self.path(group, sub)) as entries:

@@ -13,6 +13,10 @@ Events are hints, the directory is the truth: the watcher's hints feed
 ``pending``; every ``rescan_interval``, and at once after an inotify
 overflow, every group is rescanned in short slices (a thousand groups never
 hold a new message back by more than a slice), and so is housekeeping.
+
+It is a little over 500 lines on purpose: every place a message can be on
+the supervisor's side lives in this one class, so each transition is one
+method that sees them all (what stands apart does: housekeeping.py, layout.py).
 """
 
 from __future__ import annotations
@@ -28,14 +32,10 @@ from ipcpool.config import Config
 from ipcpool.errors import SpoolError
 from ipcpool.health import spool_space
 from ipcpool.message import Summary, format_for, summarize_bytes
+from ipcpool.transport.spool.housekeeping import SLICE, prune_steps, run_slice
 from ipcpool.transport.spool.layout import (
-    ACKS,
-    ERROR_SUFFIX,
     ERRORS,
     PROCESSING,
-    RESPONSES,
-    RETRIED,
-    TMP,
     is_message_name,
     message_stem,
 )
@@ -47,7 +47,6 @@ from ipcpool.transport.spool.watcher import CLOSED, FILE, GROUP, LOST, OVERFLOW,
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (group, name): a file's name in messages/, or "tasks/<name>"
-SLICE = 0.0002  # seconds of rescanning or pruning per poll
 
 
 class SpoolSource:
@@ -409,8 +408,7 @@ class SpoolSource:
         cached = self.errors_cache.get(group)
         if cached and cached[0] == mtime:
             return cached[1]
-        with os.scandir(path) as entries:
-            count = sum(1 for e in entries if e.name.endswith(ERROR_SUFFIX))
+        count = self.spool.folders.count_dead_letters(group)
         self.errors_cache[group] = (mtime, count)
         return count
 
@@ -497,20 +495,9 @@ class SpoolSource:
     # -- housekeeping -------------------------------------------------------------------------------------------
 
     def _prune(self) -> Iterator[None]:
-        """Prune old acks, nacks, uncollected responses and retried records; remove temp files crashed
-        writers left; forget the histories of messages that are gone. A generator, one folder entry
-        per step, run in slices by poll()."""
-        cfg = self.config
-        wall = time.time()
-        ledger_now = self._ledger_clock.now() if self._ledger_clock is not None else wall  # see LedgerClock
-        for group in list(self.groups):
-            for sub, age in ((ACKS, cfg.ack.retention), (RESPONSES, cfg.spool.response_retention),
-                             (TMP, cfg.spool.tmp_max_age), (RETRIED, cfg.spool.retried_retention)):
-                for name in self.spool.folders.scan_ages(group, sub, (ledger_now if sub == ACKS else wall) - age):
-                    if name is not None:
-                        self.spool.folders.unlink_quietly(group, sub, name)
-                    yield
-        self.spool.writer.prune_staging({os.getpid(), *self._live_pids})
+        """What outlived its retention (see housekeeping.py), then the histories of messages that are gone."""
+        ledger_now = self._ledger_clock.now() if self._ledger_clock is not None else time.time()  # see LedgerClock
+        yield from prune_steps(self.spool, self.config, self.groups, ledger_now, self._live_pids)
         self._forget_gone_deliveries()
 
     def _forget_gone_deliveries(self) -> None:
@@ -527,12 +514,5 @@ class SpoolSource:
 
     def _continue_housekeeping(self) -> None:
         assert self._housekeeping is not None
-        deadline = time.monotonic() + SLICE
-        try:
-            while time.monotonic() < deadline:
-                next(self._housekeeping)
-        except StopIteration:
-            self._housekeeping = None
-        except OSError as exc:
-            log.error("housekeeping failed: %s", exc)
+        if not run_slice(self._housekeeping):
             self._housekeeping = None

@@ -1,0 +1,238 @@
+"""An in-memory transport: the seam's verbs over a few dicts, in one process.
+
+What huey's ``MemoryStorage`` and dramatiq's ``StubBroker`` are to their
+consumers: the pool's unit tests drive dispatch, put-backs, poison and the
+dead letters through it, with no folder, no Redis and no worker process.
+A :class:`MemoryBroker` holds the state; a source, a store and an outbox
+share it. Not for production: nothing survives the process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ipcpool.errors import MessageExists
+from ipcpool.message import Summary, format_for, summarize_bytes
+from ipcpool.records import ErrorEntry
+from ipcpool.transport.base import Answer, MessageGone, Raw, Receipt, Taken
+
+Key = tuple[str, str]  # (group, ref)
+
+
+@dataclass
+class MemoryBroker:
+    """The state the three sides share: queues, what is taken, answers, failures, dead letters."""
+
+    queues: dict[str, OrderedDict[str, tuple[str, bytes]]] = field(default_factory=dict)  # ref -> (name, bytes)
+    taken: dict[Key, tuple[str, bytes]] = field(default_factory=dict)
+    later: dict[Key, float] = field(default_factory=dict)
+    acks: set[Key] = field(default_factory=set)  # (group, message id)
+    nacks: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    responses: dict[Key, bytes] = field(default_factory=dict)
+    failures: dict[Key, list[dict[str, Any]]] = field(default_factory=dict)
+    dead: list[ErrorEntry] = field(default_factory=list)
+    _refs: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    def queue(self, group: str) -> OrderedDict[str, tuple[str, bytes]]:
+        return self.queues.setdefault(group, OrderedDict())
+
+    def put(self, group: str, name: str, data: bytes) -> str:
+        """Queue bytes under a file-like name; returns its ref."""
+        if any(n == name and d != data for n, d in self.queue(group).values()):
+            raise MessageExists(group, name)
+        ref = f"{next(self._refs)}:{name}"
+        self.queue(group)[ref] = (name, data)
+        return ref
+
+
+class MemorySource:
+    backend = "memory"
+
+    def __init__(self, broker: MemoryBroker, clock: Callable[[], float] = time.monotonic) -> None:
+        self.broker = broker
+        self.clock = clock
+
+    def open(self) -> int:
+        return 0
+
+    def filenos(self) -> list[int]:
+        return []
+
+    def poll(self, now: float, ready: Collection[int] = (), room: int = 0) -> bool:
+        for key, due in list(self.broker.later.items()):
+            if now >= due:
+                del self.broker.later[key]
+                self.requeue(*key)
+        return False
+
+    def backlog(self) -> int:
+        return sum(len(q) for q in self.broker.queues.values())
+
+    def take(self, n: int) -> list[Taken]:
+        taken: list[Taken] = []
+        for group, queue in self.broker.queues.items():
+            while queue and len(taken) < n:
+                ref, entry = queue.popitem(last=False)
+                self.broker.taken[(group, ref)] = entry
+                taken.append((group, ref, len(self.broker.failures.get((group, ref), [])) + 1))
+        return taken
+
+    def renew(self, held: Iterable[tuple[str, str]]) -> None:
+        """Nothing expires here."""
+
+    def done(self, group: str, ref: str, outcome: str, info: Any) -> None:
+        self.broker.taken.pop((group, ref), None)
+        self.broker.failures.pop((group, ref), None)
+
+    def requeue(self, group: str, ref: str, *, later: float = 0.0) -> None:
+        entry = self.broker.taken.pop((group, ref), None)
+        if later:
+            if entry is not None:
+                self.broker.taken[(group, ref)] = entry
+            self.broker.later[(group, ref)] = self.clock() + later
+        elif entry is not None:
+            queue = self.broker.queue(group)
+            queue[ref] = entry
+            queue.move_to_end(ref, last=False)  # it was next once; it is next again
+
+    def record_failure(self, group: str, ref: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
+        history = self.broker.failures.setdefault((group, ref), [])
+        history.append(entry)
+        return list(history)
+
+    def quarantine(self, group: str, ref: str, record: dict[str, Any], nack: dict[str, Any] | None) -> bool:
+        entry = self.broker.taken.pop((group, ref), None)
+        if entry is None:
+            return False
+        self.broker.failures.pop((group, ref), None)
+        self.broker.dead.append(ErrorEntry(group, ref, dict(record, data=entry[1].decode(errors="replace"))))
+        if nack is not None:
+            self.broker.nacks[(group, str(nack["id"]))] = nack
+        return True
+
+    def summarize(self, group: str, ref: str) -> Summary:
+        name, data = self.broker.taken.get((group, ref), (ref, b""))
+        return summarize_bytes(data, format_for(name), name.rsplit(".", 1)[0])
+
+    def housekeeping(self, live_pids: set[int]) -> None:
+        """Nothing to prune."""
+
+    @property
+    def holds_acks(self) -> bool:
+        return False
+
+    def stats(self) -> dict[str, Any]:
+        groups = {g: {"queued": len(q), "errors": sum(1 for e in self.broker.dead if e.group == g),
+                      "oldestQueuedAge": None} for g, q in self.broker.queues.items()}
+        return {"groups": groups, "transport": {"stranded": 0, "full": False, "ackHolds": 0, "error": None}}
+
+    def announce(self, status: dict[str, Any]) -> None:
+        """One process: nobody else to tell."""
+
+    def close(self) -> None:
+        for group, ref in list(self.broker.taken):
+            self.requeue(group, ref)
+
+
+class MemoryStore:
+    def __init__(self, broker: MemoryBroker) -> None:
+        self.broker = broker
+
+    def prefetch(self, receipts: Sequence[Receipt]) -> None:
+        """Everything is at hand already."""
+
+    def read(self, group: str, ref: str) -> Raw:
+        entry = self.broker.taken.get((group, ref))
+        if entry is None:
+            raise MessageGone(f"{group}/{ref} is gone")
+        name, data = entry
+        return Raw(data, format_for(name), name.rsplit(".", 1)[0])
+
+    def names(self, ref: str) -> tuple[str | None, str]:
+        name = ref.split(":", 1)[-1]
+        return format_for(name), name.rsplit(".", 1)[0]
+
+    def is_acked(self, group: str, message_id: str, *, holds: bool = False) -> bool:
+        return (group, message_id) in self.broker.acks
+
+    def complete(self, group: str, ref: str, ack_id: str | None, token: Any, *, duplicate: bool = False
+                 ) -> dict[str, Any] | None:
+        if ack_id is not None:
+            self.broker.acks.add((group, ack_id))
+        return None
+
+    def settle(self) -> dict[tuple[str, str], dict[str, Any]]:
+        return {}
+
+    def reply(self, group: str, request_id: str, data: bytes) -> bool:
+        self.broker.responses[(group, request_id)] = data
+        return True
+
+    def error_ref(self, group: str, ref: str) -> str:
+        return f"{group}/errors/{ref}"
+
+    def quarantine(self, group: str, ref: str, record: dict[str, Any], nack: dict[str, Any] | None,
+                   error_ref: str = "") -> None:
+        if (group, ref) not in self.broker.taken:
+            raise MessageGone(f"{group}/{ref} is gone")
+        self.broker.dead.append(ErrorEntry(group, ref, dict(record)))
+        if nack is not None:
+            self.broker.nacks[(group, str(nack["id"]))] = nack
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryOutbox:
+    backend = "memory"
+    root = None
+
+    def __init__(self, broker: MemoryBroker) -> None:
+        self.broker = broker
+
+    def ensure_group(self, group: str) -> None:
+        self.broker.queue(group)
+
+    def publish(self, group: str, name: str, data: bytes) -> None:
+        self.broker.put(group, name, data)
+
+    def present(self, group: str, name: str, message_id: str) -> bool:
+        queued = any(n == name for n, _ in self.broker.queue(group).values())
+        return queued or any(n == name for (g, _r), (n, _d) in self.broker.taken.items() if g == group) or \
+            (group, message_id) in self.broker.acks
+
+    def is_acked(self, group: str, message_id: str) -> bool:
+        return (group, message_id) in self.broker.acks
+
+    def nack(self, group: str, message_id: str) -> dict[str, Any] | None:
+        return self.broker.nacks.get((group, message_id))
+
+    def wait_answer(self, group: str, message_id: str, timeout: float, accept_nack: Callable[[dict[str, Any]], bool],
+                    *, reply_group: str | None = None) -> Answer | None:
+        """What is there now (one process: nothing arrives while this waits)."""
+        if reply_group is not None and (reply_group, message_id) in self.broker.responses:
+            return "response", self.broker.responses.pop((reply_group, message_id))
+        if reply_group is None and (group, message_id) in self.broker.acks:
+            return "ack", None
+        nack = self.broker.nacks.get((group, message_id))
+        return ("nack", nack) if nack is not None and accept_nack(nack) else None
+
+    async def async_wait_answer(self, group: str, message_id: str, timeout: float,
+                                accept_nack: Callable[[dict[str, Any]], bool], *,
+                                reply_group: str | None = None) -> Answer | None:
+        return self.wait_answer(group, message_id, timeout, accept_nack, reply_group=reply_group)
+
+    def depth(self, group: str) -> int:
+        return len(self.broker.queue(group))
+
+    def supervisor_running(self) -> bool | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
