@@ -28,9 +28,9 @@ from ipcpool.errors import (
     IpcpoolError,
     UnknownGroup,
 )
-from ipcpool.logs import setup_logging
 from ipcpool.message import GROUP_NAME, TYPE_NAME
-from ipcpool.terminal import printable
+from ipcpool.ops.logs import setup_logging
+from ipcpool.ops.terminal import printable
 
 log = logging.getLogger("ipcpool")
 CONFIG_ENV = "IPCPOOL_CONFIG"
@@ -167,7 +167,7 @@ def cmd_request(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    from ipcpool.health import read_status, verdict
+    from ipcpool.ops.health import read_status, verdict
 
     config = _config(args)
     status = read_status(config.spool.root)
@@ -195,8 +195,8 @@ def _redis_reachable(config: Config, reason: str) -> tuple[bool, str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ipcpool.health import read_status, supervisor_alive, verdict
-    from ipcpool.status import render_table
+    from ipcpool.ops.health import read_status, supervisor_alive, verdict
+    from ipcpool.ops.status import render_table
     from ipcpool.transport import make_inspector
 
     if args.watch:

@@ -16,8 +16,8 @@ from typing import Any
 from ipcpool import records
 from ipcpool.config import load_config
 from ipcpool.errors import EXIT_FAILURE, EXIT_OK, ConfigError
+from ipcpool.ops.terminal import printable
 from ipcpool.progress import steps
-from ipcpool.terminal import printable
 from ipcpool.transport import make_inspector
 
 

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from ipcpool.errors import AlreadyRunning, SpoolError
-from ipcpool.health import read_status, status_is_live
+from ipcpool.ops.health import read_status, status_is_live
 from ipcpool.portable import flock_holders
 
 STATE_DIR = ".ipcpool"

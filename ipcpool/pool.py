@@ -31,7 +31,7 @@ from typing import Any
 from ipcpool import portable
 from ipcpool.channel import ResultChannel, TaskChannel
 from ipcpool.config import Config
-from ipcpool.health import ProcessProbe, ProcessReading, pid_alive, process_create_time
+from ipcpool.ops.health import ProcessProbe, ProcessReading, pid_alive, process_create_time
 from ipcpool.portable import flock_holders
 from ipcpool.worker import SHARED_SLOTS, SLOT_SEQ, SLOT_STARTED, WorkerSpec, worker_main
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipcpool.config import INBOXES
-from ipcpool.terminal import printable
+from ipcpool.ops.terminal import printable
 
 MESSAGES = "messages"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -78,7 +78,7 @@ def render(entry: ErrorEntry, message: str | None) -> str:
     """One record as an operator reads it: fields, each delivery, the traceback as text, the message.
 
     Writers chose much of it (the type, the id, the body, what a handler raised): every value goes
-    through :func:`~ipcpool.terminal.printable`, a newline kept only inside the traceback and the message.
+    through :func:`~ipcpool.ops.terminal.printable`, a newline kept only inside the traceback and the message.
     """
     record = entry.record
     lines = [f"{entry.group}/errors/{printable(entry.file)}"]

@@ -58,13 +58,18 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
-from ipcpool import portable, proctitle
+from ipcpool import portable
 from ipcpool.config import Config
 from ipcpool.errors import EXIT_OK, EXIT_WORKER_BOOT, EXIT_WORKER_GRACE, ConfigError
-from ipcpool.health import ProcessProbe, write_status
 from ipcpool.localroot import LocalRoot
-from ipcpool.logs import MULTILINE, setup_logging
 from ipcpool.message import now_iso
+from ipcpool.ops import proctitle
+from ipcpool.ops.health import ProcessProbe, write_status
+from ipcpool.ops.logs import MULTILINE, setup_logging
+from ipcpool.ops.probes import Answer, LoopProbe, ProbeServer
+from ipcpool.ops.sdnotify import notify, watchdog_interval
+from ipcpool.ops.status import build_status
+from ipcpool.ops.tally import Labels, PoolMetrics, Scrape
 from ipcpool.pool import (
     Delivery,
     StopReason,
@@ -76,11 +81,7 @@ from ipcpool.pool import (
     mp_context,
     spawn_worker,
 )
-from ipcpool.probes import Answer, LoopProbe, ProbeServer
 from ipcpool.reload import Reload, ReloadLog, restart_only_change
-from ipcpool.sdnotify import notify, watchdog_interval
-from ipcpool.status import build_status
-from ipcpool.tally import Labels, PoolMetrics, Scrape
 from ipcpool.transport import make_source
 from ipcpool.waitset import READABLE, WRITABLE, Waitable, WaitSet
 from ipcpool.worker import SLOT_ACK_HOLDS, nack_body

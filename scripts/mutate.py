@@ -82,8 +82,8 @@ RETRY = "ipcpool/retry.py"
 HANDLERS = "ipcpool/handlers.py"
 LOCALROOT = "ipcpool/localroot.py"
 SEAM = "ipcpool/transport/__init__.py"
-PROBES = "ipcpool/probes.py"
-TERMINAL = "ipcpool/terminal.py"
+PROBES = "ipcpool/ops/probes.py"
+TERMINAL = "ipcpool/ops/terminal.py"
 # the spool backend (ipcpool/transport/spool/)
 SOURCE = "ipcpool/transport/spool/source.py"
 SPOOL = "ipcpool/transport/spool/spool.py"
@@ -198,7 +198,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              'GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _-]{0,63}\\Z")',
              ("tests/test_hostile.py::test_invalid_group_names_are_never_used",),
              "group names: ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"),
-    Mutation("health-ignores-a-dead-supervisor", "ipcpool/health.py",
+    Mutation("health-ignores-a-dead-supervisor", "ipcpool/ops/health.py",
              '    if not isinstance(pid, int) or not pid_alive(pid, supervisor.get("createTime")):',
              "    if not isinstance(pid, int):",
              (f"{T_SUPV}::test_health_follows_supervisor_and_stopped_worker",),
@@ -467,7 +467,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "        self._log_messages = spec.config.log.messages", "        self._log_messages = True",
              (f"{T_OPER}::test_one_info_line_per_finished_message[False]",),
              "[log] messages"),
-    Mutation("log-format-ignored", "ipcpool/logs.py",
+    Mutation("log-format-ignored", "ipcpool/ops/logs.py",
              '    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(FORMAT))',
              "    handler.setFormatter(TextFormatter(FORMAT))",
              (f"{T_JSONLOG}::test_every_line_is_json_with_the_message_fields[spool]",),
@@ -478,7 +478,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "            if False:",
              (f"{T_HTTP}::test_readyz_and_healthz_answer_as_kubernetes_expects",),
              "[http] listen"),
-    Mutation("http-loop-timeout-ignored", "ipcpool/probes.py",
+    Mutation("http-loop-timeout-ignored", "ipcpool/ops/probes.py",
              "        self.loop_timeout = config.loop_timeout", "        self.loop_timeout = 5.0",
              (f"{T_HTTP}::test_a_loop_that_does_not_answer_fails_healthz_in_bounded_time",),
              "[http] loop_timeout"),
@@ -733,7 +733,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              ("tests/test_clock_jump.py::test_a_wall_clock_jump_past_the_retention_keeps_the_acks_a_sender_may_"
               "still_retry",),
              "a wall clock jump never prunes the dedupe ledger"),
-    Mutation("log-lines-not-escaped", "ipcpool/logs.py",
+    Mutation("log-lines-not-escaped", "ipcpool/ops/logs.py",
              "            record.message = printable(record.message)\n",
              "            pass\n",
              ("tests/test_odd_entries.py::test_a_name_with_control_characters_is_logged_escaped_on_one_line",),
@@ -771,12 +771,12 @@ MUTATIONS: tuple[Mutation, ...] = (
              "        print(str(f\"{args.id!r} is the start of",
              (f"{T_TERM}::test_errors_list_and_show_escape_what_writers_chose",),
              "errors show escapes the ids an ambiguous prefix matches"),
-    Mutation("status-running-unescaped", "ipcpool/status.py",
+    Mutation("status-running-unescaped", "ipcpool/ops/status.py",
              "    return f\"{printable(current.get('type') or '?')} {printable(current.get('id'))} (",
              "    return f\"{current.get('type') or '?'} {current.get('id')} (",
              (f"{T_TERM}::test_status_and_top_escape_a_running_message_and_an_external_heartbeat",),
              "status escapes the running message's type and id"),
-    Mutation("status-heartbeat-unescaped", "ipcpool/status.py",
+    Mutation("status-heartbeat-unescaped", "ipcpool/ops/status.py",
              "{printable(h['processId']):>10} {printable(h['status']):<10} ",
              "{h['processId']!s:>10} {h['status']!s:<10} ",
              (f"{T_TERM}::test_status_and_top_escape_a_running_message_and_an_external_heartbeat",),
@@ -790,7 +790,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "    return Text.from_markup(printable(value), style=style)",
              (f"{T_TERM}::test_status_and_top_escape_a_running_message_and_an_external_heartbeat",),
              "top shows rich markup and emoji codes in writers' text, never obeys them"),
-    Mutation("proctitle-unescaped", "ipcpool/proctitle.py",
+    Mutation("proctitle-unescaped", "ipcpool/ops/proctitle.py",
              "{printable(current.get('type'))} {printable(current.get('id'))}",
              "{current.get('type')} {current.get('id')}",
              (f"{T_TERM}::test_the_process_title_of_a_worker_running_a_hostile_message_is_escaped",),
@@ -833,7 +833,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "reason=healthy[1]), indent=1) if not args.json\n",
              (f"{T_LIVE}::test_status_shows_a_running_pool_as_a_table_and_as_json",),
              "ipcpool status (table, --json)"),
-    Mutation("log-level-ignored", "ipcpool/logs.py",
+    Mutation("log-level-ignored", "ipcpool/ops/logs.py",
              '    name = os.environ.get("LOG_LEVEL", "info").upper()', '    name = "INFO"',
              (f"{T_LIVE}::test_log_level_debug_shows_debug_lines_from_every_process",
               f"{T_LIVE}::test_log_level_warning_hides_info"),

@@ -23,7 +23,7 @@ import ipcpool.compat
 from ipcpool import AckTimeout, IPCMessageType, Message, get_ipc_system, start_enhanced_ipc
 from ipcpool.compat import IPCSystem
 from ipcpool.config import Config, parse_config
-from ipcpool.health import read_status, verdict
+from ipcpool.ops.health import read_status, verdict
 
 
 def _config(root: Path, **sections: dict[str, Any]) -> Config:

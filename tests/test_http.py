@@ -25,10 +25,11 @@ import psutil
 import pytest
 from conftest import backend_config, ipcpool_cli, records, wait_until, write_config
 
-from ipcpool import Client, MessageFailed, MessageRejected, probes
+from ipcpool import Client, MessageFailed, MessageRejected
 from ipcpool.config import HttpConfig
-from ipcpool.metrics import parse, total
-from ipcpool.probes import LoopProbe, ProbeServer
+from ipcpool.ops import probes
+from ipcpool.ops.metrics import parse, total
+from ipcpool.ops.probes import LoopProbe, ProbeServer
 
 
 def get(address: str, path: str) -> tuple[int, str, str]:
@@ -230,8 +231,8 @@ def test_concurrent_probes_share_one_answer_and_none_waits_past_its_timeout():
     import threading
 
     from ipcpool.config import Config
-    from ipcpool.probes import Answer
-    from ipcpool.tally import Labels, PoolMetrics, Scrape
+    from ipcpool.ops.probes import Answer
+    from ipcpool.ops.tally import Labels, PoolMetrics, Scrape
 
     asked = threading.Event()
     probe = LoopProbe(wake=asked.set)

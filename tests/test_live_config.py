@@ -26,7 +26,7 @@ import pytest
 from conftest import acked, files, kill_session, records, require_tool, run_cli, wait_until, write_config
 
 from ipcpool import Client
-from ipcpool.health import verdict
+from ipcpool.ops.health import verdict
 
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 CLOCK_SLACK = 0.005  # log timestamps are truncated to the millisecond

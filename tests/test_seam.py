@@ -47,7 +47,7 @@ def test_the_seam_module_itself_names_backends_only_lazily():
 
 def test_importing_the_pool_loads_no_backend():
     code = ("import sys; import ipcpool, ipcpool.supervisor, ipcpool.worker, ipcpool.client, ipcpool.cli, "
-            "ipcpool.compat, ipcpool.status; "
+            "ipcpool.compat, ipcpool.ops.status; "
             f"print(sorted(m for m in sys.modules if m.startswith({FORBIDDEN!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stdout

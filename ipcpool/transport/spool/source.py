@@ -26,8 +26,8 @@ from typing import Any
 
 from ipcpool.config import Config
 from ipcpool.errors import SpoolError
-from ipcpool.health import spool_space
 from ipcpool.message import Summary, format_for, summarize_bytes
+from ipcpool.ops.health import spool_space
 from ipcpool.transport.spool.layout import (
     ACKS,
     ERROR_SUFFIX,

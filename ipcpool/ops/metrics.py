@@ -1,6 +1,6 @@
 """/metrics: one snapshot of the supervisor's counts and status, in Prometheus's text format.
 
-The counting happens in ``ipcpool.tally``; this module only renders (and,
+The counting happens in ``ipcpool.ops.tally``; this module only renders (and,
 for tests and the live view, parses), and is the one that imports
 prometheus_client.
 """
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from ipcpool.tally import BUCKETS, WORKER_STATES, Scrape
+from ipcpool.ops.tally import BUCKETS, WORKER_STATES, Scrape
 
 
 class _Collector:

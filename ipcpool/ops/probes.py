@@ -48,7 +48,7 @@ from http import HTTPStatus
 
 from ipcpool.config import HttpConfig, parse_listen
 from ipcpool.errors import ConfigError
-from ipcpool.tally import Scrape
+from ipcpool.ops.tally import Scrape
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class ProbeServer:
             if answer is None:
                 return self._json(503, False, f"the supervisor loop did not answer within {self.loop_timeout:g}s")
             answer = Answer(Scrape(answer.scrape.metrics, answer.scrape.status, waited), answer.ready, answer.reason)
-        from ipcpool.metrics import render  # prometheus_client: loaded by the first scrape
+        from ipcpool.ops.metrics import render  # prometheus_client: loaded by the first scrape
 
         return 200, render(answer.scrape), CONTENT_TYPE_METRICS
 

@@ -10,8 +10,8 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from ipcpool.ops.terminal import printable
 from ipcpool.pool import wall_to_iso
-from ipcpool.terminal import printable
 from ipcpool.worker import SLOT_SEQ
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ def _create_time(probe: Any) -> float | None:
 
 
 def _own_create_time() -> float | None:
-    from ipcpool.health import process_create_time
+    from ipcpool.ops.health import process_create_time
 
     try:
         return process_create_time(os.getpid())
@@ -128,7 +128,7 @@ def render_table(status: dict[str, Any], healthy: tuple[bool, str], *, now: floa
     """``ipcpool status``: the record as a readable table (the folders alone when the supervisor is down).
 
     Writers chose some of it (a running message's type and id, what an external heartbeat says, a file
-    name in an error): every such value goes through :func:`~ipcpool.terminal.printable`.
+    name in an error): every such value goes through :func:`~ipcpool.ops.terminal.printable`.
     """
     now = time.time() if now is None else now
     if "folders" in status:
