@@ -7,8 +7,8 @@ import time
 
 import psutil
 
+from ipcpool.cli.views import render_table
 from ipcpool.ops.health import heartbeat_envelope, verdict
-from ipcpool.ops.status import render_table
 
 
 def _status(**overrides):

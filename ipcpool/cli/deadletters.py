@@ -10,41 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from ipcpool import records
+from ipcpool.cli.progress import steps
 from ipcpool.config import load_config
 from ipcpool.errors import EXIT_FAILURE, EXIT_OK, ConfigError
 from ipcpool.ops.terminal import printable
-from ipcpool.progress import steps
 from ipcpool.transport import make_inspector
-
-
-def add_errors_command(sub: Any, add_config: Callable[[argparse.ArgumentParser], None]) -> None:
-    text = "list, show, retry or purge quarantined messages"
-    errors = sub.add_parser("errors", help=text, description=text)
-    errors.set_defaults(func=cmd_errors)
-    esub = errors.add_subparsers(dest="errors_command", required=True)
-    for name, help_text in (("list", "list quarantined messages"),
-                            ("show", "show a message and its error record (by id, a unique id prefix, or file)"),
-                            ("retry", "move messages back into their inbox"),
-                            ("purge", "delete quarantined messages")):
-        p = esub.add_parser(name, help=help_text, description=help_text)
-        add_config(p)
-        p.add_argument("--group", "-g", help="only this group")
-        if name == "list":
-            p.add_argument("--json", action="store_true")
-        elif name == "show":
-            p.add_argument("id", help="message id, a unique prefix of one, or an errors/ file name")
-            p.add_argument("--json", action="store_true", help="the records and messages as JSON")
-        elif name == "retry":
-            p.add_argument("ids", nargs="*", help="message ids, unique prefixes of ids, or errors/ file names")
-            p.add_argument("--all", action="store_true")
-        else:
-            p.add_argument("--all", action="store_true")
-            p.add_argument("--older-than", help="only older than DURATION (30s, 15m, 24h, 7d)")
-            p.add_argument("--dry-run", "-n", action="store_true", help="print what would be deleted, delete nothing")
 
 
 def cmd_errors(args: argparse.Namespace) -> int:
