@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ipcpool.ops.health import pid_alive, read_status, verdict
+from ipcpool.ops.health import pid_alive, read_status, transport_name, verdict
 from ipcpool.ops.terminal import printable
 
 RATE_WINDOW = 10.0  # seconds of history a group's rate is measured over
@@ -64,7 +64,7 @@ def render(status: dict[str, Any] | None, rates: Rates, now: float) -> Group:
                        f"snapshot {age:.1f}s old", style="bold yellow")
     else:
         header = _cell(f"ipcpool  pid {sup.get('pid')}  {status.get('state')}  up {sup.get('uptime')}s  "
-                       f"root {status.get('root')}  transport {status.get('transport')}  "
+                       f"root {status.get('root')}  transport {transport_name(status)}  "
                        f"snapshot {age:.1f}s old", style="bold green")
     workers = Table(title="workers", title_justify="left", expand=True)
     for column in ("slot", "pid", "state", "running", "for", "RSS MB", "handled", "failed", "restarts"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ipcpool.ops.health import transport_stats
 from ipcpool.ops.terminal import printable
 
 
@@ -51,7 +52,7 @@ def render_table(status: dict[str, Any], healthy: tuple[bool, str], *, now: floa
     totals = status.get("totals", {})
     lines += ["", "totals: " + "  ".join(f"{k} {v}" for k, v in totals.items())]
     lines += _render_cluster(status.get("cluster"))
-    spool = status.get("spool") or {}
+    spool = transport_stats(status)
     if spool.get("stranded") or spool.get("full"):
         lines.append(f"spool: {'FULL; ' if spool.get('full') else ''}{spool.get('stranded')} stranded "
                      f"({spool.get('ackHolds')} acks waiting): {printable(spool.get('error'))}")
@@ -74,10 +75,10 @@ def _render_cluster(cluster: dict[str, Any] | None) -> list[str]:
     if not cluster:
         return []
     lines = ["", f"{'SUPERVISOR (cluster)':<40} {'STATE':<9} {'WORKERS':>7} {'HANDLED':>8} {'UP S':>8}"]
-    for sup in sorted(cluster.get("supervisors", []), key=lambda s: str(s.get("spool", {}).get("consumer"))):
+    for sup in sorted(cluster.get("supervisors", []), key=lambda s: str(transport_stats(s).get("consumer"))):
         workers = sup.get("workers", [])
         handled = sum(int(w.get("handled", 0)) for w in workers)
-        name = sup.get("spool", {}).get("consumer", "?")
+        name = transport_stats(sup).get("consumer", "?")
         lines.append(f"{printable(name):<40} {printable(sup.get('state', '?')):<9} {len(workers):>7} "
                      f"{handled:>8} {sup.get('supervisor', {}).get('uptime', '-')!s:>8}")
     lines += ["", f"{'GROUP (cluster)':<24} {'QUEUED':>7} {'PENDING':>8} {'DEAD':>6}"]

@@ -83,6 +83,14 @@ class ProcessProbe:
             cpu_percent=cpu,
         )
 
+    def create_time(self) -> float | None:
+        """The process's start time (with its pid, who it is), or None when it is gone or was never found."""
+        process = self._process
+        try:
+            return process.create_time() if process is not None else None
+        except psutil.Error:
+            return None
+
 
 def pid_alive(pid: int, create_time: float | None = None) -> bool:
     """Whether ``pid`` runs and (when given) is the same process that started at ``create_time``."""
@@ -97,6 +105,14 @@ def pid_alive(pid: int, create_time: float | None = None) -> bool:
 
 def process_create_time(pid: int) -> float:
     return psutil.Process(pid).create_time()
+
+
+def create_time_of(pid: int) -> float | None:
+    """:func:`process_create_time`, or None when the process cannot be read."""
+    try:
+        return process_create_time(pid)
+    except psutil.Error:
+        return None
 
 
 def status_path(root: str | os.PathLike[str]) -> Path:
@@ -162,6 +178,21 @@ def read_status(root: str | os.PathLike[str]) -> dict[str, Any] | None:
     return None
 
 
+def transport_stats(status: dict[str, Any] | None) -> dict[str, Any]:
+    """The transport's stats in a record: under ``"transport"``, or under ``"spool"`` in a record written by
+    an older ipcpool (whose ``"transport"`` was only the backend's name)."""
+    if not status:
+        return {}
+    stats = status.get("transport")
+    return stats if isinstance(stats, dict) else status.get("spool") or {}
+
+
+def transport_name(status: dict[str, Any]) -> str | None:
+    """The record's transport: spool or redis."""
+    transport = status.get("transport")
+    return transport.get("backend") if isinstance(transport, dict) else transport
+
+
 def spool_space(root: str | os.PathLike[str]) -> dict[str, int] | None:
     """Free bytes and free inodes on the spool's filesystem (for unprivileged users), or None."""
     try:
@@ -204,7 +235,7 @@ def verdict(status: dict[str, Any] | None, *, now: float | None = None) -> tuple
         return False, f"status is stale ({age:.1f}s old, interval {interval:g}s): the supervisor is stuck"
     if status.get("state") != "running":
         return False, f"supervisor is {status.get('state')}"
-    spool = status.get("spool") or {}
+    spool = transport_stats(status)
     if spool.get("redisDown"):  # the supervisor's own view: unreachable, or full and refusing its writes
         return False, spool.get("error") or "Redis is unreachable"
     if spool.get("full"):

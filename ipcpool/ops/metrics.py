@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from ipcpool.ops.health import transport_stats
 from ipcpool.ops.tally import BUCKETS, WORKER_STATES, Scrape
 
 
@@ -80,7 +81,7 @@ def families(scrape: Scrape) -> list[Metric]:
     restarts = CounterMetricFamily("ipcpool_worker_restarts", "Workers replaced, by reason.", labels=["reason"])
     for reason, n in sorted(metrics.restarts.items()):
         restarts.add_metric([reason], n)
-    transport = status.get("spool") or {}
+    transport = transport_stats(status)
     holds = GaugeMetricFamily("ipcpool_ack_holds",
                               "Handled messages whose ack could not be written yet (kept, acked when it can be).")
     holds.add_metric([], transport.get("ackHolds") or 0)
