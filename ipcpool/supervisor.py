@@ -64,10 +64,10 @@ from ipcpool.errors import EXIT_OK, EXIT_WORKER_BOOT, EXIT_WORKER_GRACE, ConfigE
 from ipcpool.localroot import LocalRoot
 from ipcpool.message import now_iso
 from ipcpool.ops import proctitle
-from ipcpool.ops.health import ProcessProbe, create_time_of, write_status
+from ipcpool.ops.health import ProcessProbe, create_time_of, judge, write_status
 from ipcpool.ops.logs import MULTILINE, setup_logging
 from ipcpool.ops.probes import Answer, LoopProbe, ProbeServer
-from ipcpool.ops.sdnotify import notify, watchdog_interval
+from ipcpool.ops.sdnotify import notify, status_line, watchdog_interval
 from ipcpool.ops.status import ExternalHeartbeat, GroupLoad, PoolSnapshot, Running, WorkerView, status_record
 from ipcpool.ops.tally import Labels, PoolMetrics, Scrape
 from ipcpool.pool import (
@@ -934,25 +934,9 @@ class Supervisor:
         """An HTTP probe's question (/metrics, /healthz, /readyz), answered from the loop thread."""
         # The queues as read at the last status write (every [heartbeat] interval): a probe never
         # waits on a Redis round trip, so a slow or partitioned Redis cannot fail /healthz by itself.
-        status = status_record(self.snapshot(self.clock(), self._source_stats))
-        ready, reason = self.readiness(status)
-        return Answer(Scrape(self.metrics.snapshot(), status, lag), ready, reason)
-
-    def readiness(self, status: dict[str, Any]) -> tuple[bool, str]:
-        """Ready means: running, every worker booted once, one ready now, the transport reachable."""
-        ready = sum(1 for w in self.workers if w.state is WorkerState.READY)
-        if self.state != "running":
-            return False, f"the supervisor is {self.state}"
-        if not self.announced:
-            return False, f"workers are booting ({ready} of {self.pool_size} ready)"
-        if not ready:
-            return False, f"no worker is ready (0 of {self.pool_size}; being replaced)"
-        transport = status.get("transport") or {}
-        if transport.get("redisDown"):
-            return False, transport.get("error") or "Redis is unreachable"
-        if self.source.backend == "spool" and not os.path.isdir(self.config.spool.root):
-            return False, f"the spool root {self.config.spool.root} is gone"
-        return True, f"{ready} of {self.pool_size} workers ready"
+        snapshot = self.snapshot(self.clock(), self._source_stats)
+        status = status_record(snapshot)
+        return Answer(Scrape(self.metrics.snapshot(), status, lag, judge(status, own=snapshot)))
 
     def write_starting_status(self) -> None:
         """Say "starting" at once (the previous run's final record would say nobody is here): a sender reading
@@ -965,14 +949,13 @@ class Supervisor:
 
     def write_status(self, now: float) -> None:
         self._source_stats = self.source.stats()
-        status = status_record(self.snapshot(now, self._source_stats))
+        snapshot = self.snapshot(now, self._source_stats)
+        status = status_record(snapshot)
         write_status(self.local.root, status, mode=0o600 if self.config.spool.mode == "private" else 0o640)
         if self.state not in ("stopped", "halted", "failed"):
             self.source.announce(status)  # a transport shared by hosts shows every supervisor
         if self.announced and self.state == "running" and self.reloading is None:
-            totals = status["totals"]
-            notify(f"STATUS={sum(1 for w in status['workers'] if w['state'] in ('ready', 'busy'))} workers, "
-                   f"{totals['queued']} queued, {totals['inflight']} in flight, {totals['handled']} handled")
+            notify(status_line(status, judge(status, own=snapshot)))
 
 
 def _is_boot_failure(code: int | None, reason: StopReason | None) -> bool:

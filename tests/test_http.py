@@ -231,12 +231,14 @@ def test_concurrent_probes_share_one_answer_and_none_waits_past_its_timeout():
     import threading
 
     from ipcpool.config import Config
+    from ipcpool.ops.health import Verdict
     from ipcpool.ops.probes import Answer
     from ipcpool.ops.tally import Labels, PoolMetrics, Scrape
 
     asked = threading.Event()
     probe = LoopProbe(wake=asked.set)
-    answer = Answer(Scrape(PoolMetrics(Labels(Config())), {"state": "running"}, 0.0), True, "ok")
+    verdict = Verdict(healthy=True, reason="ok", ready=True, ready_reason="ok", transport_up=True)
+    answer = Answer(Scrape(PoolMetrics(Labels(Config())), {"state": "running"}, 0.0, verdict))
     stop = threading.Event()
 
     def loop() -> None:  # a slow loop: one step a second

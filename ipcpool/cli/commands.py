@@ -121,43 +121,43 @@ def cmd_request(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    from ipcpool.ops.health import read_status, verdict
+    from ipcpool.ops.health import judge, read_status
 
     config = _config(args)
     status = read_status(config.spool.root)
-    ok, reason = verdict(status)
-    if ok and config.transport.backend == "redis":  # the local supervisor is fine: is its Redis?
-        ok, reason = _redis_reachable(config, reason)
+    # The local supervisor may be fine while its Redis is not: looked at from here too.
+    reach = (lambda: _redis_unreachable(config)) if config.transport.backend == "redis" else None
+    verdict = judge(status, reach=reach)
     if args.json:
-        print(json.dumps({"healthy": ok, "reason": reason, "status": status}, indent=1))
+        print(json.dumps({"healthy": verdict.healthy, "reason": verdict.reason, "status": status}, indent=1))
     else:
-        print(printable(reason))  # it may quote a spool error, and so a writer's file name
-    return EXIT_OK if ok else EXIT_FAILURE
+        print(printable(verdict.reason))  # it may quote a spool error, and so a writer's file name
+    return EXIT_OK if verdict.healthy else EXIT_FAILURE
 
 
-def _redis_reachable(config: Config, reason: str) -> tuple[bool, str]:
+def _redis_unreachable(config: Config) -> str | None:
     from ipcpool.transport import make_inspector
 
     inspector = make_inspector(config)
     try:
         inspector.ping()
     except IpcpoolError as exc:
-        return False, str(exc)
+        return str(exc)
     finally:
         inspector.close()
-    return True, reason
+    return None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from ipcpool.cli.views import render_table
-    from ipcpool.ops.health import read_status, supervisor_alive, verdict
+    from ipcpool.ops.health import judge, read_status, supervisor_alive
     from ipcpool.transport import make_inspector
 
     if args.watch:
         return cmd_top(args)
     config = _config(args)
     status = read_status(config.spool.root)
-    healthy = verdict(status)
+    verdict = judge(status)
     inspector = make_inspector(config)
     try:
         if status is None or status.get("state") != "running" or not supervisor_alive(status):
@@ -167,9 +167,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             status = dict(status, cluster={"supervisors": inspector.supervisors(), "groups": inspector.counts()})
     finally:
         inspector.close()
-    print(json.dumps(dict(status, healthy=healthy[0], reason=healthy[1]), indent=1) if args.json
-          else render_table(status, healthy))
-    return EXIT_OK if healthy[0] else EXIT_FAILURE
+    print(json.dumps(dict(status, healthy=verdict.healthy, reason=verdict.reason), indent=1) if args.json
+          else render_table(status, verdict))
+    return EXIT_OK if verdict.healthy else EXIT_FAILURE
 
 
 def cmd_top(args: argparse.Namespace) -> int:

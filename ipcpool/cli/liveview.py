@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ipcpool.ops.health import pid_alive, read_status, transport_name, verdict
+from ipcpool.ops.health import judge, pid_alive, read_status, transport_name
 from ipcpool.ops.terminal import printable
 
 RATE_WINDOW = 10.0  # seconds of history a group's rate is measured over
@@ -51,7 +51,8 @@ def render(status: dict[str, Any] | None, rates: Rates, now: float) -> Group:
     """One frame. Writers chose some of what it shows (a running message's type and id), so every
     cell is a :class:`~rich.text.Text` (rich markup and emoji codes in it are shown, not obeyed) of
     :func:`~ipcpool.ops.terminal.printable` text (escape sequences shown escaped)."""
-    healthy, reason = verdict(status, now=now)
+    verdict = judge(status, now=now)
+    healthy, reason = verdict.healthy, verdict.reason
     if status is None:
         return Group(Text("no supervisor has run on this root yet (no status.json)", style="bold red"))
     sup = status.get("supervisor") or {}

@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ipcpool.ops.health import transport_stats
+from ipcpool.ops.health import Verdict, transport_stats
 from ipcpool.ops.terminal import printable
 
 
-def render_table(status: dict[str, Any], healthy: tuple[bool, str], *, now: float | None = None) -> str:
+def render_table(status: dict[str, Any], verdict: Verdict, *, now: float | None = None) -> str:
     """``ipcpool status``: the record as a readable table (the folders alone when the supervisor is down).
 
     Writers chose some of it (a running message's type and id, what an external heartbeat says, a file
@@ -22,12 +22,12 @@ def render_table(status: dict[str, Any], healthy: tuple[bool, str], *, now: floa
     """
     now = time.time() if now is None else now
     if "folders" in status:
-        return _render_down(status, healthy, now)
+        return _render_down(status, verdict, now)
     sup = status.get("supervisor", {})
     lines = [
         f"supervisor pid {sup.get('pid')}  state {status.get('state')}  up {sup.get('uptime')}s  "
         f"root {status.get('root')}",
-        f"health: {'OK' if healthy[0] else 'UNHEALTHY'} - {printable(healthy[1])}",
+        f"health: {'OK' if verdict.healthy else 'UNHEALTHY'} - {printable(verdict.reason)}",
         f"snapshot: {now - float(status.get('writtenAt', now)):.1f}s old (written every {status.get('interval')}s)",
         "",
         f"{'WORKER':>8} {'SLOT':>4} {'STATE':<9} {'HB AGE':>7} {'RSS MB':>7} {'CPU%':>6} "
@@ -52,11 +52,11 @@ def render_table(status: dict[str, Any], healthy: tuple[bool, str], *, now: floa
     totals = status.get("totals", {})
     lines += ["", "totals: " + "  ".join(f"{k} {v}" for k, v in totals.items())]
     lines += _render_cluster(status.get("cluster"))
-    spool = transport_stats(status)
-    if spool.get("stranded") or spool.get("full"):
-        lines.append(f"spool: {'FULL; ' if spool.get('full') else ''}{spool.get('stranded')} stranded "
-                     f"({spool.get('ackHolds')} acks waiting): {printable(spool.get('error'))}")
-    for group, why in (spool.get("unservedGroups") or {}).items():
+    transport = transport_stats(status)
+    if transport.get("stranded") or transport.get("full"):
+        lines.append(f"spool: {'FULL; ' if transport.get('full') else ''}{transport.get('stranded')} stranded "
+                     f"({transport.get('ackHolds')} acks waiting): {printable(transport.get('error'))}")
+    for group, why in (transport.get("unservedGroups") or {}).items():
         lines.append(f"NOT SERVED: group {printable(group)}: {printable(why)}")
     return "\n".join(lines)
 
@@ -87,7 +87,7 @@ def _render_cluster(cluster: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def _render_down(status: dict[str, Any], healthy: tuple[bool, str], now: float) -> str:
+def _render_down(status: dict[str, Any], verdict: Verdict, now: float) -> str:
     """No supervisor running (or a stale record): say so, and count what the folders hold."""
     sup = status.get("supervisor") or {}
     if sup:
@@ -95,7 +95,7 @@ def _render_down(status: dict[str, Any], healthy: tuple[bool, str], now: float) 
                f"{now - float(status.get('writtenAt', now)):.1f}s ago"
     else:
         seen = "no status.json: it never ran on this root"
-    lines = [f"supervisor: DOWN ({printable(healthy[1])})", seen, "",
+    lines = [f"supervisor: DOWN ({printable(verdict.reason)})", seen, "",
              f"{'GROUP':<24} {'QUEUED':>7} {'PROCESSING':>10} {'ERRORS':>7}"]
     for name, g in status["folders"].items():
         lines.append(f"{printable(name):<24} {g['queued']:>7} {g['processing']:>10} {g['errors']:>7}")

@@ -1,9 +1,14 @@
-"""Heartbeats, psutil readings, ``status.json`` and the health verdict.
+"""Heartbeats, psutil readings, ``status.json`` and the one verdict: healthy, ready, the transport up.
 
 The supervisor writes ``<root>/.ipcpool/status.json`` atomically every
 heartbeat interval; ``ipcpool health`` and ``ipcpool status`` only read it
 (plus one psutil look at the supervisor's pid), so a probe never disturbs
 the pool.
+
+Whether a pool is healthy, ready and its transport up is judged once, by
+:func:`judge`: ``ipcpool health``, ``ipcpool status`` (and ``top``) on the
+record they read; the supervisor on its own record for /readyz, /metrics
+(``ipcpool_transport_up``) and systemd's ``STATUS=`` line.
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
@@ -24,6 +30,7 @@ from ipcpool.message import now_iso
 STATUS_FILE = "status.json"
 STALE_AFTER_INTERVALS = 3  # status older than this many intervals: the supervisor is not running
 HEARTBEAT_LATE_INTERVALS = 2  # a worker heartbeat older than this many intervals: unhealthy
+NO_STATUS = "no status.json: the supervisor has not started on this root"
 
 
 def heartbeat_envelope(
@@ -220,43 +227,127 @@ def supervisor_alive(status: dict[str, Any] | None) -> bool:
     return isinstance(pid, int) and pid_alive(pid, supervisor.get("createTime"))
 
 
-def verdict(status: dict[str, Any] | None, *, now: float | None = None) -> tuple[bool, str]:
-    """(healthy, one-line reason) for ``ipcpool health``."""
+# -- the verdict: healthy (ipcpool health) and ready (/readyz), judged in one place -----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What every interface says of a pool: ``ipcpool health`` and ``status``, /readyz, /metrics, systemd."""
+
+    healthy: bool
+    reason: str  # one line: why healthy or not (ipcpool health prints it)
+    ready: bool  # takes work now (/readyz)
+    ready_reason: str
+    transport_up: bool  # the spool folder or Redis is reachable (ipcpool_transport_up)
+
+
+class OwnFacts(Protocol):
+    """What the supervisor knows of itself beside its record (its PoolSnapshot has both)."""
+
+    @property
+    def booted(self) -> bool: ...  # every worker has been ready once
+
+    @property
+    def spool_root(self) -> str | None: ...  # the spool root it serves (None on Redis)
+
+
+def judge(status: dict[str, Any] | None, *, now: float | None = None, own: OwnFacts | None = None,
+          reach: Callable[[], str | None] | None = None) -> Verdict:
+    """Health and readiness from one status record.
+
+    Healthy: the supervisor runs (its pid, with its start time), its record is fresh, it is running,
+    the transport is reachable and not stuck (full, stranded transitions, a group not served), every
+    expected worker is ready and none missed its heartbeats. Ready: running, every worker booted
+    once, one ready now, the transport reachable, the spool root there; a group not served, or a
+    worker short, does not make a pool unready.
+
+    ``own``: the supervisor judging its own record, so it runs, and only it knows whether every worker
+    booted and whether its spool root is there. Judged from the file alone (``own`` None), its pid
+    is looked up, and readiness leaves those two out. ``reach``: a look at the transport from here
+    (the command line pings Redis), taken only when all else is healthy: why it failed, or None.
+    """
+    transport = transport_stats(status)
+    down = (transport.get("error") or "Redis is unreachable") if transport.get("redisDown") else None
+    healthy, reason = _health(status, transport, down, time.time() if now is None else now, own)
+    if healthy and reach is not None:
+        down = reach()
+        if down is not None:
+            healthy, reason = False, down
+    ready, ready_reason = _readiness(status, down, own)
+    return Verdict(healthy, reason, ready, ready_reason, transport_up=down is None)
+
+
+def _health(status: dict[str, Any] | None, transport: dict[str, Any], down: str | None, now: float,
+            own: OwnFacts | None) -> tuple[bool, str]:
     if status is None:
-        return False, "no status.json: the supervisor has not started on this root"
-    now = time.time() if now is None else now
+        return False, NO_STATUS
     supervisor = status.get("supervisor", {})
     interval = float(status.get("interval", 1.0))
     pid = supervisor.get("pid")
-    if not isinstance(pid, int) or not pid_alive(pid, supervisor.get("createTime")):
+    if own is None and not (isinstance(pid, int) and pid_alive(pid, supervisor.get("createTime"))):
         return False, f"supervisor (pid {pid}) is not running"
     age = now - float(status.get("writtenAt", 0))
     if age > STALE_AFTER_INTERVALS * interval:
         return False, f"status is stale ({age:.1f}s old, interval {interval:g}s): the supervisor is stuck"
     if status.get("state") != "running":
         return False, f"supervisor is {status.get('state')}"
-    spool = transport_stats(status)
-    if spool.get("redisDown"):  # the supervisor's own view: unreachable, or full and refusing its writes
-        return False, spool.get("error") or "Redis is unreachable"
-    if spool.get("full"):
-        return False, (f"the spool's filesystem is full: {spool.get('ackHolds', 0)} handled message(s) wait for "
-                       f"their acks, {spool.get('stranded', 0)} transition(s) wait for room (they are retried)")
-    if spool.get("stranded"):
-        return False, f"{spool['stranded']} message(s) stranded in processing/ (retried): {spool.get('error')}"
-    unserved = spool.get("unservedGroups") or {}
+    if down is not None:  # the supervisor's own view: unreachable, or full and refusing its writes
+        return False, down
+    trouble = _transport_trouble(transport) or _workers_trouble(status, interval)
+    if trouble is not None:
+        return False, trouble
+    return True, f"ok: {_ready_workers(status)} workers, pid {pid}"
+
+
+def _transport_trouble(transport: dict[str, Any]) -> str | None:
+    if transport.get("full"):
+        return (f"the spool's filesystem is full: {transport.get('ackHolds', 0)} handled message(s) wait for "
+                f"their acks, {transport.get('stranded', 0)} transition(s) wait for room (they are retried)")
+    if transport.get("stranded"):
+        return f"{transport['stranded']} message(s) stranded in processing/ (retried): {transport.get('error')}"
+    unserved = transport.get("unservedGroups") or {}
     if unserved:
         group, why = next(iter(unserved.items()))
         more = f" (and {len(unserved) - 1} more group(s))" if len(unserved) > 1 else ""
-        return False, f"group {group} is not served: {why}{more}"
+        return f"group {group} is not served: {why}{more}"
+    return None
+
+
+def _workers_trouble(status: dict[str, Any], interval: float) -> str | None:
     workers = status.get("workers", [])
-    expected = int(status.get("expectedWorkers", len(workers)))
-    ready = [w for w in workers if w.get("state") in ("ready", "busy")]
-    if len(ready) < expected:
-        return False, f"{len(ready)} of {expected} workers ready"
+    expected, ready = _expected_workers(status), _ready_workers(status)
+    if ready < expected:
+        return f"{ready} of {expected} workers ready"
     for worker in workers:
         # The heartbeat's age when the (fresh) status was written: adding the
         # status's own age would count up to one interval twice and flap.
         hb_age = worker.get("heartbeatAge")
         if hb_age is not None and hb_age > HEARTBEAT_LATE_INTERVALS * interval:
-            return False, f"worker {worker.get('pid')} missed heartbeats ({hb_age:.1f}s since the last)"
-    return True, f"ok: {len(ready)} workers, pid {pid}"
+            return f"worker {worker.get('pid')} missed heartbeats ({hb_age:.1f}s since the last)"
+    return None
+
+
+def _readiness(status: dict[str, Any] | None, down: str | None, own: OwnFacts | None) -> tuple[bool, str]:
+    if status is None:
+        return False, NO_STATUS
+    expected, ready = _expected_workers(status), _ready_workers(status)
+    if status.get("state") != "running":
+        return False, f"the supervisor is {status.get('state')}"
+    if own is not None and not own.booted:
+        return False, f"workers are booting ({ready} of {expected} ready)"
+    if not ready:
+        return False, f"no worker is ready (0 of {expected}; being replaced)"
+    if down is not None:
+        return False, down
+    if own is not None and own.spool_root is not None and not os.path.isdir(own.spool_root):
+        return False, f"the spool root {own.spool_root} is gone"
+    return True, f"{ready} of {expected} workers ready"
+
+
+def _expected_workers(status: dict[str, Any]) -> int:
+    return int(status.get("expectedWorkers", len(status.get("workers", []))))
+
+
+def _ready_workers(status: dict[str, Any]) -> int:
+    """Workers that take deliveries: ready, or ready with some in hand (busy)."""
+    return sum(1 for w in status.get("workers", []) if w.get("state") in ("ready", "busy"))

@@ -92,7 +92,7 @@ def families(scrape: Scrape) -> list[Metric]:
     lag = GaugeMetricFamily("ipcpool_loop_lag_seconds", "How long the supervisor loop took to answer this scrape.")
     lag.add_metric([], scrape.loop_lag)
     up = GaugeMetricFamily("ipcpool_transport_up", "1 when the transport (spool folder or Redis) is reachable.")
-    up.add_metric([], 0 if transport.get("redisDown") else 1)
+    up.add_metric([], 1 if scrape.verdict.transport_up else 0)
     unserved = GaugeMetricFamily("ipcpool_groups_unserved",
                                  "Group folders the supervisor refuses to serve (another user owns one, ...): "
                                  "`ipcpool health` names each and the command that fixes it.")
