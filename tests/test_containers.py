@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli, wait_until, write_config
 from foreign import ForeignPython, find_foreign_python, world_readable_dir
+from prometheus_text import parse, total
 
-from ipcpool.ops.metrics import parse, total
 from ipcpool.transport.spool.spool import Spool
 
 NOBODY = 65534

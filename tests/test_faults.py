@@ -241,7 +241,7 @@ def test_an_ack_the_filesystem_refuses_is_written_later_and_never_reruns_the_han
 
 def _metric(sup: Any, name: str) -> float:
     """One metric's value in a real scrape of the supervisor's /metrics."""
-    from ipcpool.ops.metrics import parse, total
+    from prometheus_text import parse, total
 
     with urllib.request.urlopen(f"http://{sup.status()['http']}/metrics", timeout=30) as reply:
         return total(parse(reply.read().decode()), name)

@@ -24,11 +24,11 @@ from typing import Any
 import psutil
 import pytest
 from conftest import backend_config, ipcpool_cli, records, wait_until, write_config
+from prometheus_text import parse, total
 
 from ipcpool import Client, MessageFailed, MessageRejected
 from ipcpool.config import HttpConfig
 from ipcpool.ops import probes
-from ipcpool.ops.metrics import parse, total
 from ipcpool.ops.probes import LoopProbe, ProbeServer
 
 
