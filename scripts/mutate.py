@@ -430,23 +430,13 @@ MUTATIONS: tuple[Mutation, ...] = (
              "[heartbeat] miss_limit"),
     # -- [ack] ----------------------------------------------------------------------------------------------
     Mutation("ack-timeout-ignored", CLIENT,
-             "        per_attempt = self.ack_policy.timeout if timeout is None else timeout",
-             "        per_attempt = 30.0 if timeout is None else timeout",
+             "        self.per_attempt = client.ack_policy.timeout if timeout is None else timeout",
+             "        self.per_attempt = 30.0 if timeout is None else timeout",
              (f"{T_LIVE}::test_a_real_sender_backs_off_between_ack_attempts",),
              "[ack] timeout"),
     Mutation("ack-max-retries-ignored", RETRY,
-             "        stop=tenacity.stop_after_attempt(policy.max_retries + 1),\n"
-             "        wait=ack_wait_strategy(policy),\n"
-             "        retry=tenacity.retry_if_exception_type(retry_on),\n"
-             "        before_sleep=before_sleep,\n"
-             "        reraise=True,\n"
-             "    )\n\n\ndef async_ack_retrying",
-             "        stop=tenacity.stop_after_attempt(4),\n"
-             "        wait=ack_wait_strategy(policy),\n"
-             "        retry=tenacity.retry_if_exception_type(retry_on),\n"
-             "        before_sleep=before_sleep,\n"
-             "        reraise=True,\n"
-             "    )\n\n\ndef async_ack_retrying",
+             '        "stop": tenacity.stop_after_attempt(policy.max_retries + 1),',
+             '        "stop": tenacity.stop_after_attempt(4),',
              (f"{T_LIVE}::test_a_real_sender_backs_off_between_ack_attempts",
               f"{T_CLIENT}::test_ack_timeout_after_one_plus_max_retries_attempts_leaves_one_copy"),
              "[ack] max_retries"),
@@ -853,10 +843,10 @@ MUTATIONS: tuple[Mutation, ...] = (
              (f"{T_LIVE}::test_the_original_log_phrases",),
              'log phrase "IPC message sent"'),
     Mutation("log-phrase-ack-received", CLIENT,
-             '        log.info("ACK received id=%s group=%s attempt=%d", message.message_id, message.group, attempts)\n'
-             "        return message.message_id\n\n    def answer_or_no_supervisor",
-             '        log.info("Acknowledged id=%s group=%s attempt=%d", message.message_id, message.group, attempts)\n'
-             "        return message.message_id\n\n    def answer_or_no_supervisor",
+             '        log.info("ACK received id=%s group=%s attempt=%d", message.message_id, message.group, '
+             "self.attempts)",
+             '        log.info("Acknowledged id=%s group=%s attempt=%d", message.message_id, message.group, '
+             "self.attempts)",
              (f"{T_LIVE}::test_the_original_log_phrases",),
              'log phrase "ACK received"'),
 )
