@@ -211,10 +211,6 @@ class Inspector(Protocol):
     def close(self) -> None: ...
 
 
-def backend_of(config: Config) -> str:
-    return config.transport.backend
-
-
 def make_source(config: Config, *, clock: Any, on_hint: Any) -> Source:
     """The supervisor's side of the configured backend."""
     if config.transport.backend == "redis":
