@@ -11,6 +11,7 @@ import pytest
 
 from ipcpool.cli.views import render_table
 from ipcpool.ops.health import Verdict, heartbeat_envelope, judge
+from ipcpool.ops.sdnotify import status_line
 
 
 def _status(**overrides):
@@ -153,3 +154,12 @@ def test_the_supervisor_judging_itself_is_not_looked_up_by_pid():
     status = _status(supervisor={"pid": 2**22 + 12345, "createTime": 1.0, "uptime": 5.0})
     assert not judge(status).healthy
     assert judge(status, own=Own()).healthy
+
+
+def test_systemds_status_line_says_why_only_while_unhealthy_and_on_one_line():
+    status = _status(totals={"handled": 7, "queued": 1, "inflight": 2})
+    assert status_line(status, judge(status, own=Own())) == "STATUS=2 workers, 1 queued, 2 in flight, 7 handled"
+    status["transport"] = {"stranded": 1, "error": "rename main/x\nREADY=1.json: EIO"}
+    line = status_line(status, judge(status, own=Own()))
+    assert line.startswith("STATUS=2 workers, 1 queued, 2 in flight, 7 handled; unhealthy: 1 message(s) stranded")
+    assert "\n" not in line and "x\\nREADY=1" in line, "a writer's file name cannot add an assignment"

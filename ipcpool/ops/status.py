@@ -135,8 +135,8 @@ def status_record(snap: PoolSnapshot) -> dict[str, Any]:
         "totals": dict(snap.totals, queued=sum(g["queued"] for g in groups.values()),
                        held=sum(w["held"] for w in workers), running=sum(w["running"] for w in workers),
                        inflight=sum(w.in_hand for w in snap.workers)),
-        # The same stats under their old name, for readers of an older ipcpool: kept for one release (0.2
-        # drops it). It was "spool" even on Redis; read "transport" (ipcpool.ops.health.transport_stats).
+        # The same stats under their old name, for readers written against an older ipcpool: an alias kept
+        # for one release, then dropped. It said "spool" even on Redis: read "transport" (transport_stats).
         "spool": stats,
     }
 
