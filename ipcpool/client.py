@@ -254,25 +254,17 @@ class Client:
     def wait_acked(self, message: Prepared, timeout: float | None, *, published: bool,
                    wait_for_supervisor: bool = False) -> str:
         """The ack loop of :meth:`send_and_wait`; ``published``: attempt 1 was published already."""
-        per_attempt = self.ack_policy.timeout if timeout is None else timeout
-        attempts = 0
+        wait = _AckWait(self, message, timeout, published=published, patient=wait_for_supervisor)
         try:
             for attempt in ack_retrying(self.ack_policy, retry_on=_NotAcked):
                 with attempt:
-                    attempts = attempt.retry_state.attempt_number
-                    if not (published and attempts == 1):
-                        self.ensure_present(message, attempts)
-                    answer = None if wait_for_supervisor or attempts > 1 else self.answer_or_no_supervisor(message)
+                    answer = wait.begin(attempt.retry_state.attempt_number)
                     if answer is None:
-                        answer = self.outbox.wait_answer(message.group, message.message_id, per_attempt,
-                                                         self.nack_matches(message))
-                    self.judge(message, answer, attempts, per_attempt, patient=wait_for_supervisor)
+                        answer = self.outbox.wait_answer(*wait.question())
+                    wait.judge(answer)
         except _NotAcked:
-            error = AckTimeout(message.message_id, message.group, attempts, per_attempt, self.waiting_hint())
-            self._give_up(error)
-            raise error from None
-        log.info("ACK received id=%s group=%s attempt=%d", message.message_id, message.group, attempts)
-        return message.message_id
+            raise wait.gave_up() from None
+        return wait.acked()
 
     def answer_or_no_supervisor(self, message: Prepared, reply_group: str | None = None) -> Any:
         """Published: with no supervisor running, its answer if one came already (a supervisor that handled it
@@ -358,14 +350,20 @@ class Client:
         came in ``timeout`` seconds, NoSupervisor at once when no supervisor
         runs for the root (unless ``wait_for_supervisor``).
         """
-        message = self.prepare(group, type, payload, reply_to=self.group, fmt=format)
-        self.publish(message)
-        log.info("IPC message sent id=%s group=%s (waiting for the response)", message.message_id, group)
-        answer = None if wait_for_supervisor else self.answer_or_no_supervisor(message, self.group)
+        message, answer = self.send_request(group, type, payload, fmt=format, wait_for_supervisor=wait_for_supervisor)
         if answer is None:
             answer = self.outbox.wait_answer(group, message.message_id, timeout, self.nack_matches(message),
                                              reply_group=self.group)
         return self.answer(message, answer, timeout)
+
+    def send_request(self, group: str, type_: str | IPCMessageType, payload: Any, *, fmt: str | None = None,
+                     wait_for_supervisor: bool = False) -> tuple[Prepared, Any]:
+        """Publish a request (replyTo: this client's group); with it, its answer when one is known already
+        (:meth:`answer_or_no_supervisor`), else None: wait for one."""
+        message = self.prepare(group, type_, payload, reply_to=self.group, fmt=fmt)
+        self.publish(message)
+        log.info("IPC message sent id=%s group=%s (waiting for the response)", message.message_id, group)
+        return message, None if wait_for_supervisor else self.answer_or_no_supervisor(message, self.group)
 
     def answer(self, message: Prepared, answer: Any, timeout: float) -> Any:
         """The result of a request, from whichever of its answers arrived (None: none did)."""
@@ -403,6 +401,50 @@ def unpack_response(message_id: str, body: bytes, group: str = "") -> Any:
     raise MessageFailed(message_id, group, reason, str(payload.get("errorFile") or ""), "failed", error_type)
 
 
+class _AckWait:
+    """One message's wait for its ack, attempt by attempt: what :meth:`Client.wait_acked` and
+    :meth:`AsyncClient.wait_acked` share (they differ only in how they wait).
+    """
+
+    def __init__(self, client: Client, message: Prepared, timeout: float | None, *, published: bool,
+                 patient: bool) -> None:
+        self.client = client
+        self.message = message
+        self.per_attempt = client.ack_policy.timeout if timeout is None else timeout
+        self.published = published  # attempt 1 was published already
+        self.patient = patient  # waiting for a supervisor to start: none running is no reason to stop
+        self.attempts = 0
+
+    def begin(self, attempt: int) -> Any:
+        """Publish (or re-publish) for this attempt; the answer when it is known already, else None."""
+        self.attempts = attempt
+        if not (self.published and attempt == 1):
+            self.client.ensure_present(self.message, attempt)
+        return None if self.patient or attempt > 1 else self.client.answer_or_no_supervisor(self.message)
+
+    def question(self) -> tuple[str, str, float, Callable[[dict[str, Any]], bool]]:
+        """What to wait for: (group, id, seconds, which nack answers this very message)."""
+        message = self.message
+        return message.group, message.message_id, self.per_attempt, self.client.nack_matches(message)
+
+    def judge(self, answer: Any) -> None:
+        """An ack returns; a nack or a time-out raises (tenacity retries _NotAcked)."""
+        self.client.judge(self.message, answer, self.attempts, self.per_attempt, patient=self.patient)
+
+    def gave_up(self) -> AckTimeout:
+        """Every attempt timed out: reported to the give-up hook, to be raised."""
+        message = self.message
+        error = AckTimeout(message.message_id, message.group, self.attempts, self.per_attempt,
+                           self.client.waiting_hint())
+        self.client._give_up(error)
+        return error
+
+    def acked(self) -> str:
+        message = self.message
+        log.info("ACK received id=%s group=%s attempt=%d", message.message_id, message.group, self.attempts)
+        return message.message_id
+
+
 class AsyncClient:
     """The asyncio flavour: the same operations as coroutines, every wait sharing one descriptor."""
 
@@ -427,33 +469,22 @@ class AsyncClient:
                          wait_for_supervisor: bool = False) -> str:
         """:meth:`Client.wait_acked` as a coroutine."""
         c = self.client
-        per_attempt = c.ack_policy.timeout if timeout is None else timeout
-        attempts = 0
+        wait = _AckWait(c, message, timeout, published=published, patient=wait_for_supervisor)
         try:
             async for attempt in async_ack_retrying(c.ack_policy, retry_on=_NotAcked):
                 with attempt:
-                    attempts = attempt.retry_state.attempt_number
-                    if not (published and attempts == 1):
-                        c.ensure_present(message, attempts)
-                    answer = None if wait_for_supervisor or attempts > 1 else c.answer_or_no_supervisor(message)
+                    answer = wait.begin(attempt.retry_state.attempt_number)
                     if answer is None:
-                        answer = await c.outbox.async_wait_answer(message.group, message.message_id, per_attempt,
-                                                                  c.nack_matches(message))
-                    c.judge(message, answer, attempts, per_attempt, patient=wait_for_supervisor)
+                        answer = await c.outbox.async_wait_answer(*wait.question())
+                    wait.judge(answer)
         except _NotAcked:
-            error = AckTimeout(message.message_id, message.group, attempts, per_attempt, c.waiting_hint())
-            c._give_up(error)
-            raise error from None
-        log.info("ACK received id=%s group=%s attempt=%d", message.message_id, message.group, attempts)
-        return message.message_id
+            raise wait.gave_up() from None
+        return wait.acked()
 
     async def request(self, group: str, type: str | IPCMessageType, payload: Any,  # noqa: A002
                       timeout: float = 30.0, *, wait_for_supervisor: bool = False) -> Any:
         c = self.client
-        message = c.prepare(group, type, payload, reply_to=c.group)
-        c.publish(message)
-        log.info("IPC message sent id=%s group=%s (waiting for the response)", message.message_id, group)
-        answer = None if wait_for_supervisor else c.answer_or_no_supervisor(message, c.group)
+        message, answer = c.send_request(group, type, payload, wait_for_supervisor=wait_for_supervisor)
         if answer is None:
             answer = await c.outbox.async_wait_answer(group, message.message_id, timeout, c.nack_matches(message),
                                                       reply_group=c.group)

@@ -38,8 +38,8 @@ from ipcpool.client import AsyncClient, Client, Prepared
 from ipcpool.config import Config, load_config, parse_config
 from ipcpool.errors import IpcpoolError, WorkerBootError
 from ipcpool.localroot import LocalRoot
-from ipcpool.logs import setup_logging
 from ipcpool.message import IPCMessageType, Message
+from ipcpool.ops.logs import setup_logging
 from ipcpool.transport import make_inspector
 
 log = logging.getLogger(__name__)

@@ -5,6 +5,6 @@ brings in the worker module, so each worker forks ready to run.
 """
 
 from ipcpool import worker  # noqa: F401 - preloaded so forked workers start warm
-from ipcpool.proctitle import name_the_forkserver
+from ipcpool.ops.proctitle import name_the_forkserver
 
 name_the_forkserver()

@@ -8,18 +8,22 @@ workers), and ``status.json`` is its public view of itself.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 from ipcpool.errors import AlreadyRunning, SpoolError
-from ipcpool.health import read_status, status_is_live
 from ipcpool.portable import flock_holders
 
 STATE_DIR = ".ipcpool"
 LOCK_FILE = "lock"
 WORKERS_LOCK = "workers.lock"
+STATUS_FILE = "status.json"  # the supervisor's public view of itself, rewritten every interval
+STALE_AFTER_INTERVALS = 3  # status older than this many intervals: the supervisor is not running
 WORKERS_FILE = "workers.json"  # pid -> start time of each live worker, for a successor without /proc
 
 
@@ -115,3 +119,78 @@ class LocalRoot:
             return {int(pid): float(started) for pid, started in raw.items() if started is not None}
         except (OSError, ValueError, TypeError, AttributeError):
             return {}
+
+
+# -- status.json ---------------------------------------------------------------------------------------------
+
+
+def status_path(root: str | os.PathLike[str]) -> Path:
+    return Path(root) / ".ipcpool" / STATUS_FILE
+
+
+def write_status(root: str | os.PathLike[str], status: dict[str, Any], *, mode: int = 0o600) -> None:
+    """Atomic write: readers see the previous record or this one, never half.
+
+    ``mode`` is set whatever the umask: in shared mode writers may read the
+    record, never write it (they could forge the health verdict). On a full
+    filesystem (the very time an operator needs the status) the record is
+    rewritten in place instead, when it fits in the space the file already
+    has: readers retry a record caught half-written.
+    """
+    path = status_path(root)
+    data = json.dumps(status, separators=(",", ":"), default=str).encode()
+    tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:  # a short write (a nearly full disk) goes on from where it stopped
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not _rewrite_in_place(path, data):
+            raise
+
+
+def _rewrite_in_place(path: Path, data: bytes) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        if len(data) > os.fstat(fd).st_blocks * 512:
+            return False
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def read_status(root: str | os.PathLike[str]) -> dict[str, Any] | None:
+    for _attempt in range(3):  # a record rewritten in place may be caught half-written
+        try:
+            return json.loads(status_path(root).read_bytes())
+        except ValueError:
+            time.sleep(0.01)
+        except OSError:
+            return None
+    return None
+
+
+def status_is_live(status: dict[str, Any] | None, *, now: float | None = None) -> bool:
+    """Whether the record is a live supervisor's as far as the file tells: fresh (rewritten every interval) and
+    not in a final state. Readable from another pid namespace or a VM (an agent in a container on a Mac)."""
+    if status is None or status.get("state") in ("stopped", "halted", "failed"):
+        return False
+    age = (time.time() if now is None else now) - float(status.get("writtenAt", 0))
+    return age <= STALE_AFTER_INTERVALS * float(status.get("interval", 1.0))

@@ -31,7 +31,7 @@ from typing import Any
 from ipcpool import portable
 from ipcpool.channel import ResultChannel, TaskChannel
 from ipcpool.config import Config
-from ipcpool.health import ProcessProbe, ProcessReading, pid_alive, process_create_time
+from ipcpool.ops.health import ProcessProbe, ProcessReading, pid_alive, process_create_time
 from ipcpool.portable import flock_holders
 from ipcpool.worker import SHARED_SLOTS, SLOT_SEQ, SLOT_STARTED, WorkerSpec, worker_main
 
@@ -174,6 +174,23 @@ class WorkerHandle:
                 break
             count += 1
         return count
+
+    def load_by_group(self) -> dict[str, tuple[int, int, int]]:
+        """Per group, ``(in hand, held, running)``: the deliveries handed over with no result back yet, those
+        of them not started yet (its prefetch), and the one whose handler runs now.
+
+        By the rule of :meth:`outstanding`: the newest ``outstanding()`` deliveries are unfinished, the
+        older ones in ``held`` are done and not reported yet.
+        """
+        current, _started = self.current()
+        unfinished = self.outstanding()
+        counts: dict[str, list[int]] = {}
+        for newest, delivery in enumerate(reversed(self.held.values())):
+            row = counts.setdefault(delivery.group, [0, 0, 0])
+            row[0] += 1
+            if newest < unfinished:
+                row[2 if delivery is current else 1] += 1
+        return {group: (n, held, running) for group, (n, held, running) in counts.items()}
 
     def send(self, command: tuple[Any, ...]) -> bool:
         """Queue a command without blocking; False when its channel is closed."""

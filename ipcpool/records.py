@@ -10,7 +10,6 @@ A record is the JSON that says why a message was quarantined: ``id``, ``type``,
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import time
@@ -19,7 +18,6 @@ from typing import Any
 
 from ipcpool.config import INBOXES
 from ipcpool.message import Summary, now_iso
-from ipcpool.terminal import printable
 
 MESSAGES = "messages"
 MAX_NACK_REASON = 8192  # characters of the reason a nack carries
@@ -75,50 +73,6 @@ class ErrorEntry:
             "attempts": self.record.get("attempts"),
             "file": self.file,
         }
-
-
-def render(entry: ErrorEntry, message: str | None) -> str:
-    """One record as an operator reads it: fields, each delivery, the traceback as text, the message.
-
-    Writers chose much of it (the type, the id, the body, what a handler raised): every value goes
-    through :func:`~ipcpool.terminal.printable`, a newline kept only inside the traceback and the message.
-    """
-    record = entry.record
-    lines = [f"{entry.group}/errors/{printable(entry.file)}"]
-    fields = [("id", entry.message_id), ("type", record.get("type") or "-"), ("time", record.get("time")),
-              ("reason", record.get("reason")), ("attempts", record.get("attempts")),
-              ("deliveries", record.get("deliveries") if not isinstance(record.get("deliveries"), list)
-               else len(record["deliveries"])),
-              ("worker pid", record.get("workerPid")),
-              ("entry", record.get("originalEntry"))]  # Redis: the stream entry a nack's errorFile names
-    if entry.inbox != MESSAGES:
-        fields.insert(2, ("inbox", entry.inbox))
-    lines += [f"  {name:<11} {printable(value)}" for name, value in fields if value is not None]
-    history = record.get("deliveries")
-    if isinstance(history, list):
-        lines.append("  deliveries that killed or hung a worker:")
-        lines += [printable(f"    {d.get('delivery')}. pid {d.get('workerPid')}: {d.get('ended')} ({d.get('time')})")
-                  for d in history if isinstance(d, dict)]
-    exception = record.get("exception")
-    if isinstance(exception, dict) and exception.get("traceback"):
-        lines.append("  traceback:")
-        lines += [f"    {line}" for line in _block(str(exception["traceback"]).rstrip("\n"))]
-    lines.append("  message:" if message is not None else "  message: (not in errors/ any more)")
-    if message is not None:
-        lines += [f"    {line}" for line in _block(_pretty(message))]
-    return "\n".join(lines)
-
-
-def _block(text: str) -> list[str]:
-    """Lines of a writer's text, escaped first: a carriage return or a form feed is shown, never a line break."""
-    return printable(text, newlines=True).split("\n")
-
-
-def _pretty(text: str) -> str:
-    try:
-        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-    except ValueError:
-        return text
 
 
 def older_than(entries: list[ErrorEntry], seconds: float, now: float | None = None) -> list[ErrorEntry]:

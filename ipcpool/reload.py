@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipcpool.config import Config
-from ipcpool.health import pid_alive, read_status
+from ipcpool.localroot import read_status
 from ipcpool.message import now_iso
+from ipcpool.ops.health import pid_alive
 
 # Where messages live, how the supervisor is reached, and the heartbeat every worker and
 # `ipcpool health` are judged by (two generations on two intervals would misjudge the old one).

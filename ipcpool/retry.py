@@ -7,7 +7,6 @@ first try) and the sender's ack retries (``[ack]``: max_retries counts attempts
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +14,6 @@ import tenacity
 
 from ipcpool.config import AckConfig, RetryConfig
 
-log = logging.getLogger(__name__)
 
 def handler_retrying(
     policy: RetryConfig,
@@ -65,13 +63,7 @@ def ack_retrying(
     before_sleep: Callable[[tenacity.RetryCallState], None] | None = None,
 ) -> tenacity.Retrying:
     """1 + max_retries attempts, each raising ``retry_on`` when its wait ran out."""
-    return tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(policy.max_retries + 1),
-        wait=ack_wait_strategy(policy),
-        retry=tenacity.retry_if_exception_type(retry_on),
-        before_sleep=before_sleep,
-        reraise=True,
-    )
+    return tenacity.Retrying(**_ack_policy(policy, retry_on, before_sleep))
 
 
 def async_ack_retrying(
@@ -80,10 +72,17 @@ def async_ack_retrying(
     retry_on: type[BaseException],
     before_sleep: Callable[[tenacity.RetryCallState], None] | None = None,
 ) -> tenacity.AsyncRetrying:
-    return tenacity.AsyncRetrying(
-        stop=tenacity.stop_after_attempt(policy.max_retries + 1),
-        wait=ack_wait_strategy(policy),
-        retry=tenacity.retry_if_exception_type(retry_on),
-        before_sleep=before_sleep,
-        reraise=True,
-    )
+    """:func:`ack_retrying` for an asyncio sender (its pauses are ``asyncio.sleep``)."""
+    return tenacity.AsyncRetrying(**_ack_policy(policy, retry_on, before_sleep))
+
+
+def _ack_policy(policy: AckConfig, retry_on: type[BaseException],
+                before_sleep: Callable[[tenacity.RetryCallState], None] | None) -> dict[str, Any]:
+    """The sender's ack retries, for either loop."""
+    return {
+        "stop": tenacity.stop_after_attempt(policy.max_retries + 1),
+        "wait": ack_wait_strategy(policy),
+        "retry": tenacity.retry_if_exception_type(retry_on),
+        "before_sleep": before_sleep,
+        "reraise": True,
+    }

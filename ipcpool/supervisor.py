@@ -58,13 +58,18 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
-from ipcpool import portable, proctitle
+from ipcpool import portable
 from ipcpool.config import Config
 from ipcpool.errors import EXIT_OK, EXIT_WORKER_BOOT, EXIT_WORKER_GRACE, ConfigError
-from ipcpool.health import ProcessProbe, write_status
-from ipcpool.localroot import LocalRoot
-from ipcpool.logs import MULTILINE, setup_logging
+from ipcpool.localroot import LocalRoot, write_status
 from ipcpool.message import now_iso
+from ipcpool.ops import proctitle
+from ipcpool.ops.health import ProcessProbe, create_time_of, judge
+from ipcpool.ops.logs import MULTILINE, setup_logging
+from ipcpool.ops.probes import Answer, LoopProbe, ProbeServer
+from ipcpool.ops.sdnotify import notify, status_line, watchdog_interval
+from ipcpool.ops.status import ExternalHeartbeat, GroupLoad, PoolSnapshot, Running, WorkerView, status_record
+from ipcpool.ops.tally import Labels, PoolMetrics, Scrape
 from ipcpool.pool import (
     Delivery,
     StopReason,
@@ -76,12 +81,8 @@ from ipcpool.pool import (
     mp_context,
     spawn_worker,
 )
-from ipcpool.probes import Answer, LoopProbe, ProbeServer
 from ipcpool.records import nack_body
 from ipcpool.reload import Reload, ReloadLog, restart_only_change
-from ipcpool.sdnotify import notify, watchdog_interval
-from ipcpool.status import build_status
-from ipcpool.tally import Labels, PoolMetrics, Scrape
 from ipcpool.transport import make_source
 from ipcpool.waitset import READABLE, WRITABLE, Waitable, WaitSet
 from ipcpool.worker import SLOT_ACK_HOLDS
@@ -903,49 +904,58 @@ class Supervisor:
 
     # -- status --------------------------------------------------------------------
 
+    def snapshot(self, now: float, transport: dict[str, Any] | None = None) -> PoolSnapshot:
+        """The pool at this moment, for status.json, /metrics and /readyz (``transport``: the transport's stats
+        as last read, when a fresh read would cost a round trip)."""
+        workers = []
+        for w in self.workers:
+            current, started = w.current()
+            reading, probe = w.reading, w.probe
+            workers.append(WorkerView(
+                pid=w.pid, slot=w.slot, state=w.state.value, last_heartbeat=w.last_heartbeat,
+                rss_mb=reading.rss_mb if reading else None, cpu_percent=reading.cpu_percent if reading else None,
+                create_time=probe.create_time() if probe is not None else None, handled=w.handled,
+                failed=w.failed, restarts=self.restarts[w.slot], told=w.current_message,
+                load={group: GroupLoad(*counts) for group, counts in w.load_by_group().items()},
+                current=Running(current.seq, current.group, current.name, started) if current else None))
+        return PoolSnapshot(
+            state=self.state, pid=os.getpid(), create_time=create_time_of(os.getpid()),
+            started_wall=self.started_wall, wall=time.time(), now=now, interval=self.config.heartbeat.interval,
+            root=str(self.local.root), backend=self.source.backend,
+            http=self.http.address if self.http is not None else None, expected_workers=self.pool_size,
+            booted=self.announced, spool_root=self.config.spool.root if self.source.backend == "spool" else None,
+            workers=tuple(workers), finished=self.metrics.by_group(), totals=dict(self.totals),
+            reloads=self.reloads.as_status(self.generation, self.reloading is not None),
+            external=tuple(ExternalHeartbeat(group, pid, record["status"], record["at"])
+                           for (group, pid), record in sorted(self.external.items())),
+            transport=self.source.stats() if transport is None else transport)
+
     def answer_probe(self, lag: float) -> Answer:
         """An HTTP probe's question (/metrics, /healthz, /readyz), answered from the loop thread."""
         # The queues as read at the last status write (every [heartbeat] interval): a probe never
         # waits on a Redis round trip, so a slow or partitioned Redis cannot fail /healthz by itself.
-        status = build_status(self, self.clock(), self._source_stats)
-        ready, reason = self.readiness(status)
-        return Answer(Scrape(self.metrics.snapshot(), status, lag), ready, reason)
-
-    def readiness(self, status: dict[str, Any]) -> tuple[bool, str]:
-        """Ready means: running, every worker booted once, one ready now, the transport reachable."""
-        ready = sum(1 for w in self.workers if w.state is WorkerState.READY)
-        if self.state != "running":
-            return False, f"the supervisor is {self.state}"
-        if not self.announced:
-            return False, f"workers are booting ({ready} of {self.pool_size} ready)"
-        if not ready:
-            return False, f"no worker is ready (0 of {self.pool_size}; being replaced)"
-        transport = status.get("spool") or {}
-        if transport.get("redisDown"):
-            return False, transport.get("error") or "Redis is unreachable"
-        if self.source.backend == "spool" and not os.path.isdir(self.config.spool.root):
-            return False, f"the spool root {self.config.spool.root} is gone"
-        return True, f"{ready} of {self.pool_size} workers ready"
+        snapshot = self.snapshot(self.clock(), self._source_stats)
+        status = status_record(snapshot)
+        return Answer(Scrape(self.metrics.snapshot(), status, lag, judge(status, own=snapshot)))
 
     def write_starting_status(self) -> None:
         """Say "starting" at once (the previous run's final record would say nobody is here): a sender reading
         status.json waits for this supervisor instead of giving up on it while it recovers and boots."""
         try:
-            write_status(self.local.root, build_status(self, self.clock(), {"groups": {}, "transport": {}}),
+            write_status(self.local.root, status_record(self.snapshot(self.clock(), {"groups": {}, "transport": {}})),
                          mode=0o600 if self.config.spool.mode == "private" else 0o640)
         except OSError as exc:
             log.error("cannot write status.json: %s", exc)
 
     def write_status(self, now: float) -> None:
         self._source_stats = self.source.stats()
-        status = build_status(self, now, self._source_stats)
+        snapshot = self.snapshot(now, self._source_stats)
+        status = status_record(snapshot)
         write_status(self.local.root, status, mode=0o600 if self.config.spool.mode == "private" else 0o640)
         if self.state not in ("stopped", "halted", "failed"):
             self.source.announce(status)  # a transport shared by hosts shows every supervisor
         if self.announced and self.state == "running" and self.reloading is None:
-            totals = status["totals"]
-            notify(f"STATUS={sum(1 for w in status['workers'] if w['state'] in ('ready', 'busy'))} workers, "
-                   f"{totals['queued']} queued, {totals['inflight']} in flight, {totals['handled']} handled")
+            notify(status_line(status, judge(status, own=snapshot)))
 
 
 def _is_boot_failure(code: int | None, reason: StopReason | None) -> bool:

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ipcpool import portable, proctitle
+from ipcpool import portable
 from ipcpool.config import Config
 from ipcpool.errors import (
     EXIT_OK,
@@ -59,7 +59,6 @@ from ipcpool.errors import (
     TransportUnavailable,
 )
 from ipcpool.handlers import Handler, HandlerTable, resolve_all
-from ipcpool.health import heartbeat_envelope, pid_alive, process_create_time
 from ipcpool.localroot import LocalRoot
 from ipcpool.message import (
     IPCMessageType,
@@ -72,9 +71,11 @@ from ipcpool.message import (
     summarize,
     to_message,
 )
+from ipcpool.ops import proctitle
+from ipcpool.ops.health import heartbeat_envelope, pid_alive, process_create_time
+from ipcpool.ops.tally import Labels, Tally
 from ipcpool.records import nack_body
 from ipcpool.retry import handler_retrying
-from ipcpool.tally import Labels, Tally
 from ipcpool.transport import make_store
 from ipcpool.transport.base import MessageGone
 
@@ -675,7 +676,7 @@ def worker_main(spec: WorkerSpec) -> None:
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     for fd in spec.inherited_fds:  # nor hold the supervisor's root lock after it dies
         _close_quietly(fd)
-    from ipcpool.logs import capture_handler_output, setup_logging
+    from ipcpool.ops.logs import capture_handler_output, setup_logging
 
     setup_logging(spec.config.log.format)
     running: list[Worker] = []  # what a handler prints is logged with the message it runs (once there is one)

@@ -110,7 +110,7 @@ class IpcpoolSystem:
 
     def processes(self, proc: Proc) -> dict[str, list[int]]:
         """Supervisor, workers (from status.json), and multiprocessing's forkserver and resource tracker."""
-        from ipcpool.health import read_status
+        from ipcpool.localroot import read_status
 
         def ready_workers() -> list[int]:
             status = read_status(proc.log.parent / "ipc") or {}
@@ -170,7 +170,7 @@ def log_line_cost_us(count: int = 20_000) -> float:
     import logging
     import tempfile
 
-    from ipcpool.logs import FORMAT
+    from ipcpool.ops.logs import FORMAT
 
     logger = logging.getLogger("bench.log-line")
     logger.propagate = False

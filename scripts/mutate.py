@@ -82,8 +82,8 @@ RETRY = "ipcpool/retry.py"
 HANDLERS = "ipcpool/handlers.py"
 LOCALROOT = "ipcpool/localroot.py"
 SEAM = "ipcpool/transport/__init__.py"
-PROBES = "ipcpool/probes.py"
-TERMINAL = "ipcpool/terminal.py"
+PROBES = "ipcpool/ops/probes.py"
+TERMINAL = "ipcpool/ops/terminal.py"
 # the spool backend (ipcpool/transport/spool/)
 SOURCE = "ipcpool/transport/spool/source.py"
 HOUSEKEEPING = "ipcpool/transport/spool/housekeeping.py"
@@ -200,9 +200,9 @@ MUTATIONS: tuple[Mutation, ...] = (
              'GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _-]{0,63}\\Z")',
              ("tests/test_hostile.py::test_invalid_group_names_are_never_used",),
              "group names: ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"),
-    Mutation("health-ignores-a-dead-supervisor", "ipcpool/health.py",
-             '    if not isinstance(pid, int) or not pid_alive(pid, supervisor.get("createTime")):',
-             "    if not isinstance(pid, int):",
+    Mutation("health-ignores-a-dead-supervisor", "ipcpool/ops/health.py",
+             '    if own is None and not (isinstance(pid, int) and pid_alive(pid, supervisor.get("createTime"))):',
+             "    if own is None and not isinstance(pid, int):",
              (f"{T_SUPV}::test_health_follows_supervisor_and_stopped_worker",),
              "ipcpool health: exit 1 when the supervisor is not running"),
     Mutation("burst-not-split-evenly", SUP,
@@ -432,23 +432,13 @@ MUTATIONS: tuple[Mutation, ...] = (
              "[heartbeat] miss_limit"),
     # -- [ack] ----------------------------------------------------------------------------------------------
     Mutation("ack-timeout-ignored", CLIENT,
-             "        per_attempt = self.ack_policy.timeout if timeout is None else timeout",
-             "        per_attempt = 30.0 if timeout is None else timeout",
+             "        self.per_attempt = client.ack_policy.timeout if timeout is None else timeout",
+             "        self.per_attempt = 30.0 if timeout is None else timeout",
              (f"{T_LIVE}::test_a_real_sender_backs_off_between_ack_attempts",),
              "[ack] timeout"),
     Mutation("ack-max-retries-ignored", RETRY,
-             "        stop=tenacity.stop_after_attempt(policy.max_retries + 1),\n"
-             "        wait=ack_wait_strategy(policy),\n"
-             "        retry=tenacity.retry_if_exception_type(retry_on),\n"
-             "        before_sleep=before_sleep,\n"
-             "        reraise=True,\n"
-             "    )\n\n\ndef async_ack_retrying",
-             "        stop=tenacity.stop_after_attempt(4),\n"
-             "        wait=ack_wait_strategy(policy),\n"
-             "        retry=tenacity.retry_if_exception_type(retry_on),\n"
-             "        before_sleep=before_sleep,\n"
-             "        reraise=True,\n"
-             "    )\n\n\ndef async_ack_retrying",
+             '        "stop": tenacity.stop_after_attempt(policy.max_retries + 1),',
+             '        "stop": tenacity.stop_after_attempt(4),',
              (f"{T_LIVE}::test_a_real_sender_backs_off_between_ack_attempts",
               f"{T_CLIENT}::test_ack_timeout_after_one_plus_max_retries_attempts_leaves_one_copy"),
              "[ack] max_retries"),
@@ -469,7 +459,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "        self._log_messages = spec.config.log.messages", "        self._log_messages = True",
              (f"{T_OPER}::test_one_info_line_per_finished_message[False]",),
              "[log] messages"),
-    Mutation("log-format-ignored", "ipcpool/logs.py",
+    Mutation("log-format-ignored", "ipcpool/ops/logs.py",
              '    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(FORMAT))',
              "    handler.setFormatter(TextFormatter(FORMAT))",
              (f"{T_JSONLOG}::test_every_line_is_json_with_the_message_fields[spool]",),
@@ -480,7 +470,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "            if False:",
              (f"{T_HTTP}::test_readyz_and_healthz_answer_as_kubernetes_expects",),
              "[http] listen"),
-    Mutation("http-loop-timeout-ignored", "ipcpool/probes.py",
+    Mutation("http-loop-timeout-ignored", "ipcpool/ops/probes.py",
              "        self.loop_timeout = config.loop_timeout", "        self.loop_timeout = 5.0",
              (f"{T_HTTP}::test_a_loop_that_does_not_answer_fails_healthz_in_bounded_time",),
              "[http] loop_timeout"),
@@ -736,7 +726,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              ("tests/test_clock_jump.py::test_a_wall_clock_jump_past_the_retention_keeps_the_acks_a_sender_may_"
               "still_retry",),
              "a wall clock jump never prunes the dedupe ledger"),
-    Mutation("log-lines-not-escaped", "ipcpool/logs.py",
+    Mutation("log-lines-not-escaped", "ipcpool/ops/logs.py",
              "            record.message = printable(record.message)\n",
              "            pass\n",
              ("tests/test_odd_entries.py::test_a_name_with_control_characters_is_logged_escaped_on_one_line",),
@@ -760,40 +750,40 @@ MUTATIONS: tuple[Mutation, ...] = (
              (f"{T_TERM}::test_errors_list_and_show_escape_what_writers_chose",
               f"{T_TERM}::test_status_and_top_escape_a_running_message_and_an_external_heartbeat"),
              "bidi overrides are escaped (no trojan-source reordering)"),
-    Mutation("errors-list-unescaped", "ipcpool/errors_cli.py",
+    Mutation("errors-list-unescaped", "ipcpool/cli/deadletters.py",
              "        print(printable(f\"{s['time']}  {s['group']}", "        print(str(f\"{s['time']}  {s['group']}",
              (f"{T_TERM}::test_errors_list_and_show_escape_what_writers_chose",),
              "errors list escapes types and ids"),
-    Mutation("errors-show-body-unescaped", "ipcpool/records.py",
+    Mutation("errors-show-body-unescaped", "ipcpool/cli/deadletters.py",
              '        lines += [f"    {line}" for line in _block(_pretty(message))]',
              '        lines += [f"    {line}" for line in _pretty(message).splitlines()]',
              (f"{T_TERM}::test_errors_list_and_show_escape_what_writers_chose",),
              "errors show escapes the message body"),
-    Mutation("errors-show-ids-unescaped", "ipcpool/errors_cli.py",
+    Mutation("errors-show-ids-unescaped", "ipcpool/cli/deadletters.py",
              "        print(printable(f\"{args.id!r} is the start of",
              "        print(str(f\"{args.id!r} is the start of",
              (f"{T_TERM}::test_errors_list_and_show_escape_what_writers_chose",),
              "errors show escapes the ids an ambiguous prefix matches"),
-    Mutation("status-running-unescaped", "ipcpool/status.py",
+    Mutation("status-running-unescaped", "ipcpool/cli/views.py",
              "    return f\"{printable(current.get('type') or '?')} {printable(current.get('id'))} (",
              "    return f\"{current.get('type') or '?'} {current.get('id')} (",
              (f"{T_TERM}::test_status_and_top_escape_a_running_message_and_an_external_heartbeat",),
              "status escapes the running message's type and id"),
-    Mutation("status-heartbeat-unescaped", "ipcpool/status.py",
+    Mutation("status-heartbeat-unescaped", "ipcpool/cli/views.py",
              "{printable(h['processId']):>10} {printable(h['status']):<10} ",
              "{h['processId']!s:>10} {h['status']!s:<10} ",
              (f"{T_TERM}::test_status_and_top_escape_a_running_message_and_an_external_heartbeat",),
              "status escapes what external heartbeats say"),
-    Mutation("top-cells-unescaped", "ipcpool/liveview.py",
+    Mutation("top-cells-unescaped", "ipcpool/cli/liveview.py",
              "    return Text(printable(value), style=style)", "    return Text(str(value), style=style)",
              (f"{T_TERM}::test_status_and_top_escape_a_running_message_and_an_external_heartbeat",),
              "top escapes the running message's type and id"),
-    Mutation("top-markup-obeyed", "ipcpool/liveview.py",
+    Mutation("top-markup-obeyed", "ipcpool/cli/liveview.py",
              "    return Text(printable(value), style=style)",
              "    return Text.from_markup(printable(value), style=style)",
              (f"{T_TERM}::test_status_and_top_escape_a_running_message_and_an_external_heartbeat",),
              "top shows rich markup and emoji codes in writers' text, never obeys them"),
-    Mutation("proctitle-unescaped", "ipcpool/proctitle.py",
+    Mutation("proctitle-unescaped", "ipcpool/ops/proctitle.py",
              "{printable(current.get('type'))} {printable(current.get('id'))}",
              "{current.get('type')} {current.get('id')}",
              (f"{T_TERM}::test_the_process_title_of_a_worker_running_a_hostile_message_is_escaped",),
@@ -831,12 +821,12 @@ MUTATIONS: tuple[Mutation, ...] = (
              "                self.drain_deadline = 0.0\n", "                pass\n",
              (f"{T_DRAIN}::test_a_second_sigint_stops_at_once_and_puts_the_held_message_back",),
              "a second SIGINT stops now"),
-    Mutation("status-json-and-table-swapped", "ipcpool/cli.py",
-             "reason=healthy[1]), indent=1) if args.json\n",
-             "reason=healthy[1]), indent=1) if not args.json\n",
+    Mutation("status-json-and-table-swapped", "ipcpool/cli/commands.py",
+             "reason=verdict.reason), indent=1) if args.json\n",
+             "reason=verdict.reason), indent=1) if not args.json\n",
              (f"{T_LIVE}::test_status_shows_a_running_pool_as_a_table_and_as_json",),
              "ipcpool status (table, --json)"),
-    Mutation("log-level-ignored", "ipcpool/logs.py",
+    Mutation("log-level-ignored", "ipcpool/ops/logs.py",
              '    name = os.environ.get("LOG_LEVEL", "info").upper()', '    name = "INFO"',
              (f"{T_LIVE}::test_log_level_debug_shows_debug_lines_from_every_process",
               f"{T_LIVE}::test_log_level_warning_hides_info"),
@@ -856,10 +846,10 @@ MUTATIONS: tuple[Mutation, ...] = (
              (f"{T_LIVE}::test_the_original_log_phrases",),
              'log phrase "IPC message sent"'),
     Mutation("log-phrase-ack-received", CLIENT,
-             '        log.info("ACK received id=%s group=%s attempt=%d", message.message_id, message.group, attempts)\n'
-             "        return message.message_id\n\n    def answer_or_no_supervisor",
-             '        log.info("Acknowledged id=%s group=%s attempt=%d", message.message_id, message.group, attempts)\n'
-             "        return message.message_id\n\n    def answer_or_no_supervisor",
+             '        log.info("ACK received id=%s group=%s attempt=%d", message.message_id, message.group, '
+             "self.attempts)",
+             '        log.info("Acknowledged id=%s group=%s attempt=%d", message.message_id, message.group, '
+             "self.attempts)",
              (f"{T_LIVE}::test_the_original_log_phrases",),
              'log phrase "ACK received"'),
 )

@@ -162,7 +162,7 @@ class SupervisorProcess:
 
     def status(self) -> dict[str, Any] | None:
         from ipcpool.config import load_config
-        from ipcpool.health import read_status
+        from ipcpool.localroot import read_status
 
         return read_status(load_config(self.config).spool.root)
 

@@ -23,7 +23,8 @@ import ipcpool.compat
 from ipcpool import AckTimeout, IPCMessageType, Message, get_ipc_system, start_enhanced_ipc
 from ipcpool.compat import IPCSystem
 from ipcpool.config import Config, parse_config
-from ipcpool.health import read_status, verdict
+from ipcpool.localroot import read_status
+from ipcpool.ops.health import judge
 
 
 def _config(root: Path, **sections: dict[str, Any]) -> Config:
@@ -72,7 +73,7 @@ def callback_recorder(path: Path) -> Callable[[str, Any], None]:
 def _wait_ready(system: IPCSystem, timeout: float = 30.0) -> None:
     def ready() -> bool:
         assert system.running, "the compat supervisor exited early"
-        return verdict(read_status(system.config.spool.root))[0]
+        return judge(read_status(system.config.spool.root)).healthy
     wait_until(ready, timeout, message="a healthy compat pool")
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli, wait_until, write_config
 from foreign import ForeignPython, find_foreign_python, world_readable_dir
+from prometheus_text import parse, total
 
-from ipcpool.metrics import parse, total
 from ipcpool.transport.spool.spool import Spool
 
 NOBODY = 65534
@@ -66,7 +66,7 @@ def test_a_group_folder_another_user_owns_stops_that_group_only(tmp_path, root, 
     assert health.returncode == 1, health.stdout
     assert "group agent8 is not served" in health.stdout and f"chown -R {os.geteuid()}" in health.stdout
     status = json.loads(run_cli(env, tmp_path, "status", "--config", str(config), "--json").stdout)
-    assert "agent8" in status["spool"]["unservedGroups"]
+    assert "agent8" in status["transport"]["unservedGroups"]
     table = run_cli(env, tmp_path, "status", "--config", str(config)).stdout
     assert "NOT SERVED: group agent8" in table
     assert _get(f"http://{address}/readyz")[0] == 200, "the served groups keep the pool ready"

@@ -96,7 +96,7 @@ def test_a_requeue_the_filesystem_refuses_is_retried_until_it_succeeds(tmp_path,
     immutable(root / "main" / "messages")
     os.kill(first["pid"], signal.SIGKILL)  # what it held must go back to messages/, which refuses it
     wait_until(lambda: "cannot return it to messages/" in sup.log(), 30, message="the failed requeue logged")
-    wait_until(lambda: _status(root)["spool"]["stranded"] >= 1, 30, message="status shows it stranded")
+    wait_until(lambda: _status(root)["transport"]["stranded"] >= 1, 30, message="status shows it stranded")
     code, reason = _health(env, config)
     assert code == 1 and "stranded" in reason
     assert "unexpected error in the supervisor loop" not in sup.log(), "handled, not caught by the catch-all"
@@ -105,7 +105,7 @@ def test_a_requeue_the_filesystem_refuses_is_retried_until_it_succeeds(tmp_path,
     wait_until(lambda: all((root / "main" / "acks" / f"{i}.ack").exists() for i in held), 60, message="all acked")
     assert "stranded message recovered" in sup.log()
     assert sup.log().count("cannot return it to messages/") == len(_failed_keys(sup.log())), "one line each"
-    wait_until(lambda: _status(root)["spool"]["stranded"] == 0, 30, message="nothing stranded")
+    wait_until(lambda: _status(root)["transport"]["stranded"] == 0, 30, message="nothing stranded")
     sup.stop()
 
 
@@ -192,7 +192,7 @@ def test_a_full_disk_never_runs_a_handled_message_again(tmp_path, small_disk, en
     _code, reason = wait_until(lambda: (h := _health(env, config))[0] == 1 and "full" in h[1] and h, 30,
                               message="health to say the spool is full")
     assert "filesystem is full" in reason
-    assert _status(root)["spool"]["full"] is True
+    assert _status(root)["transport"]["full"] is True
     assert sup.proc.poll() is None, "the pool runs on"
     (small_disk / "filler").unlink()
     wait_until(lambda: all((root / "main" / "acks" / f"{i}.ack").exists() for i in acked), 60,
@@ -241,7 +241,7 @@ def test_an_ack_the_filesystem_refuses_is_written_later_and_never_reruns_the_han
 
 def _metric(sup: Any, name: str) -> float:
     """One metric's value in a real scrape of the supervisor's /metrics."""
-    from ipcpool.metrics import parse, total
+    from prometheus_text import parse, total
 
     with urllib.request.urlopen(f"http://{sup.status()['http']}/metrics", timeout=30) as reply:
         return total(parse(reply.read().decode()), name)

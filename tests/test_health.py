@@ -1,14 +1,17 @@
-"""health.verdict and status rendering on constructed records (no processes needed beyond this one)."""
+"""health.judge and status rendering on constructed records (no processes needed beyond this one)."""
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 
 import psutil
+import pytest
 
-from ipcpool.health import heartbeat_envelope, verdict
-from ipcpool.status import render_table
+from ipcpool.cli.views import render_table
+from ipcpool.ops.health import Verdict, heartbeat_envelope, judge
+from ipcpool.ops.sdnotify import status_line
 
 
 def _status(**overrides):
@@ -29,6 +32,20 @@ def _status(**overrides):
     }
     status.update(overrides)
     return status
+
+
+def verdict(status, **kwargs) -> tuple[bool, str]:
+    """Health alone, as ``ipcpool health`` says it."""
+    judged = judge(status, **kwargs)
+    return judged.healthy, judged.reason
+
+
+@dataclass(frozen=True)
+class Own:
+    """The supervisor judging its own record: what it knows beside it."""
+
+    booted: bool = True
+    spool_root: str | None = None
 
 
 def test_healthy_record_is_ok():
@@ -83,6 +100,66 @@ def test_heartbeat_envelope_has_the_original_shape():
 
 
 def test_status_table_names_every_worker_group_and_heartbeat():
-    text = render_table(_status(), (True, "ok"))
+    text = render_table(_status(), judge(_status()))
     assert "main/x.json" in text and "active" in text and "UNHEALTHY" not in text
     assert text.count("\n") > 8
+
+
+def test_ready_means_running_booted_one_worker_ready_and_the_transport_reachable(tmp_path):
+    own = Own(spool_root=str(tmp_path))
+    judged = judge(_status(), own=own)
+    assert (judged.ready, judged.ready_reason) == (True, "2 of 2 workers ready")
+    assert judge(_status(state="draining"), own=own).ready_reason == "the supervisor is draining"
+    assert judge(_status(), own=Own(booted=False)).ready_reason == "workers are booting (2 of 2 ready)"
+    starting = _status()
+    for worker in starting["workers"]:
+        worker["state"] = "starting"
+    assert judge(starting, own=own).ready_reason == "no worker is ready (0 of 2; being replaced)"
+    gone = str(tmp_path / "gone")
+    assert judge(_status(), own=Own(spool_root=gone)).ready_reason == f"the spool root {gone} is gone"
+
+
+def test_a_worker_short_or_a_group_not_served_is_unhealthy_but_still_ready():
+    short = _status()
+    short["workers"] = short["workers"][:1]
+    unserved = _status(transport={"unservedGroups": {"agent8": "owned by another user"}})
+    for status in (short, unserved):
+        judged = judge(status, own=Own())
+        assert not judged.healthy and judged.ready and judged.transport_up, judged
+
+
+@pytest.mark.parametrize("stats", [{"redisDown": True, "error": "Redis at 127.0.0.1:1 is unreachable"},
+                                   {"redisDown": True}])
+def test_a_transport_down_is_one_fact_for_health_readiness_and_metrics(stats):
+    for status in (_status(transport={"backend": "redis", **stats}), _status(transport="redis", spool=stats)):
+        judged = judge(status, own=Own())
+        reason = stats.get("error") or "Redis is unreachable"
+        assert judged == Verdict(healthy=False, reason=reason, ready=False, ready_reason=reason, transport_up=False)
+
+
+def test_the_transport_looked_at_from_here_is_asked_only_of_an_otherwise_healthy_record():
+    asked: list[bool] = []
+
+    def unreachable() -> str:
+        asked.append(True)
+        return "Redis at 127.0.0.1:1 is unreachable"
+
+    judged = judge(_status(), reach=unreachable)
+    assert (judged.healthy, judged.reason, judged.transport_up) == (False, "Redis at 127.0.0.1:1 is unreachable", False)
+    assert not judge(_status(state="draining"), reach=unreachable).healthy
+    assert len(asked) == 1, "a pool already unhealthy needs no round trip to Redis"
+
+
+def test_the_supervisor_judging_itself_is_not_looked_up_by_pid():
+    status = _status(supervisor={"pid": 2**22 + 12345, "createTime": 1.0, "uptime": 5.0})
+    assert not judge(status).healthy
+    assert judge(status, own=Own()).healthy
+
+
+def test_systemds_status_line_says_why_only_while_unhealthy_and_on_one_line():
+    status = _status(totals={"handled": 7, "queued": 1, "inflight": 2})
+    assert status_line(status, judge(status, own=Own())) == "STATUS=2 workers, 1 queued, 2 in flight, 7 handled"
+    status["transport"] = {"stranded": 1, "error": "rename main/x\nREADY=1.json: EIO"}
+    line = status_line(status, judge(status, own=Own()))
+    assert line.startswith("STATUS=2 workers, 1 queued, 2 in flight, 7 handled; unhealthy: 1 message(s) stranded")
+    assert "\n" not in line and "x\\nREADY=1" in line, "a writer's file name cannot add an assignment"

@@ -24,11 +24,12 @@ from typing import Any
 import psutil
 import pytest
 from conftest import backend_config, ipcpool_cli, records, wait_until, write_config
+from prometheus_text import parse, total
 
-from ipcpool import Client, MessageFailed, MessageRejected, probes
+from ipcpool import Client, MessageFailed, MessageRejected
 from ipcpool.config import HttpConfig
-from ipcpool.metrics import parse, total
-from ipcpool.probes import LoopProbe, ProbeServer
+from ipcpool.ops import probes
+from ipcpool.ops.probes import LoopProbe, ProbeServer
 
 
 def get(address: str, path: str) -> tuple[int, str, str]:
@@ -230,12 +231,14 @@ def test_concurrent_probes_share_one_answer_and_none_waits_past_its_timeout():
     import threading
 
     from ipcpool.config import Config
-    from ipcpool.probes import Answer
-    from ipcpool.tally import Labels, PoolMetrics, Scrape
+    from ipcpool.ops.health import Verdict
+    from ipcpool.ops.probes import Answer
+    from ipcpool.ops.tally import Labels, PoolMetrics, Scrape
 
     asked = threading.Event()
     probe = LoopProbe(wake=asked.set)
-    answer = Answer(Scrape(PoolMetrics(Labels(Config())), {"state": "running"}, 0.0), True, "ok")
+    verdict = Verdict(healthy=True, reason="ok", ready=True, ready_reason="ok", transport_up=True)
+    answer = Answer(Scrape(PoolMetrics(Labels(Config())), {"state": "running"}, 0.0, verdict))
     stop = threading.Event()
 
     def loop() -> None:  # a slow loop: one step a second

@@ -26,7 +26,7 @@ import pytest
 from conftest import acked, files, kill_session, records, require_tool, run_cli, wait_until, write_config
 
 from ipcpool import Client
-from ipcpool.health import verdict
+from ipcpool.ops.health import judge
 
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 CLOCK_SLACK = 0.005  # log timestamps are truncated to the millisecond
@@ -290,7 +290,7 @@ def test_log_level_warning_hides_info(tmp_path, root, env, supervisor_factory):
     env["LOG_LEVEL"] = "warning"
     config = write_config(tmp_path / "c.toml", root)
     sup = supervisor_factory(config, wait_ready=False)  # its "started" line is info: not shown
-    wait_until(lambda: verdict(sup.status())[0], 30, message="a healthy pool")
+    wait_until(lambda: judge(sup.status()).healthy, 30, message="a healthy pool")
     with Client(root, "main") as client:
         good = client.send("main", "task", {"n": 1}, requires_ack=True)
         client.send("main", "mystery", {"n": 2})  # rejected: a warning, from a worker

@@ -6,6 +6,7 @@ import json
 
 import msgpack
 import pytest
+from wire import to_wire
 
 from ipcpool.errors import InvalidMessage
 from ipcpool.message import (
@@ -124,7 +125,7 @@ def test_unknown_keys_are_preserved_in_extra_and_on_the_wire():
     env = _envelope(priority=5, traceId="t-1", nested={"a": [1, 2]})
     msg = parse(_json(env), "json", group="main", stem="x")
     assert msg.extra == {"priority": 5, "traceId": "t-1", "nested": {"a": [1, 2]}}
-    wire = msg.to_wire()
+    wire = to_wire(msg)
     assert wire["priority"] == 5
     assert wire["traceId"] == "t-1"
     assert wire == env
@@ -459,8 +460,8 @@ def test_round_trip(fmt):
     msg = parse(data, fmt, group="main", stem="ignored")
     assert msg.id == env["id"]
     assert msg.extra == {"custom": {"kept": True}}
-    assert msg.to_wire() == env
-    assert parse(encode(msg.to_wire(), fmt), fmt, group="main", stem="ignored") == msg
+    assert to_wire(msg) == env
+    assert parse(encode(to_wire(msg), fmt), fmt, group="main", stem="ignored") == msg
 
 
 def test_json_encoding_is_compact_utf8():

@@ -25,7 +25,7 @@ from redis_server import RedisServer
 
 from ipcpool import AsyncClient, Client, MessageExists, MessageFailed, QueueFull, TransportUnavailable
 from ipcpool.config import load_config
-from ipcpool.health import read_status
+from ipcpool.localroot import read_status
 
 
 def _sections(url: str, prefix: str, **extra: dict[str, Any]) -> dict[str, dict[str, Any]]:

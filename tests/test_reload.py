@@ -17,7 +17,7 @@ import pytest
 from conftest import backend_config, ipcpool_cli, records, wait_until, write_config
 
 from ipcpool import Client
-from ipcpool.health import read_status
+from ipcpool.localroot import read_status
 
 HANDLER = '''
 import json, os, time

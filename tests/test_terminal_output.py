@@ -206,7 +206,7 @@ def test_the_process_title_of_a_worker_running_a_hostile_message_is_escaped(tmp_
 
 
 def test_printable_escapes_every_unsafe_character_and_nothing_else():
-    from ipcpool.terminal import printable
+    from ipcpool.ops.terminal import printable
 
     unsafe = [*range(0x00, 0x20), *range(0x7F, 0xA0), 0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F),
               *range(0x2066, 0x206A), 0x2028, 0x2029, 0xD800, 0xDC80, 0xDFFF]

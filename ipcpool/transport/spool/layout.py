@@ -252,6 +252,14 @@ class Folders:
                 names += [f"{inbox}/{name}" for name in self.scan(group, f"{PROCESSING}/{inbox}")]
         return names
 
+    def free_space(self) -> dict[str, int] | None:
+        """Free bytes and free inodes on the spool's filesystem (for unprivileged users), or None."""
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return None
+        return {"freeBytes": st.f_bavail * st.f_frsize, "freeInodes": st.f_favail}
+
     def count_dead_letters(self, group: str) -> int:
         """How many messages a group's errors/ holds (its records, ``*.error.json``); 0 without the folder."""
         try:

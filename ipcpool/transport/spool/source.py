@@ -30,7 +30,6 @@ from typing import Any
 
 from ipcpool.config import Config
 from ipcpool.errors import SpoolError
-from ipcpool.health import spool_space
 from ipcpool.message import Summary, format_for, summarize_bytes
 from ipcpool.transport.spool.housekeeping import SLICE, prune_steps, run_slice
 from ipcpool.transport.spool.layout import (
@@ -232,7 +231,7 @@ class SpoolSource:
         errors = [e.error for e in self.stranded.entries.values()]
         trouble = {"full": self.stranded.no_space, "stranded": len(self.stranded), "ackHolds": self.stranded.ack_holds,
                    "error": errors[0] if errors else None, "unservedGroups": dict(sorted(self.unserved.items())),
-                   **(spool_space(self.spool.root) or {})}
+                   **(self.spool.folders.free_space() or {})}
         return {"groups": groups, "transport": trouble}
 
     def announce(self, status: dict[str, Any]) -> None:

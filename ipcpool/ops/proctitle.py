@@ -13,7 +13,7 @@ import sys
 
 import setproctitle
 
-from ipcpool.terminal import printable
+from ipcpool.ops.terminal import printable
 
 
 class Title:

@@ -19,8 +19,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ipcpool.health import pid_alive, read_status, verdict
-from ipcpool.terminal import printable
+from ipcpool.localroot import read_status
+from ipcpool.ops.health import judge, pid_alive, transport_name
+from ipcpool.ops.terminal import printable
 
 RATE_WINDOW = 10.0  # seconds of history a group's rate is measured over
 
@@ -50,8 +51,9 @@ class Rates:
 def render(status: dict[str, Any] | None, rates: Rates, now: float) -> Group:
     """One frame. Writers chose some of what it shows (a running message's type and id), so every
     cell is a :class:`~rich.text.Text` (rich markup and emoji codes in it are shown, not obeyed) of
-    :func:`~ipcpool.terminal.printable` text (escape sequences shown escaped)."""
-    healthy, reason = verdict(status, now=now)
+    :func:`~ipcpool.ops.terminal.printable` text (escape sequences shown escaped)."""
+    verdict = judge(status, now=now)
+    healthy, reason = verdict.healthy, verdict.reason
     if status is None:
         return Group(Text("no supervisor has run on this root yet (no status.json)", style="bold red"))
     sup = status.get("supervisor") or {}
@@ -64,7 +66,7 @@ def render(status: dict[str, Any] | None, rates: Rates, now: float) -> Group:
                        f"snapshot {age:.1f}s old", style="bold yellow")
     else:
         header = _cell(f"ipcpool  pid {sup.get('pid')}  {status.get('state')}  up {sup.get('uptime')}s  "
-                       f"root {status.get('root')}  transport {status.get('transport')}  "
+                       f"root {status.get('root')}  transport {transport_name(status)}  "
                        f"snapshot {age:.1f}s old", style="bold green")
     workers = Table(title="workers", title_justify="left", expand=True)
     for column in ("slot", "pid", "state", "running", "for", "RSS MB", "handled", "failed", "restarts"):

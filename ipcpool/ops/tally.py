@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ipcpool.config import Config
 from ipcpool.message import IPCMessageType
+
+if TYPE_CHECKING:
+    from ipcpool.ops.health import Verdict
 
 # Handler durations, seconds: 1 ms to 5 min.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -133,8 +136,9 @@ class PoolMetrics:
 
 @dataclass(frozen=True)
 class Scrape:
-    """What one scrape shows: the counters, the status record of the same moment, the loop's lag."""
+    """What one scrape shows: the counters, the status record of the same moment and its verdict, the loop's lag."""
 
     metrics: PoolMetrics
     status: dict[str, Any]
     loop_lag: float
+    verdict: Verdict

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from ipcpool.terminal import printable
+from ipcpool.ops.terminal import printable
 
 FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 MAX_OUTPUT_LINE = 8192  # characters of handler output kept waiting for its newline before it is logged anyway

@@ -10,41 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from ipcpool import records
+from ipcpool.cli.progress import steps
 from ipcpool.config import load_config
 from ipcpool.errors import EXIT_FAILURE, EXIT_OK, ConfigError
-from ipcpool.progress import steps
-from ipcpool.terminal import printable
+from ipcpool.ops.terminal import printable
 from ipcpool.transport import make_inspector
-
-
-def add_errors_command(sub: Any, add_config: Callable[[argparse.ArgumentParser], None]) -> None:
-    text = "list, show, retry or purge quarantined messages"
-    errors = sub.add_parser("errors", help=text, description=text)
-    errors.set_defaults(func=cmd_errors)
-    esub = errors.add_subparsers(dest="errors_command", required=True)
-    for name, help_text in (("list", "list quarantined messages"),
-                            ("show", "show a message and its error record (by id, a unique id prefix, or file)"),
-                            ("retry", "move messages back into their inbox"),
-                            ("purge", "delete quarantined messages")):
-        p = esub.add_parser(name, help=help_text, description=help_text)
-        add_config(p)
-        p.add_argument("--group", "-g", help="only this group")
-        if name == "list":
-            p.add_argument("--json", action="store_true")
-        elif name == "show":
-            p.add_argument("id", help="message id, a unique prefix of one, or an errors/ file name")
-            p.add_argument("--json", action="store_true", help="the records and messages as JSON")
-        elif name == "retry":
-            p.add_argument("ids", nargs="*", help="message ids, unique prefixes of ids, or errors/ file names")
-            p.add_argument("--all", action="store_true")
-        else:
-            p.add_argument("--all", action="store_true")
-            p.add_argument("--older-than", help="only older than DURATION (30s, 15m, 24h, 7d)")
-            p.add_argument("--dry-run", "-n", action="store_true", help="print what would be deleted, delete nothing")
 
 
 def cmd_errors(args: argparse.Namespace) -> int:
@@ -102,7 +75,7 @@ def _show(dead: Any, args: argparse.Namespace) -> int:
     for n, entry in enumerate(matches):
         if n:
             print()
-        print(records.render(entry, _text(dead, entry)))
+        print(render(entry, _text(dead, entry)))
     return EXIT_OK
 
 
@@ -161,3 +134,47 @@ def _purge(dead: Any, args: argparse.Namespace) -> int:
             progress.advance()
     print(f"purged {len(entries)} quarantined message(s)")
     return EXIT_OK
+
+
+def render(entry: records.ErrorEntry, message: str | None) -> str:
+    """One record as an operator reads it: fields, each delivery, the traceback as text, the message.
+
+    Writers chose much of it (the type, the id, the body, what a handler raised): every value goes
+    through :func:`~ipcpool.ops.terminal.printable`, a newline kept only inside the traceback and the message.
+    """
+    record = entry.record
+    lines = [f"{entry.group}/errors/{printable(entry.file)}"]
+    fields = [("id", entry.message_id), ("type", record.get("type") or "-"), ("time", record.get("time")),
+              ("reason", record.get("reason")), ("attempts", record.get("attempts")),
+              ("deliveries", record.get("deliveries") if not isinstance(record.get("deliveries"), list)
+               else len(record["deliveries"])),
+              ("worker pid", record.get("workerPid")),
+              ("entry", record.get("originalEntry"))]  # Redis: the stream entry a nack's errorFile names
+    if entry.inbox != records.MESSAGES:
+        fields.insert(2, ("inbox", entry.inbox))
+    lines += [f"  {name:<11} {printable(value)}" for name, value in fields if value is not None]
+    history = record.get("deliveries")
+    if isinstance(history, list):
+        lines.append("  deliveries that killed or hung a worker:")
+        lines += [printable(f"    {d.get('delivery')}. pid {d.get('workerPid')}: {d.get('ended')} ({d.get('time')})")
+                  for d in history if isinstance(d, dict)]
+    exception = record.get("exception")
+    if isinstance(exception, dict) and exception.get("traceback"):
+        lines.append("  traceback:")
+        lines += [f"    {line}" for line in _block(str(exception["traceback"]).rstrip("\n"))]
+    lines.append("  message:" if message is not None else "  message: (not in errors/ any more)")
+    if message is not None:
+        lines += [f"    {line}" for line in _block(_pretty(message))]
+    return "\n".join(lines)
+
+
+def _block(text: str) -> list[str]:
+    """Lines of a writer's text, escaped first: a carriage return or a form feed is shown, never a line break."""
+    return printable(text, newlines=True).split("\n")
+
+
+def _pretty(text: str) -> str:
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        return text

@@ -1,18 +1,19 @@
 """/metrics: one snapshot of the supervisor's counts and status, in Prometheus's text format.
 
-The counting happens in ``ipcpool.tally``; this module only renders (and,
-for tests and the live view, parses), and is the one that imports
-prometheus_client.
+The counting happens in ``ipcpool.ops.tally``; this module only renders, and
+is the one that imports prometheus_client.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from ipcpool.tally import BUCKETS, WORKER_STATES, Scrape
+from ipcpool.ops.health import transport_stats
+from ipcpool.ops.tally import BUCKETS, WORKER_STATES, Labels, PoolMetrics, Scrape
 
 
 class _Collector:
@@ -31,8 +32,12 @@ def render(scrape: Scrape) -> bytes:
 
 
 def families(scrape: Scrape) -> list[Metric]:
-    metrics, status = scrape.metrics, scrape.status
-    labels = metrics.labels
+    """Every family of one scrape: messages, queues, workers, the transport and the loop."""
+    return [*_message_families(scrape.metrics), *_queue_families(scrape.metrics.labels, scrape.status),
+            *_worker_families(scrape.metrics, scrape.status), *_transport_families(scrape)]
+
+
+def _message_families(metrics: PoolMetrics) -> list[Metric]:
     messages = CounterMetricFamily("ipcpool_messages", "Messages finished, by group, type and outcome.",
                                    labels=["group", "type", "outcome"])
     for (group, type_, outcome), n in sorted(metrics.outcomes.items()):
@@ -52,6 +57,10 @@ def families(scrape: Scrape) -> list[Metric]:
             cumulative += n
             buckets.append((bound, cumulative))
         duration.add_metric([group, type_], buckets, row[-1])
+    return [messages, returned, duration]
+
+
+def _queue_families(labels: Labels, status: dict[str, Any]) -> list[Metric]:
     depth = GaugeMetricFamily("ipcpool_queue_depth", "Messages waiting in the queue, by group.", labels=["group"])
     inflight = GaugeMetricFamily("ipcpool_in_flight", "Messages handed to workers (running or prefetched), by group.",
                                  labels=["group"])
@@ -71,6 +80,10 @@ def families(scrape: Scrape) -> list[Metric]:
         inflight.add_metric([name], held)
         oldest.add_metric([name], age)
         errors.add_metric([name], dead)
+    return [depth, inflight, oldest, errors]
+
+
+def _worker_families(metrics: PoolMetrics, status: dict[str, Any]) -> list[Metric]:
     workers = GaugeMetricFamily("ipcpool_workers", "Worker processes, by state.", labels=["state"])
     states = dict.fromkeys(WORKER_STATES, 0)
     for worker in status.get("workers", []):
@@ -80,7 +93,11 @@ def families(scrape: Scrape) -> list[Metric]:
     restarts = CounterMetricFamily("ipcpool_worker_restarts", "Workers replaced, by reason.", labels=["reason"])
     for reason, n in sorted(metrics.restarts.items()):
         restarts.add_metric([reason], n)
-    transport = status.get("spool") or {}
+    return [workers, restarts]
+
+
+def _transport_families(scrape: Scrape) -> list[Metric]:
+    transport = transport_stats(scrape.status)
     holds = GaugeMetricFamily("ipcpool_ack_holds",
                               "Handled messages whose ack could not be written yet (kept, acked when it can be).")
     holds.add_metric([], transport.get("ackHolds") or 0)
@@ -91,29 +108,9 @@ def families(scrape: Scrape) -> list[Metric]:
     lag = GaugeMetricFamily("ipcpool_loop_lag_seconds", "How long the supervisor loop took to answer this scrape.")
     lag.add_metric([], scrape.loop_lag)
     up = GaugeMetricFamily("ipcpool_transport_up", "1 when the transport (spool folder or Redis) is reachable.")
-    up.add_metric([], 0 if transport.get("redisDown") else 1)
+    up.add_metric([], 1 if scrape.verdict.transport_up else 0)
     unserved = GaugeMetricFamily("ipcpool_groups_unserved",
                                  "Group folders the supervisor refuses to serve (another user owns one, ...): "
                                  "`ipcpool health` names each and the command that fixes it.")
     unserved.add_metric([], len(transport.get("unservedGroups") or {}))
-    return [messages, returned, duration, depth, inflight, oldest, errors, workers, restarts, holds, stranded, lag, up,
-            unserved]
-
-
-def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Samples of a scrape by (name, sorted labels): for tests and the live view."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
-          **match: str) -> float:
-    """The sum of a metric's samples whose labels include ``match``."""
-    return sum(v for (n, labels), v in samples.items()
-               if n == name and all(dict(labels).get(k) == want for k, want in match.items()))
-
+    return [holds, stranded, lag, up, unserved]

@@ -32,6 +32,7 @@ line that is not one, 431 for a request head over ``MAX_REQUEST_HEAD`` bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -48,7 +49,7 @@ from http import HTTPStatus
 
 from ipcpool.config import HttpConfig, parse_listen
 from ipcpool.errors import ConfigError
-from ipcpool.tally import Scrape
+from ipcpool.ops.tally import Scrape
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,9 @@ def open_fds(dirs: Sequence[str] = FD_DIRS) -> int | None:
 
 @dataclass(frozen=True)
 class Answer:
-    """The loop's answer to one question: what /metrics shows, and whether the pool is ready."""
+    """The loop's answer to one question: what /metrics shows, with the verdict /readyz reads."""
 
     scrape: Scrape
-    ready: bool
-    reason: str
 
 
 class LoopProbe:
@@ -236,8 +235,8 @@ class ProbeServer:
             answer = self.probe.last
             if answer is None:
                 return self._json(503, False, f"the supervisor loop did not answer within {self.loop_timeout:g}s")
-            answer = Answer(Scrape(answer.scrape.metrics, answer.scrape.status, waited), answer.ready, answer.reason)
-        from ipcpool.metrics import render  # prometheus_client: loaded by the first scrape
+            answer = Answer(dataclasses.replace(answer.scrape, loop_lag=waited))
+        from ipcpool.ops.metrics import render  # prometheus_client: loaded by the first scrape
 
         return 200, render(answer.scrape), CONTENT_TYPE_METRICS
 
@@ -250,7 +249,8 @@ class ProbeServer:
     def readyz(self, answer: Answer | None, waited: float) -> tuple[int, bytes, str]:
         if answer is None:
             return self._json(503, False, f"the supervisor loop did not answer within {self.loop_timeout:g}s")
-        return self._json(200 if answer.ready else 503, answer.ready, answer.reason)
+        verdict = answer.scrape.verdict
+        return self._json(200 if verdict.ready else 503, verdict.ready, verdict.ready_reason)
 
     @staticmethod
     def _json(code: int, ok: bool, reason: str) -> tuple[int, bytes, str]:

@@ -14,6 +14,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from typing import TYPE_CHECKING, Any
+
+from ipcpool.ops.terminal import printable
+
+if TYPE_CHECKING:
+    from ipcpool.ops.health import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -45,3 +51,13 @@ def watchdog_interval() -> float | None:
     if not usec.isdigit() or int(usec) == 0 or (pid.isdigit() and int(pid) != os.getpid()):
         return None
     return int(usec) / 2e6
+
+
+def status_line(status: dict[str, Any], verdict: Verdict) -> str:
+    """``STATUS=`` as ``systemctl status`` shows it: workers ready, queued, in flight, handled, and why the
+    pool is unhealthy while it is (escaped: a reason may quote a writer's file name, and a newline in it
+    would be another assignment)."""
+    totals = status["totals"]
+    line = (f"STATUS={sum(1 for w in status['workers'] if w['state'] in ('ready', 'busy'))} workers, "
+            f"{totals['queued']} queued, {totals['inflight']} in flight, {totals['handled']} handled")
+    return line if verdict.healthy else f"{line}; unhealthy: {printable(verdict.reason)}"
