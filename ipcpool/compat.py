@@ -52,7 +52,7 @@ START_TIMEOUT = 60.0  # seconds start() waits for every worker to be ready
 
 def _run_supervisor(config: Config, handlers: dict[str, Callable[[Message], Any]], lock_fd: int,
                     started_fd: int) -> None:
-    from ipcpool.supervisor import Supervisor
+    from ipcpool.pool.supervisor import Supervisor
 
     def started() -> None:
         os.write(started_fd, b"1")

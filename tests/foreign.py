@@ -24,7 +24,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 HANDLERS = Path(__file__).resolve().parent / "handlers"
 PROBE_UID = 10001  # the Dockerfile's ipcpool user
-IMPORTS = "import ipcpool.cli, ipcpool.supervisor, ipcpool.worker, psutil, watchdog, msgpack, recorder"
+IMPORTS = "import ipcpool.cli, ipcpool.pool.supervisor, ipcpool.pool.worker, psutil, watchdog, msgpack, recorder"
 
 
 @dataclass(frozen=True)

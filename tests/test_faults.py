@@ -26,7 +26,7 @@ from conftest import records, wait_until, write_config
 
 from ipcpool import Client
 from ipcpool.config import AckConfig
-from ipcpool.pool import kill_lock_holders, lock_holders
+from ipcpool.pool.orphans import kill_lock_holders, lock_holders
 
 
 def _names(root: Path, sub: str, group: str = "main") -> list[str]:

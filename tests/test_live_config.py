@@ -95,7 +95,7 @@ def _traced_run(tmp_path: Path, env: dict[str, str], config: Path, trace: Path) 
     return proc, int(started.group(1)), log_path  # the supervisor's pid, from its own log line
 
 
-_STARTED = re.compile(r"\[(\d+)\] ipcpool\.supervisor: Enhanced IPC system started")
+_STARTED = re.compile(r"\[(\d+)\] ipcpool\.pool\.supervisor: Enhanced IPC system started")
 _FSYNC = re.compile(r"^f(?:data)?sync\(\d+<(.*)>\)\s+=\s+0")
 
 
@@ -279,7 +279,7 @@ def test_log_level_debug_shows_debug_lines_from_every_process(tmp_path, root, en
         message_id = client.send("main", "task", {"n": 1}, requires_ack=True)
     wait_until(lambda: acked(root, [message_id]), 20, message="the ack")
     log = sup.log()
-    assert _lines(log, f"DEBUG [{sup.pid}] ipcpool.pool: spawned worker"), "the supervisor's debug lines"
+    assert _lines(log, f"DEBUG [{sup.pid}] ipcpool.pool.handle: spawned worker"), "the supervisor's debug lines"
     (processing,) = wait_until(lambda: _lines(sup.log(), f"Processing IPC message id={message_id}"), 20,
                                message="the worker's debug line")
     assert " DEBUG [" in processing and f"[{sup.pid}]" not in processing, "from the worker process"

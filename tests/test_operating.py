@@ -345,7 +345,7 @@ def test_a_boot_failure_prints_its_traceback_once_and_nothing_boots_after_the_ha
     assert log.count("Traceback (most recent call last)") == 1
     assert log.count("worker failed to boot") == 3
     after = log.split("supervisor halting")[1]
-    assert "ipcpool.worker" not in after, "no worker was booting when the pool halted"
+    assert "ipcpool.pool.worker" not in after, "no worker was booting when the pool halted"
     if os.geteuid() == 0:
         assert log.count("running as root") == 1, "one line, once (the how-to is in the README)"
 

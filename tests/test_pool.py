@@ -1,4 +1,4 @@
-"""ipcpool.pool: how a worker's exit reads in the log."""
+"""ipcpool.pool.handle: how a worker's exit reads in the log."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from ipcpool.pool import describe_exit
+from ipcpool.pool.handle import describe_exit
 
 
 @pytest.mark.parametrize(("code", "words"), [

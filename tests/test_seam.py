@@ -9,6 +9,7 @@ backend). And ipcpool's modules import one another without a circle.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,7 +49,7 @@ def test_the_seam_module_itself_names_backends_only_lazily():
 
 def test_importing_the_pool_loads_no_backend():
     layers = sorted(_module_name(p) for p in [*(PACKAGE / "ops").glob("*.py"), *(PACKAGE / "cli").glob("*.py")])
-    code = ("import sys; import ipcpool, ipcpool.supervisor, ipcpool.worker, ipcpool.client, ipcpool.compat, "
+    code = ("import sys; import ipcpool, ipcpool.pool.supervisor, ipcpool.pool.worker, ipcpool.client, ipcpool.compat, "
             f"{', '.join(layers)}; "
             f"print(sorted(m for m in sys.modules if m.startswith({FORBIDDEN!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
@@ -131,7 +132,7 @@ def _circle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_no_import_circle_among_ipcpool_modules():
     files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph = {name: _load_time_imports(path, name, set(files)) for name, path in files.items()}
-    assert len(graph) > 40 and graph["ipcpool.supervisor"], "the scan found the package and its imports"
+    assert len(graph) > 40 and graph["ipcpool.pool.supervisor"], "the scan found the package and its imports"
     circle = _circle(graph)
     assert circle is None, " -> ".join(circle or [])
 
@@ -197,3 +198,25 @@ def test_the_backend_check_sees_an_import_of_the_pool_even_inside_a_function(tmp
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     assert _backend_offenders("memory", BELOW_THE_SEAM) == {"transport/memory/x.py": ["ipcpool.supervisor",
                                                                                       "ipcpool.supervisor.Supervisor"]}
+
+
+# -- sizes a newcomer can read ---------------------------------------------------------------------------------------
+
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_LINES = 60
+SAYS_WHY = re.compile(r"\b(over|past|a little over) (500|60) lines\b", re.IGNORECASE)
+
+
+def test_no_module_over_500_lines_and_no_function_over_60_unless_its_docstring_says_why():
+    oversized = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        lines = len(path.read_text().splitlines())
+        if lines > MAX_MODULE_LINES and not SAYS_WHY.search(ast.get_docstring(tree) or ""):
+            oversized.append(f"{path.relative_to(PACKAGE)}: {lines} lines")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_FUNCTION_LINES and not SAYS_WHY.search(ast.get_docstring(node) or ""):
+                    oversized.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}: {length} lines")
+    assert oversized == []

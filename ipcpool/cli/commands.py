@@ -54,7 +54,7 @@ def _payload(text: str) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ipcpool.supervisor import Supervisor
+    from ipcpool.pool.supervisor import Supervisor
     from ipcpool.transport import preflight
 
     config = _config(args)
@@ -68,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_reload(args: argparse.Namespace) -> int:
     """SIGHUP to the supervisor owning the root, then its verdict from status.json."""
-    from ipcpool.reload import ask_reload
+    from ipcpool.cli.reload import ask_reload
 
     config = _config(args)
     ok, said = ask_reload(config.spool.root, timeout=args.timeout)

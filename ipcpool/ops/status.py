@@ -12,11 +12,14 @@ The transport's stats are under ``"transport"``, beside its name
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ipcpool.pool import wall_to_iso
+
+def wall_to_iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 @dataclass(frozen=True, slots=True)

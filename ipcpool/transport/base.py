@@ -32,6 +32,30 @@ class MessageGone(LookupError):
     """The message is not where its receipt says any more (handled, removed, taken over)."""
 
 
+@dataclass(frozen=True, slots=True)
+class AckHeld:
+    """Handled, but its ack could not be written (a full disk, Redis away): kept as ``hold`` until it can be."""
+
+    hold: str
+    message_id: str | None
+    error: str
+    errno: int | None = None
+    name: str = ""  # Redis: the message's name, which its ack needs
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterLater:
+    """Failed or rejected, but the move to the dead letters could not be made: retried by the supervisor."""
+
+    record: dict[str, Any]
+    nack: dict[str, Any] | None
+    error: str
+    errno: int | None = None
+
+
+Unfinished = AckHeld | DeadLetterLater  # what a worker hands back to be finished: Source.done's second word
+
+
 @dataclass(slots=True)
 class Raw:
     """One message's bytes as a worker reads them, with what the transport knows beside them."""
@@ -57,8 +81,8 @@ class Source(Protocol):
     def backlog(self) -> int: """How many messages take() could hand out now."""
     def take(self, n: int) -> list[Taken]: """Claim up to ``n``, oldest first: the supervisor's until it says."""
     def renew(self, held: Iterable[tuple[str, str]]) -> None: """Still ours: what live workers hold."""
-    def done(self, group: str, ref: str, outcome: str, info: Any) -> None:
-        """A worker finished it; ``info``: what the worker could not finish (an ack, a dead-lettering)."""
+    def done(self, group: str, ref: str, unfinished: Unfinished | None = None) -> None:
+        """A worker finished it; ``unfinished``: what it could not (an ack, a dead-lettering), done here."""
     def requeue(self, group: str, ref: str, *, later: float = 0.0) -> None: """Back to the queue (not before later)."""
     def record_failure(self, group: str, ref: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
         """A delivery of it killed or hung a worker: recorded wherever it happened; the whole history."""
@@ -81,9 +105,9 @@ class Store(Protocol):
     def names(self, ref: str) -> tuple[str | None, str]: """(format, stem) its ref gives, when it cannot be read."""
     def is_acked(self, group: str, message_id: str, *, holds: bool = False) -> bool: """The dedupe check."""
     def complete(self, group: str, ref: str, ack_id: str | None, token: Any, *, duplicate: bool = False
-                 ) -> dict[str, Any] | None:
+                 ) -> AckHeld | None:
         """Ack (when asked) and remove, at once; None, or what the supervisor must finish for it."""
-    def settle(self) -> dict[tuple[str, str], dict[str, Any]]: """Pipelined completions, finished: what failed."""
+    def settle(self) -> dict[tuple[str, str], AckHeld]: """Pipelined completions, finished: what failed."""
     def reply(self, group: str, request_id: str, data: bytes) -> bool:
         """A response for a waiting requester; False when its group does not exist; OSError: not now."""
     def error_ref(self, group: str, ref: str) -> str: """Where its dead letter will be (a response may cite it)."""

@@ -19,7 +19,7 @@ from typing import Any
 from ipcpool.errors import MessageExists
 from ipcpool.message import Summary, format_for, summarize_bytes
 from ipcpool.records import ErrorEntry
-from ipcpool.transport.base import Answer, MessageGone, Raw, Receipt, Taken
+from ipcpool.transport.base import AckHeld, Answer, MessageGone, Raw, Receipt, Taken, Unfinished
 
 Key = tuple[str, str]  # (group, ref)
 
@@ -85,7 +85,7 @@ class MemorySource:
     def renew(self, held: Iterable[tuple[str, str]]) -> None:
         """Nothing expires here."""
 
-    def done(self, group: str, ref: str, outcome: str, info: Any) -> None:
+    def done(self, group: str, ref: str, unfinished: Unfinished | None = None) -> None:
         self.broker.taken.pop((group, ref), None)
         self.broker.failures.pop((group, ref), None)
 
@@ -161,12 +161,12 @@ class MemoryStore:
         return (group, message_id) in self.broker.acks
 
     def complete(self, group: str, ref: str, ack_id: str | None, token: Any, *, duplicate: bool = False
-                 ) -> dict[str, Any] | None:
+                 ) -> AckHeld | None:
         if ack_id is not None:
             self.broker.acks.add((group, ack_id))
         return None
 
-    def settle(self) -> dict[tuple[str, str], dict[str, Any]]:
+    def settle(self) -> dict[tuple[str, str], AckHeld]:
         return {}
 
     def reply(self, group: str, request_id: str, data: bytes) -> bool:

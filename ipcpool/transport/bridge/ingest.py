@@ -101,7 +101,7 @@ class Ingest:
             st = os.stat(spool.folders.path(group, PROCESSING, name))
         except FileNotFoundError:
             self.waiting.discard((group, name))
-            self.local.done(group, name, "vanished", None)
+            self.local.done(group, name)
             return
         except InvalidMessage as exc:
             self.waiting.discard((group, name))
@@ -150,7 +150,7 @@ class Ingest:
         if relay is not None and self.relay is not None and said.id is not None and verdict == b"ok":
             self.relay.add(group, said.id, said.reply_to, said.requires_ack)  # its answers come back here
         spool.claims.complete(group, name)
-        self.local.done(group, name, "handled", None)
+        self.local.done(group, name)
         self.moved += 1
 
     def _refuse(self, group: str, name: str, reason: str, said: Summary | None = None,

@@ -34,15 +34,20 @@
 - **Files feed the cluster.** The local root's inboxes are still watched (a
   :class:`~ipcpool.transport.spool.source.SpoolSource`); each file is moved
   into its group's stream exactly once (a marker of its identity), then removed.
+
+Over 500 lines, on purpose: taking, leases, reclaims, recovery and outages
+all act on the same sets of entries (queued here, handed out, held, lost,
+waiting to be finished); split by verb, each part would reach into the
+others' sets. What does stand alone is apart: the blocking read
+(:mod:`reader`), the queue figures (:mod:`figures`), the consumer name
+(:mod:`consumer`), the journal (:mod:`journal`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import select
-import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable
@@ -51,11 +56,14 @@ from typing import Any, Protocol
 import redis.exceptions
 
 from ipcpool.config import Config
-from ipcpool.localroot import STATE_DIR
 from ipcpool.message import Summary, summarize_bytes
+from ipcpool.transport.base import DeadLetterLater, Unfinished
 from ipcpool.transport.redis.connection import UNAVAILABLE, Outage, connect
+from ipcpool.transport.redis.consumer import consumer_name
+from ipcpool.transport.redis.figures import QueueFigures
 from ipcpool.transport.redis.journal import Journal
 from ipcpool.transport.redis.keys import CONSUMER_GROUP, Keys
+from ipcpool.transport.redis.reader import StreamReader
 from ipcpool.transport.redis.scripts import Scripts, complete, quarantine
 from ipcpool.transport.redis.store import _text
 
@@ -64,38 +72,6 @@ log = logging.getLogger(__name__)
 MAX_READ = 256  # entries one read may take
 RECLAIM_COUNT = 100
 RECLAIM_PAGES = 20  # pages of RECLAIM_COUNT one reclaim goes through per group
-
-
-CONSUMER_FILE = "consumer"  # in <root>/.ipcpool/: this root's consumer id
-
-
-def consumer_name(root: str, *, fsync: bool = False) -> str:
-    """The host name and a random id kept in ``<root>/.ipcpool/consumer``, made by the root's first start.
-
-    A supervisor restarted on its root has the same name, so it takes back its
-    own entries at once; any other root has another, whatever its path and its
-    host's name (containers with one fixed host name and the image's root path,
-    each on a volume of its own, never share a name: restarting one cannot take
-    what the other's workers hold). One root is one supervisor (its lock).
-    """
-    path = os.path.join(root, STATE_DIR, CONSUMER_FILE)
-    try:
-        with open(path, encoding="ascii") as handle:
-            token = handle.read().strip()
-    except (FileNotFoundError, UnicodeDecodeError):
-        token = ""
-    if not (len(token) == 16 and all(c in "0123456789abcdef" for c in token)):
-        token = os.urandom(8).hex()
-        tmp = f"{path}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, f"{token}\n".encode())
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    return f"{socket.gethostname()}:{token}"
 
 
 class LocalInboxes(Protocol):
@@ -123,7 +99,6 @@ class RedisSource:
         self.scripts = Scripts(self.client)
         self.consumer = ""  # this root's consumer name, read (or made) by open(): the root is ours by then
         self.lease_ms = int(config.redis.lease * 1000)
-        self.block_ms = int(min(config.spool.rescan_interval, 5.0) * 1000)
         self.groups: set[str] = set()
         # Entries taken from Redis, not yet handed to a worker: an ordered set (an entry is never in it
         # twice, whichever way it came: a read, a reclaim, a recovery).
@@ -144,11 +119,9 @@ class RedisSource:
         self.lost: set[tuple[str, str]] = set()  # entries another supervisor took from this one (said once)
         self._holding = False  # reclaims are held back after a gap (said once per gap)
         self.room = 0
-        self._reader: Any = None  # the connection blocking reads are made on (its own: it blocks)
-        self._reader_fd = -1
-        self._outstanding = False  # a read is in flight on it
+        self.reader = StreamReader(self.client, self.keys, int(min(config.spool.rescan_interval, 5.0) * 1000))
         self.out: set[tuple[str, str]] = set()  # handed to the pool and not given back yet
-        self._last_groups: dict[str, dict[str, Any]] = {}  # stats() while Redis is away: the last figures
+        self.figures = QueueFigures(self.client, self.keys)
         self.bridge = bridge  # the local inboxes: files into the streams, their answers back beside them
         self._watch_fds: list[int] = []  # the local inboxes' watch (inotify), once open
         self.next_groups = 0.0
@@ -177,7 +150,7 @@ class RedisSource:
 
     def filenos(self) -> list[int]:
         """The local inboxes' watch, and the socket of the read outstanding, if any: the loop waits on both."""
-        return [*self._watch_fds, self._reader_fd] if self._outstanding else list(self._watch_fds)
+        return [*self._watch_fds, self.reader.fd] if self.reader.outstanding else list(self._watch_fds)
 
     def poll(self, now: float, ready: Collection[int] | None = None, room: int = 0) -> bool:
         """The read that came back, the local inboxes, renewals, reclaims, retries; then one read is kept
@@ -187,7 +160,7 @@ class RedisSource:
             fds = self.filenos()
             ready = set(select.select(fds, [], [], 0)[0]) if fds else set()
         self.room = room
-        if self._outstanding and self._reader_fd in ready:
+        if self.reader.outstanding and self.reader.fd in ready:
             self._read_reply()
         more = self.bridge.poll(now, ready)
         if self.outage.down and not self.outage.may_try():
@@ -237,18 +210,23 @@ class RedisSource:
             n -= 1
         return taken
 
-    def done(self, group: str, ref: str, outcome: str, info: Any) -> None:
+    def done(self, group: str, ref: str, unfinished: Unfinished | None = None) -> None:
         key = (group, ref)
         self.out.discard(key)
         self.lost.discard(key)
         self.failures.pop(key, None)
-        if isinstance(info, dict) and ("ackHold" in info or "quarantine" in info):
-            self.pending_work[key] = info
-            self.journal.save(self.pending_work)
-            what = "its dead-lettering" if "quarantine" in info else "its ACK"
-            log.warning("IPC message finished, but Redis did not take %s: kept, and done as soon as it does "
-                        "group=%s entry=%s id=%s", what, group, ref,
-                        info.get("id") or (info.get("quarantine") or {}).get("id"))
+        if unfinished is None:
+            return
+        if isinstance(unfinished, DeadLetterLater):  # the journal's shapes (kept across restarts, as JSON)
+            self.pending_work[key] = {"quarantine": unfinished.record, "nack": unfinished.nack}
+            what, message_id = "its dead-lettering", unfinished.record.get("id")
+        else:
+            self.pending_work[key] = {"ackHold": unfinished.hold, "id": unfinished.message_id,
+                                      "name": unfinished.name, "error": unfinished.error}
+            what, message_id = "its ACK", unfinished.message_id
+        self.journal.save(self.pending_work)
+        log.warning("IPC message finished, but Redis did not take %s: kept, and done as soon as it does "
+                    "group=%s entry=%s id=%s", what, group, ref, message_id)
 
     def requeue(self, group: str, ref: str, *, later: float = 0.0) -> None:
         key = (group, ref)
@@ -346,59 +324,18 @@ class RedisSource:
         self._housekeeping = True
 
     def stats(self) -> dict[str, Any]:
-        """Each group's queue as Redis holds it, cluster-wide, plus what this supervisor read ahead.
-
-        ``queued`` is what no supervisor has taken yet (the same figure on every host);
-        ``buffered`` is what this one took and has not handed to a worker; the oldest age
-        is that of the oldest message waiting in either. Two round trips; none while
-        Redis is known to be away (the last figures stand, with the outage said).
-        """
+        """Each group's queue as Redis holds it, cluster-wide, plus what this supervisor read ahead
+        (:mod:`figures`); none read while Redis is known to be away (the last figures stand)."""
         names = sorted(self.groups)
-        replies = [] if self.outage.down or not names else self._queue_replies(names)
-        now_ms = time.time() * 1000
         buffered: dict[str, list[str]] = {g: [] for g in names}  # taken by this supervisor, not handed out yet
         for group, ref in (*self.queue, *self.later):
             if group in buffered:
                 buffered[group].append(ref)
-        groups: dict[str, dict[str, Any]] = {}
-        for n, group in enumerate(names):
-            if not replies:
-                last = self._last_groups.get(group, {"queued": 0, "pending": 0, "errors": 0})
-                groups[group] = dict(last, oldestQueuedAge=None, buffered=len(buffered[group]))
-                continue
-            depth, pending, dead, first = replies[n]
-            count = pending.get("pending", 0) if isinstance(pending, dict) else 0
-            stamps = [_entry_ms(ref) for ref in buffered[group]] + ([_entry_ms(_text(first[0][0]))] if first else [])
-            stamps = [t for t in stamps if t is not None]
-            oldest = round(max(0.0, now_ms - min(stamps)) / 1000, 3) if stamps else None
-            groups[group] = {"queued": max(0, depth - count), "pending": count, "errors": dead,
-                             "oldestQueuedAge": oldest, "buffered": len(buffered[group])}
-        if replies:
-            self._last_groups = groups
+        groups = self.figures.read(names, buffered, skip=self.outage.down)
         trouble = {"full": False, "stranded": len(self.pending_work), "ackHolds": 0,
                    "error": self.outage.describe(),
                    "consumer": self.consumer, "redisDown": self.outage.down, **self.bridge.stats()}
         return {"groups": groups, "transport": trouble}
-
-    def _queue_replies(self, names: list[str]) -> list[tuple[Any, Any, Any, Any]]:
-        """Per group: (length, pending summary, dead letters, the first entry no supervisor has taken)."""
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for group in names:
-                pipe.xlen(self.keys.stream(group))
-                pipe.xpending(self.keys.stream(group), CONSUMER_GROUP)
-                pipe.xlen(self.keys.dead(group))
-                pipe.xinfo_groups(self.keys.stream(group))
-            first = pipe.execute()
-            pipe = self.client.pipeline(transaction=False)
-            for n, group in enumerate(names):
-                info = next((g for g in first[4 * n + 3] if _text(g.get("name")) == CONSUMER_GROUP), {})
-                after = _text(info.get("last-delivered-id")) or "0-0"
-                pipe.xrange(self.keys.stream(group), f"({after}", "+", count=1)
-            waiting = pipe.execute()
-        except (*UNAVAILABLE, redis.exceptions.ResponseError):
-            return []
-        return [(first[4 * n], first[4 * n + 1], first[4 * n + 2], waiting[n]) for n in range(len(names))]
 
     def announce(self, status: dict[str, Any]) -> None:
         """This supervisor's status, for `ipcpool status` on any host (it expires unless renewed)."""
@@ -427,7 +364,7 @@ class RedisSource:
         self.queue.clear()
         self.later.clear()
         self._release(waiting)
-        self._drop_reader()
+        self.reader.drop()
         try:
             if self.consumer:
                 self.client.delete(self.keys.supervisor(self.consumer))
@@ -440,23 +377,13 @@ class RedisSource:
 
     def _issue_read(self) -> None:
         """Keep one blocking XREADGROUP outstanding while the pool has room and nothing waits here."""
-        if self._outstanding or not self.groups or self.room <= len(self.queue):
+        if self.reader.outstanding or not self.groups or self.room <= len(self.queue):
             return
-        count = min(MAX_READ, self.room - len(self.queue))
-        if self._reader is None:
-            self._reader = self.client.connection_pool.make_connection()  # its own: it blocks
-            self._reader.connect()
-        names = sorted(self.groups)
-        self._reader.send_command("XREADGROUP", "GROUP", CONSUMER_GROUP, self.consumer, "COUNT", count,
-                                  "BLOCK", self.block_ms, "STREAMS", *(self.keys.stream(g) for g in names),
-                                  *([">"] * len(names)))
-        self._reader_fd = self._reader._sock.fileno()
-        self._outstanding = True
+        self.reader.issue(self.consumer, sorted(self.groups), min(MAX_READ, self.room - len(self.queue)))
 
     def _read_reply(self) -> None:
-        self._outstanding = False
         try:
-            reply = self._reader.read_response()
+            taken = self.reader.read()
         except UNAVAILABLE as exc:
             self._lost(exc)
             return
@@ -465,20 +392,8 @@ class RedisSource:
             self.groups.clear()
             self.next_groups = 0.0
             return
-        prefix = len(self.keys.stream(""))
-        for stream, entries in reply or ():
-            group = _text(stream)[prefix:]
-            for entry_id, _fields in entries:
-                self._enqueue((group, _text(entry_id)))
-
-    def _drop_reader(self) -> None:
-        """The reader's connection failed (or we close): entries it may have taken unread come back to
-        this consumer when it recovers (its own pending entries), or to anyone after the lease."""
-        if self._reader is None:
-            return
-        self._outstanding = False
-        self._reader.disconnect()
-        self._reader = None
+        for key in taken:
+            self._enqueue(key)
 
     def _enqueue(self, key: tuple[str, str]) -> None:
         if key not in self.out and key not in self.later and key not in self.pending_work:
@@ -623,7 +538,7 @@ class RedisSource:
 
     def _lost(self, exc: BaseException) -> None:
         self.outage.failed(exc)
-        self._drop_reader()
+        self.reader.drop()
 
 
 def _answer_ttl(config: Config) -> int:
@@ -631,8 +546,3 @@ def _answer_ttl(config: Config) -> int:
 
     return max(60, int(ack_retry_window(config.ack)) + 60)
 
-
-def _entry_ms(entry_id: str) -> int | None:
-    """A stream entry id's milliseconds (``1700000000000-0``), or None for anything else."""
-    head = entry_id.split("-", 1)[0]
-    return int(head) if head.isdigit() else None

@@ -24,7 +24,7 @@ from ipcpool.config import Config
 from ipcpool.config import ack_retry_window as _window
 from ipcpool.errors import InvalidMessage
 from ipcpool.message import FORMATS, SNIFF_BYTES, now_iso
-from ipcpool.transport.base import MessageGone, Raw, Receipt
+from ipcpool.transport.base import AckHeld, MessageGone, Raw, Receipt
 from ipcpool.transport.redis.connection import UNAVAILABLE, Lane, connect, unavailable
 from ipcpool.transport.redis.keys import Keys
 from ipcpool.transport.redis.scripts import Scripts, complete, complete_commands, fetch_call, quarantine
@@ -214,8 +214,7 @@ class RedisStore:
     def _complete_failed(self, call: Completion, exc: BaseException, report: bool) -> None:
         group, ref, name, ack_id, _at = call
         if report:
-            self._failed[(group, ref)] = {"ackHold": ref, "id": ack_id, "name": name, "error": str(exc),
-                                          "errno": None}
+            self._failed[(group, ref)] = AckHeld(ref, ack_id, str(exc), name=name)
 
     def reply(self, group: str, request_id: str, data: bytes) -> bool:
         key = self.keys.response(group, request_id)

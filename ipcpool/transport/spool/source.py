@@ -31,6 +31,7 @@ from typing import Any
 from ipcpool.config import Config
 from ipcpool.errors import SpoolError
 from ipcpool.message import Summary, format_for, summarize_bytes
+from ipcpool.transport.base import AckHeld, DeadLetterLater, Unfinished
 from ipcpool.transport.spool.housekeeping import SLICE, prune_steps, run_slice
 from ipcpool.transport.spool.layout import (
     ERRORS,
@@ -148,18 +149,17 @@ class SpoolSource:
             n -= 1
         return taken
 
-    def done(self, group: str, ref: str, outcome: str, info: Any) -> None:
+    def done(self, group: str, ref: str, unfinished: Unfinished | None = None) -> None:
         key = (group, ref)
         self.taken.discard(key)
         if key in self.failures:
             del self.failures[key]
             self.spool.deliveries.drop(*key)
-        if isinstance(info, dict):
-            if "ackHold" in info:
-                self._ack_held((group, info["ackHold"]), info.get("id"))
-            elif "quarantine" in info:
-                self.stranded.add(key, QUARANTINE, info.get("error", "the move to errors/ failed"),
-                                  errno_=info.get("errno"), record=info["quarantine"], nack=info.get("nack"))
+        if isinstance(unfinished, AckHeld):
+            self._ack_held((group, unfinished.hold), unfinished.message_id)
+        elif isinstance(unfinished, DeadLetterLater):
+            self.stranded.add(key, QUARANTINE, unfinished.error, errno_=unfinished.errno, record=unfinished.record,
+                              nack=unfinished.nack)
         self._unblock(key)
 
     def requeue(self, group: str, ref: str, *, later: float = 0.0) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from ipcpool.config import Config
 from ipcpool.message import format_for
-from ipcpool.transport.base import MessageGone, Raw, Receipt
+from ipcpool.transport.base import AckHeld, MessageGone, Raw, Receipt
 from ipcpool.transport.spool.layout import MESSAGES, ack_name, message_stem, split_name
 from ipcpool.transport.spool.spool import Spool
 
@@ -47,7 +47,7 @@ class SpoolStore:
             spool.ledger.has_ack_named(group, ack_name(message_id))
 
     def complete(self, group: str, ref: str, ack_id: str | None, token: Any, *, duplicate: bool = False
-                 ) -> dict[str, Any] | None:
+                 ) -> AckHeld | None:
         """Ack (when asked), then remove; an ack that cannot be written holds the file instead. A ``duplicate``
         (a copy of what is acked already) refreshes its ack, best effort, and goes."""
         spool = self.spool
@@ -63,11 +63,11 @@ class SpoolStore:
                 spool.ledger.write_ack_named(group, ack_name(ack_id))
             except OSError as exc:
                 held = spool.claims.hold_for_ack(group, ref, ack_id)
-                return {"ackHold": held, "id": ack_id, "errno": exc.errno, "error": exc.strerror or str(exc)}
+                return AckHeld(held, ack_id, exc.strerror or str(exc), exc.errno)
         spool.claims.complete(group, ref, recycle=token)
         return None
 
-    def settle(self) -> dict[tuple[str, str], dict[str, Any]]:
+    def settle(self) -> dict[tuple[str, str], AckHeld]:
         return {}  # complete() is done when it returns
 
     def reply(self, group: str, request_id: str, data: bytes) -> bool:

@@ -1,4 +1,4 @@
-"""Worker processes as the supervisor sees them: spawn, signal, read, describe exits.
+"""A worker process as the supervisor sees it: spawn it, signal it, know when it has ended, say how.
 
 Each worker gets its own pair of one-way pipes (tasks in, results out), rebuilt
 when it is replaced: a shared queue would wedge the whole pool if one process
@@ -32,8 +32,8 @@ from ipcpool import portable
 from ipcpool.channel import ResultChannel, TaskChannel
 from ipcpool.config import Config
 from ipcpool.ops.health import ProcessProbe, ProcessReading, pid_alive, process_create_time
-from ipcpool.portable import flock_holders
-from ipcpool.worker import SHARED_SLOTS, SLOT_SEQ, SLOT_STARTED, WorkerSpec, worker_main
+from ipcpool.pool.protocol import SHARED_SLOTS, SLOT_SEQ, SLOT_STARTED, Command, Stop
+from ipcpool.pool.worker import WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +192,27 @@ class WorkerHandle:
                 row[2 if delivery is current else 1] += 1
         return {group: (n, held, running) for group, (n, held, running) in counts.items()}
 
-    def send(self, command: tuple[Any, ...]) -> bool:
+    def send(self, command: Command) -> bool:
         """Queue a command without blocking; False when its channel is closed."""
         return self.tasks.send(command)
+
+    def stop(self, reason: StopReason, now: float) -> None:
+        """Ask it to finish its current delivery, return the rest and exit (a planned stop has a deadline)."""
+        self.stop_reason = reason
+        self.state = WorkerState.STOPPING
+        if reason in (StopReason.RECYCLE, StopReason.RELOAD, StopReason.RESIZE):
+            pool = self.config.pool
+            self.stop_by = now + pool.handler_timeout + pool.shutdown_grace
+        if not self.send(Stop()):
+            self.signal(signal.SIGTERM)
+
+    def kill(self, reason: StopReason, why: str, now: float) -> None:
+        """TERM now, KILL after [pool] kill_grace."""
+        log.warning("killing worker pid=%d slot=%d (%s): %s", self.pid, self.slot, reason.value, why)
+        self.stop_reason = reason if self.stop_reason is not StopReason.DRAIN else StopReason.DRAIN
+        self.state = WorkerState.STOPPING
+        self.signal(signal.SIGTERM)
+        self.kill_at = now + self.config.pool.kill_grace
 
     def signal(self, signum: int) -> None:
         """Signal this process, never a stranger that reused its pid: through its pidfd, or by pid once its
@@ -291,63 +309,8 @@ def describe_exit(code: int | None, *, killed_by_us: bool = False) -> str:
     return f"exited with code {code}"
 
 
-def wall_to_iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-# -- workers of a supervisor that is gone ------------------------------------------------------
-
-
 def _create_time(pid: int) -> float | None:
     try:
         return process_create_time(pid)
     except Exception:  # noqa: BLE001 - it ended already: its death is seen through its sentinel
         return None
-
-
-def lock_holders(fd: int) -> list[int]:
-    """Other pids that /proc/locks lists as holding a flock on the file open as ``fd`` (Linux; [] elsewhere).
-
-    Candidates only: see :func:`kill_lock_holders` before signalling any of them.
-    """
-    st = os.fstat(fd)
-    return [pid for pid in flock_holders(st.st_dev, st.st_ino) or [] if pid != os.getpid()]
-
-
-def kill_lock_holders(fd: int, candidates: list[int], recorded: dict[int, float] | None = None) -> list[int]:
-    """SIGKILL those of ``candidates`` and of ``recorded`` (pid -> start time: the workers a previous
-    supervisor recorded) that hold the file open as ``fd``; returns whom.
-
-    Never kills a stranger: a pid may have been reused since. Each one is pinned
-    with a pidfd where there are pidfds, then proven to be the holder: it has our
-    lock file open (``/proc``), or, where that cannot be read, it is a recorded
-    worker with the start time recorded. The signal goes through the pidfd, so it
-    reaches the process that was checked or nobody; without pidfds it goes by pid
-    right after the check.
-    """
-    st = os.fstat(fd)
-    recorded = recorded or {}
-    killed: list[int] = []
-    for pid in dict.fromkeys([*candidates, *recorded]):
-        if pid == os.getpid():
-            continue
-        pidfd = portable.pidfd_open(pid)
-        try:
-            proven = portable.has_open(pid, st.st_dev, st.st_ino)
-            if proven is None:  # no /proc here: the record of who our workers were is the proof
-                proven = pid in recorded and pid_alive(pid, recorded[pid])
-            if not proven:
-                continue
-            if pidfd is not None:
-                portable.pidfd_signal(pidfd, signal.SIGKILL)
-            elif pid_alive(pid, recorded.get(pid)):
-                os.kill(pid, signal.SIGKILL)
-            else:
-                continue
-            killed.append(pid)
-        except ProcessLookupError:
-            pass
-        finally:
-            if pidfd is not None:
-                os.close(pidfd)
-    return killed

@@ -1,0 +1,52 @@
+"""The one blocking ``XREADGROUP`` a supervisor keeps outstanding, on a connection of its own.
+
+Its socket is among what the supervisor's loop waits on, so a new entry
+reaches a worker without polling; the reply is read only once the socket is
+readable. The source decides when to read and for how many (its room).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis import Redis
+
+from ipcpool.transport.redis.keys import CONSUMER_GROUP, Keys
+from ipcpool.transport.redis.store import _text
+
+
+class StreamReader:
+    def __init__(self, client: Redis, keys: Keys, block_ms: int) -> None:
+        self.client = client
+        self.keys = keys
+        self.block_ms = block_ms
+        self._connection: Any = None  # its own: it blocks
+        self.fd = -1
+        self.outstanding = False  # a read is in flight
+
+    def issue(self, consumer: str, groups: list[str], count: int) -> None:
+        if self._connection is None:
+            self._connection = self.client.connection_pool.make_connection()
+            self._connection.connect()
+        self._connection.send_command("XREADGROUP", "GROUP", CONSUMER_GROUP, consumer, "COUNT", count,
+                                      "BLOCK", self.block_ms, "STREAMS", *(self.keys.stream(g) for g in groups),
+                                      *([">"] * len(groups)))
+        self.fd = self._connection._sock.fileno()
+        self.outstanding = True
+
+    def read(self) -> list[tuple[str, str]]:
+        """The entries the read took, as (group, entry id); raises what Redis raises (the read is over)."""
+        self.outstanding = False
+        reply = self._connection.read_response()
+        prefix = len(self.keys.stream(""))
+        return [(_text(stream)[prefix:], _text(entry_id)) for stream, entries in reply or ()
+                for entry_id, _fields in entries]
+
+    def drop(self) -> None:
+        """The connection failed (or we close): entries a read may have taken unread come back to this
+        consumer when it recovers (its own pending entries), or to anyone after the lease."""
+        if self._connection is None:
+            return
+        self.outstanding = False
+        self._connection.disconnect()
+        self._connection = None
