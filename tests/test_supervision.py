@@ -391,3 +391,30 @@ def test_a_successor_kills_the_old_supervisors_stuck_worker_and_handles_what_it_
     wait_until(lambda: not psutil.pid_exists(stuck) or psutil.Process(stuck).status() == psutil.STATUS_ZOMBIE, 20,
                message="the stuck worker gone")
     assert successor.stop() == 0
+
+
+def test_a_worker_whose_supervisor_is_sigkilled_finishes_its_message_and_the_successor_waits_for_it(
+        tmp_path, root, supervisor_factory):
+    """SIGKILL the supervisor alone while a handler runs: the worker finishes that message (acked, not run
+    again by the next supervisor), then exits; the successor waits for it (past the short grace it gives a
+    worker that cannot run), instead of killing it and running the message twice."""
+    config = write_config(tmp_path / "c.toml", root, sections={"pool": {"workers": 1, "handler_timeout": 60.0}})
+    sup = supervisor_factory(config)
+    gate = tmp_path / "gate"
+    client = Client(root, "main")
+    running = client.send("main", "task", {"gate": str(gate)}, requires_ack=True)
+    behind = client.send("main", "task", {"n": 2}, requires_ack=True)
+    worker = wait_until(lambda: next((r["pid"] for r in records(tmp_path) if r["id"] == running), None), 30,
+                        message="the gated message running")
+    sup.kill()
+    successor = supervisor_factory(config, wait_ready=False)
+    wait_until(lambda: f"worker pid={worker} still runs a message; waiting for it" in successor.log_since_start(),
+               30, message="the successor past its short grace, waiting for the live worker")
+    assert psutil.pid_exists(worker) and not (root / "main" / "acks" / f"{running}.ack").exists()
+    gate.touch()
+    wait_until(lambda: all((root / "main" / "acks" / f"{i}.ack").exists() for i in (running, behind)), 60,
+               message="both acked")
+    wait_until(lambda: "Enhanced IPC system started" in successor.log_since_start(), 30, message="successor up")
+    assert Counter(r["id"] for r in records(tmp_path))[running] == 1, "the running message ran once"
+    assert "killed orphaned worker" not in successor.log_since_start()
+    assert successor.stop() == 0

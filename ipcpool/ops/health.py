@@ -109,6 +109,14 @@ def pid_alive(pid: int, create_time: float | None = None) -> bool:
         return False
 
 
+def process_stopped(pid: int) -> bool:
+    """Whether ``pid`` is stopped (SIGSTOP, a debugger): it cannot finish anything until continued."""
+    try:
+        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+    except psutil.Error:
+        return False
+
+
 def process_create_time(pid: int) -> float:
     return psutil.Process(pid).create_time()
 

@@ -2,8 +2,9 @@
 
 Every worker holds ``<root>/.ipcpool/workers.lock`` shared for its life. A
 new supervisor waits until it can take the lock exclusively, so a message an
-old worker still runs is never handed to a new one. Killing is the last
-resort, and only of processes proven to hold that very lock (``/proc``), or,
+old worker still runs is never handed to a new one. A worker that
+outlived its supervisor finishes the message it runs first. Killing is the
+last resort, and only of processes proven to hold that very lock (``/proc``), or,
 where ``/proc`` cannot be read, recorded by the previous supervisor with the
 same start time: never a stranger that reused a pid.
 """
@@ -19,7 +20,7 @@ from collections.abc import Callable
 
 from ipcpool import portable
 from ipcpool.localroot import LocalRoot
-from ipcpool.ops.health import pid_alive
+from ipcpool.ops.health import pid_alive, process_stopped
 from ipcpool.portable import flock_holders
 
 log = logging.getLogger(__name__)
@@ -27,20 +28,23 @@ log = logging.getLogger(__name__)
 POLL = 0.05  # seconds between two tries of the lock
 
 
-def wait_for_old_workers(local: LocalRoot, interval: float, *, interrupted: Callable[[], bool],
-                         still_starting: Callable[[], None]) -> None:
+def wait_for_old_workers(local: LocalRoot, interval: float, handler_timeout: float, *,
+                         interrupted: Callable[[], bool], still_starting: Callable[[], None]) -> None:
     """Return once no worker of an earlier supervisor holds workers.lock (or a signal came: ``interrupted``).
 
-    After a grace period the holders still there are killed, once; then
-    start-up goes on regardless, so a lock leaked into some unrelated process
-    can delay a restart but never block it. ``still_starting`` is called every
-    ``interval`` (status.json says "starting", so senders keep waiting).
+    A worker whose supervisor was SIGKILLed finishes the message it runs, then exits (so that message is not
+    run twice): it is given up to ``handler_timeout``. One that cannot run (stopped) is killed after a
+    short grace; any still there after the long wait is killed too; then start-up goes on regardless, so a
+    lock leaked into some unrelated process can delay a restart but never block it. ``still_starting`` is
+    called every ``interval`` (status.json says "starting", so senders keep waiting).
     """
     fd = os.open(local.workers_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     grace = 2 * interval + 1.0
-    deadline = time.monotonic() + grace
+    stuck_at = time.monotonic() + grace  # holders that cannot run are killed then
+    every_at = stuck_at + handler_timeout  # any holder still there is killed then
     next_status = time.monotonic() + interval
-    killed = False
+    told: set[int] = set()
+    killed_all = False
     try:
         while not interrupted():
             try:
@@ -49,20 +53,38 @@ def wait_for_old_workers(local: LocalRoot, interval: float, *, interrupted: Call
                 return
             except BlockingIOError:
                 pass
-            if time.monotonic() > deadline:
-                if killed:
+            now = time.monotonic()
+            if now > every_at:
+                if killed_all:
                     log.warning("workers.lock is still held; starting anyway")
                     return
-                for pid in kill_lock_holders(fd, lock_holders(fd), local.recorded_workers()):
-                    log.warning("killed orphaned worker pid=%d of a previous supervisor", pid)
-                killed = True
-                deadline = time.monotonic() + grace
-            if time.monotonic() >= next_status:
-                next_status = time.monotonic() + interval
+                _kill_holders(fd, local, lambda _pid: True)
+                killed_all = True
+                every_at = now + grace
+            elif now > stuck_at:
+                for pid in _kill_holders(fd, local, process_stopped, spared=told):
+                    told.add(pid)
+                    log.info("a previous supervisor's worker pid=%d still runs a message; waiting for it to "
+                             "finish (up to handler_timeout %gs)", pid, handler_timeout)
+            if now >= next_status:
+                next_status = now + interval
                 still_starting()
             time.sleep(POLL)  # a lock has no descriptor to wait on; 20 tries a second, only at start
     finally:
         os.close(fd)
+
+
+def _kill_holders(fd: int, local: LocalRoot, which: Callable[[int], bool], spared: set[int] | None = None
+                  ) -> list[int]:
+    """Kill the proven holders ``which`` picks; returns the holders it spared (not yet in ``spared``)."""
+    holders = lock_holders(fd)
+    recorded = local.recorded_workers()
+    chosen = [pid for pid in dict.fromkeys([*holders, *recorded]) if which(pid)]
+    for pid in kill_lock_holders(fd, [p for p in holders if p in chosen],
+                                 {p: t for p, t in recorded.items() if p in chosen}):
+        log.warning("killed orphaned worker pid=%d of a previous supervisor", pid)
+    return [pid for pid in dict.fromkeys([*holders, *recorded])
+            if pid not in chosen and pid_alive(pid, recorded.get(pid)) and pid not in (spared or set())]
 
 
 def lock_holders(fd: int) -> list[int]:

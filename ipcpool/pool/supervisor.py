@@ -158,8 +158,8 @@ class Supervisor:
     def boot(self) -> None:
         proctitle.Title().set(proctitle.supervisor(self.local.root))
         self._install_signals()
-        wait_for_old_workers(self.local, self.config.heartbeat.interval, interrupted=lambda: bool(self._signals),
-                             still_starting=self.write_starting_status)
+        wait_for_old_workers(self.local, self.config.heartbeat.interval, self.config.pool.handler_timeout,
+                             interrupted=lambda: bool(self._signals), still_starting=self.write_starting_status)
         recovered = self.source.open()
         now = self.clock()
         for slot in range(self.pool.size):

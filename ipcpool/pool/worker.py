@@ -99,6 +99,8 @@ class Worker:
         self._stopping = False
         self._term_at: float | None = None  # when SIGTERM asked this worker itself to stop
         self._retiring = False  # stopping because max_tasks was reached
+        self._orphaned = False  # the supervisor is gone: end once the running delivery is done
+        self._delivery_ended = threading.Event()  # what the heartbeat thread of an orphan waits for
         self.title = proctitle.Title()
         self._max_tasks = spec.max_tasks
         self._pid = os.getpid()
@@ -155,6 +157,9 @@ class Worker:
                     continue
             seq, group, name, deliveries = self._queue.popleft()
             outcome, info = pipeline.process(seq, group, name, deliveries)
+            if self._orphaned:  # completed (acked, removed): nobody is left to report it to
+                self._delivery_ended.set()
+                self.exit_now(EXIT_OK)
             if outcome is Outcome.HANDLED:
                 self._unsettled[(group, name)] = len(self._done)
             self._done.append((seq, outcome, info))
@@ -215,6 +220,19 @@ class Worker:
 
     # -- heartbeats ----------------------------------------------------------------------------
 
+    def _outlive_supervisor(self, supervisor: int) -> None:
+        """The supervisor is gone (SIGKILLed): the handler running now finishes and its message is completed,
+        so the next supervisor does not run it again; then the worker exits, within ``handler_timeout``.
+
+        What it held and had not started stays claimed: the next supervisor waits for this worker (it holds
+        workers.lock) before it takes those back.
+        """
+        log.warning("worker %d: supervisor %d is gone; finishing the running message, if any (within "
+                    "handler_timeout %gs), then exiting", self._pid, supervisor, self.config.pool.handler_timeout)
+        self._orphaned = True  # the main loop exits after the delivery it runs, or at its pipe's end if idle
+        self._delivery_ended.wait(self.config.pool.handler_timeout)
+        self.exit_now(EXIT_OK)
+
     def heartbeat(self) -> dict[str, Any]:
         pipeline = self.pipeline
         current = pipeline.current
@@ -258,8 +276,7 @@ class Worker:
                 if now >= next_beat:
                     next_beat = now + interval
                     if not pid_alive(supervisor, born):
-                        log.warning("worker %d: supervisor %d is gone; exiting", self._pid, supervisor)
-                        self.exit_now(EXIT_OK)
+                        self._outlive_supervisor(supervisor)
                     self.send(Heartbeat(self.heartbeat()))
                     title.set(proctitle.worker(self.spec.slot, self.pipeline.current_message,
                                                "stopping" if self._stopping else "idle"))
