@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -136,3 +137,82 @@ def test_a_file_the_bridge_refuses_is_answered_beside_it(tmp_path, env, redis_ur
     assert nack["outcome"] == "rejected" and "invalid JSON" in nack["reason"]
     assert nack["sha256"] == hashlib.sha256(body).hexdigest()
     assert any(n.endswith(".error.json") for n in os.listdir(root / "main" / "errors"))
+
+
+def test_a_nack_left_by_an_earlier_message_of_the_same_id_does_not_answer_the_new_one(tmp_path, env, redis_url,
+                                                                                      redis_prefix, started):
+    """Nacks outlive their message ([ack] retention): a message sent again under an id that failed before
+    gets its own answer written back (its ack), not the old nack."""
+    config = _host(tmp_path, "a", redis_url, redis_prefix)
+    started.append(SupervisorProcess(config, tmp_path, env, tmp_path / "a.log").start())
+    root = tmp_path / "a" / "ipc"
+    nack_path, ack_path = root / "main" / "acks" / "again.nack", root / "main" / "acks" / "again.ack"
+    _drop(root, "again", requiresAck=True, timestamp="2026-12-06T00:00:00.000Z", payload={"raise": "first"})
+    wait_until(nack_path.exists, 30, message="the first copy's nack")
+    first = json.loads(nack_path.read_bytes())
+    nack_path.unlink()  # its writer read it
+    gate = tmp_path / "gate"
+    _drop(root, "again", requiresAck=True, timestamp="2026-12-06T00:00:01.000Z", payload={"gate": str(gate)})
+    wait_until(lambda: sum(r["id"] == "again" for r in records(tmp_path)) >= 2, 30, message="the second copy runs")
+    assert not nack_path.exists(), f"the old nack written back for the new message: {first}"
+    gate.touch()
+    wait_until(ack_path.exists, 30, message="the second copy's ack, beside it")
+    assert not nack_path.exists()
+
+
+def test_a_redis_outage_in_the_middle_of_a_bridged_batch_strands_none_of_it(tmp_path, env, private_redis, started):
+    """The bridge claims its local files in batches; Redis dies while one is being sent on: what was not sent
+    goes back to the inbox with the file that failed, and everything is handled once Redis is back."""
+    config = _host(tmp_path, "a", private_redis.url, "outage", workers=2, prefetch=16)
+    sup = SupervisorProcess(config, tmp_path, env, tmp_path / "a.log").start()
+    started.append(sup)
+    root = tmp_path / "a" / "ipc"
+    ids = [f"b{n}" for n in range(1500)]
+    os.kill(sup.pid, signal.SIGSTOP)  # a backlog builds up in the local inbox
+    try:
+        for message_id in ids:
+            _drop(root, message_id)
+    finally:
+        os.kill(sup.pid, signal.SIGCONT)
+    wait_until(lambda: len(os.listdir(root / "main" / "messages")) < 1300, 30, message="bridging under way")
+    private_redis.kill()
+    private_redis.start()
+    wait_until(lambda: {r["id"] for r in records(tmp_path)} >= set(ids), 120, message="every file handled")
+    wait_until(lambda: not [n for n in os.listdir(root / "main" / "processing") if not n.startswith(".")], 30,
+               message="nothing left claimed in the local processing/")
+
+
+@pytest.fixture
+def whole_second_filesystem(tmp_path: Path) -> Any:
+    """An ext4 with 128-byte inodes, loop-mounted: file times in whole seconds, as on HFS+, FAT, some NFS."""
+    mkfs = require_tool("mkfs.ext4", shutil.which("mkfs.ext4"), "Debian: apt-get install e2fsprogs")
+    image, mountpoint = tmp_path / "fs.img", tmp_path / "mnt"
+    mountpoint.mkdir()
+    with open(image, "wb") as handle:
+        handle.truncate(64 << 20)
+    subprocess.run([mkfs, "-q", "-F", "-I", "128", str(image)], check=True, capture_output=True)
+    mounted = subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        require_tool("a loop mount", None, f"root and a loop device: {mounted.stderr.strip()}")
+    yield mountpoint
+    subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_a_name_reused_within_one_second_on_a_whole_second_filesystem_is_sent_every_time(
+        tmp_path, env, redis_url, redis_prefix, started, whole_second_filesystem):
+    """A legacy writer reuses one name for files of one size, one after another: the freed inode comes back
+    with the same time and size. Each is a message and is sent on; none is taken for the one before."""
+    config = write_config(tmp_path / "c.toml", whole_second_filesystem / "ipc",
+                          sections={"transport": {"backend": "redis"},
+                                    "redis": {"url": redis_url, "prefix": redis_prefix},
+                                    "pool": {"workers": 1}})
+    started.append(SupervisorProcess(config, tmp_path, env, tmp_path / "a.log").start())
+    root = whole_second_filesystem / "ipc"
+    for n in range(10, 40):
+        body = json.dumps({"id": f"same-{n}", "type": "task", "payload": {}}).encode()
+        tmp = root / "main" / "tmp" / ".status.part"
+        tmp.write_bytes(body)
+        os.rename(tmp, root / "main" / "messages" / "status.json")
+        wait_until(lambda: not (root / "main" / "messages" / "status.json").exists(), 10, message="taken")
+    wanted = {f"same-{n}" for n in range(10, 40)}
+    wait_until(lambda: {r["id"] for r in records(tmp_path)} >= wanted, 30, message="every one of them handled")

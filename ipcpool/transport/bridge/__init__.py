@@ -34,7 +34,8 @@ class Bridge:
 
     def attach(self, client: Any, keys: Any, scripts: Any, consumer: str) -> int:
         """The Redis side, once this supervisor's consumer name is known; the answers still to write back."""
-        self.ingest.scripts, self.ingest.keys, self.ingest.consumer = scripts, keys, consumer
+        ingest = self.ingest
+        ingest.client, ingest.scripts, ingest.keys, ingest.consumer = client, scripts, keys, consumer
         self.relay = self.ingest.relay = AnswerRelay(self.config, client, keys, self.ingest.local.spool, consumer)
         return self.relay.load()
 

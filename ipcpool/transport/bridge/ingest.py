@@ -4,9 +4,10 @@ only write files can use a fleet.
 The local root is watched, scanned and claimed exactly as the file spool does
 it (a :class:`SpoolSource`: the same guarantees up to this point). Each
 claimed file is read safely and published with a marker of its identity
-(name, inode, modification time, size), in the same script call, so a
-restart between publishing and removing the file never publishes it twice;
-then the file is removed. A file that must not be read (a link, a FIFO, too
+(name, inode, modification time, size, bytes), in the same script call, so
+a restart between publishing and removing the file never publishes it
+twice; then the file is removed, and the marker with it (a file sent again
+later under the same name is a new message). A file that must not be read (a link, a FIFO, too
 large) is quarantined locally, in ``errors/``, with the reason. While Redis
 is away, files wait where they are.
 
@@ -59,7 +60,8 @@ class Ingest:
     def __init__(self, config: Config, *, clock: Callable[[], float], on_hint: Callable[[], None]) -> None:
         self.config = config
         self.keys: Keys = Keys(config.redis.prefix)
-        self.scripts: Scripts | None = None  # the Redis side, once attached (see Bridge.attach)
+        self.client: Any = None  # the Redis side, once attached (see Bridge.attach)
+        self.scripts: Scripts | None = None
         self.consumer = ""
         self.local = SpoolSource(config, clock=clock, on_hint=on_hint)
         self.moved = 0
@@ -83,10 +85,13 @@ class Ingest:
 
     def forward(self, now: float) -> None:
         """Move what is claimable now into the streams (UNAVAILABLE propagates: the files wait)."""
-        for group, name, _deliveries in self.local.take(BATCH):
+        batch = self.local.take(BATCH)
+        for n, (group, name, _deliveries) in enumerate(batch):
             try:
                 self._forward(group, name)
             except UNAVAILABLE:
+                for rest_group, rest_name, _d in batch[n + 1:]:  # claimed with it: they wait in their inbox too
+                    self.local.requeue(rest_group, rest_name, later=RETRY_LATER)
                 raise
             except Exception as exc:
                 log.exception("cannot send a local file on to Redis group=%s file=%s; it is quarantined locally",
@@ -123,16 +128,18 @@ class Ingest:
                 self._refuse(group, name, str(exc), sniff(result.data, fmt, message_stem(name)), result.data)
             return
         inbox = split_name(name)[0] if "/" in name else MESSAGES
-        identity = os.fsencode(name) + f":{st.st_ino}:{st.st_mtime_ns}:{st.st_size}".encode()
+        digest = hashlib.sha1(result.data).hexdigest()
+        # Its bytes too: where times are whole seconds, a name reused within one on a reused inode is another file.
+        identity = os.fsencode(name) + f":{st.st_ino}:{st.st_mtime_ns}:{st.st_size}:{digest}".encode()
         marker = self.keys.ingested(self.consumer, group, hashlib.sha1(identity).hexdigest())
         stem = stem_of(name)
         wants = said.id is not None and (said.requires_ack or said.reply_to is not None)
         relay = (self.keys.relay(self.consumer), relay_field(group, said.id), relay_value(said.reply_to,
-                 said.requires_ack)) if wants and said.id is not None else None
+                 said.requires_ack, said.timestamp)) if wants and said.id is not None else None
         try:
             assert self.scripts is not None
             reply = publish(self.scripts, self.keys, group, stem, stem, result.data,
-                            fmt, inbox, hashlib.sha1(result.data).hexdigest(),
+                            fmt, inbox, digest,
                             self.config.spool.max_queued, max(1, int(self.config.ack.retention)), marker,
                             relay=relay)
         except UNAVAILABLE:
@@ -148,10 +155,20 @@ class Ingest:
             return
         self.waiting.discard((group, name))
         if relay is not None and self.relay is not None and said.id is not None and verdict == b"ok":
-            self.relay.add(group, said.id, said.reply_to, said.requires_ack)  # its answers come back here
+            self.relay.add(group, said.id, said.reply_to, said.requires_ack, said.timestamp)  # answers come here
         spool.claims.complete(group, name)
         self.local.done(group, name)
         self.moved += 1
+        self._forget_marker(marker)
+
+    def _forget_marker(self, marker: str) -> None:
+        """The file is gone: its marker has done its job (a restart between publishing and removing it). Kept,
+        a file reusing its name, inode and bytes later (a writer sending the same message again) would be
+        taken for it and dropped."""
+        try:
+            self.client.delete(marker)
+        except UNAVAILABLE:
+            pass  # it expires within a day; nothing is lost meanwhile but a resend of identical bytes
 
     def _refuse(self, group: str, name: str, reason: str, said: Summary | None = None,
                 data: bytes | None = None) -> None:

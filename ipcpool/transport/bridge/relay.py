@@ -37,7 +37,13 @@ class Relayed:
     reply_to: str | None  # a response is wanted there
     wants_ack: bool
     since: float  # wall time it was sent on
+    timestamp: str | None = None  # the envelope's: a nack of this very message says it (an older one does not)
     done: set[str] = field(default_factory=set)  # "ack", "response": written back already
+
+    def owns(self, nack: Any) -> bool:
+        """A nack of this message, not of an earlier one under the same id (nacks outlive their message): its
+        envelope's timestamp (a hand-written envelope without one cannot tell, as on the spool)."""
+        return isinstance(nack, dict) and (self.timestamp is None or nack.get("timestamp") == self.timestamp)
 
     @property
     def answered(self) -> bool:
@@ -48,8 +54,8 @@ def relay_field(group: str, message_id: str) -> str:
     return f"{group}/{message_id}"  # neither a group name nor an id may hold '/'
 
 
-def relay_value(reply_to: str | None, wants_ack: bool) -> str:
-    return json.dumps({"replyTo": reply_to, "ack": wants_ack, "since": time.time()})
+def relay_value(reply_to: str | None, wants_ack: bool, timestamp: str | None) -> str:
+    return json.dumps({"replyTo": reply_to, "ack": wants_ack, "since": time.time(), "timestamp": timestamp})
 
 
 class AnswerRelay:
@@ -74,14 +80,16 @@ class AnswerRelay:
             try:
                 value = json.loads(raw_value)
                 self.pending[(group, message_id)] = Relayed(value.get("replyTo"), bool(value.get("ack")),
-                                                            float(value.get("since") or time.time()))
+                                                            float(value.get("since") or time.time()),
+                                                            value.get("timestamp"))
             except (ValueError, TypeError, AttributeError):
                 self.client.hdel(self.key, raw_field)
         return len(self.pending)
 
-    def add(self, group: str, message_id: str, reply_to: str | None, wants_ack: bool) -> None:
+    def add(self, group: str, message_id: str, reply_to: str | None, wants_ack: bool, timestamp: str | None
+            ) -> None:
         """The bridge sent it on (the hash entry is written by the same publish call)."""
-        self.pending[(group, message_id)] = Relayed(reply_to, wants_ack, time.time())
+        self.pending[(group, message_id)] = Relayed(reply_to, wants_ack, time.time(), timestamp)
 
     def check(self, now: float) -> None:
         """One round trip for every answer awaited; each found is written beside the file (raises UNAVAILABLE)."""
@@ -128,7 +136,7 @@ class AnswerRelay:
                 relayed.done.add("ack")
             if nack is not None:
                 body = json.loads(nack)
-                if isinstance(body, dict) and body.get("id") == message_id:
+                if relayed.owns(body) and body.get("id") == message_id:
                     self.spool.ledger.write_nack(group, body)
                     return True
         except OSError as exc:  # a full disk, a folder removed: tried again at the next look
