@@ -370,3 +370,24 @@ def test_cli_send_ack_times_out_against_a_stopped_pool(tmp_path, root, env):
     queued = files(root, "main", "messages")
     assert len(queued) == 1, "re-sends keep one copy"
     assert queued[0].split(".")[0] in reasons[0]
+
+
+def test_errors_commands_never_reach_outside_the_root_through_a_group(tmp_path, root, env):
+    """A ``<group>/errors/<name>`` whose group is a path (``../..``) is refused, exit 2, and what lies outside
+    the root (shaped like an errors/ folder) is neither shown, nor moved, nor removed."""
+    config = _config_a(tmp_path, root)
+    (root / "main" / "errors").mkdir(parents=True, exist_ok=True)
+    outside = tmp_path / "outside" / "errors"
+    outside.mkdir(parents=True)
+    name = "1700000000000-secret.json"
+    (outside / name).write_text('{"id": "secret", "type": "task", "payload": {}}')
+    (outside / f"{name}{ERROR_SUFFIX}").write_text(json.dumps({"id": "secret", "reason": "planted",
+                                                                "inbox": "messages", "originalName": "x.json"}))
+    escape = f"{os.path.relpath(tmp_path / 'outside', root)}/errors/{name}"
+    for action in ("show", "retry"):
+        out = cli(env, "errors", action, escape, "--config", str(config))
+        assert out.returncode == 2 and "invalid group name" in out.stderr, (action, out.stdout, out.stderr)
+        assert "planted" not in out.stdout
+    out = cli(env, "errors", "list", "--group", "../outside", "--config", str(config))
+    assert out.returncode == 2 and "invalid group name" in out.stderr, out.stderr
+    assert sorted(os.listdir(outside)) == [name, f"{name}{ERROR_SUFFIX}"], "nothing outside the root touched"

@@ -295,3 +295,17 @@ def test_a_file_dropped_under_a_senders_id_does_not_answer_that_sender(tmp_path,
         gate.touch()
         thread.join(60)
     assert outcome == {"id": "victim"}, outcome
+
+
+def test_a_folder_made_in_an_inbox_is_left_alone_with_what_it_holds(tmp_path, root, supervisor_factory):
+    """A directory is no message: made in messages/ while the pool runs (an inotify event, not only a scan),
+    it stays where it is, with its contents, and nothing goes to errors/."""
+    config = write_config(tmp_path / "c.toml", root)
+    supervisor_factory(config)
+    folder = root / "main" / "messages" / "a-folder.json"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    after = Client(root, "main").send("main", "task", {"n": 1}, requires_ack=True)
+    wait_until(lambda: (root / "main" / "acks" / f"{after}.ack").exists(), 30, message="a message made after it")
+    assert (folder / "keep.txt").read_text() == "mine", "the folder and its contents stay in messages/"
+    assert not [n for n in os.listdir(root / "main" / "errors") if not n.startswith(".")]

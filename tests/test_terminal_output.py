@@ -218,3 +218,30 @@ def test_printable_escapes_every_unsafe_character_and_nothing_else():
     kept = "plain ASCII [red]x[/red] :warning: \\x1b é 日本 🙂 \u200d"
     assert printable(kept) == kept, "only what a terminal would act on is escaped"
     assert printable(printable("\x1b]52;c;x\x07")) == printable("\x1b]52;c;x\x07"), "escaping twice changes nothing"
+
+
+def test_status_on_redis_escapes_and_survives_a_forged_cluster_record(tmp_path, root, env, redis_url, redis_prefix):
+    """Any client that may send on a Redis may write a ``<prefix>:supervisor:*`` record: ``ipcpool status``
+    prints every field of it escaped, and a field of the wrong type costs a figure, not the command."""
+    import redis
+
+    config = write_config(tmp_path / "c.toml", root, sections={"transport": {"backend": "redis"},
+                                                              "redis": {"url": redis_url, "prefix": redis_prefix}})
+    client = redis.Redis.from_url(redis_url)
+    forged = {"evil": {"state": HOSTILE_TYPE, "supervisor": {"uptime": HOSTILE_TYPE},
+                       "workers": [{"handled": 3}, {"handled": "x"}, "not a worker"],
+                       "transport": {"consumer": "evil" + CLIPBOARD}},
+              "odd": {"state": "running", "supervisor": "nobody", "workers": "none", "transport": "spool",
+                      "spool": ["not", "stats"]}}
+    try:
+        for name, record in forged.items():
+            client.set(f"{redis_prefix}:supervisor:{name}", json.dumps(record), ex=120)
+        out = run_cli(env, tmp_path, "status", "--config", str(config))
+        assert "Traceback" not in out.stderr, out.stderr
+        assert not [c for c in RAW if c in out.stdout], out.stdout
+        assert "evil\\x1b]52;c;cHduZWQ=\\x07" in out.stdout and "\\x1b[2J" in out.stdout
+        row = next(line for line in out.stdout.splitlines() if line.startswith("evil"))
+        assert row.split()[2:4] == ["2", "3"], row  # two workers that are records, 3 handled between them
+    finally:
+        client.delete(*(f"{redis_prefix}:supervisor:{name}" for name in forged))
+        client.close()

@@ -16,6 +16,7 @@ from ipcpool import records
 from ipcpool.cli.progress import steps
 from ipcpool.config import load_config
 from ipcpool.errors import EXIT_FAILURE, EXIT_OK, ConfigError
+from ipcpool.message import GROUP_NAME
 from ipcpool.ops.terminal import printable
 from ipcpool.transport import make_inspector
 
@@ -53,7 +54,11 @@ def _find(dead: Any, wanted: str, group: str | None) -> tuple[list[records.Error
     """As ``errors show`` and ``retry`` take it: an id, a unique prefix of one, a file (or Redis entry) name,
     or the ``<group>/errors/<name>`` a nack's errorFile and MessageRejected say."""
     if "/errors/" in wanted:
+        given = wanted
         group, _, wanted = wanted.partition("/errors/")
+        if not GROUP_NAME.match(group):  # never a path: `../../x/errors/y` would reach outside the root
+            raise ConfigError(f"invalid group name {group!r} in {given!r}: use <group>/errors/<name>, the group "
+                              "1-64 letters, digits, '_' or '-'")
     return dead.find(wanted, group)
 
 

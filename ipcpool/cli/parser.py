@@ -109,7 +109,7 @@ def _add_errors_command(commands: _Commands) -> None:
                             ("purge", "delete quarantined messages")):
         p = esub.add_parser(name, help=help_text, description=help_text)
         commands.add_config(p)
-        p.add_argument("--group", "-g", help="only this group")
+        p.add_argument("--group", "-g", type=_group_arg, help="only this group")
         if name == "list":
             p.add_argument("--json", action="store_true")
         elif name == "show":

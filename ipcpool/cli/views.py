@@ -66,25 +66,39 @@ def _running(worker: dict[str, Any]) -> str:
     if not current:
         return "-"
     if isinstance(current, str):  # a record from an older ipcpool
-        return f"{printable(current)} ({worker.get('currentAge')}s)"
-    return f"{printable(current.get('type') or '?')} {printable(current.get('id'))} ({worker.get('currentAge')}s)"
+        return f"{printable(current)} ({printable(str(worker.get('currentAge')))}s)"
+    return (f"{printable(current.get('type') or '?')} {printable(current.get('id'))} "
+            f"({printable(str(worker.get('currentAge')))}s)")
 
 
 def _render_cluster(cluster: dict[str, Any] | None) -> list[str]:
-    """Redis: every live supervisor sharing the queues, and each group's queue as Redis holds it."""
+    """Redis: every live supervisor sharing the queues, and each group's queue as Redis holds it.
+
+    Those records are anyone's to write who may send on that Redis: each field is checked and escaped.
+    """
     if not cluster:
         return []
     lines = ["", f"{'SUPERVISOR (cluster)':<40} {'STATE':<9} {'WORKERS':>7} {'HANDLED':>8} {'UP S':>8}"]
-    for sup in sorted(cluster.get("supervisors", []), key=lambda s: str(transport_stats(s).get("consumer"))):
-        workers = sup.get("workers", [])
-        handled = sum(int(w.get("handled", 0)) for w in workers)
-        name = transport_stats(sup).get("consumer", "?")
-        lines.append(f"{printable(name):<40} {printable(sup.get('state', '?')):<9} {len(workers):>7} "
-                     f"{handled:>8} {sup.get('supervisor', {}).get('uptime', '-')!s:>8}")
+    rows = [_cluster_row(sup) for sup in cluster.get("supervisors", []) if isinstance(sup, dict)]
+    lines += [row for _name, row in sorted(rows)]
     lines += ["", f"{'GROUP (cluster)':<24} {'QUEUED':>7} {'PENDING':>8} {'DEAD':>6}"]
     for name, g in cluster.get("groups", {}).items():
         lines.append(f"{printable(name):<24} {g['queued']:>7} {g['processing']:>8} {g['errors']:>6}")
     return lines
+
+
+def _cluster_row(sup: dict[str, Any]) -> tuple[str, str]:
+    workers = [w for w in sup.get("workers") or [] if isinstance(w, dict)] if isinstance(sup.get("workers"), list) \
+        else []
+    handled = sum(_whole(w.get("handled")) for w in workers)
+    owner = sup.get("supervisor") if isinstance(sup.get("supervisor"), dict) else {}
+    name = printable(str(transport_stats(sup).get("consumer", "?")))
+    return name, (f"{name:<40} {printable(str(sup.get('state', '?'))):<9} {len(workers):>7} {handled:>8} "
+                  f"{printable(str(owner.get('uptime', '-'))):>8}")
+
+
+def _whole(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _render_down(status: dict[str, Any], verdict: Verdict, now: float) -> str:

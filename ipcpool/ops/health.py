@@ -135,7 +135,9 @@ def transport_stats(status: dict[str, Any] | None) -> dict[str, Any]:
     if not status:
         return {}
     stats = status.get("transport")
-    return stats if isinstance(stats, dict) else status.get("spool") or {}
+    if not isinstance(stats, dict):
+        stats = status.get("spool")
+    return stats if isinstance(stats, dict) else {}
 
 
 def transport_name(status: dict[str, Any]) -> str | None:

@@ -14,7 +14,8 @@ import json
 import os
 from typing import Any
 
-from ipcpool.message import MESSAGE_ID, now_iso
+from ipcpool.errors import SpoolError
+from ipcpool.message import GROUP_NAME, MESSAGE_ID, now_iso
 from ipcpool.portable import rename_noreplace
 from ipcpool.records import ErrorEntry
 from ipcpool.transport.spool.layout import (
@@ -110,6 +111,8 @@ RECORD_LIMIT = 1024 * 1024
 
 
 def list_errors(spool: Any, group: str | None = None) -> list[ErrorEntry]:
+    if group is not None and not GROUP_NAME.match(group):
+        return []  # not a group: never a path to look in
     groups = [group] if group else spool.folders.list_groups()
     entries: list[ErrorEntry] = []
     for g in groups:
@@ -190,10 +193,12 @@ def purge(spool: Any, entry: ErrorEntry) -> None:
             os.unlink(spool.folders.path(entry.group, ERRORS, name))
         except FileNotFoundError:
             pass
-        except IsADirectoryError:
-            import shutil
-
-            shutil.rmtree(spool.folders.path(entry.group, ERRORS, name))
+        except IsADirectoryError:  # quarantined by an older ipcpool: removed only when empty, never with contents
+            try:
+                os.rmdir(spool.folders.path(entry.group, ERRORS, name))
+            except OSError as exc:
+                raise SpoolError(f"{entry.group}/errors/{name} is a folder with files in it: not removed "
+                                 f"({exc.strerror}); look inside, then remove it by hand") from exc
 
 
 

@@ -109,6 +109,7 @@ class InotifyWatcher:
         self._closed_bit = int(IN.IN_CLOSE_WRITE)
         self._overflow_bit = int(IN.IN_Q_OVERFLOW)
         self._ignored_bit = int(IN.IN_IGNORED)
+        self._isdir_bit = int(IN.IN_ISDIR)  # a folder made in an inbox is no message: left alone, as scans do
         self._groups: dict[int, tuple[str | None, str]] = {}  # wd -> (group or None for the root, name prefix)
         self._watches: dict[str, list[int]] = {}
 
@@ -178,6 +179,8 @@ class InotifyWatcher:
                 elif name:
                     if group is None:
                         hints.append((GROUP, name, None))
+                    elif mask & self._isdir_bit:
+                        continue
                     else:
                         hints.append((CLOSED if mask & self._closed_bit else FILE, group, prefix + name if prefix
                                       else name))
