@@ -104,11 +104,9 @@ class LocalRoot:
 
     def record_workers(self, workers: dict[int, float | None]) -> None:
         """Keep who this supervisor's workers are (pid -> start time): a successor finds them without /proc."""
-        path = self.state_dir / WORKERS_FILE
-        tmp = path.with_name(f".{WORKERS_FILE}.{os.getpid()}.tmp")
         try:
-            tmp.write_text(json.dumps({str(pid): started for pid, started in workers.items()}))
-            os.replace(tmp, path)
+            write_private(self.state_dir / WORKERS_FILE,
+                          json.dumps({str(pid): started for pid, started in workers.items()}).encode())
         except OSError:
             pass  # only a fallback's record: /proc, where there is one, still tells
 
@@ -119,6 +117,21 @@ class LocalRoot:
             return {int(pid): float(started) for pid, started in raw.items() if started is not None}
         except (OSError, ValueError, TypeError, AttributeError):
             return {}
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically with a file only the supervisor's user may read or write (0600, whatever
+    the umask: in shared mode writers share the group, and these records steer the supervisor)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 # -- status.json ---------------------------------------------------------------------------------------------

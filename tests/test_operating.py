@@ -475,6 +475,11 @@ def test_shared_mode_status_is_not_group_writable_and_old_folders_get_their_mode
     assert status.stat().st_mode & 0o777 == 0o640, "writers may read the verdict, never forge it"
     assert messages.stat().st_mode & 0o7777 == 0o3770
     assert root.stat().st_mode & 0o7777 == 0o2750
+    # The records that steer the supervisor (the ledger's clock, who its workers are): its own alone.
+    steering = [root / ".ipcpool" / "clock.json", root / ".ipcpool" / "workers.json"]
+    wait_until(lambda: all(p.exists() for p in steering), 30, message="clock.json and workers.json")
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in steering} == {"clock.json": "0o600",
+                                                                          "workers.json": "0o600"}
     sup.stop()
 
 

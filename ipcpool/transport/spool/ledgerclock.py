@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
+from ipcpool.localroot import write_private
 from ipcpool.portable import boot_clock, boot_id
 
 log = logging.getLogger(__name__)
@@ -72,9 +72,7 @@ class LedgerClock:
         assert self._anchor is not None
         wall, boot, ident = self._anchor
         body = json.dumps({"wall": wall, "boot": boot, "bootId": ident, "skew": self.skew, "since": self.since})
-        tmp = self.path.with_name(f".{CLOCK_FILE}.{os.getpid()}.tmp")
         try:
-            tmp.write_text(body)
-            os.replace(tmp, self.path)
+            write_private(self.path, body.encode())
         except OSError as exc:
             log.warning("cannot keep the clock anchor %s: %s", self.path, exc)
