@@ -83,7 +83,7 @@ class Client:
         *,
         format: str = "json",  # noqa: A002 - matches the config key
         durability: str = "process",
-        mode: str = "private",
+        mode: str | None = None,  # the root's own when not given: shared when it is setgid (a shared root)
         max_queued: int = 0,
         max_message_bytes: int = 1024 * 1024,
         ack: AckConfig | None = None,
@@ -308,7 +308,8 @@ class Client:
             return (f"no ipcpool supervisor is running for {self.outbox.root}; "
                     "the message stays queued and will be handled when one starts")
         if running:
-            return "the supervisor is running: its handler may take longer than the timeout (see [ack] timeout)"
+            return ("the supervisor is running: its handler may take longer than the timeout (see [ack] timeout), or "
+                    "it could not read the file (written by another user without shared mode? see errors/)")
         return "is `ipcpool run` up for this root?"
 
     def _give_up(self, error: IpcpoolError) -> None:

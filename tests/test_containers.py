@@ -217,6 +217,10 @@ def test_recipe_a_writer_under_another_uid_in_shared_mode(foreign):
         assert _write_as(fp, root, "ack", "agent-ack", uid=NODE_UID, gid=AGENTS).endswith("Z")
         assert _write_as(fp, root, "request", "agent-request", uid=NODE_UID, gid=AGENTS) == "42"
         assert _write_as(fp, root, "nack", "agent-bad", uid=NODE_UID, gid=AGENTS) == "rejected"
+        # ipcpool's own Client, told no mode: it writes as the root is (setgid: shared), so its file is readable
+        sent = fp.run(f"from ipcpool import Client; Client({str(root)!r}, 'main').send_and_wait('main', 'task', "
+                      "{'n': 2}, timeout=20); print('acked')", uid=NODE_UID, gid=AGENTS)
+        assert sent.stdout.strip() == "acked", sent.stdout + sent.stderr
         ack = root / "main" / "acks" / "agent-ack.ack"
         assert ack.stat().st_gid == AGENTS and stat.S_IMODE(ack.stat().st_mode) == 0o640
     finally:

@@ -93,7 +93,7 @@ export declare const DEFAULT_REPLY_GROUP: string;
 export interface SpoolOptions {
   /** The spool root; else $IPCPOOL_ROOT, else "data/ipc" (relative to the working directory). */
   root?: string;
-  /** [spool] mode: the folder and file modes this sender creates with. Default "private". */
+  /** [spool] mode: the folder and file modes this sender creates with. Default: the root's own (shared when the root is setgid, as a shared root is; else private). */
   mode?: 'private' | 'shared';
   /** [spool] durability: "power" fsyncs the file, then the folder. Default "process". */
   durability?: 'process' | 'power';

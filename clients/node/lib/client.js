@@ -59,9 +59,10 @@ function ackPolicy(options) {
 }
 
 function settings(options) {
+  const root = resolveRoot(options.root);
   return {
-    root: resolveRoot(options.root),
-    mode: checkMode(options.mode),
+    root,
+    mode: checkMode(options.mode, root),
     durability: checkDurability(options.durability),
     log: resolveLogger(options.logger),
     waitForSupervisor: options.waitForSupervisor === true,
@@ -91,8 +92,9 @@ export function prepare(group, type, payload, options = {}) {
  * MessageExists. Resolves with the message's id.
  */
 export async function publish(message, options = {}) {
-  await publishFile(resolveRoot(options.root), message.group, message.name, message.data, {
-    mode: checkMode(options.mode), durability: checkDurability(options.durability),
+  const root = resolveRoot(options.root);
+  await publishFile(root, message.group, message.name, message.data, {
+    mode: checkMode(options.mode, root), durability: checkDurability(options.durability),
   });
   return message.id;
 }
@@ -157,7 +159,10 @@ function noSupervisor(ctx, message, status) {
 
 function waitingHint(status) {
   if (status.running === false) return noSupervisorSentence(status.root);
-  if (status.running) return 'the supervisor is running: its handler may take longer than the timeout (see [ack] timeout)';
+  if (status.running) {
+    return 'the supervisor is running: its handler may take longer than the timeout (see [ack] timeout), '
+      + 'or it could not read the file (written by another user without shared mode? see errors/)';
+  }
   return `is \`ipcpool run\` up for this root? (${status.detail})`;
 }
 

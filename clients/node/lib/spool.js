@@ -3,7 +3,7 @@
 // never over a different queued message.
 
 import { randomBytes } from 'node:crypto';
-import { constants as FS, promises as fsp } from 'node:fs';
+import fs, { constants as FS, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { IpcpoolError, MessageExists } from './errors.js';
 import { checkGroupName } from './envelope.js';
@@ -33,7 +33,19 @@ export function resolveRoot(root) {
   return path.resolve(root || process.env.IPCPOOL_ROOT || DEFAULT_ROOT);
 }
 
-export function checkMode(mode = 'private') {
+/**
+ * The mode to write in: the one given, else the root's own. A shared root is setgid (2750, as ipcpool makes it,
+ * or a Kubernetes volume's 2775): its supervisor may be another user, who can read only files written 0640. A
+ * private root (0700) lets no other user in, so writing 0600 there is right.
+ */
+export function checkMode(mode, root) {
+  if (mode === undefined) {
+    try {
+      return root !== undefined && (fs.statSync(root).mode & 0o2000) ? 'shared' : 'private';
+    } catch {
+      return 'private'; // no root yet: this sender makes it, private
+    }
+  }
   if (mode !== 'private' && mode !== 'shared') {
     throw new TypeError(`mode must be 'private' or 'shared' (as [spool] mode), got ${JSON.stringify(mode)}`);
   }

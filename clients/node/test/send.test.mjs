@@ -86,6 +86,23 @@ test('folders and files get the modes ipcpool uses, whatever the umask', async (
   assert.equal(await mode(path.join(sharedRoot, 'main', 'messages', two.name)), 0o640, 'group-readable in spite of umask 077, its writer\'s alone to change');
 });
 
+test('without a mode, a sender writes as the root is: shared into a setgid root, private elsewhere', async (t) => {
+  const dir = await tempDir(t);
+  const oldMask = process.umask(0o077);
+  t.after(() => process.umask(oldMask));
+  const mode = async (p) => (await fsp.stat(p)).mode & 0o7777;
+  const sharedRoot = path.join(dir, 'shared');
+  await fsp.mkdir(sharedRoot);
+  await fsp.chmod(sharedRoot, 0o2750); // as a shared-mode supervisor (another user, perhaps) made it
+  const one = prepare('main', 'task', {});
+  await publish(one, { root: sharedRoot });
+  assert.equal(await mode(path.join(sharedRoot, 'main', 'messages', one.name)), 0o640, 'its supervisor may read it');
+  const privateRoot = path.join(dir, 'private');
+  const two = prepare('main', 'task', {});
+  await publish(two, { root: privateRoot });
+  assert.equal(await mode(path.join(privateRoot, 'main', 'messages', two.name)), 0o600);
+});
+
 test('a published message is one link, renamed from tmp/ (the supervisor refuses hard links)', async (t) => {
   const root = path.join(await tempDir(t), 'ipc');
   const message = prepare('main', 'task', { n: 1 });

@@ -122,6 +122,16 @@ def safe_id(message_id: str) -> str:
     return message_id
 
 
+def root_mode(root: str | os.PathLike[str]) -> str:
+    """The mode a sender that was not told one writes in: the root's own. A shared root is setgid (2750, as
+    the supervisor makes it, or a Kubernetes volume's 2775), and its supervisor may be another user, who reads
+    only files written 0640; a private root (0700) lets no other user in. No root yet: private."""
+    try:
+        return "shared" if os.stat(root).st_mode & stat.S_ISGID else "private"
+    except OSError:
+        return "private"
+
+
 def is_volume_root(st: os.stat_result) -> bool:
     """The shape Kubernetes gives a volume mounted under a pod's ``fsGroup``: owned by root, setgid,
     group-writable, its group one of ours, not writable by others. Accepted as the spool root (only as the

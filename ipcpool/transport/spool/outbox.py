@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ipcpool.errors import QueueFull
-from ipcpool.transport.spool.layout import ACKS, MESSAGES, PROCESSING, ack_name, nack_name
+from ipcpool.transport.spool.layout import ACKS, MESSAGES, PROCESSING, ack_name, nack_name, root_mode
 from ipcpool.transport.spool.spool import Spool
 from ipcpool.transport.spool.waiter import POLL_FALLBACK, FileWaiter
 from ipcpool.transport.spool.writes import read_regular
@@ -30,9 +30,9 @@ class SpoolOutbox:
 
     backend = "spool"
 
-    def __init__(self, root: str | os.PathLike[str], *, durability: str = "process", mode: str = "private",
+    def __init__(self, root: str | os.PathLike[str], *, durability: str = "process", mode: str | None = None,
                  max_queued: int = 0) -> None:
-        self.spool = Spool(root, durability=durability, mode=mode)
+        self.spool = Spool(root, durability=durability, mode=mode or root_mode(root))
         self.spool.folders.ensure_root()
         self.max_queued = max_queued
         self._known_groups: set[str] = set()
