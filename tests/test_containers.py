@@ -208,9 +208,9 @@ def test_recipe_a_writer_under_another_uid_in_shared_mode(foreign):
     reads its ack, its response and its nack."""
     fp, base = foreign
     root = base / "shared-ipc"
-    root.mkdir()  # as the README says: `install -d -o ipcpool -g agents -m 2770 data/ipc`
+    root.mkdir()  # as the README says: `install -d -o ipcpool -g agents -m 2750 data/ipc`
     os.chown(root, IPCPOOL_UID, AGENTS)
-    root.chmod(0o2770)
+    root.chmod(0o2750)
     # Its own primary group, the agents' as a supplementary one (systemd: User=ipcpool, SupplementaryGroups=agents)
     pool = ForeignPool(fp, base, root, uid=IPCPOOL_UID, gid=IPCPOOL_UID, groups=(AGENTS,), spool={"mode": "shared"})
     try:

@@ -73,3 +73,15 @@ def test_the_systemd_unit_verifies_against_an_install_made_as_it_says(dist: Path
     unit = unit.replace("/opt/ipcpool", str(env_dir)).replace("/etc/ipcpool/prod.toml", str(config))
     (tmp_path / "ipcpool.service").write_text(unit)
     _run(analyze, "verify", tmp_path / "ipcpool.service", cwd=tmp_path)
+
+
+def test_the_launchd_plist_is_a_valid_property_list_that_runs_ipcpool() -> None:
+    """deploy/ipcpool.plist, for a Mac host (launchd reads it: no Mac here, so its shape is checked)."""
+    import plistlib
+
+    agent = plistlib.loads((REPO / "deploy" / "ipcpool.plist").read_bytes())
+    program = agent["ProgramArguments"]
+    assert program[0].endswith("/.venv/bin/ipcpool") and program[1:3] == ["run", "--config"]
+    assert program[3].endswith("configs/prod.toml") and agent["WorkingDirectory"] in program[3]
+    assert agent["KeepAlive"] == {"SuccessfulExit": False}, "restarted after a crash, not after a drain"
+    assert agent["ExitTimeOut"] > 30, "SIGTERM drains: launchd must wait longer than [pool] shutdown_grace"

@@ -354,8 +354,8 @@ def test_an_acl_user_and_tls_and_the_password_is_never_logged(tmp_path, env, hos
     server = RedisServer(tmp_path / "redis", "--requirepass", "admin-secret", tls=True).start()
     try:
         admin = redis.Redis(port=server.port, password="admin-secret")
-        # The README's ACL, as an operator would paste it: only the prefix's keys, no dangerous commands.
-        readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+        # The documented ACL, as an operator would paste it: only the prefix's keys, no dangerous commands.
+        readme = (Path(__file__).resolve().parent.parent / "docs" / "redis.md").read_text()
         acl = next(line for line in readme.splitlines() if line.startswith("ACL SETUSER ipcpool on >PASSWORD "))
         admin.execute_command(*acl.replace(">PASSWORD", ">s3cret-pass").split())
         url = server.url.replace("rediss://", "rediss://ipcpool:s3cret-pass@")
@@ -394,7 +394,7 @@ def test_an_acl_user_that_may_not_run_a_completion_stops_run_with_exit_2(tmp_pat
     server = RedisServer(tmp_path / "redis", "--requirepass", "admin-secret").start()
     try:
         admin = redis.Redis(port=server.port, password="admin-secret")
-        readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+        readme = (Path(__file__).resolve().parent.parent / "docs" / "redis.md").read_text()
         acl = next(line for line in readme.splitlines() if line.startswith("ACL SETUSER ipcpool on >PASSWORD "))
         assert " +@transaction " in acl
         admin.execute_command(*acl.replace(">PASSWORD", ">s3cret-pass").replace(" +@transaction ", " ").split())
