@@ -83,7 +83,8 @@ from ipcpool.pool import (
 )
 from ipcpool.records import nack_body
 from ipcpool.reload import Reload, ReloadLog, restart_only_change
-from ipcpool.transport import make_source
+from ipcpool.schedule import Scheduler
+from ipcpool.transport import make_outbox, make_source
 from ipcpool.waitset import READABLE, WRITABLE, Waitable, WaitSet
 from ipcpool.worker import SLOT_ACK_HOLDS
 
@@ -121,6 +122,7 @@ class Supervisor:
         self.clock = clock
         self.local = LocalRoot(config.spool.root)
         self.source = make_source(config, clock=clock, on_hint=self._wake)
+        self.scheduler = Scheduler(config, make_outbox)  # [[schedule]]: publish_due in run_timers
         self.pool_size = config.pool.workers
         self.workers: list[WorkerHandle] = []
         self.restarts = [0] * self.pool_size
@@ -271,6 +273,7 @@ class Supervisor:
         except OSError as exc:
             log.error("cannot write the final status.json: %s", exc)
         self.source.close()
+        self.scheduler.close()
         if self.http is not None:
             self.http.close()
         log.info("Enhanced IPC system stopped (%s)", self.halt_reason or "drained")
@@ -295,7 +298,7 @@ class Supervisor:
             if worker.tasks.pending:
                 waitables.append((worker.tasks.fd, WRITABLE, "tasks", worker))
         if timeout is None:
-            timeout = 0.0 if self._source_busy else self.tick  # sliced work (a rescan, pruning): come straight back
+            timeout = 0.0 if self._source_busy else self.scheduler.wait(self.tick)  # sliced work: come straight back
         ready = self._waitset.wait(waitables, timeout)
         if self._wake_r in ready:
             self._drain_wake_pipe()
@@ -885,6 +888,8 @@ class Supervisor:
                 self.write_status(now)
             except OSError as exc:
                 log.error("cannot write status.json: %s", exc)
+        if self.state == "running":
+            self.scheduler.publish_due(time.time(), self.config.schedules)
         if now >= self.next_housekeeping and self.state == "running":
             self.next_housekeeping = now + HOUSEKEEPING_INTERVAL
             self.source.housekeeping({w.pid for w in self.workers if w.pid})
@@ -928,7 +933,8 @@ class Supervisor:
             reloads=self.reloads.as_status(self.generation, self.reloading is not None),
             external=tuple(ExternalHeartbeat(group, pid, record["status"], record["at"])
                            for (group, pid), record in sorted(self.external.items())),
-            transport=self.source.stats() if transport is None else transport)
+            transport=self.source.stats() if transport is None else transport,
+            schedules=self.scheduler.view(time.time()))
 
     def answer_probe(self, lag: float) -> Answer:
         """An HTTP probe's question (/metrics, /healthz, /readyz), answered from the loop thread."""
