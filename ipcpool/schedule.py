@@ -391,7 +391,7 @@ class Scheduler:
         try:
             if self._unloaded:
                 self._load(now)
-            return [message_id for spec in self._specs if (message_id := self._publish(spec, now))]
+            return [message_id for spec in self._specs for message_id in self._publish(spec, now)]
         except (TransportUnavailable, OSError, QueueFull) as exc:
             self._retry_at = now + RETRY
             key = (type(exc).__name__, 0)
@@ -416,18 +416,26 @@ class Scheduler:
         self._fresh.clear()
         self._unloaded = False
 
-    def _publish(self, spec: ScheduleSpec, now: float) -> str | None:
+    def _publish(self, spec: ScheduleSpec, now: float) -> list[str]:
+        """Due times missed while no supervisor ran (at or before ``started``) first: the latest of them once,
+        or none; then the latest one since (one per due time while the loop keeps up)."""
         state = self._state[spec.name]
-        if state.next is None or now < state.next:
-            return None
-        due = spec.latest(now, state.anchor)
-        if due is None:
-            return None
-        if spec.missed == "skip" and due < self.started:
-            log.info("schedule %s: skipped due times missed while no supervisor ran (the latest %s)", spec.name,
-                     spec.local_iso(due))
-            self._advance(state, spec, due)
-            return None
+        out: list[str] = []
+        if state.next is not None and state.next <= min(now, self.started):
+            due = spec.latest(min(now, self.started), state.anchor)
+            if due is not None and spec.missed == "skip":
+                log.info("schedule %s: skipped due times missed while no supervisor ran (the latest %s)", spec.name,
+                         spec.local_iso(due))
+                self._advance(state, spec, due)
+            elif due is not None:
+                out += self._send(spec, state, due, missed=True)
+        if state.next is not None and state.next <= now:
+            due = spec.latest(now, state.anchor)
+            if due is not None:
+                out += self._send(spec, state, due)
+        return out
+
+    def _send(self, spec: ScheduleSpec, state: _State, due: int, *, missed: bool = False) -> list[str]:
         message_id = spec.message_id(due)
         data = encode(spec.envelope(due), self.config.spool.format)
         name = message_id + extension_for(self.config.spool.format)
@@ -445,13 +453,14 @@ class Scheduler:
         self._advance(state, spec, due)
         if published:
             state.last = {"due": due, "id": message_id, "at": at}
-            log.info("schedule %s published id=%s group=%s type=%s due=%s", spec.name, message_id, spec.group,
-                     spec.type, spec.local_iso(due))
-            return message_id
+            log.info("schedule %s published id=%s group=%s type=%s due=%s%s", spec.name, message_id, spec.group,
+                     spec.type, spec.local_iso(due),
+                     " (the latest due time missed while no supervisor ran)" if missed else "")
+            return [message_id]
         log.debug("schedule %s: due time %s was published already", spec.name, spec.local_iso(due))
-        state.last = state.last if state.last and state.last["due"] >= due else {"due": due, "id": message_id,
-                                                                                   "at": None}
-        return None
+        if not state.last or state.last["due"] < due:
+            state.last = {"due": due, "id": message_id, "at": None}
+        return []
 
     @staticmethod
     def _advance(state: _State, spec: ScheduleSpec, due: int) -> None:
