@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from conftest import SupervisorProcess, records, run_cli, wait_until, write_config
 
-from ipcpool.config import parse_config
+from ipcpool.config import load_config, parse_config
 from ipcpool.errors import ConfigError
 from ipcpool.schedule import Scheduler, ScheduleSpec
 from ipcpool.transport.memory import MemoryBroker, MemoryOutbox
@@ -180,6 +180,20 @@ def test_after_downtime_once_publishes_the_latest_missed_due_time_and_skip_none(
     assert restarted.publish_due(clock.now) == ["schedule-tick-19700101T002010Z"]
 
 
+def test_a_schedule_publishes_its_type_and_payload_into_its_group():
+    broker, clock = MemoryBroker(), _Clock(1003.0)
+    scheduler = _scheduler(broker, clock, {"name": "digest", "group": "reports", "type": "report", "every": 10,
+                                           "payload": {"kind": "daily", "to": ["ops"]}})
+    scheduler.publish_due(clock.now)
+    clock.now = 1010.0
+    assert scheduler.publish_due(clock.now) == ["schedule-digest-19700101T001650Z"]
+    assert broker.queue("main") == {}
+    ((name, data),) = broker.queue("reports").values()
+    message = json.loads(data)
+    assert (name, message["groupFolder"], message["type"], message["payload"]) == \
+        ("schedule-digest-19700101T001650Z.json", "reports", "report", {"kind": "daily", "to": ["ops"]})
+
+
 def test_a_due_time_lost_before_the_first_publish_is_published_at_the_next_start():
     """The first sight is recorded: a supervisor killed before it published anything still leaves a start."""
     broker, clock = MemoryBroker(), _Clock(1003.0)
@@ -269,15 +283,17 @@ def test_a_supervisor_publishes_each_due_time_once_and_shows_them(tmp_path, root
     sup = supervisor_factory(config)
     wait_until(lambda: len(records(tmp_path)) >= 3, 20, message="three due times handled")
     listed = json.loads(run_cli(env, tmp_path, "schedule", "list", "--config", str(config), "--json").stdout)
-    status = json.loads(run_cli(env, tmp_path, "status", "--config", str(config), "--json").stdout)
+    written = wait_until(lambda: (st := sup.status()) and st.get("schedules", [{}])[0].get("lastPublished") and st,
+                         10, message="the supervisor's status.json shows the schedules")
     sup.stop()
+    status = json.loads(run_cli(env, tmp_path, "status", "--config", str(config), "--json").stdout)  # none running
     seen = records(tmp_path)
     ids = [r["id"] for r in seen]
     assert len(ids) == len(set(ids)) >= 3, ids
     assert all(r["payload"] == {"note": "from the timetable"} and r["extra"]["schedule"]["name"] == "tick"
                for r in seen)
     assert sorted(_published_ids(sup.log())) == sorted(ids)
-    for shown in (listed, status["schedules"]):
+    for shown in (listed, status["schedules"], written["schedules"]):
         tick, digest = shown
         assert tick["name"] == "tick" and tick["every"] == 1 and tick["missed"] == "once"
         assert tick["lastPublished"]["id"] in ids
@@ -324,6 +340,43 @@ def test_after_a_sigkill_a_restart_publishes_no_due_time_twice(tmp_path, root, e
         assert catch_up == [] and "skipped due times missed while no supervisor ran" in again.log_since_start()
         assert missed_ones == []
     assert after[0] >= recorded + 2, "the due times of the downtime were not all published"
+
+
+def test_a_due_time_handled_before_a_sigkill_but_not_recorded_is_not_published_again(tmp_path, root, env, backend,
+                                                                                   supervisor_factory):
+    """The state a SIGKILL between a message and its record leaves (on the spool; on Redis, a hash restored from
+    an older snapshot than the ledger): the last due time recorded is an earlier one, the latest missed one is
+    acked. The restart records it, and neither publishes nor handles it again."""
+    config = _write(tmp_path, root, backend).read_text().replace("every = 1\n", "every = 30\n")
+    (tmp_path / "c.toml").write_text(config)
+    # A due time D with room before the next one (a restart must fall in the same 30 s).
+    wait_until(lambda: 1 <= time.time() % 30 <= 20, 20, message="a moment early in a 30 s period")
+    due = int(time.time() // 30 * 30)
+    spec = load_config(tmp_path / "c.toml").schedules[0]
+    acked = spec.message_id(due)
+    if backend:
+        import redis
+
+        prefix = backend["redis"]["prefix"]
+        client = redis.Redis.from_url(backend["redis"]["url"])
+        client.hset(f"{prefix}:schedule:tick", mapping={"since": due - 90, "due": due - 30, "id": "earlier"})
+        client.set(f"{prefix}:ack:main:{acked}", "1", ex=3600)
+        client.close()
+    else:
+        (root / "main" / "acks").mkdir(parents=True)
+        (root / "main" / "acks" / f"{acked}.ack").write_text("")
+        (root / ".ipcpool").mkdir(exist_ok=True)
+        (root / ".ipcpool" / "schedules.json").write_text(json.dumps({"tick": {"since": due - 90, "due": due - 30}}))
+    sup = supervisor_factory(tmp_path / "c.toml")
+
+    def recorded() -> str | None:
+        out = run_cli(env, tmp_path, "schedule", "list", "--config", str(tmp_path / "c.toml"), "--json").stdout
+        return (json.loads(out)[0]["lastPublished"] or {}).get("id")
+
+    wait_until(lambda: recorded() == acked, 20, interval=0.2, message="the acked due time recorded")
+    sup.stop()
+    assert acked not in _published_ids(sup.log()), "published again"
+    assert [r["id"] for r in records(tmp_path)] == [], "handled again"
 
 
 def test_supervisors_sharing_one_redis_publish_each_due_time_once(tmp_path, env, private_redis):

@@ -12,7 +12,8 @@ Their KEYS and ARGV are spelled out where they are called (``calls`` below).
   the file waits, and is published once that one is done; then its id meets
   the ack ledger).
 - ``publish_due``: one due time of a ``[[schedule]]``: nothing (``same``) when the
-  schedule's hash records that due time or a later one; else as ``publish``
+  schedule's hash records that due time or a later one, or the ack ledger holds
+  its id (then recorded); else as ``publish``
   (``full``, XADD, the name, the group) and the due time recorded with it, at
   once: supervisors sharing the Redis publish each due time once between them.
 - ``fetch``: a worker's batch of entries, each with whether the ack ledger
@@ -80,6 +81,10 @@ return {'ok', id}
 PUBLISH_DUE = """
 local last = redis.call('HGET', KEYS[4], 'due')
 if last and tonumber(last) >= tonumber(ARGV[8]) then return {'same'} end
+if redis.call('EXISTS', KEYS[5]) == 1 then  -- handled already (the hash restored older than the ledger): recorded
+  redis.call('HSET', KEYS[4], 'due', ARGV[8], 'id', ARGV[3], 'at', ARGV[9])
+  return {'same'}
+end
 local limit = tonumber(ARGV[5])
 if limit > 0 and redis.call('XLEN', KEYS[1]) >= limit then return {'full'} end
 local id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[1], 'f', ARGV[2], 's', ARGV[3], 'i', 'messages', 'q', ARGV[3])
@@ -208,7 +213,7 @@ def publish_due(scripts: Scripts, keys: Any, group: str, stem: str, data: bytes,
     """One due time of a [[schedule]]: published (as publish does) and recorded at once, unless that due time or
     a later one is recorded already: N supervisors publish it once between them."""
     return scripts.publish_due(keys=[keys.stream(group), keys.queued(group, stem), keys.groups,
-                                     keys.schedule(schedule)],
+                                     keys.schedule(schedule), keys.ack(group, stem)],
                                args=[data, fmt, stem, digest, max_queued, ttl, group, due, repr(at)])
 
 
