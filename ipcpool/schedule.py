@@ -30,7 +30,8 @@ handles daylight saving time as Debian's cron does, which is what its author's s
 is judged by: a job at a fixed local time that falls in the hour skipped in spring runs at the end of the
 gap, a job in the repeated hour of autumn runs once; jobs with ``*`` in the minute or hour run in real
 time through both. croniter went end-of-life in 2024 and was revived by pallets-eco; its DST handling
-has a history of bugs. cronsim also accepts ``L``, ``W`` and ``#`` (its extensions), which we allow.
+has a history of bugs (pallets-eco/croniter#25, #191). cronsim also accepts ``L``, ``W`` and ``#`` (its
+extensions), which we allow. docs/schedules.md says all this for users.
 """
 
 from __future__ import annotations
