@@ -36,6 +36,7 @@ extensions), which we allow. docs/schedules.md says all this for users.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -350,6 +351,7 @@ class Scheduler:
         self._unloaded = True
         self._retry_at = 0.0
         self._warned: set[tuple[str, int]] = set()
+        self._zero_wait_for: float | None = None
         self.configure(config.schedules)
 
     def configure(self, specs: tuple[ScheduleSpec, ...]) -> None:
@@ -376,9 +378,20 @@ class Scheduler:
         return float(min(dues)) if dues else None
 
     def wait(self, longest: float) -> float:
-        """How long the supervisor's loop may wait: ``longest``, or less when a due time comes first."""
+        """How long the supervisor's loop may wait: ``longest``, or less when a due time comes first.
+
+        A due time already past gets one wait of 0 (the loop's timers publish it right after); asked again for
+        the same one, the loop is not publishing now (a drain, a retry pending): ``longest``, never a spin."""
         due = self.next_due()
-        return longest if due is None else max(0.0, min(longest, due - self.clock()))
+        if due is None:
+            return longest
+        remaining = due - self.clock()
+        if remaining > 0:
+            return min(longest, remaining)
+        if self._zero_wait_for == due:
+            return longest
+        self._zero_wait_for = due
+        return 0.0
 
     def publish_due(self, now: float, specs: tuple[ScheduleSpec, ...] | None = None) -> list[str]:
         """Publish what is due at wall-clock ``now``: the ids this call published. Never raises for a
@@ -471,7 +484,12 @@ class Scheduler:
     @property
     def outbox(self) -> Any:
         if self._outbox is None:
-            self._outbox = self._make_outbox(self.config)
+            # The loop never waits out an outage (a sender's outbox retries for [redis] outage_timeout): one try,
+            # and a due time that could not be published is tried again in RETRY.
+            redis = getattr(self.config, "redis", None)
+            config = self.config if redis is None else dataclasses.replace(
+                self.config, redis=dataclasses.replace(redis, outage_timeout=0.0))
+            self._outbox = self._make_outbox(config)
         return self._outbox
 
     def view(self, now: float) -> tuple[dict[str, Any], ...]:

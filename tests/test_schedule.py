@@ -155,8 +155,12 @@ def test_each_due_time_is_published_once_and_the_loop_waits_for_the_next():
     assert scheduler.wait(0.25) == 0.25
     clock.now = 1009.9
     assert scheduler.wait(0.25) == pytest.approx(0.1)
+    clock.now = 1010.5
+    assert scheduler.wait(0.25) == 0.0  # due: the timers publish it next
+    assert scheduler.wait(0.25) == 0.25  # still not published (a drain does not): the loop never spins
     clock.now = 1010.0
     assert scheduler.publish_due(clock.now) == ["schedule-tick-19700101T001650Z"]
+    assert scheduler.wait(0.25) == 0.25
     assert scheduler.publish_due(clock.now) == []
     clock.now = 1020.5
     scheduler.publish_due(clock.now)
@@ -410,3 +414,21 @@ def test_a_bad_schedule_stops_check_and_run_with_exit_2(tmp_path, root, env, bac
     assert result.returncode == 2, result
     assert f'{config}: [[schedule]] name="digest": cron "61 * * * *": minute must be 0-59' in result.stderr
     assert not (root / ".ipcpool" / "lock").exists()
+
+
+def test_the_supervisors_loop_never_waits_out_a_redis_outage():
+    """A sender retries for [redis] outage_timeout; the scheduler, in the supervisor's loop, tries once and
+    comes back a second later (the due time is kept)."""
+    from ipcpool.transport import make_outbox
+
+    config = _config({"name": "tick", "group": "main", "type": "tick", "every": 10},
+                     transport={"backend": "redis"}, redis={"url": "redis://127.0.0.1:9/0", "outage_timeout": 60.0})
+    clock = _Clock(1003.0)
+    scheduler = Scheduler(config, make_outbox, clock=clock)
+    started = time.monotonic()
+    try:
+        assert scheduler.publish_due(clock.now) == []
+    finally:
+        scheduler.close()
+    assert time.monotonic() - started < 10, "waited out the outage in the loop"
+    assert scheduler.next_due() == 1004.0  # tried again in a second
