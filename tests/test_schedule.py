@@ -284,6 +284,9 @@ def _iso(text: str) -> int:
 def test_a_supervisor_publishes_each_due_time_once_and_shows_them(tmp_path, root, env, backend, supervisor_factory):
     config = _write(tmp_path, root, backend, extra='\n[[schedule]]\nname = "digest"\ngroup = "main"\ntype = "tick"\n'
                                                   'cron = "30 2 * * *"\ntimezone = "Europe/Berlin"\n')
+    never_ran = json.loads(run_cli(env, tmp_path, "status", "--config", str(config), "--json").stdout)
+    assert [(s["name"], len(s["next"]), s["lastPublished"]) for s in never_ran["schedules"]] == \
+        [("tick", 3, None), ("digest", 3, None)], "status --json shows the schedules with no supervisor ever run"
     sup = supervisor_factory(config)
     wait_until(lambda: len(records(tmp_path)) >= 3, 20, message="three due times handled")
     listed = json.loads(run_cli(env, tmp_path, "schedule", "list", "--config", str(config), "--json").stdout)
