@@ -17,6 +17,7 @@ from typing import Any, get_type_hints
 
 from ipcpool.errors import ConfigError
 from ipcpool.message import FORMATS, GROUP_NAME, TYPE_NAME
+from ipcpool.schedule import ScheduleSpec, check_schedules, parse_schedules
 
 ROOT_ENV = "IPCPOOL_ROOT"
 HANDLER_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
@@ -130,6 +131,7 @@ class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     handlers: dict[str, str] = field(default_factory=dict)
     groups: dict[str, GroupConfig] = field(default_factory=dict)
+    schedules: tuple[ScheduleSpec, ...] = ()  # [[schedule]] tables (ipcpool.schedule)
     path: str | None = None
 
 
@@ -363,7 +365,7 @@ def _groups(c: _Checker, table: Any) -> dict[str, GroupConfig]:
 def parse_config(data: dict[str, Any], source: str = "<config>", *, environ: dict[str, str] | None = None) -> Config:
     """A parsed TOML document to a validated Config (``environ`` defaults to os.environ)."""
     c = _Checker(source)
-    known = set(_SECTIONS) | {"handlers", "groups"}
+    known = set(_SECTIONS) | {"handlers", "groups", "schedule"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise c.fail(f"[{unknown[0]}]", f"is not a known section; sections: {', '.join(sorted(known))}")
@@ -377,12 +379,14 @@ def parse_config(data: dict[str, Any], source: str = "<config>", *, environ: dic
         **sections,
         handlers=_handlers(c, data.get("handlers", {})),
         groups=_groups(c, data.get("groups", {})),
+        schedules=parse_schedules(data.get("schedule", []), c.fail),
         path=None if source == "<config>" else source,
     )
     _check_spool(c, config.spool)
     _check_numbers(c, config)
     _check_transport(c, config)
     _check_http(c, config)
+    check_schedules(config.schedules, config, c.fail)
     return config
 
 

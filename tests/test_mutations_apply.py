@@ -61,7 +61,7 @@ def test_every_documented_config_key_has_a_mutation() -> None:
         if not line.startswith("| `["):
             continue
         names = re.findall(r"`([^`]+)`", line.split("|")[1])  # "[retry] delay", "backoff", "max_delay"
-        section, first = re.fullmatch(r"(\[[^\]]+\]) (.+)", names[0]).groups()
+        section, first = re.fullmatch(r"(\[\[?[^\]]+\]\]?) (.+)", names[0]).groups()  # [[schedule]] too
         keys += [f"{section} {name}" for name in (first, *names[1:])]
     assert len(keys) >= 30, keys
     promises = " ".join(m.promise for m in MUTATIONS)

@@ -1,4 +1,4 @@
-"""``ipcpool run | send | request | check | reload | health | status | top | errors``: the command line.
+"""``ipcpool run | send | request | check | reload | health | status | top | errors | schedule``: the command line.
 
 The exit codes are errors.EXIT_*: 0 done, 1 did not succeed (ack timeout, a
 message rejected or failed, unhealthy, queue full, already running), 2 bad
@@ -6,7 +6,7 @@ config or arguments, 3 workers cannot boot. Output piped into a reader that
 stops early (``head``) ends quietly with 0.
 
 ``parser`` builds the arguments; ``commands`` runs each sub-command (one small
-function each) and ``deadletters`` the ``errors`` ones; ``views``,
+function each), ``deadletters`` the ``errors`` ones and ``schedules`` ``schedule list``; ``views``,
 ``liveview`` and ``progress`` draw on a terminal (the only modules that import
 rich).
 """

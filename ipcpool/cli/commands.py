@@ -87,8 +87,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not handlers:
         print(f"{args.config}: warning: [handlers] is empty: every message would go to errors/ "
               '("no handler for type X"); name a handler per type, or "*"', file=sys.stderr)
+    schedules = f", {len(config.schedules)} schedules" if config.schedules else ""
     print(f"{args.config}: ok (root {config.spool.root}, {config.pool.workers} workers, "
-          f"{len(handlers)} handlers: {', '.join(sorted(handlers)) or 'none'})")
+          f"{len(handlers)} handlers: {', '.join(sorted(handlers)) or 'none'}{schedules})")
     return EXIT_OK
 
 
@@ -169,6 +170,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             status = dict(status, cluster={"supervisors": inspector.supervisors(), "groups": inspector.counts()})
     finally:
         inspector.close()
+    if args.json and config.schedules:  # as recorded now, with or without a supervisor (`ipcpool schedule list`)
+        from ipcpool.cli.schedules import schedule_views
+
+        status = dict(status, schedules=schedule_views(config))
     print(json.dumps(dict(status, healthy=verdict.healthy, reason=verdict.reason), indent=1) if args.json
           else render_table(status, verdict))
     return EXIT_OK if verdict.healthy else EXIT_FAILURE

@@ -19,6 +19,7 @@ from ipcpool.cli.commands import (
     cmd_top,
 )
 from ipcpool.cli.deadletters import cmd_errors
+from ipcpool.cli.schedules import cmd_schedule
 from ipcpool.config import ROOT_ENV, parse_listen
 from ipcpool.message import GROUP_NAME, TYPE_NAME
 
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_send_commands(commands)
     _add_view_commands(commands)
     _add_errors_command(commands)
+    _add_schedule_command(commands)
     return parser
 
 
@@ -122,6 +124,17 @@ def _add_errors_command(commands: _Commands) -> None:
             p.add_argument("--all", action="store_true")
             p.add_argument("--older-than", help="only older than DURATION (30s, 15m, 24h, 7d)")
             p.add_argument("--dry-run", "-n", action="store_true", help="print what would be deleted, delete nothing")
+
+
+def _add_schedule_command(commands: _Commands) -> None:
+    schedule = commands.add("schedule", cmd_schedule, "the [[schedule]] tables: next due times, last published",
+                            config=False)
+    ssub = schedule.add_subparsers(dest="schedule_command", required=True)
+    p = ssub.add_parser("list", help="each schedule, its next three due times (in its timezone) and the last one "
+                                     "published", description="each schedule, its next three due times (in its "
+                                     "timezone) and the last one published")
+    commands.add_config(p)
+    p.add_argument("--json", action="store_true")
 
 
 def _group_arg(text: str) -> str:

@@ -105,6 +105,7 @@ class PoolSnapshot:
     reloads: Mapping[str, Any]
     external: tuple[ExternalHeartbeat, ...]
     transport: Mapping[str, Any]  # the transport's stats(): {"groups": {name: {...}}, "transport": {...}}
+    schedules: tuple[Mapping[str, Any], ...] = ()  # [[schedule]]: each one's next due times and last published
 
 
 def status_record(snap: PoolSnapshot) -> dict[str, Any]:
@@ -135,6 +136,7 @@ def status_record(snap: PoolSnapshot) -> dict[str, Any]:
             {"group": h.group, "processId": h.process_id, "status": h.status, "age": round(snap.wall - h.at, 1)}
             for h in snap.external
         ],
+        "schedules": [dict(schedule) for schedule in snap.schedules],
         "totals": dict(snap.totals, queued=sum(g["queued"] for g in groups.values()),
                        held=sum(w["held"] for w in workers), running=sum(w["running"] for w in workers),
                        inflight=sum(w.in_hand for w in snap.workers)),

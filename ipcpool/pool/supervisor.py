@@ -62,8 +62,9 @@ from ipcpool.pool.lifecycle import Lifecycle
 from ipcpool.pool.limits import Limits
 from ipcpool.pool.orphans import wait_for_old_workers
 from ipcpool.pool.reload import Reloader
+from ipcpool.pool.scheduler import Scheduler
 from ipcpool.pool.state import PoolState, SupervisorState
-from ipcpool.transport import make_source
+from ipcpool.transport import make_outbox, make_source
 from ipcpool.waitset import READABLE, WRITABLE, Waitable, WaitSet
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class Supervisor:
         self.pool = pool = PoolState(config, make_source(config, clock=clock, on_hint=self._wake),
                                      PoolMetrics(Labels(config)), clock, config.pool.workers)
         self.source = pool.source
+        self.scheduler = Scheduler(config, make_outbox)  # [[schedule]]: publish_due in run_timers
         self.accounting = Accounting(pool)
         self.dispatcher = Dispatcher(pool.source)
         self.reloader = Reloader(pool, reread)
@@ -192,6 +194,7 @@ class Supervisor:
         except OSError as exc:
             log.error("cannot write the final status.json: %s", exc)
         self.source.close()
+        self.scheduler.close()
         if self.http is not None:
             self.http.close()
         log.info("Enhanced IPC system stopped (%s)", pool.halt_reason or "drained")
@@ -205,7 +208,8 @@ class Supervisor:
     def step(self, timeout: float | None = None) -> None:
         """One iteration: block in one wait, then run every non-blocking step."""
         if timeout is None:
-            timeout = 0.0 if self._source_busy else self.tick  # sliced work (a rescan, pruning): come straight back
+            # Sliced work (a rescan, pruning): come straight back; else wait a tick, or until a schedule is due.
+            timeout = 0.0 if self._source_busy else self.scheduler.wait(self.tick)
         ready = self._waitset.wait(self._waitables(), timeout)
         if self._wake_r in ready:
             self._drain_wake_pipe()
@@ -368,6 +372,8 @@ class Supervisor:
                 self.write_status(now)
             except OSError as exc:
                 log.error("cannot write status.json: %s", exc)
+        if pool.running:
+            self.scheduler.publish_due(time.time(), self.config.schedules)
         if now >= self.next_housekeeping and pool.running:
             self.next_housekeeping = now + HOUSEKEEPING_INTERVAL
             self.source.housekeeping({w.pid for w in pool.workers if w.pid})
@@ -415,7 +421,8 @@ class Supervisor:
             reloads=reloader.log.as_status(pool.generation, reloader.reloading is not None),
             external=tuple(ExternalHeartbeat(group, pid, record["status"], record["at"])
                            for (group, pid), record in sorted(accounting.external.items())),
-            transport=self.source.stats() if transport is None else transport)
+            transport=self.source.stats() if transport is None else transport,
+            schedules=self.scheduler.view(time.time()))
 
     def answer_probe(self, lag: float) -> Answer:
         """An HTTP probe's question (/metrics, /healthz, /readyz), answered from the loop thread."""

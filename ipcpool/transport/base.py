@@ -5,7 +5,7 @@
     worker     ─ Store ──▶ prefetch · read · names · is_acked · complete · settle · reply · error_ref
                             · quarantine · close
     sender     ─ Outbox ─▶ ensure_group · publish · present · is_acked · nack · wait_answer · async_wait_answer
-                            · depth · supervisor_running · close
+                            · depth · supervisor_running · schedule_marks · publish_due · close
     operator   ─ Inspector ▶ counts · supervisors · ping · dead_letters (list · read · retry · purge) · close
 
 Backends, one sub-package each: ``spool`` (files under ``[spool] root``), ``redis`` (Redis Streams, many
@@ -135,6 +135,14 @@ class Outbox(Protocol):
                                 reply_group: str | None = None) -> Answer | None: """The same, awaited."""
     def depth(self, group: str) -> int: ...
     def supervisor_running(self) -> bool | None: """Whether some supervisor takes these messages now."""
+    def schedule_marks(self, names: Sequence[str], *, since: int | None = None) -> dict[str, dict[str, Any]]:
+        """What is recorded of each ``[[schedule]]``: ``since`` (first seen) and the last due time published,
+        ``due`` (whole seconds since the epoch), with its ``id`` and ``at`` (when). ``since``: record it for a
+        schedule that has no record yet (one atomic set-if-absent, whoever comes first)."""
+    def publish_due(self, schedule: str, due: int, group: str, name: str, data: bytes, mark: dict[str, Any]) -> bool:
+        """Publish one due time of a schedule once, however many supervisors try, and record it (``mark``: its
+        id and when) with it; False when this call did not publish it: that due time, or a later one, is recorded
+        already, or it was published but not recorded (a SIGKILL between the two) and is found under its name."""
     def close(self) -> None: ...
 
 

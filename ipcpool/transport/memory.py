@@ -36,6 +36,7 @@ class MemoryBroker:
     responses: dict[Key, bytes] = field(default_factory=dict)
     failures: dict[Key, list[dict[str, Any]]] = field(default_factory=dict)
     dead: list[ErrorEntry] = field(default_factory=list)
+    schedules: dict[str, dict[str, Any]] = field(default_factory=dict)  # [[schedule]] name -> its record
     _refs: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def queue(self, group: str) -> OrderedDict[str, tuple[str, bytes]]:
@@ -232,6 +233,21 @@ class MemoryOutbox:
 
     def supervisor_running(self) -> bool | None:
         return None
+
+    def schedule_marks(self, names: Sequence[str], *, since: int | None = None) -> dict[str, dict[str, Any]]:
+        marks = self.broker.schedules
+        for name in names:
+            if since is not None and name not in marks:
+                marks[name] = {"since": since}
+        return {name: dict(marks[name]) for name in names if name in marks}
+
+    def publish_due(self, schedule: str, due: int, group: str, name: str, data: bytes, mark: dict[str, Any]) -> bool:
+        last = self.broker.schedules.get(schedule, {}).get("due")
+        if last is not None and last >= due:
+            return False
+        self.publish(group, name, data)
+        self.broker.schedules[schedule] = {**self.broker.schedules.get(schedule, {}), **mark, "due": due}
+        return True
 
     def close(self) -> None:
         pass

@@ -129,9 +129,7 @@ class Ingest:
             return
         inbox = split_name(name)[0] if "/" in name else MESSAGES
         digest = hashlib.sha1(result.data).hexdigest()
-        # Its bytes too: where times are whole seconds, a name reused within one on a reused inode is another file.
-        identity = os.fsencode(name) + f":{st.st_ino}:{st.st_mtime_ns}:{st.st_size}:{digest}".encode()
-        marker = self.keys.ingested(self.consumer, group, hashlib.sha1(identity).hexdigest())
+        marker = self._marker(group, name, st, digest)
         stem = stem_of(name)
         wants = said.id is not None and (said.requires_ack or said.reply_to is not None)
         relay = (self.keys.relay(self.consumer), relay_field(group, said.id), relay_value(said.reply_to,
@@ -160,6 +158,12 @@ class Ingest:
         self.local.done(group, name)
         self.moved += 1
         self._forget_marker(marker)
+
+    def _marker(self, group: str, name: str, st: os.stat_result, digest: str) -> str:
+        """The key that says this very file was published. Its bytes too: where times are whole seconds, a
+        name reused within one on a reused inode is another file."""
+        identity = os.fsencode(name) + f":{st.st_ino}:{st.st_mtime_ns}:{st.st_size}:{digest}".encode()
+        return self.keys.ingested(self.consumer, group, hashlib.sha1(identity).hexdigest())
 
     def _forget_marker(self, marker: str) -> None:
         """The file is gone: its marker has done its job (a restart between publishing and removing it). Kept,

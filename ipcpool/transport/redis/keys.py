@@ -18,6 +18,7 @@
                                      a lease: gone when none renewed lately (Redis down, stalled or restarted,
                                      or every supervisor cut off)
     <p>:reclaim-hold                 set for one lease when <p>:alive was found gone: no reclaims meanwhile
+    <p>:schedule:<name>              hash: a [[schedule]]'s since, and its last due time published (due, id, at)
 """
 
 from __future__ import annotations
@@ -77,3 +78,6 @@ class Keys:
     @property
     def reclaim_hold(self) -> str:
         return f"{self.p}:reclaim-hold"
+
+    def schedule(self, name: str) -> str:
+        return f"{self.p}:schedule:{name}"

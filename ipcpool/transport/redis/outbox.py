@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from ipcpool.transport.redis.connection import (
     unavailable,
 )
 from ipcpool.transport.redis.keys import Keys
-from ipcpool.transport.redis.scripts import Scripts, publish
+from ipcpool.transport.redis.scripts import Scripts, publish, publish_due
 
 Answer = tuple[str, Any]
 BLOCK_SLICE = 1.0  # seconds one BLPOP waits before the ledger is looked at again
@@ -82,6 +82,38 @@ class RedisOutbox:
 
     def depth(self, group: str) -> int:
         return int(self._retry(lambda: self.client.xlen(self.keys.stream(group))))
+
+    def schedule_marks(self, names: Sequence[str], *, since: int | None = None) -> dict[str, dict[str, Any]]:
+        """Each schedule's hash (HSETNX of ``since`` first: whoever comes first records it)."""
+        def read() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for name in names:
+                if since is not None:
+                    pipe.hsetnx(self.keys.schedule(name), "since", since)
+                pipe.hgetall(self.keys.schedule(name))
+            return pipe.execute()[1::2] if since is not None else pipe.execute()
+
+        marks: dict[str, dict[str, Any]] = {}
+        for name, raw in zip(names, self._retry(read) if names else [], strict=True):
+            mark = {k.decode(): v.decode() for k, v in raw.items()}
+            for key in ("since", "due"):
+                if key in mark:
+                    mark[key] = int(mark[key])
+            if "at" in mark:
+                mark["at"] = float(mark["at"])
+            if mark:
+                marks[name] = mark
+        return marks
+
+    def publish_due(self, schedule: str, due: int, group: str, name: str, data: bytes, mark: dict[str, Any]) -> bool:
+        stem = name.rsplit(".", 1)[0]
+        reply = self._retry(lambda: publish_due(self.scripts, self.keys, group, stem, data, format_for(name) or "",
+                                                hashlib.sha1(data).hexdigest(), self.max_queued, self.ttl,
+                                                schedule, due, float(mark.get("at") or time.time())))
+        verdict = reply[0] if reply else b""
+        if verdict == b"full":
+            raise QueueFull(group, self.max_queued)
+        return verdict == b"ok"
 
     def supervisor_running(self) -> bool | None:
         try:

@@ -11,6 +11,11 @@ Their KEYS and ARGV are spelled out where they are called (``calls`` below).
   namesake is claimed, not while its name is queued or in flight (``busy``:
   the file waits, and is published once that one is done; then its id meets
   the ack ledger).
+- ``publish_due``: one due time of a ``[[schedule]]``: nothing (``same``) when the
+  schedule's hash records that due time or a later one, or the ack ledger holds
+  its id (then recorded); else as ``publish``
+  (``full``, XADD, the name, the group) and the due time recorded with it, at
+  once: supervisors sharing the Redis publish each due time once between them.
 - ``fetch``: a worker's batch of entries, each with whether the ack ledger
   already holds its stem (the dedupe check, answered ahead in the same trip).
 - ``complete`` (not a script: a MULTI/EXEC of fixed commands, so a worker can
@@ -70,6 +75,22 @@ if ARGV[12] ~= '' then  -- a bridged file whose writer waits for answers in its 
   redis.call('HSET', KEYS[5], ARGV[11], ARGV[12])
   redis.call('EXPIRE', KEYS[5], ARGV[7])
 end
+return {'ok', id}
+"""
+
+PUBLISH_DUE = """
+local last = redis.call('HGET', KEYS[4], 'due')
+if last and tonumber(last) >= tonumber(ARGV[8]) then return {'same'} end
+if redis.call('EXISTS', KEYS[5]) == 1 then  -- handled already (the hash restored older than the ledger): recorded
+  redis.call('HSET', KEYS[4], 'due', ARGV[8], 'id', ARGV[3], 'at', ARGV[9])
+  return {'same'}
+end
+local limit = tonumber(ARGV[5])
+if limit > 0 and redis.call('XLEN', KEYS[1]) >= limit then return {'full'} end
+local id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[1], 'f', ARGV[2], 's', ARGV[3], 'i', 'messages', 'q', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[6])
+redis.call('SADD', KEYS[3], ARGV[7])
+redis.call('HSET', KEYS[4], 'due', ARGV[8], 'id', ARGV[3], 'at', ARGV[9])
 return {'ok', id}
 """
 
@@ -167,6 +188,7 @@ class Scripts:
 
     def __init__(self, client: Any) -> None:
         self.publish = client.register_script(PUBLISH)
+        self.publish_due = client.register_script(PUBLISH_DUE)
         self.fetch = client.register_script(FETCH)
         self.quarantine = client.register_script(QUARANTINE)
         self.renew = client.register_script(RENEW)
@@ -184,6 +206,15 @@ def publish(scripts: Scripts, keys: Any, group: str, name: str, stem: str, data:
                                  marker or keys.queued(group, name), relay_key],
                            args=[data, fmt, stem, inbox, digest, max_queued, ttl, group, "1" if marker else "0",
                                  name, relay_field, relay_value], client=client)
+
+
+def publish_due(scripts: Scripts, keys: Any, group: str, stem: str, data: bytes, fmt: str, digest: str,
+                max_queued: int, ttl: int, schedule: str, due: int, at: float) -> list[Any]:
+    """One due time of a [[schedule]]: published (as publish does) and recorded at once, unless that due time or
+    a later one is recorded already: N supervisors publish it once between them."""
+    return scripts.publish_due(keys=[keys.stream(group), keys.queued(group, stem), keys.groups,
+                                     keys.schedule(schedule), keys.ack(group, stem)],
+                               args=[data, fmt, stem, digest, max_queued, ttl, group, due, repr(at)])
 
 
 def fetch_call(keys: Any, group: str, entries: list[str]) -> tuple[list[str], list[str]]:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from ipcpool.errors import QueueFull
+from ipcpool.errors import MessageExists, QueueFull
 from ipcpool.transport.spool.layout import ACKS, MESSAGES, PROCESSING, ack_name, nack_name, root_mode
+from ipcpool.transport.spool.schedules import ScheduleMarks
 from ipcpool.transport.spool.spool import Spool
 from ipcpool.transport.spool.waiter import POLL_FALLBACK, FileWaiter
 from ipcpool.transport.spool.writes import read_regular
@@ -39,6 +40,7 @@ class SpoolOutbox:
         self.waiter = FileWaiter()
         self._wakeups: set[asyncio.Future[None]] = set()  # asyncio waits asleep, woken by any event
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.schedules = ScheduleMarks(self.spool.folders, self.spool.writer)
 
     @property
     def root(self) -> Any:
@@ -74,6 +76,29 @@ class SpoolOutbox:
     def nack(self, group: str, message_id: str) -> dict[str, Any] | None:
         """The nack of that id, if there is one."""
         return _read_json(self.spool.folders.path(group, ACKS, nack_name(message_id)))
+
+    # -- [[schedule]] (one supervisor per root: its lock makes these read-then-write steps safe) ---------------
+
+    def schedule_marks(self, names: Sequence[str], *, since: int | None = None) -> dict[str, dict[str, Any]]:
+        return self.schedules.marks(names, since)
+
+    def publish_due(self, schedule: str, due: int, group: str, name: str, data: bytes, mark: dict[str, Any]) -> bool:
+        """The message, then its record. A SIGKILL between the two leaves the message recorded nowhere but
+        under its name: queued, in flight, acked or nacked (scheduled messages ask for an ack), which the
+        next start finds here and does not publish again."""
+        last = self.schedules.read().get(schedule, {}).get("due")
+        if last is not None and last >= due:
+            return False
+        message_id = name.rsplit(".", 1)[0]
+        published = False
+        if not (self.present(group, name, message_id) or self.nack(group, message_id) is not None):
+            try:
+                self.publish(group, name, data)
+                published = True
+            except MessageExists:
+                pass  # a file of that name is queued already: this due time, published before a restart
+        self.schedules.record(schedule, {**mark, "due": due})
+        return published
 
     # -- waiting for the answer -------------------------------------------------------------------------
 
