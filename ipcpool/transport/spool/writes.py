@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import stat
+import time
 
 from ipcpool.errors import MessageExists
 from ipcpool.portable import rename_noreplace
@@ -25,6 +26,7 @@ _OPEN_SPARE = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 _OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 MAX_SPARES = 16  # handled files one process keeps for its next acks (more when messages need none)
 PUBLISH_ATTEMPTS = 16  # renames tried while a namesake is claimed or removed between two looks
+STAGING_GRACE = 60.0  # seconds a staging file of a pid not known live is kept (a worker newer than the list)
 
 
 class Writer:
@@ -143,12 +145,15 @@ class Writer:
         while self._spares:
             unlink_quietly(self._spares.pop()[0])
 
-    def prune_staging(self, live_pids: set[int]) -> int:
+    def prune_staging(self, live_pids: set[int], *, now: float | None = None) -> int:
         """Remove staging files left by processes that are gone (temp files, spares); returns how many.
 
         Every staging name starts with ``.<pid>-``; a file of a live process
-        is kept even when old (a spare's mtime is its message's).
+        is kept even when old (a spare's mtime is its message's). So is one
+        touched (its ctime: a rename sets it) within STAGING_GRACE: its pid
+        may be a worker started after ``live_pids`` was read, mid-write.
         """
+        now = time.time() if now is None else now
         if self.folders.staging is None:
             return 0
         removed = 0
@@ -161,8 +166,11 @@ class Writer:
             pid_text = name[1:].split("-", 1)[0]
             if pid_text.isdigit() and int(pid_text) in live_pids:
                 continue
+            path = f"{self.folders.staging}/{name}"
             try:
-                os.unlink(f"{self.folders.staging}/{name}")
+                if now - os.lstat(path).st_ctime < STAGING_GRACE:
+                    continue
+                os.unlink(path)
             except OSError as exc:
                 if exc.errno != errno.ENOENT:
                     log.warning("cannot remove staging leftover %s: %s", name, exc)
