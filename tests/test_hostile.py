@@ -119,7 +119,7 @@ def test_symlink_to_a_fifo_does_not_block(hostile: Fixture) -> None:
     assert "symbolic link" in hostile.wait_error("link-fifo.json")["reason"]
 
 
-def test_fifo_socket_directory_and_hard_link_are_refused(hostile: Fixture) -> None:
+def test_fifo_socket_and_hard_link_are_refused_and_a_directory_left_alone(hostile: Fixture) -> None:
     os.mkfifo(hostile.messages / "a-fifo.json")
     sock = socket.socket(socket.AF_UNIX)
     sock_path = hostile.root / "main" / "tmp" / "s.sock"
@@ -131,10 +131,12 @@ def test_fifo_socket_directory_and_hard_link_are_refused(hostile: Fixture) -> No
     os.link(target, hostile.messages / "a-hardlink.json")
     assert "FIFO" in hostile.wait_error("a-fifo.json")["reason"]
     assert "socket" in hostile.wait_error("a-socket.json")["reason"]
-    assert "directory" in hostile.wait_error("a-dir.json")["reason"]
     assert "hard link" in hostile.wait_error("a-hardlink.json")["reason"]
     sock.close()
     assert target.read_text().startswith("{")
+    # A directory is no message: it is left where it is (as a rescan leaves it), never moved to errors/.
+    assert (hostile.messages / "a-dir.json").is_dir()
+    assert not [n for n in os.listdir(hostile.root / "main" / "errors") if n.startswith("a-dir")]
 
 
 def test_oversize_message_is_refused_before_reading(hostile: Fixture) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ipcpool.errors import IpcpoolError
+from ipcpool.errors import IpcpoolError, SpoolError
 from ipcpool.records import ErrorEntry, older_than, parse_duration
 from ipcpool.transport.spool.deadletters import find, list_errors, purge, read_message, retry
 from ipcpool.transport.spool.layout import ERRORS, MESSAGES, PROCESSING, RETRIED_DIR
@@ -176,11 +176,17 @@ def test_purge_removes_both_files(spool, root):
     assert [e.file for e in list_errors(spool)] == [b]
 
 
-def test_purge_a_quarantined_directory(spool, root):
+def test_purge_of_a_quarantined_directory_never_removes_what_it_holds(spool, root):
+    """An older ipcpool quarantined directories: purge removes an empty one, and refuses, saying why, one with
+    files in it (they are someone's; `rm -r` is the operator's call)."""
     os.mkdir(spool.folders.path("main", PROCESSING, "dir.json"))
     (root / "main" / PROCESSING / "dir.json" / "inner").write_text("x")
     spool.dead.quarantine("main", "dir.json", {"reason": "refused: a directory, not a regular file"})
     [entry] = list_errors(spool)
+    with pytest.raises(SpoolError, match="is a folder with files in it: not removed"):
+        purge(spool, entry)
+    assert (root / "main" / ERRORS / entry.file / "inner").read_text() == "x"
+    (root / "main" / ERRORS / entry.file / "inner").unlink()
     purge(spool, entry)
     assert os.listdir(root / "main" / ERRORS) == []
 
