@@ -146,8 +146,9 @@ def test_status_and_top_escape_a_running_message_and_an_external_heartbeat(tmp_p
     # First the heartbeat, recorded: behind the gated message in a worker's hands, it would wait for the gate.
     wait_until(lambda: sup.status()["externalHeartbeats"], 30, message="the heartbeat recorded")
     _drop(root, f"{stem}.json", json.dumps({"type": "x:warning:", "gate": str(gate)}).encode())
-    wait_until(lambda: any((w.get("currentMessage") or {}).get("id") == stem for w in sup.status()["workers"]),
-               30, message="the hostile message running")
+    # Its type is known once the worker's heartbeat told it (before that, status has only the id its name gives).
+    wait_until(lambda: any((w.get("currentMessage") or {}) == {"id": stem, "type": "x:warning:", "group": "main"}
+                           for w in sup.status()["workers"]), 30, message="the hostile message running, its type told")
     escaped_id = "run-\\x1b]0;pwned\\x07\\u009b31m\\u202e[red]r[link=x]L:warning:"
     c = ("--config", str(config))
     try:
