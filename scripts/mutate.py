@@ -981,9 +981,12 @@ MUTATIONS: tuple[Mutation, ...] = (
              (f"{T_SUPV}::test_a_worker_whose_supervisor_is_sigkilled_finishes_its_message_and_the_successor_"
               "waits_for_it",),
              "the next supervisor waits for an old worker that still runs a message"),
-    Mutation("bridge-marker-without-the-bytes", R_INGEST,
-             '        identity = os.fsencode(name) + f":{st.st_ino}:{st.st_mtime_ns}:{st.st_size}:{digest}".encode()',
-             '        identity = os.fsencode(name) + f":{st.st_ino}:{st.st_mtime_ns}:{st.st_size}".encode()',
+    # Two guards that only fail together: the marker names the bytes, and it goes once the file is gone.
+    Mutation("bridge-marker-without-the-bytes-and-kept", R_INGEST,
+             ('        identity = os.fsencode(name) + f":{st.st_ino}:{st.st_mtime_ns}:{st.st_size}:{digest}".encode()',
+              "        self._forget_marker(marker)\n"),
+             ('        identity = os.fsencode(name) + f":{st.st_ino}:{st.st_mtime_ns}:{st.st_size}".encode()',
+              "        pass\n"),
              ("tests/test_bridge_answers.py::test_a_name_reused_within_one_second_on_a_whole_second_filesystem_is_"
               "sent_every_time",),
              "the bridge never takes a new file for the one before it (whole-second file times)"),
