@@ -163,9 +163,10 @@ def parse_schedules(raw: Any, fail: Fail) -> tuple[ScheduleSpec, ...]:
     seen: set[str] = set()
     for index, table in enumerate(raw, 1):
         spec = _parse_one(table, index, fail)
-        if spec.name in seen:
-            raise fail(_where(spec.name, index), "name is used by another [[schedule]]: names must be unique")
-        seen.add(spec.name)
+        if spec.name.casefold() in seen:  # names become file names: one folder on a Mac ignores case
+            raise fail(_where(spec.name, index), "name is used by another [[schedule]] (names must be unique, "
+                       "whatever their case)")
+        seen.add(spec.name.casefold())
         specs.append(spec)
     return tuple(specs)
 

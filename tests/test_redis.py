@@ -861,3 +861,24 @@ def test_a_send_with_redis_down_says_at_once_that_it_retries_and_for_how_long(tm
     finally:
         kill_session(sender.pid)
         sender.wait(10)
+
+
+def test_a_redis_back_without_its_data_has_its_groups_made_again_and_the_pool_goes_on(tmp_path, env, hosts):
+    """Redis restarted empty (no persistence, a failover to an empty replica): it answers NOGROUP. The
+    supervisor makes the consumer groups again and handles what comes next; SIGTERM still drains it."""
+    server = RedisServer(tmp_path / "redis", "--appendonly", "no").start()
+    try:
+        config = _host(tmp_path, "a", server.url, "empty", redis={"outage_timeout": 10.0})
+        sup = _start(tmp_path, env, config, "a", hosts)
+        client = Client.from_config(config)
+        first = client.send("main", "task", {"n": 1}, requires_ack=True, wait=True)
+        server.kill()
+        server.start()  # empty: nothing was persisted
+        # (Until the supervisor announces itself again, an empty Redis knows of none: the sender waits.)
+        second = client.send("main", "task", {"n": 2}, requires_ack=True, wait=True, wait_for_supervisor=True)
+        assert {first, second} <= {r["id"] for r in records(tmp_path)}
+        assert "Redis has lost the consumer groups" in sup.log_since_start()
+        assert "unexpected error in the supervisor loop" not in sup.log_since_start()
+        assert sup.stop() == 0
+    finally:
+        server.stop()

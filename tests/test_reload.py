@@ -230,3 +230,32 @@ def test_an_old_worker_that_cannot_act_keeps_what_it_holds_until_it_has_ended(tm
     assert set(counts.values()) == {1}, counts
     assert next(r["pid"] for r in records(tmp_path) if r["id"] == gated) == old
     assert sup.stop() == 0
+
+
+def test_sigttin_to_a_shell_jobs_whole_process_group_adds_a_worker_and_stops_no_helper(tmp_path, root, env):
+    """`kill -TTIN -- -PGID` on a pool run as a shell job (its own process group, not orphaned: the kernel
+    stops its members on SIGTTIN by default): the supervisor adds a worker; multiprocessing's forkserver and
+    resource tracker ignore the signal (stopped, they would hold the spawn, and the loop, for ever)."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    config = write_config(tmp_path / "c.toml", root, sections={"pool": {"workers": 1}})
+    with open(tmp_path / "sup.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "ipcpool", "run", "--config", str(config)], cwd=tmp_path,
+                                env=env, stdout=log, stderr=subprocess.STDOUT, process_group=0)
+    try:
+        wait_until(lambda: "Enhanced IPC system started" in (tmp_path / "sup.log").read_text(), 30,
+                   message="started")
+        os.killpg(proc.pid, signal.SIGTTIN)
+        wait_until(lambda: len([w for w in (read_status(root) or {}).get("workers", []) if w["state"] == "ready"])
+                   == 2, 30, message="two workers ready")
+        stopped = [p.name() for p in psutil.Process(proc.pid).children(recursive=True)
+                   if p.status() == psutil.STATUS_STOPPED]
+        assert stopped == [], stopped
+        ids = [Client(root, "main").send("main", "task", {"n": n}, requires_ack=True) for n in range(4)]
+        wait_until(lambda: all((root / "main" / "acks" / f"{i}.ack").exists() for i in ids), 30, message="handled")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(30) == 0

@@ -71,6 +71,8 @@ def test_names_are_unique_and_required():
     one = {"name": "digest", "group": "main", "type": "tick", "every": 60}
     with pytest.raises(ConfigError, match=r'\[\[schedule\]\] name="digest": name is used by another'):
         _config(one, one)
+    with pytest.raises(ConfigError, match=r'\[\[schedule\]\] name="Digest": name is used by another'):
+        _config(one, dict(one, name="Digest"))  # one file name on a case-insensitive filesystem (a Mac's)
     with pytest.raises(ConfigError, match=r"\[\[schedule\]\] #1: name is missing"):
         _config({"group": "main", "type": "tick", "every": 60})
     with pytest.raises(ConfigError, match=r"\[\[schedule\]\] #1: name must be 1-64 letters"):

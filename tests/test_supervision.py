@@ -410,7 +410,13 @@ def test_a_worker_whose_supervisor_is_sigkilled_finishes_its_message_and_the_suc
     successor = supervisor_factory(config, wait_ready=False)
     wait_until(lambda: f"worker pid={worker} still runs a message; waiting for it" in successor.log_since_start(),
                30, message="the successor past its short grace, waiting for the live worker")
+    for signum in (signal.SIGUSR1, signal.SIGHUP):  # neither ends the wait: they wait their turn
+        successor.signal(signum)
+    sent = time.time()
+    wait_until(lambda: (s := successor.status() or {}).get("state") == "starting" and s.get("writtenAt", 0) > sent,
+               30, message="the successor still waiting after the signals (its status rewritten since)")
     assert psutil.pid_exists(worker) and not (root / "main" / "acks" / f"{running}.ack").exists()
+    assert "Enhanced IPC system started" not in successor.log_since_start(), "still waiting for the old worker"
     gate.touch()
     wait_until(lambda: all((root / "main" / "acks" / f"{i}.ack").exists() for i in (running, behind)), 60,
                message="both acked")
@@ -418,3 +424,31 @@ def test_a_worker_whose_supervisor_is_sigkilled_finishes_its_message_and_the_suc
     assert Counter(r["id"] for r in records(tmp_path))[running] == 1, "the running message ran once"
     assert "killed orphaned worker" not in successor.log_since_start()
     assert successor.stop() == 0
+
+
+def test_a_signal_to_stop_while_the_successor_waits_for_old_workers_takes_nothing_up(tmp_path, root,
+                                                                                     supervisor_factory):
+    """SIGTERM to a supervisor still waiting for its predecessor's live worker: it stops without taking
+    processing/ back (that worker still runs the message, asking no ack: nothing else would tell a second run);
+    the worker finishes it; the next start does not run it again."""
+    config = write_config(tmp_path / "c.toml", root, sections={"pool": {"workers": 1, "handler_timeout": 60.0}})
+    sup = supervisor_factory(config)
+    gate = tmp_path / "gate"
+    running = Client(root, "main").send("main", "task", {"gate": str(gate)})  # no ack asked
+    worker = wait_until(lambda: next((r["pid"] for r in records(tmp_path) if r["id"] == running), None), 30,
+                        message="the gated message running")
+    sup.kill()
+    successor = supervisor_factory(config, wait_ready=False)
+    wait_until(lambda: f"worker pid={worker} still runs a message" in successor.log_since_start(), 30,
+               message="the successor waiting for the live worker")
+    successor.signal(signal.SIGTERM)
+    assert successor.wait(30) == 0
+    assert "stopping without taking anything up" in successor.log_since_start()
+    assert _names(root, "main", "processing") == [f"{running}.json"], "left where it was"
+    gate.touch()
+    wait_until(lambda: not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE,
+               30, message="the old worker done and gone")
+    third = supervisor_factory(config)
+    wait_until(lambda: _drained(root), 30, message="nothing left")
+    assert Counter(r["id"] for r in records(tmp_path))[running] == 1, "run once"
+    assert third.stop() == 0

@@ -51,6 +51,26 @@ def mp_context(*, fork: bool = False) -> Any:
     return ctx
 
 
+JOB_CONTROL_SIGNALS = (signal.SIGTTIN, signal.SIGTTOU)  # the supervisor's resize signals
+
+
+def start_helpers(ctx: Any) -> None:
+    """Start multiprocessing's helper processes now, with SIGTTIN and SIGTTOU ignored (an ignored signal stays
+    ignored across exec): sent to a shell job's whole process group, those signals would otherwise stop the
+    resource tracker and the forkserver, and the next spawn would wait on them for ever. Call before the
+    supervisor installs its own handlers for them."""
+    from multiprocessing import forkserver, resource_tracker
+
+    before = [signal.signal(signum, signal.SIG_IGN) for signum in JOB_CONTROL_SIGNALS]
+    try:
+        resource_tracker.ensure_running()
+        if ctx.get_start_method() == "forkserver":
+            forkserver.ensure_running()
+    finally:
+        for signum, handler in zip(JOB_CONTROL_SIGNALS, before, strict=True):
+            signal.signal(signum, handler)
+
+
 class WorkerState(enum.Enum):
     STARTING = "starting"  # process started, handlers importing
     READY = "ready"  # takes deliveries

@@ -22,7 +22,7 @@ from ipcpool.errors import EXIT_WORKER_BOOT, EXIT_WORKER_GRACE
 from ipcpool.localroot import LocalRoot
 from ipcpool.ops.logs import MULTILINE
 from ipcpool.pool.accounting import Accounting
-from ipcpool.pool.handle import StopReason, WorkerHandle, WorkerState, describe_exit, spawn_worker
+from ipcpool.pool.handle import StopReason, WorkerHandle, WorkerState, describe_exit, spawn_worker, start_helpers
 from ipcpool.pool.protocol import (
     SLOT_ACK_HOLDS,
     BootError,
@@ -64,6 +64,11 @@ class Lifecycle:
         self._spawn_failing = False  # a worker could not be started (logged once until one starts again)
 
     # -- spawning ----------------------------------------------------------------------------------------
+
+    def start_helpers(self) -> None:
+        """multiprocessing's resource tracker and forkserver, started before the supervisor's signal handlers
+        are (see :func:`~ipcpool.pool.handle.start_helpers`)."""
+        start_helpers(self._ctx)
 
     def spawn(self, slot: int, now: float) -> None:
         pool = self.pool

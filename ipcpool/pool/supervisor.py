@@ -111,6 +111,7 @@ class Supervisor:
         self._lock_fd: int | None = lock_fd  # the compat API takes the lock before it forks us
         self._on_started = on_started  # called once every worker is ready (the compat API waits for it)
         self._source_busy = False  # the transport has sliced work left (a rescan, pruning): no waiting
+        self._source_fault: str | None = None  # the transport's last failure, said once until it changes
         self.started_wall = time.time()
         self.tick = min(0.25, config.heartbeat.interval / 4)
         self.next_status = 0.0
@@ -159,9 +160,18 @@ class Supervisor:
 
     def boot(self) -> None:
         proctitle.Title().set(proctitle.supervisor(self.local.root))
+        self.lifecycle.start_helpers()
         self._install_signals()
         wait_for_old_workers(self.local, self.config.heartbeat.interval, self.config.pool.handler_timeout,
-                             interrupted=lambda: bool(self._signals), still_starting=self.write_starting_status)
+                             interrupted=self._told_to_stop, still_starting=self.write_starting_status)
+        if self._told_to_stop():
+            # Told to stop while an old run's worker may still run a message: what it holds stays where it
+            # is (taking processing/ back now could hand that message out twice); the next start finds it.
+            log.info("received a signal to stop before the previous supervisor's workers were gone; stopping "
+                     "without taking anything up")
+            self._signals.clear()
+            self.pool.state = SupervisorState.STOPPED
+            return
         recovered = self.source.open()
         now = self.clock()
         for slot in range(self.pool.size):
@@ -217,7 +227,7 @@ class Supervisor:
         self.flush_tasks(ready)
         self.read_results(ready)
         now = self.clock()
-        self._source_busy = self.source.poll(now, ready, self.dispatcher.room)
+        self._source_busy = self._poll_source(now, ready)
         self.lifecycle.reap_ended(now, ready)
         self.limits.kill_stale(now)
         self.limits.recycle(now)
@@ -226,6 +236,22 @@ class Supervisor:
         self.run_timers(now)
         if self.probe.asked():
             self.probe.answer(self.answer_probe)
+
+    def _poll_source(self, now: float, ready: set[int]) -> bool:
+        """The transport's turn; a fault of its own never starves reaping, limits, the drain or the timers
+        (logged when it first happens, and again only when it changes)."""
+        try:
+            busy = self.source.poll(now, ready, self.dispatcher.room)
+        except Exception as exc:
+            said = f"{type(exc).__name__}: {exc}"
+            if said != self._source_fault:
+                log.exception("the transport failed (%s); the pool goes on, and asks it again at each step", said)
+            self._source_fault = said
+            return False
+        if self._source_fault is not None:
+            log.info("the transport works again")
+            self._source_fault = None
+        return busy
 
     def _waitables(self) -> list[Waitable]:
         waitables: list[Waitable] = [(self._wake_r, READABLE, "wake", self)]
@@ -290,6 +316,10 @@ class Supervisor:
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, record)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+
+    def _told_to_stop(self) -> bool:
+        """A drain or stop signal is queued (others wait their turn in the loop: a reload, a resize)."""
+        return any(signum in DRAIN_SIGNALS or signum == signal.SIGQUIT for signum in self._signals)
 
     def handle_signals(self) -> None:
         while self._signals:

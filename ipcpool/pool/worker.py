@@ -252,6 +252,10 @@ class Worker:
             born = process_create_time(supervisor)
         except Exception:  # noqa: BLE001 - already gone
             self.exit_now(EXIT_OK)
+        # Its pidfd, where there is one, says when that very process ends: a start time read again later moves
+        # with the wall clock (psutil adds the boot time, which a clock step shifts), so a step would make a
+        # live supervisor look gone.
+        watch = portable.pidfd_open(supervisor)
         grace = self.config.pool.shutdown_grace
         next_beat = time.monotonic() + interval
         told = False
@@ -275,13 +279,21 @@ class Worker:
                     self.exit_now(EXIT_WORKER_GRACE)
                 if now >= next_beat:
                     next_beat = now + interval
-                    if not pid_alive(supervisor, born):
+                    if not _alive(supervisor, born, watch):
                         self._outlive_supervisor(supervisor)
                     self.send(Heartbeat(self.heartbeat()))
                     title.set(proctitle.worker(self.spec.slot, self.pipeline.current_message,
                                                "stopping" if self._stopping else "idle"))
             except (BrokenPipeError, EOFError, OSError):
                 self.exit_now(EXIT_OK)
+
+
+def _alive(pid: int, born: float, pidfd: int | None) -> bool:
+    """Whether the process ``pid`` that started at ``born`` runs: its pidfd not yet readable, or, without one,
+    its pid and start time (macOS keeps a process's start time as it was, whatever the clock does since)."""
+    if pidfd is not None:
+        return not select.select([pidfd], [], [], 0)[0]
+    return pid_alive(pid, born)
 
 
 def _drain(fd: int) -> None:

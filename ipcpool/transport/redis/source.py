@@ -195,7 +195,22 @@ class RedisSource:
         except UNAVAILABLE as exc:
             self._lost(exc)
             return
+        except redis.exceptions.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._groups_gone(exc)
         self.outage.ok()
+
+    def _groups_gone(self, exc: BaseException) -> None:
+        """Redis answers NOGROUP: it came back without its data (no persistence, a failover to an empty
+        replica, FLUSHALL). The consumer groups are made again, at once, so the loop goes on; entries held
+        here that Redis no longer has end as vanished when a worker looks for them."""
+        log.error("Redis has lost the consumer groups (%s): restarted without its data? Making them again; "
+                  "messages it held are gone with them", exc)
+        self.groups.clear()
+        self.reader.drop()
+        self._refresh_groups()
+        self.next_groups = 0.0
 
     def backlog(self) -> int:
         return 0 if self.outage.down else len(self.queue)
