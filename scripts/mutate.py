@@ -868,7 +868,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              'log phrase "ACK received"'),
     # -- [[schedule]] (issue 27): each key, and each promise of docs/schedules.md ------------------------------------
     Mutation("schedule-names-may-repeat", SCHED,
-             "        if spec.name in seen:", "        if False:",
+             "        if spec.name.casefold() in seen:  # names become file names: one folder on a Mac ignores case",
+             "        if False:",
              (f"{T_SCHED}::test_names_are_unique_and_required",),
              "[[schedule]] name: unique"),
     Mutation("schedule-id-not-derived-from-the-name", SCHED,
@@ -1035,8 +1036,40 @@ MUTATIONS: tuple[Mutation, ...] = (
              '        return "private"',
              ("tests/test_containers.py::test_recipe_a_writer_under_another_uid_in_shared_mode",),
              "a sender told no mode writes as the root is (shared into a setgid root)"),
+    # -- the review of the pool package ----------------------------------------------------------------------
+    Mutation("any-signal-ends-the-wait-for-old-workers", SUP,
+             "                             interrupted=self._told_to_stop, still_starting=self.write_starting_status)",
+             "                             interrupted=lambda: bool(self._signals), "
+             "still_starting=self.write_starting_status)",
+             (f"{T_SUPV}::test_a_worker_whose_supervisor_is_sigkilled_finishes_its_message_and_the_successor_"
+              "waits_for_it",),
+             "a reload or an ignored signal never ends the wait for a predecessor's live worker"),
+    Mutation("stop-during-the-wait-takes-processing-back", SUP,
+             "        if self._told_to_stop():\n", "        if False:\n",
+             (f"{T_SUPV}::test_a_signal_to_stop_while_the_successor_waits_for_old_workers_takes_nothing_up",),
+             "stopped while waiting for a predecessor's worker, a supervisor takes nothing up"),
+    Mutation("worker-judges-its-supervisor-by-start-time", "ipcpool/pool/worker.py",
+             "                    if not _alive(supervisor, born, watch):",
+             "                    if not _alive(supervisor, born, None):",
+             ("tests/test_clock_jump.py::test_a_wall_clock_step_does_not_make_the_workers_think_their_supervisor_"
+              "is_gone",),
+             "a wall-clock step never makes workers think their supervisor is gone"),
+    Mutation("job-control-stops-the-helpers", SUP,
+             "        self.lifecycle.start_helpers()\n", "",
+             (f"{T_RELOAD}::test_sigttin_to_a_shell_jobs_whole_process_group_adds_a_worker_and_stops_no_helper",),
+             "SIGTTIN to a shell job's process group adds a worker and stops no helper process"),
+    Mutation("redis-nogroup-wedges-the-loop", R_SOURCE,
+             '            if "NOGROUP" not in str(exc):\n                raise\n',
+             "            raise\n",
+             (f"{T_REDIS}::test_a_redis_back_without_its_data_has_its_groups_made_again_and_the_pool_goes_on",),
+             "a Redis back without its data has its consumer groups made again"),
+    Mutation("schedule-names-differ-by-case", SCHED,
+             ("        if spec.name.casefold() in seen:  # names become file names: one folder on a Mac ignores case",
+              "        seen.add(spec.name.casefold())"),
+             ("        if spec.name in seen:", "        seen.add(spec.name)"),
+             (f"{T_SCHED}::test_names_are_unique_and_required",),
+             "schedule names are unique whatever their case"),
 )
-
 # -- running ----------------------------------------------------------------------------------------------------
 
 
