@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -39,7 +40,10 @@ def one_pass(tree: Path, out: Path, tmpdir: Path | None, quick: bool) -> dict[st
         argv += ["--tmpdir", str(tmpdir)]
     if quick:
         argv.append("--quick")
-    done = subprocess.run(argv, cwd=tree, capture_output=True, text=True)
+    # Each revision's own package, not the one installed in this interpreter (an editable install points at
+    # the checkout): its benchmark imports it, and so do the supervisors and workers it starts.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(tree), os.environ.get("PYTHONPATH")) if p))
+    done = subprocess.run(argv, cwd=tree, capture_output=True, text=True, env=env)
     if not out.exists():
         raise SystemExit(f"bench.py in {tree} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     rows = json.loads(out.read_text())["rows"]
