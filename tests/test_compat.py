@@ -289,7 +289,8 @@ def test_a_dead_forked_worker_leaves_the_supervisor_idle_not_spinning(tmp_path, 
     system.start()
     _wait_ready(system)
     supervisor = psutil.Process(system._process.pid)
-    victim = supervisor.children()[0]
+    worker_pids = {w["pid"] for w in read_status(system.config.spool.root)["workers"]}
+    victim = next(child for child in supervisor.children() if child.pid in worker_pids)  # not a helper process
     victim.kill()
     wait_until(lambda: victim.pid not in {c.pid for c in supervisor.children()}, message="the dead worker reaped")
     _wait_ready(system)

@@ -63,30 +63,29 @@ def _age(path: Path, seconds: float) -> None:
     os.utime(path, (then, then))
 
 
-def _staging_leftover(root: Path) -> Path:
-    """A temp file of a process that is gone, in the supervisor's staging folder.
-
-    Housekeeping removes it last, after every group's acks/, responses/ and tmp/:
-    once it is gone, a whole pass is over, so a fresh file still there was spared,
-    not merely not reached yet.
-    """
-    staging = root / ".ipcpool" / "staging"
-    staging.mkdir(parents=True, mode=0o700)
-    (root / ".ipcpool").chmod(0o700)
-    leftover = staging / ".99999999-1-deadbeef.tmp"  # above any pid_max: never a live process
-    leftover.write_text("{")
-    return leftover
+def _last_to_prune(root: Path) -> Path:
+    """An old record of a retried message: housekeeping reaches ``errors/retried/`` after the group's
+    acks/, responses/ and tmp/, so once it is gone the pass over them is over, and a fresh file still
+    there was spared, not merely not reached yet. (A staging file cannot be the marker: one touched
+    within a minute is kept whatever its age, and a test cannot age a ctime.)"""
+    retried = root / "main" / "errors" / "retried"
+    retried.mkdir(parents=True, exist_ok=True)
+    record = retried / "old.json.retried1"
+    record.write_text("{}")
+    _age(record, OLD)
+    return record
 
 
 def test_stale_temp_files_are_removed_by_housekeeping(tmp_path, root, supervisor_factory):
-    config = write_config(tmp_path / "c.toml", root, sections={"spool": {"tmp_max_age": 60.0}})
+    config = write_config(tmp_path / "c.toml", root, sections={"spool": {"tmp_max_age": 60.0,
+                                                                         "retried_retention": 60.0}})
     (root / "main" / "tmp").mkdir(parents=True)
     stale = root / "main" / "tmp" / ".crashed-writer.json.tmp"
     stale.write_text("{")
     _age(stale, OLD)
     fresh = root / "main" / "tmp" / ".writing-now.json.tmp"
     fresh.write_text("{")
-    leftover = _staging_leftover(root)
+    leftover = _last_to_prune(root)
     sup = supervisor_factory(config)
     wait_until(lambda: not stale.exists() and not leftover.exists(), 30, message="a housekeeping pass")
     assert fresh.exists(), "a writer's temp file younger than tmp_max_age is kept"
@@ -95,7 +94,8 @@ def test_stale_temp_files_are_removed_by_housekeeping(tmp_path, root, supervisor
 
 def test_old_acks_and_uncollected_responses_are_pruned(tmp_path, root, supervisor_factory):
     config = write_config(tmp_path / "c.toml", root, sections={"ack": {"retention": 60.0},
-                                                               "spool": {"response_retention": 60.0}})
+                                                               "spool": {"response_retention": 60.0,
+                                                                             "retried_retention": 60.0}})
     for sub in ("acks", "responses"):
         (root / "main" / sub).mkdir(parents=True, exist_ok=True)
     old_ack, fresh_ack = root / "main" / "acks" / "old.ack", root / "main" / "acks" / "fresh.ack"
@@ -105,7 +105,7 @@ def test_old_acks_and_uncollected_responses_are_pruned(tmp_path, root, superviso
         path.write_text("2024-01-01T00:00:00.000Z")
     _age(old_ack, OLD)
     _age(old_response, OLD)
-    leftover = _staging_leftover(root)
+    leftover = _last_to_prune(root)
     sup = supervisor_factory(config)
     wait_until(lambda: not old_ack.exists() and not old_response.exists() and not leftover.exists(), 30,
                message="a housekeeping pass")

@@ -58,13 +58,16 @@ def start_helpers(ctx: Any) -> None:
     """Start multiprocessing's helper processes now, with SIGTTIN and SIGTTOU ignored (an ignored signal stays
     ignored across exec): sent to a shell job's whole process group, those signals would otherwise stop the
     resource tracker and the forkserver, and the next spawn would wait on them for ever. Call before the
-    supervisor installs its own handlers for them."""
+    supervisor installs its own handlers for them. Under ``fork`` neither is used (semaphores are unlinked at
+    once), so none is started: a helper nobody needs is one more child to leave a zombie."""
     from multiprocessing import forkserver, resource_tracker
 
     before = [signal.signal(signum, signal.SIG_IGN) for signum in JOB_CONTROL_SIGNALS]
+    method = ctx.get_start_method()
     try:
-        resource_tracker.ensure_running()
-        if ctx.get_start_method() == "forkserver":
+        if method != "fork":
+            resource_tracker.ensure_running()
+        if method == "forkserver":
             forkserver.ensure_running()
     finally:
         for signum, handler in zip(JOB_CONTROL_SIGNALS, before, strict=True):
