@@ -428,6 +428,9 @@ class Terminal:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: the pty is its controlling terminal
             fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))  # as a window is
+            # As a login shell leaves them: a suite started in the background of a script inherits
+            # SIGINT ignored (POSIX asynchronous lists), and an ignored signal stays ignored across exec.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.chdir(cwd)
             os.execve(argv[0], argv, dict(env, TERM="xterm-256color", COLUMNS=str(columns), LINES=str(lines)))
         self.screen = ""
