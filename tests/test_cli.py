@@ -197,11 +197,11 @@ def test_send_prints_a_new_id_and_the_message_is_handled(tmp_path, root, env, su
     assert sup.stop() == 0
 
 
-def test_send_ack_without_a_pool_exits_1_with_a_clear_message(tmp_path, root, env):
+def test_send_ack_without_a_pool_exits_1_with_a_clear_message(tmp_path, root, env, supervisor_factory):
     config = write_config(tmp_path / "c.toml", root, handlers=RECORDER)
-    # The wait per attempt is 30 s, the command's deadline 20 s: it must not wait at all.
+    # The wait per attempt is 600 s, the command's deadline 20 s: it must not wait at all.
     out = run_cli(env, tmp_path, "send", "--config", str(config), "--group", "main", "--type", "task",
-                  "--ack", "--timeout", "30", timeout=20)
+                  "--ack", "--timeout", "600", timeout=20)
     assert out.returncode == 1, (out.stdout, out.stderr)
     # No supervisor holds the root: said at once (no wait), and the message stays queued.
     assert "is queued, but no ipcpool supervisor is running" in out.stderr and "ACK timeout" not in out.stderr
@@ -209,12 +209,16 @@ def test_send_ack_without_a_pool_exits_1_with_a_clear_message(tmp_path, root, en
     assert "the message stays queued and will be handled when one starts" in out.stderr
     assert "Retrying IPC message" not in out.stderr
     assert len(files(root, "main", "messages")) == 1
+    queued_id = out.stdout.strip() or files(root, "main", "messages")[0].removesuffix(".json")
+    sup = supervisor_factory(config)  # as it said: handled when one starts
+    wait_until(lambda: queued_id in _ids(tmp_path), 30, message="the queued message handled")
+    assert sup.stop() == 0
 
 
 def test_request_without_a_pool_says_so_at_once(tmp_path, root, env):
     config = write_config(tmp_path / "c.toml", root, handlers=RECORDER)
     out = run_cli(env, tmp_path, "request", "--config", str(config), "--group", "main", "--type", "task",
-                  "--timeout", "30", timeout=20)
+                  "--timeout", "600", timeout=20)
     assert out.returncode == 1 and f"no ipcpool supervisor is running for {root}" in out.stderr, out.stderr
 
 
@@ -279,8 +283,14 @@ def test_a_type_without_a_handler_ends_in_errors_with_the_reason(tmp_path, root,
     assert (root / "main" / "errors" / record["file"]).exists(), "the message itself sits beside its record"
     assert _ids(tmp_path) == []
     assert not (root / "main" / "acks" / f"{message_id}.ack").exists()
+    (root / "main" / "messages" / "no-type.json").write_text("not json")  # by hand: no id, no type inside
+    wait_until(lambda: _errors(root).get("no-type.json"), 20, message="the unreadable message in errors/")
     assert _drained(root)
     assert sup.stop() == 0
+    log = sup.log()
+    assert f"id={message_id} group=main type=mystery" in log
+    assert "id=no-type group=main type=unknown" in log, log
+    assert "type=None" not in log and "id=None" not in log and "was failed" not in log, log
 
 
 def test_a_handler_that_fails_once_is_retried_in_place_and_acked(tmp_path, root, env, supervisor_factory):

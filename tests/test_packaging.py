@@ -85,3 +85,5 @@ def test_the_launchd_plist_is_a_valid_property_list_that_runs_ipcpool() -> None:
     assert program[3].endswith("configs/prod.toml") and agent["WorkingDirectory"] in program[3]
     assert agent["KeepAlive"] == {"SuccessfulExit": False}, "restarted after a crash, not after a drain"
     assert agent["ExitTimeOut"] > 30, "SIGTERM drains: launchd must wait longer than [pool] shutdown_grace"
+    for limits in ("SoftResourceLimits", "HardResourceLimits"):  # as LimitNOFILE= in the systemd unit
+        assert agent[limits]["NumberOfFiles"] >= 8192, "launchd's default of 256 descriptors is too few"

@@ -109,10 +109,10 @@ class Store(Protocol):
         """Ack (when asked) and remove, at once; None, or what the supervisor must finish for it."""
     def settle(self) -> dict[tuple[str, str], AckHeld]: """Pipelined completions, finished: what failed."""
     def reply(self, group: str, request_id: str, data: bytes) -> bool:
-        """A response for a waiting requester; False when its group does not exist; OSError: not now."""
+        """A response for a waiting requester; False: no such group; TransportDown, OSError: not now."""
     def error_ref(self, group: str, ref: str) -> str: """Where its dead letter will be (a response may cite it)."""
     def quarantine(self, group: str, ref: str, record: dict[str, Any], nack: dict[str, Any] | None,
-                   error_ref: str = "") -> None: """To the dead letters; MessageGone, or OSError: not now."""
+                   error_ref: str = "") -> None: """To the dead letters; MessageGone; TransportDown, OSError: later."""
     def close(self) -> None: ...
 
 

@@ -31,9 +31,10 @@
   survives a drain, a restart, a SIGKILL), and finished when Redis is back,
   before anything new is handed out; a start finishes what a previous run kept
   before it takes any work.
-- **Files feed the cluster.** The local root's inboxes are still watched (a
-  :class:`~ipcpool.transport.spool.source.SpoolSource`); each file is moved
-  into its group's stream exactly once (a marker of its identity), then removed.
+- **Files feed the cluster.** The local root's inboxes are watched by the
+  bridge the factory hands this source (:mod:`ipcpool.transport.bridge`, the
+  one module that knows both backends); this source only drives it from its
+  poll, and never imports the spool.
 
 Over 500 lines, on purpose: taking, leases, reclaims, recovery and outages
 all act on the same sets of entries (queued here, handed out, held, lost,
