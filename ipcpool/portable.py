@@ -135,6 +135,25 @@ def boot_id() -> str | None:
         return None
 
 
+# -- what this interpreter gives ---------------------------------------------------------------------------------
+
+
+def interfaces() -> str:
+    """Which side of the table above this process takes, for one log line at start: on a Mac, or in the
+    portable run, it shows every fallback in use (``loop=PollSelector``-style words, stable for tests)."""
+    import fcntl
+    import selectors
+
+    renames = {None: "check-then-rename", _RENAME_NOREPLACE: "renameat2", _RENAME_EXCL: "renamex_np"}
+    return " ".join((
+        f"loop={selectors.DefaultSelector.__name__}",
+        f"pidfd={'yes' if hasattr(os, 'pidfd_open') else 'no'}",
+        f"renames={renames[_NOREPLACE[1] if _NOREPLACE else None]}",
+        f"leases={'yes' if hasattr(fcntl, 'F_SETLEASE') else 'no'}",
+        f"locks={'/proc/locks' if flock_holders(0, 0) is not None else 'own-record'}",
+    ))
+
+
 # -- locks held by other processes ---------------------------------------------------------------------------------
 
 

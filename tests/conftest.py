@@ -32,6 +32,8 @@ import pytest
 from redis_server import HELPER_PIDS, RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
+# What a supervisor started in the portable run must say it uses (ipcpool.portable.interfaces()).
+PORTABLE_INTERFACES = "loop=PollSelector pidfd=no renames=check-then-rename leases=no locks=own-record"
 HANDLERS_DIR = Path(__file__).resolve().parent / "handlers"
 # The console script pip installed beside this interpreter: what a user types.
 IPCPOOL = Path(sys.executable).with_name("ipcpool")
@@ -145,7 +147,16 @@ class SupervisorProcess:
             wait_until(lambda: "Enhanced IPC system started" in self.log_since_start() or self.proc.poll() is not None,
                        timeout, message="Enhanced IPC system started")
             assert self.proc.poll() is None, f"supervisor exited early:\n{self.log()}"
+            if os.environ.get("IPCPOOL_PORTABLE_RUN"):  # set by tests/portable/sitecustomize.py
+                self._check_portable()
         return self
+
+    def _check_portable(self) -> None:
+        """In the portable run, the supervisor itself (not only this test process) took every fallback."""
+        said = wait_until(lambda: re.search(r"platform interfaces: (.*)", self.log_since_start()), 10,
+                          message="the supervisor's platform interfaces line")
+        assert said[1] == PORTABLE_INTERFACES, f"not the fallbacks: {said[1]}\n{self.log()}"
+        assert "(inotify)" not in self.log_since_start(), "the watch is watchdog's observer, not inotify read directly"
 
     @property
     def pid(self) -> int:

@@ -413,6 +413,7 @@ class Supervisor:
         self.pool.announced = True
         log.info("Enhanced IPC system started root=%s groups=%s workers=%d",
                  self.local.root, ",".join(sorted(self.source.stats()["groups"])), len(self.pool.workers))
+        log.info("platform interfaces: %s", portable.interfaces())
         notify("READY=1", f"STATUS={len(self.pool.workers)} workers ready")
         if self._on_started is not None:
             self._on_started()

@@ -142,7 +142,7 @@ class InotifyWatcher:
             wds.append(wd)
             self._groups[wd] = (group, _prefix(inbox))
         self._watches[group] = wds
-        log.info("IPC watcher setup for group %s", group)
+        log.info("IPC watcher setup for group %s (inotify)", group)
         return True
 
     def unwatch_group(self, group: str) -> None:
@@ -253,7 +253,7 @@ class ObserverWatcher:
                     self._observer.unschedule(watch)
                 return False
         self._watches[group] = watches
-        log.info("IPC watcher setup for group %s", group)
+        log.info("IPC watcher setup for group %s (watchdog %s)", group, type(self._observer).__name__)
         return True
 
     def unwatch_group(self, group: str) -> None:
