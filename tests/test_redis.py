@@ -628,12 +628,17 @@ def test_an_ack_held_through_an_outage_survives_a_drain_and_a_restart(tmp_path, 
     journal = tmp_path / "h" / "ipc" / ".ipcpool" / "redis-unfinished.json"
     assert message_id in journal.read_text(), "the drain kept the completion on the local root"
     private_redis.start()
+    probe = tmp_path / "probe"
+    with Client.from_config(config) as client:  # new work, queued before the supervisor is back
+        newer = client.send("main", "task", {"redis_probe": {"url": private_redis.url, "out": str(probe),
+                                                             "key": f"kept:ack:main:{message_id}"}})
     again = _start(tmp_path, env, config, "h", hosts)
     admin = _raw(private_redis.url)
     wait_until(lambda: admin.exists(f"kept:ack:main:{message_id}"), 30, message="the kept ack written")
-    wait_until(lambda: admin.xlen("kept:stream:main") == 0, 30, message="the entry completed")
+    wait_until(lambda: admin.xlen("kept:stream:main") == 0, 30, message="both entries completed")
     assert "could not finish in Redis were kept" in again.log_since_start()
-    assert [r["id"] for r in records(tmp_path)] == [message_id], "the handler ran once"
+    assert [r["id"] for r in records(tmp_path)] == [message_id, newer], "the handler ran once each"
+    assert probe.read_text() == "held", "the kept completion was finished before new work was handed out"
     assert not journal.exists(), "nothing left to finish"
     assert again.stop() == 0
 

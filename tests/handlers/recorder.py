@@ -5,7 +5,8 @@ The payload drives the behaviour, so one handler serves every scenario:
 test needs, with no guess at how long that is), ``{"sleep": s}``, ``{"wait_file": path}`` (the same, after any sleep),
 ``{"raise": "why"}``, ``{"exit": code}`` (os._exit), ``{"print": text}`` (to stdout, then stderr),
 ``{"segv": true}``, ``{"sysexit": code}``, ``{"hang": true}`` (sleeps forever), ``{"leak_mb": n}``
-(keeps n MB per call), ``{"result": x}`` (returned to a requester).
+(keeps n MB per call), ``{"result": x}`` (returned to a requester), ``{"redis_probe": {"url": u, "key": k,
+"out": path}}`` (writes to ``path`` whether Redis held ``k`` when the handler started).
 Each delivery appends one JSON line to ``$IPCPOOL_TEST_RECORDS/<pid>.jsonl``
 *before* misbehaving, so a test can count deliveries that killed a worker.
 """
@@ -44,6 +45,13 @@ def _record(message: Message, handler: str) -> None:
 def _behave(payload: Any) -> Any:
     if not isinstance(payload, dict):
         return None
+    if payload.get("redis_probe"):
+        import redis
+
+        probe = payload["redis_probe"]
+        held = redis.Redis.from_url(probe["url"]).exists(probe["key"])
+        with open(probe["out"], "w") as out:
+            out.write("held" if held else "missing")
     if payload.get("print"):
         print(payload["print"])
         print(f"{payload['print']} (on stderr)", file=sys.stderr)
