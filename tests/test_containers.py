@@ -81,6 +81,21 @@ def test_a_group_folder_another_user_owns_stops_that_group_only(tmp_path, root, 
     assert out.returncode == 0, out.stdout + out.stderr
     wait_until(lambda: run_cli(env, tmp_path, "health", "--config", str(config)).returncode == 0, 30,
                message="healthy again")
+    # A group folder another user makes while the pool runs (a container as another uid, say; only root could
+    # give away one already served): refused when it appears, reported the same way, said once.
+    made = tmp_path / "agent9"  # made whole, then renamed in: it appears already owned by that user
+    made.mkdir()
+    os.chown(made, NOBODY, NOBODY)
+    made.rename(root / "agent9")
+    wait_until(lambda: "not serving group agent9" in sup.log(), 30, message="the new group refused")
+    health = wait_until(lambda: (h := run_cli(env, tmp_path, "health", "--config", str(config))).returncode == 1
+                        and h, 30, message="health says so")
+    assert "group agent9 is not served" in health.stdout, health.stdout
+    wait_until(lambda: (s := sup.status()) and s["writtenAt"] - first["writtenAt"] > 8, 30, message="more rescans")
+    assert sup.log().count("not serving group agent9") == 1, "logged once, not at every rescan"
+    out = run_cli(env, tmp_path, "send", "--config", str(config), "--group", "main", "--type", "task",
+                  "--payload", "{}", "--ack")
+    assert out.returncode == 0, "the other groups are still served: " + out.stdout + out.stderr
     assert sup.stop() == 0
 
 
