@@ -204,6 +204,11 @@ if action == "ack":
 elif action == "request":
     publish(json.dumps({"id": message_id, "type": "task", "payload": {"result": 42}, "replyTo": "main"}))
     print(json.loads(wait_read(os.path.join(group, "responses", f"{message_id}.json")))["payload"]["result"])
+elif action == "unreadable":  # written 0600 by another user: ipcpool cannot read it, refuses it with a nack
+    os.umask(0o077)
+    publish(json.dumps({"id": message_id, "type": "task", "payload": {"n": 1}, "requiresAck": True}))
+    nack = json.loads(wait_read(os.path.join(group, "acks", f"{message_id}.nack")))
+    print(nack["outcome"], nack["reason"], sep="|")
 else:  # not JSON: quarantined, and its writer reads the nack
     publish("this is not JSON")
     print(json.loads(wait_read(os.path.join(group, "acks", f"{message_id}.nack")))["outcome"])
@@ -254,6 +259,11 @@ def test_recipe_a_writer_running_as_root_into_folders_ipcpool_owns(foreign):
     try:
         assert _write_as(fp, root, "ack", "root-ack", uid=0, gid=0).endswith("Z")
         assert _write_as(fp, root, "request", "root-request", uid=0, gid=0) == "42"
+        assert _write_as(fp, root, "nack", "root-bad", uid=0, gid=0) == "rejected"
+        outcome, reason = _write_as(fp, root, "unreadable", "root-private", uid=0, gid=0).split("|")
+        assert outcome == "rejected" and "not readable by the supervisor's user" in reason, reason
+        kept = [p.name for p in (root / "main" / "errors").iterdir() if p.name.endswith("root-private.json")]
+        assert kept, "the message itself is kept in errors/, not lost"
         assert os.stat(root / "main").st_uid == IPCPOOL_UID
     finally:
         assert pool.stop() == 0, pool.log()
