@@ -122,3 +122,19 @@ test('a nack that arrives while the sender waits ends the wait at once', { timeo
   assert.equal(error.reason, 'killed its worker 3 times');
   assert.equal(error.errorFile, 'main/errors/1-job-n.json');
 });
+
+test('with no fs.watch at all (no inotify watches left, a folder that sends no events) the poll finds the answer', { timeout: 30000 }, async (t) => {
+  const fs = (await import('node:fs')).default;
+  const { waitFor, POLL_MS } = await import('../lib/wait.js');
+  const dir = await tempDir(t);
+  const file = path.join(dir, 'late.ack');
+  const realWatch = fs.watch;
+  let tried = 0;
+  fs.watch = () => { tried += 1; throw Object.assign(new Error('ENOSPC: no watches left'), { code: 'ENOSPC' }); };
+  t.after(() => { fs.watch = realWatch; });
+  const probe = async () => fsp.readFile(file, 'utf8').catch((error) => (error.code === 'ENOENT' ? null : Promise.reject(error)));
+  setTimeout(() => { fsp.writeFile(file, 'acked'); }, POLL_MS / 2);
+  // The wait's own deadline is far past the test's: only the poll can end it in time.
+  assert.equal(await waitFor([file], probe, 600000), 'acked');
+  assert.ok(tried >= 1, 'the watch was tried first');
+});
