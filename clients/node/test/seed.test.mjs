@@ -72,3 +72,19 @@ test("the README's plain-fs snippet (examples/plain-fs.mjs) publishes and gets i
   assert.equal(seen.requires_ack, true);
   await fsp.access(path.join(pool.root, 'main', 'acks', `${seen.id}.ack`));
 });
+
+test("the README's Node.js example runs as written (only its root pointed at the test's pool)", { timeout: 60000 }, async (t) => {
+  const readme = await fsp.readFile(path.join(NODE_DIR, '..', '..', 'README.md'), 'utf8');
+  const section = readme.slice(readme.indexOf('### From Node.js'));
+  const example = section.match(/```js\n([\s\S]*?)```/)[1];
+  assert.match(example, /const root = '\/data\/ipc';/, 'the example names its root where this test expects it');
+  const pool = await startPool(t);
+  const agent = await agentDir(pool.dir);
+  await fsp.writeFile(path.join(agent, 'readme.mjs'), example.replace("'/data/ipc'", JSON.stringify(pool.root)));
+  const { code, output } = await run(process.execPath, ['readme.mjs'], { cwd: agent, env: process.env });
+  assert.equal(code, 0, output);
+  assert.equal(output, '', 'every call succeeded: nothing printed');
+  await pool.waitForRecord((r) => r.payload?.taskId === 123, 'the fire-and-forget task handled too');
+  const ids = (await pool.readRecords()).filter((r) => r.type === 'task').map((r) => r.payload.taskId);
+  assert.deepEqual(ids.sort(), [123, 124, 125, 126], 'each handled once');
+});
