@@ -4,9 +4,11 @@ spool and through the Redis bridge (local inboxes feeding the streams, answers w
 One table, walked on a real pool: each kind of entry a writer (or a hand) can leave —
 a regular file, symlinks (into the spool, outside it, dangling, to a FIFO), a hard link,
 a FIFO, a socket, a directory, names that are not UTF-8, 255 bytes long or hold a newline —
-is planted in tmp/, messages/, tasks/, processing/, acks/, responses/ and errors/, and
-beside real messages at each transition: claim, put back (workers SIGKILLed), quarantine,
-ack, ``errors retry``, and start-up recovery (the supervisor SIGKILLed and restarted).
+is planted in tmp/, messages/, tasks/, processing/, acks/, responses/ and errors/ while
+messages are claimed, acked and quarantined; then odd entries go beside real messages in the
+inbox when workers are SIGKILLed (put back) and at ``errors retry``, and in messages/ and
+processing/ when the supervisor is SIGKILLed and restarted (start-up recovery). The odd
+names are planted at claim and retry.
 After each phase:
 
 - every real message ended exactly once: handled once, or in errors/ once with its reason;
