@@ -609,10 +609,11 @@ def test_a_supervisor_that_lost_its_lease_says_so_once_and_finishes_late(tmp_pat
 # -- completions kept through a drain ---------------------------------------------------------------------------
 
 
-def test_an_ack_held_through_an_outage_survives_a_drain_and_a_restart(tmp_path, env, private_redis, hosts):
+@pytest.mark.parametrize("ending", ["drain", "sigkill"])
+def test_an_ack_held_through_an_outage_survives_a_drain_and_a_restart(tmp_path, env, private_redis, hosts, ending):
     """A handler finishes while Redis is down: its completion is kept. The supervisor is then drained
-    (SIGTERM, exit 0) before Redis is back. Redis and the supervisor come back: the completion is finished
-    from what the drain kept on the local root, the handler does not run again."""
+    (SIGTERM, exit 0), or SIGKILLed, before Redis is back. Redis and the supervisor come back: the completion
+    is finished from what was kept on the local root, the handler does not run again."""
     gate = tmp_path / "gate"
     config = _host(tmp_path, "h", private_redis.url, "kept", pool={"workers": 1, "handler_timeout": 120.0})
     sup = _start(tmp_path, env, config, "h", hosts)
@@ -624,9 +625,12 @@ def test_an_ack_held_through_an_outage_survives_a_drain_and_a_restart(tmp_path, 
     gate.touch()
     wait_until(lambda: "its ACK cannot be written" in sup.log(), 30, message="the ack held")
     wait_until(lambda: "Redis did not take its ACK: kept" in sup.log(), 30, message="the supervisor keeping it")
-    assert sup.stop() == 0 and "stopped (drained)" in sup.log()
+    if ending == "drain":
+        assert sup.stop() == 0 and "stopped (drained)" in sup.log()
+    else:
+        sup.kill()
     journal = tmp_path / "h" / "ipc" / ".ipcpool" / "redis-unfinished.json"
-    assert message_id in journal.read_text(), "the drain kept the completion on the local root"
+    assert message_id in journal.read_text(), "the completion was kept on the local root"
     private_redis.start()
     probe = tmp_path / "probe"
     with Client.from_config(config) as client:  # new work, queued before the supervisor is back
