@@ -1,6 +1,6 @@
 """The transport seam on one page: what the pool, the workers, senders and operators ask of where messages live.
 
-    supervisor ─ Source ─▶ open · filenos · poll · backlog · take · renew · done · requeue · record_failure
+    supervisor ─ Source ─▶ open · filenos · poll · backlog · take · renew · done · requeue · delay · record_failure
                             · quarantine · summarize · housekeeping · holds_acks · stats · announce · close
     worker     ─ Store ──▶ prefetch · read · names · is_acked · complete · settle · reply · error_ref
                             · quarantine · close
@@ -84,6 +84,9 @@ class Source(Protocol):
     def done(self, group: str, ref: str, unfinished: Unfinished | None = None) -> None:
         """A worker finished it; ``unfinished``: what it could not (an ack, a dead-lettering), done here."""
     def requeue(self, group: str, ref: str, *, later: float = 0.0) -> None: """Back to the queue (not before later)."""
+    def delay(self, group: str, ref: str, until: float) -> None:
+        """Its notBefore is ahead: hold it, durably and without a worker, until ``until`` (epoch seconds), then
+        queue it again; no scan of what is held meanwhile (a timer heap, a sorted set)."""
     def record_failure(self, group: str, ref: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
         """A delivery of it killed or hung a worker: recorded wherever it happened; the whole history."""
     def quarantine(self, group: str, ref: str, record: dict[str, Any], nack: dict[str, Any] | None) -> bool:
@@ -92,7 +95,8 @@ class Source(Protocol):
     def housekeeping(self, live_pids: set[int]) -> None: """Start pruning what outlived its retention."""
     @property
     def holds_acks(self) -> bool: """Handled messages wait for their acks: workers' ack checks look for them."""
-    def stats(self) -> dict[str, Any]: """Per group (queued, oldest, errors) and the backend's troubles."""
+    def stats(self) -> dict[str, Any]:
+        """Per group (queued, oldest, errors, delayed, nextDue: ISO time or None) and the backend's troubles."""
     def announce(self, status: dict[str, Any]) -> None: """Publish this supervisor's status (a shared backend)."""
     def close(self) -> None: """Hand back what no worker started."""
 

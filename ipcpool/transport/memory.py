@@ -101,6 +101,10 @@ class MemorySource:
             queue[ref] = entry
             queue.move_to_end(ref, last=False)  # it was next once; it is next again
 
+    def delay(self, group: str, ref: str, until: float) -> None:
+        """Held as a requeue for later is (one process: nothing to survive)."""
+        self.requeue(group, ref, later=max(until - time.time(), 0.001))
+
     def record_failure(self, group: str, ref: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
         history = self.broker.failures.setdefault((group, ref), [])
         history.append(entry)
