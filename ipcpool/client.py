@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ from ipcpool.message import (
     extension_for,
     now_iso,
 )
-from ipcpool.msgtime import window
+from ipcpool.msgtime import NOT_BEFORE, parse_iso, window
 from ipcpool.retry import ack_retrying, async_ack_retrying
 from ipcpool.transport import Outbox, make_outbox, spool_outbox
 
@@ -64,7 +65,7 @@ class _NotAcked(Exception):
 class Prepared:
     """One message ready to publish: its id, file name, bytes, and the timestamp inside (for nacks)."""
 
-    __slots__ = ("data", "group", "message_id", "name", "timestamp")
+    __slots__ = ("data", "due", "group", "message_id", "name", "timestamp")
 
     def __init__(self, group: str, envelope: dict[str, Any], fmt: str, data: bytes) -> None:
         self.group = group
@@ -72,6 +73,8 @@ class Prepared:
         self.name = self.message_id + extension_for(fmt)
         self.data = data
         self.timestamp: str = envelope["timestamp"]
+        due = envelope.get(NOT_BEFORE)  # its ack cannot come sooner: the wait for it is longer by as much
+        self.due = parse_iso(due) if due else None
 
 
 class Client:
@@ -438,7 +441,8 @@ class _AckWait:
     def question(self) -> tuple[str, str, float, Callable[[dict[str, Any]], bool]]:
         """What to wait for: (group, id, seconds, which nack answers this very message)."""
         message = self.message
-        return message.group, message.message_id, self.per_attempt, self.client.nack_matches(message)
+        early = max(0.0, message.due - time.time()) if message.due else 0.0  # not handed out before then
+        return message.group, message.message_id, self.per_attempt + early, self.client.nack_matches(message)
 
     def judge(self, answer: Any) -> None:
         """An ack returns; a nack or a time-out raises (tenacity retries _NotAcked)."""

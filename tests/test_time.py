@@ -57,6 +57,17 @@ def test_a_delayed_message_is_handled_once_not_before_its_time(tmp_path, root, b
     sup.stop()
 
 
+def test_a_sender_waiting_for_a_delayed_ack_waits_out_the_delay_without_re_sending(tmp_path, root, backend,
+                                                                                   supervisor_factory, caplog):
+    config = _config(tmp_path, root, backend, ack={"timeout": 1.0, "max_retries": 1})
+    sup = supervisor_factory(config)
+    with Client.from_config(config) as client:
+        message_id = client.send("main", "task", {"n": 1}, wait=True, delay=2.5)
+    assert [r["id"] for r in records(tmp_path)] == [message_id]
+    assert "Retrying IPC message" not in caplog.text, "an attempt's wait counts from the due time"
+    sup.stop()
+
+
 def test_status_shows_what_is_delayed_and_when_the_next_is_due(tmp_path, root, env, backend, supervisor_factory):
     config = _config(tmp_path, root, backend, http={"listen": "127.0.0.1:0"})
     sup = supervisor_factory(config)
