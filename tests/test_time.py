@@ -88,6 +88,8 @@ def test_status_shows_what_is_delayed_and_when_the_next_is_due(tmp_path, root, e
     next_due = float(lines['ipcpool_delayed_next_due_timestamp_seconds{group="main"}'])
     assert abs(next_due - parse_iso(format_iso(due))) < 1e-3
     sup.stop()
+    down = json.loads(ipcpool_cli(env, tmp_path, "status", "--config", str(config), "--json").stdout)
+    assert down["folders"]["main"]["delayed"] == 3, "counted in the transport with no supervisor running"
 
 
 def test_delayed_messages_survive_a_sigkill_and_are_handed_out_once(tmp_path, root, backend, supervisor_factory):

@@ -6,7 +6,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
 import {
-  IPCMessageType, InvalidMessage, IpcpoolError, MessageExists, prepare, publish, send,
+  IPCMessageType, InvalidMessage, IpcpoolError, MessageExists, prepare, publish, send, sendAndWait,
 } from '../index.js';
 import { startPool, tempDir } from './helpers.mjs';
 
@@ -143,9 +143,11 @@ test('delay and ttl write notBefore and expiresAt; a window that never opens thr
   assert.throws(() => prepare('main', 'task', {}, { notBefore: '2026-12-24T08:00:00' }), InvalidMessage);
 });
 
-test('a delayed message is handled, not before its notBefore', { timeout: 30000 }, async (t) => {
+test('a delayed message is handled, not before its notBefore; its ack wait counts from then', { timeout: 30000 }, async (t) => {
   const pool = await startPool(t);
-  const id = await send('main', IPCMessageType.TASK, { n: 1 }, { root: pool.root, delay: 1 });
+  const id = await sendAndWait('main', IPCMessageType.TASK, { n: 1 }, {
+    root: pool.root, delay: 1.5, ack: { timeoutMs: 1000, maxRetries: 0 },
+  });
   const seen = await pool.waitForRecord((r) => r.id === id, `the handler to receive ${id}`);
   assert.ok(seen.at * 1000 >= Date.parse(seen.extra.notBefore), 'never handed out before its notBefore');
 });
