@@ -9,8 +9,11 @@ its worker hands it back); then measure the supervisor's and workers' CPU over
 ``--idle`` seconds with nothing due (the figure the issue bounds: under 1% of a
 core); then stop it (SIGTERM), start it again and time until it says it started
 and status.json counts all N (the heap rebuilt from one listing, no file opened);
-and the idle CPU once more. A pool with nothing delayed is measured the same way
-first, for the baseline. Prints the figures with the machine (CPU model).
+and the idle CPU once more. Then, with the N still held, ``--late`` messages due
+over the next few seconds: how late after its notBefore each handler starts
+(the issue asks for within half a second under normal load). A pool with nothing
+delayed is measured the same way first, for the baseline. Prints the figures
+with the machine (CPU model).
 """
 
 from __future__ import annotations
@@ -44,10 +47,23 @@ def cpu_model() -> str:
     return "unknown"
 
 
+HANDLER = """
+import os, time
+from ipcpool.msgtime import parse_iso
+
+def late(message):
+    due = message.extra.get("notBefore")
+    if due and message.payload.get("late"):
+        with open(os.environ["BENCH_LATE"], "a") as out:
+            out.write(f"{time.time() - parse_iso(due)}\\n")
+"""
+
+
 def write_config(work: Path, workers: int) -> Path:
     config = work / "c.toml"
+    (work / "benchhandler.py").write_text(HANDLER)
     config.write_text(f'[spool]\nroot = "{work / "ipc"}"\ngroups = ["main"]\n\n[pool]\nworkers = {workers}\n\n'
-                      f'[handlers]\ntask = "ipcpool.examples:handle_task"\n')
+                      f'[handlers]\ntask = "benchhandler:late"\n')
     return config
 
 
@@ -75,7 +91,8 @@ def start(work: Path, config: Path) -> subprocess.Popen[bytes]:
     log = open(work / "supervisor.log", "ab")  # noqa: SIM115 - the child keeps it
     return subprocess.Popen([sys.executable, "-m", "ipcpool", "run", "--config", str(config)], cwd=work,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO), LOG_LEVEL="warning"))
+                            env=dict(os.environ, PYTHONPATH=f"{work}{os.pathsep}{REPO}", LOG_LEVEL="warning",
+                                     BENCH_LATE=str(work / "late.txt")))
 
 
 def started(work: Path) -> bool:
@@ -95,6 +112,21 @@ def idle_cpu(proc: subprocess.Popen[bytes], seconds: float) -> float:
     return 100.0 * used / elapsed
 
 
+def lateness(work: Path, count: int) -> dict[str, Any]:
+    """``count`` messages due over the next seconds: how long after its notBefore each handler started."""
+    late = work / "late.txt"
+    with Client(work / "ipc", "main") as client:
+        start_at = time.time() + 2.0
+        for n in range(count):
+            client.send("main", "task", {"late": True}, not_before=start_at + n * 5.0 / count)
+    wait(lambda: late.exists() and len(late.read_text().splitlines()) >= count, 120, "the due messages handled")
+    values = sorted(float(line) for line in late.read_text().splitlines())
+    return {"late_count": count, "late_min_ms": round(values[0] * 1000, 1),
+            "late_p50_ms": round(values[len(values) // 2] * 1000, 1),
+            "late_p99_ms": round(values[int(len(values) * 0.99) - 1] * 1000, 1),
+            "late_max_ms": round(values[-1] * 1000, 1)}
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGTERM)
     proc.wait(120)
@@ -106,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--idle", type=float, default=20.0, help="seconds of each idle measurement (default 20)")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds before an idle measurement starts")
+    parser.add_argument("--late", type=int, default=200, help="messages due soon, for the lateness (default 200)")
     args = parser.parse_args(argv)
     results: dict[str, Any] = {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "n": args.n,
                                "workers": args.workers}
@@ -134,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 results["restart_to_running_s"], 2)
         time.sleep(args.settle)
         results["idle_cpu_pct_after_restart"] = round(idle_cpu(proc, args.idle), 3)
+        results.update(lateness(work, args.late))
         stop(proc)
         results["held_in_delayed_dir"] = held
     print(json.dumps(results, indent=1))
@@ -142,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
           f"({results['idle_cpu_pct_after_restart']:.2f}% after a restart; {results['idle_cpu_pct_empty']:.2f}% "
           f"with none); a restart runs in {results['restart_to_running_s']:.1f} s and counts them all in "
           f"{results['restart_to_counted_s']:.1f} s; holding them took {results['hold_all_s']:.1f} s "
-          f"(each claimed once and handed back)")
+          f"(each claimed once and handed back). With them held, {args.late} messages due over 5 s started "
+          f"{results['late_p50_ms']:.0f} ms after their notBefore at the median, {results['late_p99_ms']:.0f} ms "
+          f"at p99, {results['late_max_ms']:.0f} ms at most (never before: min {results['late_min_ms']:.1f} ms)")
     return 0
 
 

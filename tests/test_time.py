@@ -202,3 +202,31 @@ def test_a_window_that_can_never_open_is_refused_before_it_is_sent(tmp_path, roo
         with pytest.raises(BadWindow):
             client.send("main", "task", {}, delay=1, not_before=time.time())
     assert list((root / "main" / "messages").iterdir()) == []
+
+
+def test_supervisors_sharing_one_redis_hand_each_delayed_message_out_once(tmp_path, env, redis_url, redis_prefix):
+    """Three supervisors (each a host with its own root) on one Redis: whichever holds a delayed message, all
+    of them look for what is due, and each message is moved back into the stream, and handled, once."""
+    from collections import Counter
+
+    from conftest import SupervisorProcess, write_config
+
+    backend = {"transport": {"backend": "redis"}, "redis": {"url": redis_url, "prefix": redis_prefix, "lease": 3.0}}
+    hosts: list[SupervisorProcess] = []
+    try:
+        for name in ("a", "b", "c"):
+            (tmp_path / name).mkdir()
+            config = write_config(tmp_path / name / "c.toml", tmp_path / name / "ipc", sections=backend,
+                                  handlers={"task": "recorder:record"})
+            hosts.append(SupervisorProcess(config, tmp_path, env, tmp_path / f"{name}.log").start())
+        with Client.from_config(config) as client:
+            ids = [client.send("main", "task", {"n": n}, requires_ack=True, delay=4) for n in range(30)]
+            wait_until(lambda: _held(tmp_path, backend) == 30 or all(client.is_acked("main", i) for i in ids), 30,
+                       message="all thirty held in the sorted set")
+            wait_until(lambda: all(client.is_acked("main", i) for i in ids), 60, message="each one handled when due")
+    finally:
+        for sup in hosts:
+            sup.stop()
+    handled = Counter(r["id"] for r in records(tmp_path))
+    assert sorted(handled) == sorted(ids) and set(handled.values()) == {1}, "each handed out exactly once"
+    assert _held(tmp_path, backend) == 0

@@ -1,6 +1,7 @@
 """The transport seam on one page: what the pool, the workers, senders and operators ask of where messages live.
 
-    supervisor ─ Source ─▶ open · filenos · poll · backlog · take · renew · done · requeue · delay · record_failure
+    supervisor ─ Source ─▶ open · filenos · poll · backlog · wake_at · take · renew · done · requeue · delay
+                            · record_failure
                             · quarantine · summarize · housekeeping · holds_acks · stats · announce · close
     worker     ─ Store ──▶ prefetch · read · names · is_acked · complete · settle · reply · error_ref
                             · quarantine · close
@@ -79,6 +80,7 @@ class Source(Protocol):
         """Take in what ``ready`` says, run timers in short slices; ``room``: what the pool could take (a backend
         that fetches ahead asks for that much). True: sliced work is left, poll again without waiting."""
     def backlog(self) -> int: """How many messages take() could hand out now."""
+    def wake_at(self) -> float | None: """When (wall clock) a delayed message is next due: the loop's wait ends then."""
     def take(self, n: int) -> list[Taken]: """Claim up to ``n``, oldest first: the supervisor's until it says."""
     def renew(self, held: Iterable[tuple[str, str]]) -> None: """Still ours: what live workers hold."""
     def done(self, group: str, ref: str, unfinished: Unfinished | None = None) -> None:

@@ -71,6 +71,10 @@ class MemorySource:
                 self.requeue(*key)
         return False
 
+    def wake_at(self) -> float | None:
+        """Delays are requeues for later here: the loop's tick finds them."""
+        return None
+
     def backlog(self) -> int:
         return sum(len(q) for q in self.broker.queues.values())
 

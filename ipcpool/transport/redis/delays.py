@@ -90,6 +90,7 @@ class DelayedSets:
         """What is due in every group back into its stream (one round trip); how many moved. Raises what
         Redis raises."""
         now_ms = int(wall * 1000)
+        self.next_check, self.next_due = wall + CHECK_EVERY, 0.0  # a failure never leaves a past due to spin on
         pipe = self.client.pipeline(transaction=False)
         for group in groups:
             self._release(keys=[self.keys.delayed(group), self.keys.stream(group)],
@@ -101,7 +102,6 @@ class DelayedSets:
             more = more or bool(left)
             if after:
                 nexts.append(float(after) / 1000)
-        self.next_check = wall + CHECK_EVERY
         self.next_due = wall if more else (min(nexts) if nexts else 0.0)
         return moved
 

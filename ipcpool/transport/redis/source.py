@@ -221,6 +221,9 @@ class RedisSource:
     def backlog(self) -> int:
         return 0 if self.outage.down else len(self.queue)
 
+    def wake_at(self) -> float | None:
+        return None if self.outage.down else (self.delays.next_due or None)
+
     def take(self, n: int) -> list[tuple[str, str, int]]:
         taken: list[tuple[str, str, int]] = []
         queue = self.queue

@@ -110,6 +110,10 @@ class DelayedFiles:
             if not heap:
                 del self.heaps[group]
 
+    def next_due(self) -> float | None:
+        """The earliest due time held, in seconds (one look at each holding group's heap head)."""
+        return min(heap[0][0] for heap in self.heaps.values()) / 1000 if self.heaps else None
+
     def busy(self, now: float) -> bool:
         """More is due than one poll moved."""
         now_ms = now * 1000

@@ -141,6 +141,9 @@ class SpoolSource:
     def backlog(self) -> int:
         return len(self.pending)
 
+    def wake_at(self) -> float | None:
+        return self.delayed.next_due()
+
     def take(self, n: int) -> list[tuple[str, str, int]]:
         taken: list[tuple[str, str, int]] = []
         pending = self.pending
