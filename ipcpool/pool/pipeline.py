@@ -202,8 +202,10 @@ class DeliveryPipeline:
         if expires is not None and (expires <= now or (due is not None and expires <= due)):
             return self._expire(message, name)
         if due is not None and due > now:
-            log.debug("IPC message not due yet id=%s group=%s type=%s notBefore=%s", message.id, message.group,
-                      message.type, message.extra.get(NOT_BEFORE))
+            if self._log_messages:
+                log.info("IPC message delayed until its notBefore id=%s group=%s type=%s notBefore=%s", message.id,
+                         message.group, message.type, message.extra.get(NOT_BEFORE), extra={"outcome": "delayed"})
+            self.store.forget(message.group, name)
             return Outcome.DELAYED, Later(due)
         return None
 

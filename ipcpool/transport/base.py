@@ -3,7 +3,7 @@
     supervisor ─ Source ─▶ open · filenos · poll · backlog · wake_at · take · renew · done · requeue · delay
                             · record_failure
                             · quarantine · summarize · housekeeping · holds_acks · stats · announce · close
-    worker     ─ Store ──▶ prefetch · read · names · is_acked · complete · settle · reply · error_ref
+    worker     ─ Store ──▶ prefetch · read · names · is_acked · complete · settle · forget · reply · error_ref
                             · quarantine · close
     sender     ─ Outbox ─▶ ensure_group · publish · present · is_acked · nack · wait_answer · async_wait_answer
                             · depth · supervisor_running · schedule_marks · publish_due · close
@@ -114,6 +114,7 @@ class Store(Protocol):
                  ) -> AckHeld | None:
         """Ack (when asked) and remove, at once; None, or what the supervisor must finish for it."""
     def settle(self) -> dict[tuple[str, str], AckHeld]: """Pipelined completions, finished: what failed."""
+    def forget(self, group: str, ref: str) -> None: """Handed back unfinished (not due yet): drop what is kept of it."""
     def reply(self, group: str, request_id: str, data: bytes) -> bool:
         """A response for a waiting requester; False when its group does not exist; OSError: not now."""
     def error_ref(self, group: str, ref: str) -> str: """Where its dead letter will be (a response may cite it)."""

@@ -175,6 +175,9 @@ class MemoryStore:
             self.broker.acks.add((group, ack_id))
         return None
 
+    def forget(self, group: str, ref: str) -> None:
+        """Nothing is kept of a message once read."""
+
     def settle(self) -> dict[tuple[str, str], AckHeld]:
         return {}
 
