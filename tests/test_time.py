@@ -230,3 +230,33 @@ def test_supervisors_sharing_one_redis_hand_each_delayed_message_out_once(tmp_pa
     handled = Counter(r["id"] for r in records(tmp_path))
     assert sorted(handled) == sorted(ids) and set(handled.values()) == {1}, "each handed out exactly once"
     assert _held(tmp_path, backend) == 0
+
+
+def test_the_delayed_folder_is_its_own_timetable(tmp_path):
+    """delayed/ names carry the due time and the inbox: a fresh heap built from one listing moves each message
+    back to where it came from (the second inbox too) when due, under its own name, or a copy's if taken."""
+    from ipcpool.transport.spool.delayed import DelayedFiles, delayed_name, parse_delayed
+    from ipcpool.transport.spool.spool import Spool
+
+    assert parse_delayed(delayed_name(1_700_000_000_123, "tasks/a-b.json")) == (1_700_000_000_123, "tasks/a-b.json")
+    assert parse_delayed(delayed_name(5, "x-1.json")) == (5, "x-1.json")
+    assert parse_delayed("not-a-due-time.json") is None
+    spool = Spool(tmp_path / "ipc", inboxes=("messages", "tasks"), private_staging=True)
+    spool.folders.ensure_root()
+    spool.folders.ensure_group("main")
+    for key in ("one.json", "tasks/two.json", "three.json"):
+        path = spool.folders.path("main", "processing", key)
+        with open(path, "w") as out:
+            out.write("{}")
+    held = DelayedFiles(spool.folders)
+    held.hold("main", "one.json", 1000.0)
+    held.hold("main", "tasks/two.json", 2000.0)
+    held.hold("main", "three.json", 3000.0)
+    (tmp_path / "ipc" / "main" / "messages" / "three.json").write_text('{"a": "namesake"}')
+    fresh = DelayedFiles(spool.folders)  # a restart: nothing but the listing
+    assert fresh.load("main") == 3 and fresh.stats("main") == (3, format_iso(1000.0))
+    assert list(fresh.due(999.999)) == []
+    assert list(fresh.due(2000.0)) == [("main", "one.json"), ("main", "tasks/two.json")]
+    assert (tmp_path / "ipc" / "main" / "tasks" / "two.json").exists()
+    assert list(fresh.due(4000.0)) == [("main", "three.requeued1.json")]
+    assert fresh.heaps == {} and list((tmp_path / "ipc" / "main" / "delayed").iterdir()) == []
