@@ -30,6 +30,7 @@ from ipcpool.errors import (
     WorkerBootError,
 )
 from ipcpool.message import IPCMessageType, Message
+from ipcpool.msgtime import BadWindow
 
 __version__ = "0.1.0"
 
@@ -37,6 +38,7 @@ __all__ = [
     "AckTimeout",
     "AlreadyRunning",
     "AsyncClient",
+    "BadWindow",
     "Client",
     "Config",
     "ConfigError",

@@ -12,6 +12,10 @@ with the reason), and a waiting ``send_and_wait`` or ``request`` raises
 root (spool), the first attempt's time-out says so and the wait ends there.
 Where messages go and how answers come back is the transport's (its Outbox);
 the retries, the errors and the log lines are here, the same for both.
+
+A little over 500 lines on purpose: the blocking and the asyncio client share
+one ack wait (``_AckWait``), one nack judgement and one set of send options
+(the time window included); apart, each would reach into the other's.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +49,7 @@ from ipcpool.message import (
     extension_for,
     now_iso,
 )
+from ipcpool.msgtime import NOT_BEFORE, parse_iso, window
 from ipcpool.retry import ack_retrying, async_ack_retrying
 from ipcpool.transport import Outbox, make_outbox, spool_outbox
 
@@ -59,7 +65,7 @@ class _NotAcked(Exception):
 class Prepared:
     """One message ready to publish: its id, file name, bytes, and the timestamp inside (for nacks)."""
 
-    __slots__ = ("data", "group", "message_id", "name", "timestamp")
+    __slots__ = ("data", "due", "group", "message_id", "name", "timestamp")
 
     def __init__(self, group: str, envelope: dict[str, Any], fmt: str, data: bytes) -> None:
         self.group = group
@@ -67,6 +73,8 @@ class Prepared:
         self.name = self.message_id + extension_for(fmt)
         self.data = data
         self.timestamp: str = envelope["timestamp"]
+        due = envelope.get(NOT_BEFORE)  # its ack cannot come sooner: the wait for it is longer by as much
+        self.due = parse_iso(due) if due else None
 
 
 class Client:
@@ -133,10 +141,12 @@ class Client:
     # -- publishing ----------------------------------------------------------------------------
 
     def prepare(self, group: str, type_: str | IPCMessageType, payload: Any, *, requires_ack: bool = False,
-                reply_to: str | None = None, message_id: str | None = None, fmt: str | None = None) -> Prepared:
+                reply_to: str | None = None, message_id: str | None = None, fmt: str | None = None,
+                timing: dict[str, str] | None = None) -> Prepared:
         """Build and encode a message as the receiver will validate it (nothing is published)."""
         envelope = build_envelope(group, str(type_), payload, requires_ack=requires_ack,
                                   reply_to=reply_to, message_id=message_id)
+        envelope.update(timing or {})  # notBefore / expiresAt (ipcpool.msgtime.window)
         self._check_group(group)
         fmt = fmt or self.format
         data = encode(envelope, fmt)
@@ -175,13 +185,17 @@ class Client:
         message_id: str | None = None,
         format: str | None = None,  # noqa: A002
         wait_for_supervisor: bool = False,
+        delay: float | None = None, not_before: Any = None, ttl: float | None = None, expires_at: Any = None,
     ) -> str:
-        """Publish one message; returns its id. ``wait=True`` also waits for the ack (with retries)."""
+        """Publish one message; returns its id. ``wait=True`` also waits for the ack (with retries). ``delay`` or
+        ``not_before``, ``ttl`` or ``expires_at``: its time window (:func:`ipcpool.msgtime.window`)."""
+        timing = window(delay=delay, not_before=not_before, ttl=ttl, expires_at=expires_at)
         if wait:
             return self.send_and_wait(group, type, payload, timeout=timeout, reply_to=reply_to,
-                                      message_id=message_id, format=format, wait_for_supervisor=wait_for_supervisor)
+                                      message_id=message_id, format=format, wait_for_supervisor=wait_for_supervisor,
+                                      timing=timing)
         message = self.prepare(group, type, payload, requires_ack=requires_ack, reply_to=reply_to,
-                               message_id=message_id, fmt=format)
+                               message_id=message_id, fmt=format, timing=timing)
         self.publish(message)
         log.debug("IPC message sent id=%s group=%s type=%s", message.message_id, group, type)
         return message.message_id
@@ -239,8 +253,9 @@ class Client:
         message_id: str | None = None,
         format: str | None = None,  # noqa: A002
         wait_for_supervisor: bool = False,
+        timing: dict[str, str] | None = None,
     ) -> str:
-        """Publish with requiresAck and wait for its ack.
+        """Publish with requiresAck and wait for its ack (``timing``: see :meth:`send`).
 
         Raises MessageRejected / MessageFailed as soon as the message ends in
         the dead letters, AckTimeout after every retry, NoSupervisor at once
@@ -248,7 +263,7 @@ class Client:
         ``wait_for_supervisor``, the wait goes on for one to start).
         """
         message = self.prepare(group, type, payload, requires_ack=True, reply_to=reply_to,
-                               message_id=message_id, fmt=format)
+                               message_id=message_id, fmt=format, timing=timing)
         return self.wait_acked(message, timeout, published=False, wait_for_supervisor=wait_for_supervisor)
 
     def wait_acked(self, message: Prepared, timeout: float | None, *, published: bool,
@@ -426,7 +441,8 @@ class _AckWait:
     def question(self) -> tuple[str, str, float, Callable[[dict[str, Any]], bool]]:
         """What to wait for: (group, id, seconds, which nack answers this very message)."""
         message = self.message
-        return message.group, message.message_id, self.per_attempt, self.client.nack_matches(message)
+        early = max(0.0, message.due - time.time()) if message.due else 0.0  # not handed out before then
+        return message.group, message.message_id, self.per_attempt + early, self.client.nack_matches(message)
 
     def judge(self, answer: Any) -> None:
         """An ack returns; a nack or a time-out raises (tenacity retries _NotAcked)."""
@@ -462,8 +478,11 @@ class AsyncClient:
 
     async def send_and_wait(self, group: str, type: str | IPCMessageType, payload: Any,  # noqa: A002
                             *, timeout: float | None = None, message_id: str | None = None,
-                            wait_for_supervisor: bool = False) -> str:
-        message = self.client.prepare(group, type, payload, requires_ack=True, message_id=message_id)
+                            wait_for_supervisor: bool = False, delay: float | None = None, not_before: Any = None,
+                            ttl: float | None = None, expires_at: Any = None) -> str:
+        """:meth:`Client.send_and_wait` awaited; the time window as :meth:`Client.send` takes it."""
+        timing = window(delay=delay, not_before=not_before, ttl=ttl, expires_at=expires_at)
+        message = self.client.prepare(group, type, payload, requires_ack=True, message_id=message_id, timing=timing)
         return await self.wait_acked(message, timeout, published=False, wait_for_supervisor=wait_for_supervisor)
 
     async def wait_acked(self, message: Prepared, timeout: float | None = None, *, published: bool,

@@ -110,6 +110,8 @@ R_INGEST = "ipcpool/transport/bridge/ingest.py"
 SCHED = "ipcpool/schedule.py"  # [[schedule]]: parsing, due times
 SCHEDULER = "ipcpool/pool/scheduler.py"  # the supervisor's timetable
 S_OUTBOX = "ipcpool/transport/spool/outbox.py"
+D_SPOOL = "ipcpool/transport/spool/delayed.py"  # delayed/ and its heaps
+R_DELAYS = "ipcpool/transport/redis/delays.py"  # the delayed sorted sets
 
 T_LOST = "tests/test_lost_events.py"
 T_LIVE = "tests/test_live_config.py"
@@ -128,6 +130,7 @@ T_RELOAD = "tests/test_reload.py"
 T_JSONLOG = "tests/test_json_logs.py"
 T_TERM = "tests/test_terminal_output.py"
 T_SCHED = "tests/test_schedule.py"
+T_TIME = "tests/test_time.py"
 
 _HANDLER_RETRY_WAIT = ("        wait=_backoff(policy.delay, policy.backoff, policy.max_delay),\n"
                        "        retry=tenacity.retry_if_exception_type(Exception),\n"
@@ -1074,6 +1077,83 @@ MUTATIONS: tuple[Mutation, ...] = (
              ("        if spec.name in seen:", "        seen.add(spec.name)"),
              (f"{T_SCHED}::test_names_are_unique_and_required",),
              "schedule names are unique whatever their case"),
+    # -- delayed delivery and expiry (issue 27): each wire key and each promise ----------------------------------------
+    Mutation("not-before-ignored", PIPELINE,
+             "        if due is not None and due > now:", "        if False:",
+             (f"{T_TIME}::test_a_delayed_message_is_handled_once_not_before_its_time[spool]",
+              f"{T_TIME}::test_a_delayed_message_is_handled_once_not_before_its_time[redis]",
+              f"{T_TIME}::test_hand_written_windows[spool]"),
+             "notBefore: never given to a handler before then (a shell writer's too)"),
+    Mutation("send-delay-ignored", CLIENT,
+             "        timing = window(delay=delay, not_before=not_before, ttl=ttl, expires_at=expires_at)\n"
+             "        if wait:",
+             "        timing = window(not_before=not_before, ttl=ttl, expires_at=expires_at)\n        if wait:",
+             (f"{T_TIME}::test_a_delayed_message_is_handled_once_not_before_its_time[spool]",),
+             "Client.send(delay=...) writes notBefore"),
+    Mutation("cli-delay-ignored", "ipcpool/cli/commands.py",
+             "    return window(delay=duration(args.delay),", "    return window(delay=None,",
+             (f"{T_TIME}::test_the_cli_sends_a_window_and_refuses_one_that_never_opens[spool]",),
+             "ipcpool send --delay 30s"),
+    Mutation("spool-delayed-held-in-memory-only", D_SPOOL,
+             "        rename_noreplace(self.folders.path(group, PROCESSING, key_name), "
+             "self.folders.path(group, DELAYED, name))",
+             "        raise OSError(5, \"mutated\")",
+             (f"{T_TIME}::test_delayed_messages_survive_a_sigkill_and_are_handed_out_once[spool]",),
+             "delayed messages are held by the transport (delayed/), durable across a SIGKILL"),
+    Mutation("spool-delayed-heap-not-rebuilt-at-start", SOURCE,
+             "        self.delayed.load(group)\n", "        self.delayed.heaps.pop(group, None)\n",
+             (f"{T_TIME}::test_delayed_messages_survive_a_sigkill_and_are_handed_out_once[spool]",),
+             "a restart rebuilds the delayed heap from one listing of delayed/"),
+    Mutation("spool-delayed-not-shown", D_SPOOL,
+             "        return len(heap), format_iso(heap[0][0] / 1000)", "        return 0, None",
+             (f"{T_TIME}::test_status_shows_what_is_delayed_and_when_the_next_is_due[spool]",),
+             "status, top, /metrics: how many are delayed per group and when the next is due"),
+    Mutation("redis-delayed-released-again-and-again", R_DELAYS,
+             ("  redis.call('DEL', list)\n", "  redis.call('ZREM', KEYS[1], entry)\n"), ("", ""),
+             (f"{T_TIME}::test_a_delayed_message_is_handled_once_not_before_its_time[redis]",
+              f"{T_TIME}::test_delayed_messages_survive_a_sigkill_and_are_handed_out_once[redis]"),
+             "delayed on Redis: moved back into the stream once, whoever gets there first"),
+    Mutation("redis-delayed-held-in-memory-only", R_SOURCE,
+             "            self.delays.hold(group, ref, until)\n",
+             "            self.later[key] = self.clock() + max(until - time.time(), 0.001)\n",
+             (f"{T_TIME}::test_delayed_messages_survive_a_sigkill_and_are_handed_out_once[redis]",
+              f"{T_TIME}::test_status_shows_what_is_delayed_and_when_the_next_is_due[redis]"),
+             "delayed on Redis: held in the group's sorted set, not by a supervisor, durable across a SIGKILL"),
+    Mutation("redis-delayed-not-shown", R_DELAYS,
+             "\"delayed\": int(count)", "\"delayed\": 0",
+             (f"{T_TIME}::test_status_shows_what_is_delayed_and_when_the_next_is_due[redis]",),
+             "status on Redis: how many are delayed per group"),
+    Mutation("expires-at-ignored", PIPELINE,
+             "        if expires is not None and (expires <= now or (due is not None and expires <= due)):",
+             "        if False:",
+             (f"{T_TIME}::test_an_expired_message_is_dead_lettered_and_its_sender_nacked[spool]",
+              f"{T_TIME}::test_an_expired_message_is_dead_lettered_and_its_sender_nacked[redis]",
+              f"{T_TIME}::test_a_message_that_expires_while_it_waits_nacks_an_async_sender[spool]"),
+             "expiresAt: not given to a handler after then, dead-lettered as expired, its sender nacked"),
+    Mutation("expiry-before-due-delayed-anyway", PIPELINE,
+             "(expires <= now or (due is not None and expires <= due))", "(expires <= now)",
+             (f"{T_TIME}::test_hand_written_windows[spool]", f"{T_TIME}::test_hand_written_windows[redis]"),
+             "a hand-written expiresAt before notBefore is expired"),
+    Mutation("expired-nacked-as-failed", PIPELINE,
+             "_summary_of(message), \"rejected\")\n", "_summary_of(message), \"failed\")\n",
+             (f"{T_TIME}::test_an_expired_message_is_dead_lettered_and_its_sender_nacked[spool]",),
+             "an expired message's sender gets MessageRejected, reason expired"),
+    Mutation("send-ttl-ignored", CLIENT,
+             "        timing = window(delay=delay, not_before=not_before, ttl=ttl, expires_at=expires_at)\n"
+             "        if wait:",
+             "        timing = window(delay=delay, not_before=not_before, expires_at=expires_at)\n        if wait:",
+             (f"{T_TIME}::test_a_window_that_can_never_open_is_refused_before_it_is_sent",),
+             "Client.send(ttl=...) writes expiresAt"),
+    Mutation("sender-ack-wait-ignores-the-delay", CLIENT,
+             "        early = max(0.0, message.due - time.time()) if message.due else 0.0",
+             "        early = 0.0",
+             (f"{T_TIME}::test_a_sender_waiting_for_a_delayed_ack_waits_out_the_delay_without_re_sending[spool]",),
+             "a sender waiting for a delayed message's ack waits out the delay before it re-sends"),
+    Mutation("send-window-that-never-opens-accepted", "ipcpool/msgtime.py",
+             "        if due is not None and expires <= due:", "        if False:",
+             (f"{T_TIME}::test_a_window_that_can_never_open_is_refused_before_it_is_sent",
+              f"{T_TIME}::test_the_cli_sends_a_window_and_refuses_one_that_never_opens[spool]"),
+             "expiresAt before notBefore is refused at send time (exit 2 from the CLI)"),
 )
 # -- running ----------------------------------------------------------------------------------------------------
 

@@ -173,9 +173,9 @@ def test_status_with_no_supervisor_counts_the_folders(tmp_path, root, env):
     assert out.returncode == 1
     assert "supervisor: DOWN" in out.stdout
     line = next(line for line in out.stdout.splitlines() if line.startswith("main "))
-    assert line.split() == ["main", "3", "0", "1"]
+    assert line.split() == ["main", "3", "0", "1", "0"]
     as_json = json.loads(ipcpool_cli(env, tmp_path, "status", "--config", str(config), "--json").stdout)
-    assert as_json["folders"]["main"] == {"queued": 3, "processing": 0, "errors": 1}
+    assert as_json["folders"]["main"] == {"queued": 3, "processing": 0, "errors": 1, "delayed": 0}
     assert as_json["healthy"] is False
 
 

@@ -72,7 +72,7 @@ def test_ensure_group_creates_every_subdir_private(root, umask_022):
         path = root / "main" / sub
         assert path.is_dir() and not path.is_symlink()
         assert _mode(path) == 0o700, sub
-    assert set(SUBDIRS) == {"tmp", "messages", "processing", "acks", "responses", "errors"}
+    assert set(SUBDIRS) == {"tmp", "messages", "processing", "acks", "responses", "errors", "delayed"}
     assert spool.folders.list_groups() == ["main"]
 
 

@@ -108,6 +108,12 @@ export interface PrepareOptions {
   replyTo?: string;
   /** More envelope keys, kept by ipcpool (Message.extra in a handler); the envelope's own keys are refused. */
   extra?: Record<string, unknown>;
+  /** Seconds from now before a handler may get it (writes notBefore); or notBefore itself. */
+  delay?: number;
+  notBefore?: Date | string;
+  /** Seconds from now after which it is dead-lettered as "expired" instead (writes expiresAt); or expiresAt. */
+  ttl?: number;
+  expiresAt?: Date | string;
   /** The receiver's [spool] max_message_bytes (default 1 MiB): larger messages throw InvalidMessage. */
   maxMessageBytes?: number;
 }

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from ipcpool.cli.parser import build_parser
 from ipcpool.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, IpcpoolError, UnknownGroup
+from ipcpool.msgtime import BadWindow
 from ipcpool.ops.logs import setup_logging
 
 
@@ -27,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ConfigError, UnknownGroup) as exc:
+    except (ConfigError, UnknownGroup, BadWindow) as exc:
         print(f"ipcpool: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except IpcpoolError as exc:

@@ -102,14 +102,33 @@ def _client(args: argparse.Namespace, **overrides: Any) -> Any:
 def cmd_send(args: argparse.Namespace) -> int:
     overrides = {"format": args.format} if args.format else {}
     payload = _payload(args.payload)
+    timing = _window(args)  # before the client: a window that can never open exits 2, nothing sent
     with _client(args, **overrides) as client:
         if args.ack:
             message_id = client.send_and_wait(args.group, args.type, payload, timeout=args.timeout,
-                                              wait_for_supervisor=args.wait_for_supervisor)
+                                              wait_for_supervisor=args.wait_for_supervisor, timing=timing)
         else:
-            message_id = client.send(args.group, args.type, payload)
+            message = client.prepare(args.group, args.type, payload, timing=timing)
+            client.publish(message)
+            message_id = message.message_id
     print(message_id)
     return EXIT_OK
+
+
+def _window(args: argparse.Namespace) -> dict[str, str]:
+    """``--delay``/``--not-before`` and ``--ttl``/``--expires-at`` as envelope keys; BadWindow (exit 2) when they
+    are not durations or times, or can never open."""
+    from ipcpool.msgtime import BadWindow, window
+    from ipcpool.records import parse_duration
+
+    def duration(text: str | None) -> float | None:
+        try:
+            return None if text is None else parse_duration(text)
+        except ValueError as exc:
+            raise BadWindow(str(exc)) from None
+
+    return window(delay=duration(args.delay), not_before=args.not_before, ttl=duration(args.ttl),
+                  expires_at=args.expires_at)
 
 
 def cmd_request(args: argparse.Namespace) -> int:

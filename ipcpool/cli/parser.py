@@ -85,11 +85,25 @@ def _add_send_commands(commands: _Commands) -> None:
             p.add_argument("--format", choices=("json", "msgpack"), help="wire format (default: [spool] format)")
             p.add_argument("--ack", action="store_true", help="wait for the ack, retrying per [ack]")
             p.add_argument("--timeout", type=float, help="seconds to wait per attempt (default: [ack] timeout)")
+            _add_window_args(p)
         else:
             p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
         p.add_argument("--wait-for-supervisor", action="store_true",
                        help="with no supervisor running, wait for one to start (default: say so and exit 1 at "
                             "once; the message stays queued)")
+
+
+def _add_window_args(p: argparse.ArgumentParser) -> None:
+    """``send``'s time window: delayed delivery (notBefore) and expiry (expiresAt); a clash exits 2."""
+    due = p.add_mutually_exclusive_group()
+    due.add_argument("--delay", help="hand it out no sooner than this from now: 30s, 15m, 2h, 1d (notBefore)")
+    due.add_argument("--not-before", metavar="TIME", help="hand it out no sooner than this ISO-8601 UTC time, "
+                                                          "like 2026-12-24T08:00:00Z (notBefore)")
+    expiry = p.add_mutually_exclusive_group()
+    expiry.add_argument("--ttl", help="dead-letter it as expired if not handed out within this from now: 60s, "
+                                      "5m (expiresAt)")
+    expiry.add_argument("--expires-at", metavar="TIME", help="dead-letter it as expired if not handed out by this "
+                                                             "ISO-8601 UTC time (expiresAt)")
 
 
 def _add_view_commands(commands: _Commands) -> None:

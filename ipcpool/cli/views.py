@@ -39,10 +39,12 @@ def render_table(status: dict[str, Any], verdict: Verdict, *, now: float | None 
             f"{_n(w.get('cpuPercent')):>6} {w['handled']:>8} {w['failed']:>7} {w['restarts']:>8} "
             f"{w.get('held', 0):>5}  {_running(w)}"
         )
-    lines += ["", f"{'GROUP':<24} {'QUEUED':>7} {'HELD':>6} {'RUNNING':>8} {'ERRORS':>7} {'OLDEST':>8}"]
+    lines += ["", f"{'GROUP':<24} {'QUEUED':>7} {'HELD':>6} {'RUNNING':>8} {'ERRORS':>7} {'OLDEST':>8} "
+                  f"{'DELAYED':>8}  NEXT DUE"]
     for name, g in status.get("groups", {}).items():
         lines.append(f"{printable(name):<24} {g['queued']:>7} {g.get('held', 0):>6} {g.get('running', 0):>8} "
-                     f"{g['errors']:>7} {_n(g.get('oldestQueuedAge')):>8}")
+                     f"{g['errors']:>7} {_n(g.get('oldestQueuedAge')):>8} {g.get('delayed', 0):>8}  "
+                     f"{printable(g.get('nextDue') or '-')}")
     external = status.get("externalHeartbeats", [])
     if external:
         lines += ["", f"{'EXTERNAL HEARTBEAT':<24} {'PROCESS':>10} {'STATUS':<10} {'AGE':>7}"]
@@ -81,9 +83,10 @@ def _render_cluster(cluster: dict[str, Any] | None) -> list[str]:
     lines = ["", f"{'SUPERVISOR (cluster)':<40} {'STATE':<9} {'WORKERS':>7} {'HANDLED':>8} {'UP S':>8}"]
     rows = [_cluster_row(sup) for sup in cluster.get("supervisors", []) if isinstance(sup, dict)]
     lines += [row for _name, row in sorted(rows)]
-    lines += ["", f"{'GROUP (cluster)':<24} {'QUEUED':>7} {'PENDING':>8} {'DEAD':>6}"]
+    lines += ["", f"{'GROUP (cluster)':<24} {'QUEUED':>7} {'PENDING':>8} {'DEAD':>6} {'DELAYED':>8}"]
     for name, g in cluster.get("groups", {}).items():
-        lines.append(f"{printable(name):<24} {g['queued']:>7} {g['processing']:>8} {g['errors']:>6}")
+        lines.append(f"{printable(name):<24} {g['queued']:>7} {g['processing']:>8} {g['errors']:>6} "
+                     f"{g.get('delayed', 0):>8}")
     return lines
 
 
@@ -110,9 +113,10 @@ def _render_down(status: dict[str, Any], verdict: Verdict, now: float) -> str:
     else:
         seen = "no status.json: it never ran on this root"
     lines = [f"supervisor: DOWN ({printable(verdict.reason)})", seen, "",
-             f"{'GROUP':<24} {'QUEUED':>7} {'PROCESSING':>10} {'ERRORS':>7}"]
+             f"{'GROUP':<24} {'QUEUED':>7} {'PROCESSING':>10} {'ERRORS':>7} {'DELAYED':>8}"]
     for name, g in status["folders"].items():
-        lines.append(f"{printable(name):<24} {g['queued']:>7} {g['processing']:>10} {g['errors']:>7}")
+        lines.append(f"{printable(name):<24} {g['queued']:>7} {g['processing']:>10} {g['errors']:>7} "
+                     f"{g.get('delayed', 0):>8}")
     if not status["folders"]:
         lines.append("(no group folders)")
     lines += _render_cluster(status.get("cluster"))

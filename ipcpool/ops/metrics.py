@@ -12,6 +12,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from ipcpool.msgtime import parse_iso
 from ipcpool.ops.health import transport_stats
 from ipcpool.ops.tally import BUCKETS, WORKER_STATES, Labels, PoolMetrics, Scrape
 
@@ -68,19 +69,32 @@ def _queue_families(labels: Labels, status: dict[str, Any]) -> list[Metric]:
                                "Age of the oldest waiting message, by group (0 when none waits).", labels=["group"])
     errors = GaugeMetricFamily("ipcpool_dead_letters", "Messages in the group's errors/ (dead letters).",
                                labels=["group"])
+    delayed = GaugeMetricFamily("ipcpool_delayed", "Messages held until their notBefore, by group.",
+                                labels=["group"])
+    next_due = GaugeMetricFamily("ipcpool_delayed_next_due_timestamp_seconds",
+                                 "When the group's next delayed message is due (Unix time; absent when none is held).",
+                                 labels=["group"])
     folded: dict[str, list[float]] = {}
+    dues: dict[str, float] = {}
     for name, group in status.get("groups", {}).items():
-        row = folded.setdefault(labels.group(name), [0.0, 0.0, 0.0, 0.0])
+        if group.get("nextDue"):
+            due = parse_iso(group["nextDue"], "nextDue")
+            dues[labels.group(name)] = min(due, dues.get(labels.group(name), due))
+        row = folded.setdefault(labels.group(name), [0.0, 0.0, 0.0, 0.0, 0.0])
         row[0] += (group.get("queued") or 0) + (group.get("buffered") or 0)  # Redis: read ahead, not handed out
         row[1] += (group.get("held") or 0) + (group.get("running") or 0)
         row[2] = max(row[2], group.get("oldestQueuedAge") or 0.0)
         row[3] += group.get("errors") or 0
-    for name, (queued, held, age, dead) in sorted(folded.items()):
+        row[4] += group.get("delayed") or 0
+    for name, (queued, held, age, dead, waiting) in sorted(folded.items()):
         depth.add_metric([name], queued)
         inflight.add_metric([name], held)
         oldest.add_metric([name], age)
         errors.add_metric([name], dead)
-    return [depth, inflight, oldest, errors]
+        delayed.add_metric([name], waiting)
+        if name in dues:
+            next_due.add_metric([name], dues[name])
+    return [depth, inflight, oldest, errors, delayed, next_due]
 
 
 def _worker_families(metrics: PoolMetrics, status: dict[str, Any]) -> list[Metric]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from ipcpool.message import now_iso
 from ipcpool.pool.handle import Delivery, WorkerHandle
-from ipcpool.pool.protocol import BACK_TO_QUEUE, FAILURES, Outcome, OutsideBeat, Result
+from ipcpool.pool.protocol import BACK_TO_QUEUE, FAILURES, Later, Outcome, OutsideBeat, Result
 from ipcpool.pool.state import PoolState
 from ipcpool.records import nack_body
 
@@ -49,6 +49,9 @@ class Accounting:
             else:  # never started: the worker is stopping, or the transport was away
                 self.requeue(delivery, counted=False,
                              later=RETRY_UNAVAILABLE if outcome is Outcome.UNREACHABLE else 0.0)
+            return
+        if isinstance(info, Later):  # came before its notBefore: the transport holds it, no worker does
+            self.pool.source.delay(delivery.group, delivery.name, info.until)
             return
         self._count(worker, outcome, delivery.group, info)
         unfinished = info.unfinished if isinstance(info, OutsideBeat) else info

@@ -25,7 +25,8 @@ from ipcpool.config import Config
 from ipcpool.errors import InvalidMessage, SpoolError, TransportUnavailable
 from ipcpool.handlers import HandlerTable
 from ipcpool.message import IPCMessageType, Message, Summary, decode, encode, now_iso, sniff, summarize, to_message
-from ipcpool.pool.protocol import SLOT_ACK_HOLDS, SLOT_SEQ, SLOT_STARTED, Info, Outcome, OutsideBeat
+from ipcpool.msgtime import EXPIRED, EXPIRES_AT, NOT_BEFORE, read_window
+from ipcpool.pool.protocol import SLOT_ACK_HOLDS, SLOT_SEQ, SLOT_STARTED, Info, Later, Outcome, OutsideBeat
 from ipcpool.records import nack_body
 from ipcpool.retry import handler_retrying
 from ipcpool.transport.base import AckHeld, DeadLetterLater, MessageGone, Store
@@ -134,6 +135,11 @@ class DeliveryPipeline:
             log.info("Duplicate IPC message skipped (already acked) id=%s group=%s type=%s",
                      message.id, group, message.type, extra={"outcome": "duplicate"})
             return Outcome.DUPLICATE, None
+        extra = message.extra
+        if extra and (NOT_BEFORE in extra or EXPIRES_AT in extra):  # {} for every envelope without extra keys
+            timed = self._check_window(message, name)
+            if timed is not None:
+                return timed
         if message.type == _HEARTBEAT and self._record_heartbeats:
             return self._record_heartbeat(message, name, token)
         handler = self.handlers.lookup(message)
@@ -177,6 +183,41 @@ class DeliveryPipeline:
             log.info("IPC message handled id=%s group=%s type=%s in %.1f ms", message.id, group, message.type,
                      elapsed_ms, extra={"outcome": "handled", "duration_ms": round(elapsed_ms, 3)})
         return Outcome.HANDLED, info
+
+    def _check_window(self, message: Message, name: str) -> tuple[Outcome, Info] | None:
+        """notBefore and expiresAt, looked at here, where the body is parsed already: None when it may run now.
+
+        Why here and not in the supervisor: the supervisor never reads bodies, and a byte peek at every file
+        would cost every message; a parsed envelope without extra keys skips this on one truthiness check. So
+        a delayed message is claimed once like any other, and its early delivery hands it back as
+        ``Later(due)``: the transport then holds it (spool: ``delayed/``; Redis: a sorted set) until it is due,
+        without a worker. Expired (or a hand-written window whose expiry is at or before its due time, which
+        could never open): dead-lettered as ``expired``, its handler never run, its sender nacked at once.
+        """
+        try:
+            due, expires = read_window(message.extra)
+        except InvalidMessage as exc:
+            return self._reject(message.group, name, str(exc), _summary_of(message))
+        now = time.time()
+        if expires is not None and (expires <= now or (due is not None and expires <= due)):
+            return self._expire(message, name)
+        if due is not None and due > now:
+            if self._log_messages:
+                log.info("IPC message delayed until its notBefore id=%s group=%s type=%s notBefore=%s", message.id,
+                         message.group, message.type, message.extra.get(NOT_BEFORE), extra={"outcome": "delayed"})
+            self.store.forget(message.group, name)
+            return Outcome.DELAYED, Later(due)
+        return None
+
+    def _expire(self, message: Message, name: str) -> tuple[Outcome, Info]:
+        self.failed += 1
+        log.warning("IPC message expired before it was handed out id=%s group=%s type=%s expiresAt=%s",
+                    message.id, message.group, message.type, message.extra.get(EXPIRES_AT),
+                    extra={"outcome": "expired"})
+        record = {"id": message.id, "type": message.type, "reason": EXPIRED, "attempts": 0,
+                  "expiresAt": message.extra.get(EXPIRES_AT), "notBefore": message.extra.get(NOT_BEFORE),
+                  "workerPid": self._pid}
+        return Outcome.EXPIRED, self._quarantine(message.group, name, record, _summary_of(message), "rejected")
 
     def _finish(self, group: str, ref: str, message_id: str, ack: str | None, token: Any) -> AckHeld | None:
         """Ack (when asked), then remove the handled message; None, or what the supervisor must finish.

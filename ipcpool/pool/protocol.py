@@ -10,7 +10,8 @@ Each record is a NamedTuple: typed, and pickled as cheaply as the bare tuples
 they replace (one batch of results crosses per half prefetch; a dataclass per
 result cost five times as much). A result is ``(seq, Outcome, info)``; info is
 None, or what the supervisor must finish (the seam's :class:`Unfinished`), or
-an outside process's heartbeat (:class:`OutsideBeat`).
+an outside process's heartbeat (:class:`OutsideBeat`), or when a message that
+came early is due (:class:`Later`).
 
 Beside the pipes, each worker shares a small array of doubles with the
 supervisor, written without a lock: the worker publishes which delivery runs
@@ -48,10 +49,12 @@ class Outcome(enum.StrEnum):
     RETURNED = "returned"  # never started: the worker is stopping; back to the queue
     UNREACHABLE = "unreachable"  # never started: the transport was away; back, offered again a little later
     VANISHED = "vanished"  # the message was gone
+    DELAYED = "delayed"  # its notBefore is ahead: the transport holds it until then (info: Later)
+    EXPIRED = "expired"  # its expiresAt passed before hand-out: to the dead letters, handler never run
 
 
 BACK_TO_QUEUE = frozenset({Outcome.UNSETTLED, Outcome.RETURNED, Outcome.UNREACHABLE})  # not finished: requeued
-FAILURES = frozenset({Outcome.FAILED, Outcome.INVALID})
+FAILURES = frozenset({Outcome.FAILED, Outcome.INVALID, Outcome.EXPIRED})
 
 
 class OutsideBeat(NamedTuple):
@@ -62,7 +65,13 @@ class OutsideBeat(NamedTuple):
     unfinished: Unfinished | None
 
 
-Info = Unfinished | OutsideBeat | None
+class Later(NamedTuple):
+    """A delivery that came before its notBefore: the transport holds it until ``until`` (epoch seconds)."""
+
+    until: float
+
+
+Info = Unfinished | OutsideBeat | Later | None
 Result = tuple[int, Outcome, Info]  # (seq, outcome, info): a plain tuple, so a batch pickles fast
 
 

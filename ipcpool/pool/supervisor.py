@@ -220,6 +220,9 @@ class Supervisor:
         if timeout is None:
             # Sliced work (a rescan, pruning): come straight back; else wait a tick, or until a schedule is due.
             timeout = 0.0 if self._source_busy else self.scheduler.wait(self.tick)
+            due = self.source.wake_at()  # a delayed message due before the tick ends: wake for it
+            if due is not None:
+                timeout = max(0.0, min(timeout, due - time.time()))
         ready = self._waitset.wait(self._waitables(), timeout)
         if self._wake_r in ready:
             self._drain_wake_pipe()

@@ -66,7 +66,7 @@ REPLY_RETRY_MS = 500  # how often a response that could not be written is tried 
 # The outcomes a worker counts for /metrics, under their metric names (an outside
 # heartbeat was handled; unsettled, returned, unreachable and vanished are not finished).
 _TALLIED = {Outcome.HANDLED: "handled", Outcome.DUPLICATE: "duplicate", Outcome.HEARTBEAT: "handled",
-            Outcome.FAILED: "failed", Outcome.INVALID: "invalid"}
+            Outcome.FAILED: "failed", Outcome.INVALID: "invalid", Outcome.EXPIRED: "expired"}
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The transport seam on one page: what the pool, the workers, senders and operators ask of where messages live.
 
-    supervisor ─ Source ─▶ open · filenos · poll · backlog · take · renew · done · requeue · record_failure
+    supervisor ─ Source ─▶ open · filenos · poll · backlog · wake_at · take · renew · done · requeue · delay
+                            · record_failure
                             · quarantine · summarize · housekeeping · holds_acks · stats · announce · close
-    worker     ─ Store ──▶ prefetch · read · names · is_acked · complete · settle · reply · error_ref
+    worker     ─ Store ──▶ prefetch · read · names · is_acked · complete · settle · forget · reply · error_ref
                             · quarantine · close
     sender     ─ Outbox ─▶ ensure_group · publish · present · is_acked · nack · wait_answer · async_wait_answer
                             · depth · supervisor_running · schedule_marks · publish_due · close
@@ -79,11 +80,15 @@ class Source(Protocol):
         """Take in what ``ready`` says, run timers in short slices; ``room``: what the pool could take (a backend
         that fetches ahead asks for that much). True: sliced work is left, poll again without waiting."""
     def backlog(self) -> int: """How many messages take() could hand out now."""
+    def wake_at(self) -> float | None: """When (wall clock) a delayed message is next due: the loop's wait ends then."""
     def take(self, n: int) -> list[Taken]: """Claim up to ``n``, oldest first: the supervisor's until it says."""
     def renew(self, held: Iterable[tuple[str, str]]) -> None: """Still ours: what live workers hold."""
     def done(self, group: str, ref: str, unfinished: Unfinished | None = None) -> None:
         """A worker finished it; ``unfinished``: what it could not (an ack, a dead-lettering), done here."""
     def requeue(self, group: str, ref: str, *, later: float = 0.0) -> None: """Back to the queue (not before later)."""
+    def delay(self, group: str, ref: str, until: float) -> None:
+        """Its notBefore is ahead: hold it, durably and without a worker, until ``until`` (epoch seconds), then
+        queue it again; no scan of what is held meanwhile (a timer heap, a sorted set)."""
     def record_failure(self, group: str, ref: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
         """A delivery of it killed or hung a worker: recorded wherever it happened; the whole history."""
     def quarantine(self, group: str, ref: str, record: dict[str, Any], nack: dict[str, Any] | None) -> bool:
@@ -92,7 +97,8 @@ class Source(Protocol):
     def housekeeping(self, live_pids: set[int]) -> None: """Start pruning what outlived its retention."""
     @property
     def holds_acks(self) -> bool: """Handled messages wait for their acks: workers' ack checks look for them."""
-    def stats(self) -> dict[str, Any]: """Per group (queued, oldest, errors) and the backend's troubles."""
+    def stats(self) -> dict[str, Any]:
+        """Per group (queued, oldest, errors, delayed, nextDue: ISO time or None) and the backend's troubles."""
     def announce(self, status: dict[str, Any]) -> None: """Publish this supervisor's status (a shared backend)."""
     def close(self) -> None: """Hand back what no worker started."""
 
@@ -108,6 +114,7 @@ class Store(Protocol):
                  ) -> AckHeld | None:
         """Ack (when asked) and remove, at once; None, or what the supervisor must finish for it."""
     def settle(self) -> dict[tuple[str, str], AckHeld]: """Pipelined completions, finished: what failed."""
+    def forget(self, group: str, ref: str) -> None: """Handed back unfinished (not due yet): drop what is kept of it."""
     def reply(self, group: str, request_id: str, data: bytes) -> bool:
         """A response for a waiting requester; False: no such group; TransportDown, OSError: not now."""
     def error_ref(self, group: str, ref: str) -> str: """Where its dead letter will be (a response may cite it)."""

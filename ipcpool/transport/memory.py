@@ -71,6 +71,10 @@ class MemorySource:
                 self.requeue(*key)
         return False
 
+    def wake_at(self) -> float | None:
+        """Delays are requeues for later here: the loop's tick finds them."""
+        return None
+
     def backlog(self) -> int:
         return sum(len(q) for q in self.broker.queues.values())
 
@@ -100,6 +104,10 @@ class MemorySource:
             queue = self.broker.queue(group)
             queue[ref] = entry
             queue.move_to_end(ref, last=False)  # it was next once; it is next again
+
+    def delay(self, group: str, ref: str, until: float) -> None:
+        """Held as a requeue for later is (one process: nothing to survive)."""
+        self.requeue(group, ref, later=max(until - time.time(), 0.001))
 
     def record_failure(self, group: str, ref: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
         history = self.broker.failures.setdefault((group, ref), [])
@@ -166,6 +174,9 @@ class MemoryStore:
         if ack_id is not None:
             self.broker.acks.add((group, ack_id))
         return None
+
+    def forget(self, group: str, ref: str) -> None:
+        """Nothing is kept of a message once read."""
 
     def settle(self) -> dict[tuple[str, str], AckHeld]:
         return {}

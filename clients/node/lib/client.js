@@ -224,7 +224,9 @@ export async function sendAndWait(group, type, payload, options = {}) {
         ctx.log.warn({ ...fields, attempt, resent: false, why: 'still queued or in flight' }, 'Retrying IPC message');
       }
     }
-    const answer = await waitFor(files, probe, ack.timeoutMs, ctx.signal);
+    // A delayed message cannot be acked before its notBefore: an attempt's wait counts from then.
+    const due = message.envelope.notBefore ? Date.parse(message.envelope.notBefore) : 0;
+    const answer = await waitFor(files, probe, ack.timeoutMs + Math.max(0, due - Date.now()), ctx.signal);
     if (answer) return judge(answer, attempt);
     ctx.log.warn({ ...fields, attempt, of: attempts, timeoutMs: ack.timeoutMs }, 'ACK timeout');
     await failFastWithoutSupervisor(ctx, message);

@@ -53,8 +53,53 @@ export function checkType(type) {
   return type;
 }
 
+function toMillis(value, key) {
+  const ms = value instanceof Date ? value.getTime() : typeof value === 'string' ? Date.parse(value) : NaN;
+  if (!Number.isFinite(ms) || (typeof value === 'string' && !/(Z|[+-]\d\d:?\d\d)$/.test(value))) {
+    throw new InvalidMessage(`${key} must be a Date or an ISO-8601 time with its zone (2026-12-24T08:00:00Z)`);
+  }
+  return ms;
+}
+
+function seconds(value, key) {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
+    throw new InvalidMessage(`${key} must be a number of seconds, 0 or more`);
+  }
+  return value;
+}
+
+/**
+ * The time window's envelope keys (notBefore, expiresAt) from delay/notBefore and ttl/expiresAt, as the
+ * Python client writes them; one that can never open (expiry at or before the due time) throws.
+ */
+export function timeWindow({ delay, notBefore, ttl, expiresAt } = {}, now = Date.now()) {
+  if (delay != null && notBefore != null) throw new InvalidMessage('give delay or notBefore, not both');
+  if (ttl != null && expiresAt != null) throw new InvalidMessage('give ttl or expiresAt, not both');
+  const keys = {};
+  let due = null;
+  if (delay != null && seconds(delay, 'delay') > 0) due = now + delay * 1000;
+  else if (notBefore != null) due = toMillis(notBefore, 'notBefore');
+  if (due !== null) keys.notBefore = new Date(Math.ceil(due)).toISOString();
+  let expires = null;
+  if (ttl != null) {
+    if (seconds(ttl, 'ttl') <= 0) throw new InvalidMessage('ttl must be more than 0 seconds');
+    expires = now + ttl * 1000;
+  } else if (expiresAt != null) expires = toMillis(expiresAt, 'expiresAt');
+  if (expires !== null) {
+    if (due !== null && expires <= due) {
+      throw new InvalidMessage(`the message would expire (${new Date(expires).toISOString()}) before it is due `
+        + `(${new Date(due).toISOString()}): it could never be handed out`);
+    }
+    keys.expiresAt = new Date(Math.floor(expires)).toISOString();
+  }
+  return keys;
+}
+
 /** A fresh wire envelope, validated as the receiver will validate it. */
-export function buildEnvelope(group, type, payload, { id, requiresAck = false, replyTo, extra } = {}) {
+export function buildEnvelope(group, type, payload, {
+  id, requiresAck = false, replyTo, extra, delay, notBefore, ttl, expiresAt,
+} = {}) {
+  const window = timeWindow({ delay, notBefore, ttl, expiresAt });
   checkGroupName(group);
   checkType(type);
   if (replyTo !== undefined && replyTo !== null) checkGroupName(replyTo, 'replyTo group');
@@ -72,6 +117,7 @@ export function buildEnvelope(group, type, payload, { id, requiresAck = false, r
     requiresAck,
   };
   if (replyTo !== undefined && replyTo !== null) envelope.replyTo = replyTo;
+  Object.assign(envelope, window);
   if (extra !== undefined && extra !== null) {
     if (typeof extra !== 'object' || Array.isArray(extra)) {
       throw new InvalidMessage(`extra must be an object of additional envelope keys, got ${short(extra)}`);

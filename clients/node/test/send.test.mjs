@@ -6,7 +6,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
 import {
-  IPCMessageType, InvalidMessage, IpcpoolError, MessageExists, prepare, publish, send,
+  IPCMessageType, InvalidMessage, IpcpoolError, MessageExists, prepare, publish, send, sendAndWait,
 } from '../index.js';
 import { startPool, tempDir } from './helpers.mjs';
 
@@ -129,4 +129,25 @@ test('the same id with different bytes while queued is MessageExists; the same b
   });
   assert.deepEqual(await fsp.readFile(file), Buffer.from(first.data), 'the queued message is untouched');
   assert.deepEqual(await fsp.readdir(path.join(root, 'main', 'tmp')), [], 'the refused copy left no temp file');
+});
+
+test('delay and ttl write notBefore and expiresAt; a window that never opens throws', () => {
+  const before = Date.now();
+  const timed = prepare('main', 'task', {}, { delay: 30, ttl: 60 });
+  const due = Date.parse(timed.envelope.notBefore);
+  assert.match(timed.envelope.notBefore, ISO_MS_Z);
+  assert.ok(due >= before + 30000 && Date.parse(timed.envelope.expiresAt) > due);
+  const at = prepare('main', 'task', {}, { notBefore: '2026-12-24T08:00:00Z' });
+  assert.equal(at.envelope.notBefore, '2026-12-24T08:00:00.000Z');
+  assert.throws(() => prepare('main', 'task', {}, { delay: 60, ttl: 30 }), InvalidMessage);
+  assert.throws(() => prepare('main', 'task', {}, { notBefore: '2026-12-24T08:00:00' }), InvalidMessage);
+});
+
+test('a delayed message is handled, not before its notBefore; its ack wait counts from then', { timeout: 30000 }, async (t) => {
+  const pool = await startPool(t);
+  const id = await sendAndWait('main', IPCMessageType.TASK, { n: 1 }, {
+    root: pool.root, delay: 1.5, ack: { timeoutMs: 1000, maxRetries: 0 },
+  });
+  const seen = await pool.waitForRecord((r) => r.id === id, `the handler to receive ${id}`);
+  assert.ok(seen.at * 1000 >= Date.parse(seen.extra.notBefore), 'never handed out before its notBefore');
 });

@@ -37,14 +37,16 @@ class RedisInspector:
             pipe.xlen(self.keys.stream(group))
             pipe.xpending(self.keys.stream(group), CONSUMER_GROUP)
             pipe.xlen(self.keys.dead(group))
+            pipe.zcard(self.keys.delayed(group))
         replies = pipe.execute(raise_on_error=False)
         counts = {}
         for n, group in enumerate(names):
-            depth, pending, dead = replies[3 * n: 3 * n + 3]
+            depth, pending, dead, delayed = replies[4 * n: 4 * n + 4]
             processing = pending.get("pending", 0) if isinstance(pending, dict) else 0
             depth = depth if isinstance(depth, int) else 0
             counts[group] = {"queued": max(0, depth - processing), "processing": processing,
-                             "errors": dead if isinstance(dead, int) else 0}
+                             "errors": dead if isinstance(dead, int) else 0,
+                             "delayed": delayed if isinstance(delayed, int) else 0}
         return counts
 
     def busy(self) -> bool:

@@ -19,6 +19,8 @@
                                      or every supervisor cut off)
     <p>:reclaim-hold                 set for one lease when <p>:alive was found gone: no reclaims meanwhile
     <p>:schedule:<name>              hash: a [[schedule]]'s since, and its last due time published (due, id, at)
+    <p>:delayed:<g>                  sorted set: entries held until their notBefore, scored by due time (ms)
+    <p>:delayed-entry:<g>:<entry>    list: a held entry's fields (m, f, s, i, q, ...), XADDed back when due
 """
 
 from __future__ import annotations
@@ -81,3 +83,9 @@ class Keys:
 
     def schedule(self, name: str) -> str:
         return f"{self.p}:schedule:{name}"
+
+    def delayed(self, group: str) -> str:
+        return f"{self.p}:delayed:{group}"
+
+    def delayed_entry(self, group: str, entry: str) -> str:
+        return f"{self.p}:delayed-entry:{group}:{entry}"

@@ -61,6 +61,7 @@ from ipcpool.message import Summary, summarize_bytes
 from ipcpool.transport.base import DeadLetterLater, Unfinished
 from ipcpool.transport.redis.connection import UNAVAILABLE, Outage, connect
 from ipcpool.transport.redis.consumer import consumer_name
+from ipcpool.transport.redis.delays import DelayedSets
 from ipcpool.transport.redis.figures import QueueFigures
 from ipcpool.transport.redis.journal import Journal
 from ipcpool.transport.redis.keys import CONSUMER_GROUP, Keys
@@ -123,6 +124,8 @@ class RedisSource:
         self.reader = StreamReader(self.client, self.keys, int(min(config.spool.rescan_interval, 5.0) * 1000))
         self.out: set[tuple[str, str]] = set()  # handed to the pool and not given back yet
         self.figures = QueueFigures(self.client, self.keys)
+        self.delays = DelayedSets(self.client, self.keys)  # notBefore ahead: each group's sorted set
+        self._delayed_last: dict[str, dict[str, Any]] = {}  # the delayed figures last read
         self.bridge = bridge  # the local inboxes: files into the streams, their answers back beside them
         self._watch_fds: list[int] = []  # the local inboxes' watch (inotify), once open
         self.next_groups = 0.0
@@ -167,7 +170,7 @@ class RedisSource:
         if self.outage.down and not self.outage.may_try():
             return more
         self._poll_redis(now)
-        return more
+        return more or (bool(self.delays.next_due) and time.time() >= self.delays.next_due)  # more due at once
 
     def _poll_redis(self, now: float) -> None:
         try:
@@ -184,6 +187,9 @@ class RedisSource:
             if now >= self.next_reclaim:
                 self.next_reclaim = now + self.config.redis.lease / 2
                 self._reclaim()
+            wall = time.time()  # notBefore is wall-clock time
+            if self.delays.due(wall):
+                self.delays.release(sorted(self.groups), wall)
             if self.later:
                 for key, due in list(self.later.items()):
                     if now >= due:
@@ -215,6 +221,9 @@ class RedisSource:
 
     def backlog(self) -> int:
         return 0 if self.outage.down else len(self.queue)
+
+    def wake_at(self) -> float | None:
+        return None if self.outage.down else (self.delays.next_due or None)
 
     def take(self, n: int) -> list[tuple[str, str, int]]:
         taken: list[tuple[str, str, int]] = []
@@ -255,6 +264,21 @@ class RedisSource:
         else:
             self.queue[key] = None
             self.queue.move_to_end(key, last=False)  # it was next once; it is next again
+
+    def delay(self, group: str, ref: str, until: float) -> None:
+        """Into the group's delayed set until due (see delays.py); with Redis away, held here in memory as a
+        requeue for later is (still pending under this consumer: a restart recovers it, and it comes back)."""
+        key = (group, ref)
+        self.out.discard(key)
+        self.failures.pop(key, None)
+        if key in self.lost:  # another supervisor holds it now
+            self.lost.discard(key)
+            return
+        try:
+            self.delays.hold(group, ref, until)
+        except UNAVAILABLE as exc:
+            self._lost(exc)
+            self.later[key] = self.clock() + max(until - time.time(), 0.001)
 
     def record_failure(self, group: str, ref: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
         key = self.keys.deliveries(group, ref)
@@ -348,10 +372,21 @@ class RedisSource:
             if group in buffered:
                 buffered[group].append(ref)
         groups = self.figures.read(names, buffered, skip=self.outage.down)
+        for group, held in self._delayed_figures(names).items():
+            groups.setdefault(group, {}).update(held)
         trouble = {"full": False, "stranded": len(self.pending_work), "ackHolds": 0,
                    "error": self.outage.describe(),
                    "consumer": self.consumer, "redisDown": self.outage.down, **self.bridge.stats()}
         return {"groups": groups, "transport": trouble}
+
+    def _delayed_figures(self, names: list[str]) -> dict[str, dict[str, Any]]:
+        """How many each group holds delayed, and the next due (the last figures stand while Redis is away)."""
+        if not self.outage.down:
+            try:
+                self._delayed_last = self.delays.figures(names)
+            except UNAVAILABLE as exc:
+                self._lost(exc)
+        return self._delayed_last
 
     def announce(self, status: dict[str, Any]) -> None:
         """This supervisor's status, for `ipcpool status` on any host (it expires unless renewed)."""

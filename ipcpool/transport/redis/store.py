@@ -167,6 +167,10 @@ class RedisStore:
         self._send_complete(group, ref, ack_id, token, report=not duplicate)
         return None
 
+    def forget(self, group: str, ref: str) -> None:
+        """A delayed entry handed back: the name read with it is not needed (the supervisor holds it now)."""
+        self._stems.pop((group, ref), None)
+
     def settle(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Check the completions sent since the last call; (group, ref) -> what the supervisor must finish.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ipcpool.config import Config
 from ipcpool.transport.spool.deadletters import SpoolDeadLetters
+from ipcpool.transport.spool.layout import DELAYED
 from ipcpool.transport.spool.spool import Spool
 
 
@@ -15,7 +16,8 @@ class SpoolInspector:
         """What each group's folders hold, counted on disk: true with or without a supervisor."""
         folders = self.spool.folders
         return {group: {"queued": len(folders.scan_inboxes(group)), "processing": len(folders.scan_processing(group)),
-                        "errors": folders.count_dead_letters(group)} for group in folders.list_groups()}
+                        "errors": folders.count_dead_letters(group), "delayed": folders.count(group, DELAYED)}
+                for group in folders.list_groups()}
 
     def busy(self) -> bool:
         folders = self.spool.folders

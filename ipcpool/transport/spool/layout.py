@@ -2,7 +2,7 @@
 
 ::
 
-    <root>/<group>/tmp/ messages/ tasks/ processing/ acks/ responses/ errors/
+    <root>/<group>/tmp/ messages/ tasks/ processing/ acks/ responses/ errors/ delayed/
     <root>/.ipcpool/            the supervisor's own (see ipcpool.localroot)
 
 Modes are set explicitly, never left to the umask. In "shared" mode writers in
@@ -27,10 +27,10 @@ from ipcpool.message import GROUP_NAME, MESSAGE_ID
 
 log = logging.getLogger(__name__)
 
-TMP, MESSAGES, PROCESSING, ACKS, RESPONSES, ERRORS = (
-    "tmp", "messages", "processing", "acks", "responses", "errors",
+TMP, MESSAGES, PROCESSING, ACKS, RESPONSES, ERRORS, DELAYED = (
+    "tmp", "messages", "processing", "acks", "responses", "errors", "delayed",
 )
-SUBDIRS = (TMP, MESSAGES, PROCESSING, ACKS, RESPONSES, ERRORS)
+SUBDIRS = (TMP, MESSAGES, PROCESSING, ACKS, RESPONSES, ERRORS, DELAYED)
 STATE_DIR = ".ipcpool"
 STAGING_DIR = "staging"
 DELIVERIES_DIR = "deliveries"
@@ -44,7 +44,7 @@ ACK_HOLD_PREFIX = ".ack-"  # processing/.ack-<id>: handled, its ack not yet writ
 
 PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
 _SHARED_DIRS = {
-    "": 0o2750, TMP: 0o3770, MESSAGES: 0o3770, PROCESSING: 0o2700,
+    "": 0o2750, TMP: 0o3770, MESSAGES: 0o3770, PROCESSING: 0o2700, DELAYED: 0o2700,
     ACKS: 0o2750, RESPONSES: 0o2750, ERRORS: 0o2750,
 }
 _SHARED_FILE = 0o640

@@ -32,6 +32,7 @@ from ipcpool.config import Config
 from ipcpool.errors import SpoolError
 from ipcpool.message import Summary, format_for, summarize_bytes
 from ipcpool.transport.base import AckHeld, DeadLetterLater, Unfinished
+from ipcpool.transport.spool.delayed import DelayedFiles
 from ipcpool.transport.spool.housekeeping import SLICE, prune_steps, run_slice
 from ipcpool.transport.spool.layout import (
     ERRORS,
@@ -66,6 +67,7 @@ class SpoolSource:
         self.settling: dict[Key, float] = {}
         self.failures: dict[Key, list[dict[str, Any]]] = {}
         self.stranded = Stranded(self.spool, self._requeue_stranded)
+        self.delayed = DelayedFiles(self.spool.folders)  # notBefore ahead: delayed/ and its timer heaps
         self.groups: set[str] = set()
         self.refused_groups: set[str] = set()  # folders strict_groups keeps out (each logged once)
         self.unserved: dict[str, str] = {}  # group -> why its folder cannot be served (another user's, ...)
@@ -118,6 +120,12 @@ class SpoolSource:
                 if now >= due:
                     del self.settling[key]
                     self.pending.setdefault(key, now)
+        delayed_left = False
+        if self.delayed.heaps:
+            wall = time.time()  # notBefore is wall-clock time
+            for key in list(self.delayed.due(wall)):
+                self.offer(*key, now)
+            delayed_left = self.delayed.busy(wall)  # more is due than one poll moves: come straight back
         if self.stranded and now >= self.next_stranded_retry:
             self.next_stranded_retry = now + RETRY_INTERVAL
             self._retry_stranded()
@@ -128,10 +136,13 @@ class SpoolSource:
             self._continue_rescan()
         if self._housekeeping is not None:
             self._continue_housekeeping()
-        return bool(self.rescan_queue) or self._housekeeping is not None or bool(self._hints)
+        return bool(self.rescan_queue) or self._housekeeping is not None or bool(self._hints) or delayed_left
 
     def backlog(self) -> int:
         return len(self.pending)
+
+    def wake_at(self) -> float | None:
+        return self.delayed.next_due()
 
     def take(self, n: int) -> list[tuple[str, str, int]]:
         taken: list[tuple[str, str, int]] = []
@@ -178,6 +189,22 @@ class SpoolSource:
                     self.pending[back] = self.clock()
         self._unblock(key)
 
+    def delay(self, group: str, ref: str, until: float) -> None:
+        """Into delayed/ until due (see delayed.py); a name that cannot go there waits as a settling file does,
+        in memory and in processing/ (a restart finds it there, and its worker hands it back again)."""
+        key = (group, ref)
+        try:
+            self.delayed.hold(group, ref, until)
+        except OSError as exc:
+            log.warning("cannot hold a delayed message in delayed/ (%s); it waits in memory group=%s file=%s",
+                        exc, group, ref)
+            self.requeue(group, ref, later=max(until - time.time(), 0.001))
+            return
+        self.taken.discard(key)
+        if self.failures.pop(key, None) is not None:  # its poison count starts again when it is due
+            self.spool.deliveries.drop(*key)
+        self._unblock(key)
+
     def record_failure(self, group: str, ref: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
         history = self.failures.setdefault((group, ref), [])
         history.append(entry)
@@ -219,7 +246,8 @@ class SpoolSource:
     def stats(self) -> dict[str, Any]:
         now = self.clock()
         groups: dict[str, dict[str, Any]] = {
-            g: {"queued": 0, "errors": self.errors_cache.get(g, (0, 0))[1], "oldestQueuedAge": None}
+            g: {"queued": 0, "errors": self.errors_cache.get(g, (0, 0))[1], "oldestQueuedAge": None,
+                **dict(zip(("delayed", "nextDue"), self.delayed.stats(g), strict=True))}
             for g in sorted(self.groups)
         }
         for (group, _name), seen in self.pending.items():
@@ -324,6 +352,7 @@ class SpoolSource:
         if not self._ensure_group(group):
             return
         self.groups.add(group)
+        self.delayed.load(group)
         if self._watcher is not None:
             self._watcher.watch_group(group)
         self._scan_group(group)

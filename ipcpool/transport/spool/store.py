@@ -67,6 +67,9 @@ class SpoolStore:
         spool.claims.complete(group, ref, recycle=token)
         return None
 
+    def forget(self, group: str, ref: str) -> None:
+        """Nothing is kept of a file once read."""
+
     def settle(self) -> dict[tuple[str, str], AckHeld]:
         return {}  # complete() is done when it returns
 

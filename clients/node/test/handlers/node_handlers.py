@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 from ipcpool import Message
@@ -22,7 +23,7 @@ def _record(message: Message, handler: str) -> None:
         "id": message.id, "type": message.type, "group": message.group, "payload": message.payload,
         "timestamp": message.timestamp, "requires_ack": message.requires_ack, "reply_to": message.reply_to,
         "extra": message.extra, "legacy": message.legacy, "delivery": message.delivery_count,
-        "handler": handler, "pid": os.getpid(),
+        "handler": handler, "pid": os.getpid(), "at": time.time(),
     })
     fd = os.open(os.path.join(directory, f"{os.getpid()}.jsonl"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
