@@ -1,17 +1,15 @@
 """Sending: publish, wait for acks with retries, request/response — on whichever transport.
 
-A :class:`Client` belongs to one group, its own: replies to its requests come
-back to it. Publishing never shows a receiver half a message and never
-replaces a different queued message of the same name. Re-sends keep the same
-id and bytes, and happen only when the message is no longer queued, in
-flight, acknowledged or refused, so a slow handler never gets a second copy.
+A :class:`Client` belongs to one group, its own: replies to its requests come back to it. Publishing
+never shows a receiver half a message and never replaces a different queued message of the same name.
+Re-sends keep the same id and bytes, and happen only when the message is no longer queued, in flight,
+acknowledged or refused, so a slow handler never gets a second copy.
 
-A message that ends in the dead letters answers its sender at once (a nack,
-with the reason), and a waiting ``send_and_wait`` or ``request`` raises
-:class:`MessageRejected` or :class:`MessageFailed`. With no supervisor for the
-root (spool), the first attempt's time-out says so and the wait ends there.
-Where messages go and how answers come back is the transport's (its Outbox);
-the retries, the errors and the log lines are here, the same for both.
+A message that ends in the dead letters answers its sender at once (a nack, with the reason), and a
+waiting ``send_and_wait`` or ``request`` raises :class:`MessageRejected` or :class:`MessageFailed`. With
+no supervisor for the root (spool), the first attempt's time-out says so and the wait ends there. Where
+messages go and how answers come back is the transport's (its Outbox); the retries, the errors and the
+log lines are here, the same for both.
 """
 
 from __future__ import annotations
@@ -44,6 +42,7 @@ from ipcpool.message import (
     extension_for,
     now_iso,
 )
+from ipcpool.ordering import ORDERING_KEY, marked_name
 from ipcpool.retry import ack_retrying, async_ack_retrying
 from ipcpool.transport import Outbox, make_outbox, spool_outbox
 
@@ -64,7 +63,8 @@ class Prepared:
     def __init__(self, group: str, envelope: dict[str, Any], fmt: str, data: bytes) -> None:
         self.group = group
         self.message_id: str = envelope["id"]
-        self.name = self.message_id + extension_for(fmt)
+        ext = extension_for(fmt)  # a message of a sequence is marked: the supervisor reads its key (ipcpool.ordering)
+        self.name = marked_name(self.message_id, ext) if ORDERING_KEY in envelope else self.message_id + ext
         self.data = data
         self.timestamp: str = envelope["timestamp"]
 
@@ -133,10 +133,11 @@ class Client:
     # -- publishing ----------------------------------------------------------------------------
 
     def prepare(self, group: str, type_: str | IPCMessageType, payload: Any, *, requires_ack: bool = False,
-                reply_to: str | None = None, message_id: str | None = None, fmt: str | None = None) -> Prepared:
+                reply_to: str | None = None, message_id: str | None = None, fmt: str | None = None,
+                ordering_key: str | None = None) -> Prepared:
         """Build and encode a message as the receiver will validate it (nothing is published)."""
         envelope = build_envelope(group, str(type_), payload, requires_ack=requires_ack,
-                                  reply_to=reply_to, message_id=message_id)
+                                  reply_to=reply_to, message_id=message_id, ordering_key=ordering_key)
         self._check_group(group)
         fmt = fmt or self.format
         data = encode(envelope, fmt)
@@ -175,13 +176,15 @@ class Client:
         message_id: str | None = None,
         format: str | None = None,  # noqa: A002
         wait_for_supervisor: bool = False,
+        ordering_key: str | None = None,
     ) -> str:
-        """Publish one message; returns its id. ``wait=True`` also waits for the ack (with retries)."""
+        """Publish one message; returns its id. ``wait=True`` also waits for the ack (with retries).
+        ``ordering_key``: its sequence (handled one at a time, in publish order, with the others of the key)."""
         if wait:
-            return self.send_and_wait(group, type, payload, timeout=timeout, reply_to=reply_to,
-                                      message_id=message_id, format=format, wait_for_supervisor=wait_for_supervisor)
+            return self.send_and_wait(group, type, payload, timeout=timeout, reply_to=reply_to, message_id=message_id,
+                                      format=format, wait_for_supervisor=wait_for_supervisor, ordering_key=ordering_key)
         message = self.prepare(group, type, payload, requires_ack=requires_ack, reply_to=reply_to,
-                               message_id=message_id, fmt=format)
+                               message_id=message_id, fmt=format, ordering_key=ordering_key)
         self.publish(message)
         log.debug("IPC message sent id=%s group=%s type=%s", message.message_id, group, type)
         return message.message_id
@@ -239,6 +242,7 @@ class Client:
         message_id: str | None = None,
         format: str | None = None,  # noqa: A002
         wait_for_supervisor: bool = False,
+        ordering_key: str | None = None,
     ) -> str:
         """Publish with requiresAck and wait for its ack.
 
@@ -248,7 +252,7 @@ class Client:
         ``wait_for_supervisor``, the wait goes on for one to start).
         """
         message = self.prepare(group, type, payload, requires_ack=True, reply_to=reply_to,
-                               message_id=message_id, fmt=format)
+                               message_id=message_id, fmt=format, ordering_key=ordering_key)
         return self.wait_acked(message, timeout, published=False, wait_for_supervisor=wait_for_supervisor)
 
     def wait_acked(self, message: Prepared, timeout: float | None, *, published: bool,
@@ -462,8 +466,9 @@ class AsyncClient:
 
     async def send_and_wait(self, group: str, type: str | IPCMessageType, payload: Any,  # noqa: A002
                             *, timeout: float | None = None, message_id: str | None = None,
-                            wait_for_supervisor: bool = False) -> str:
-        message = self.client.prepare(group, type, payload, requires_ack=True, message_id=message_id)
+                            wait_for_supervisor: bool = False, ordering_key: str | None = None) -> str:
+        message = self.client.prepare(group, type, payload, requires_ack=True, message_id=message_id,
+                                      ordering_key=ordering_key)
         return await self.wait_acked(message, timeout, published=False, wait_for_supervisor=wait_for_supervisor)
 
     async def wait_acked(self, message: Prepared, timeout: float | None = None, *, published: bool,

@@ -105,9 +105,10 @@ def cmd_send(args: argparse.Namespace) -> int:
     with _client(args, **overrides) as client:
         if args.ack:
             message_id = client.send_and_wait(args.group, args.type, payload, timeout=args.timeout,
-                                              wait_for_supervisor=args.wait_for_supervisor)
+                                              wait_for_supervisor=args.wait_for_supervisor,
+                                              ordering_key=args.ordering_key)
         else:
-            message_id = client.send(args.group, args.type, payload)
+            message_id = client.send(args.group, args.type, payload, ordering_key=args.ordering_key)
     print(message_id)
     return EXIT_OK
 

@@ -39,10 +39,11 @@ def render_table(status: dict[str, Any], verdict: Verdict, *, now: float | None 
             f"{_n(w.get('cpuPercent')):>6} {w['handled']:>8} {w['failed']:>7} {w['restarts']:>8} "
             f"{w.get('held', 0):>5}  {_running(w)}"
         )
-    lines += ["", f"{'GROUP':<24} {'QUEUED':>7} {'HELD':>6} {'RUNNING':>8} {'ERRORS':>7} {'OLDEST':>8}"]
+    lines += ["", f"{'GROUP':<24} {'QUEUED':>7} {'HELD':>6} {'RUNNING':>8} {'ERRORS':>7} {'OLDEST':>8} "
+                  f"{'IN LINE':>7}"]  # IN LINE: queued behind a busy sequence (ipcpool.ordering)
     for name, g in status.get("groups", {}).items():
         lines.append(f"{printable(name):<24} {g['queued']:>7} {g.get('held', 0):>6} {g.get('running', 0):>8} "
-                     f"{g['errors']:>7} {_n(g.get('oldestQueuedAge')):>8}")
+                     f"{g['errors']:>7} {_n(g.get('oldestQueuedAge')):>8} {g.get('waiting', 0):>7}")
     external = status.get("externalHeartbeats", [])
     if external:
         lines += ["", f"{'EXTERNAL HEARTBEAT':<24} {'PROCESS':>10} {'STATUS':<10} {'AGE':>7}"]

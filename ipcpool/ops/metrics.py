@@ -68,19 +68,24 @@ def _queue_families(labels: Labels, status: dict[str, Any]) -> list[Metric]:
                                "Age of the oldest waiting message, by group (0 when none waits).", labels=["group"])
     errors = GaugeMetricFamily("ipcpool_dead_letters", "Messages in the group's errors/ (dead letters).",
                                labels=["group"])
+    waiting = GaugeMetricFamily("ipcpool_sequence_waiting",
+                                "Queued messages waiting behind a busy sequence (ordering), by group.",
+                                labels=["group"])
     folded: dict[str, list[float]] = {}
     for name, group in status.get("groups", {}).items():
-        row = folded.setdefault(labels.group(name), [0.0, 0.0, 0.0, 0.0])
+        row = folded.setdefault(labels.group(name), [0.0, 0.0, 0.0, 0.0, 0.0])
+        row[4] += group.get("waiting") or 0
         row[0] += (group.get("queued") or 0) + (group.get("buffered") or 0)  # Redis: read ahead, not handed out
         row[1] += (group.get("held") or 0) + (group.get("running") or 0)
         row[2] = max(row[2], group.get("oldestQueuedAge") or 0.0)
         row[3] += group.get("errors") or 0
-    for name, (queued, held, age, dead) in sorted(folded.items()):
+    for name, (queued, held, age, dead, behind) in sorted(folded.items()):
+        waiting.add_metric([name], behind)
         depth.add_metric([name], queued)
         inflight.add_metric([name], held)
         oldest.add_metric([name], age)
         errors.add_metric([name], dead)
-    return [depth, inflight, oldest, errors]
+    return [depth, inflight, oldest, errors, waiting]
 
 
 def _worker_families(metrics: PoolMetrics, status: dict[str, Any]) -> list[Metric]:
