@@ -199,7 +199,7 @@ class Writer:
         try:
             self._fill(fd, data, self.folders.file_mode(MESSAGES) if self.folders.shared else None)
             if is_marked(name):
-                stamp_in_order(fd, tmp_path)
+                stamp_in_order(tmp_path)  # closed by now: by its name, in tmp/ (ours until the rename)
             for _attempt in range(PUBLISH_ATTEMPTS):
                 try:
                     rename_noreplace(tmp_path, final)
@@ -225,7 +225,7 @@ class Writer:
 _last_stamp = 0
 
 
-def stamp_in_order(fd: int, path: str) -> None:
+def stamp_in_order(path: str) -> None:
     """Give a message of a sequence a modification time after the last one this process published.
 
     After a restart or a rescan, a sequence is ordered by modification time then name; the kernel's file
@@ -236,7 +236,7 @@ def stamp_in_order(fd: int, path: str) -> None:
     now = max(time.time_ns(), _last_stamp + 1000)
     _last_stamp = now
     try:
-        os.utime(fd if os.utime in os.supports_fd else path, ns=(now, now))
+        os.utime(path, ns=(now, now), follow_symlinks=False)
     except OSError:
         pass  # only a finer order after a restart is lost: the kernel's time stands
 

@@ -1,0 +1,193 @@
+"""Ordering (issue 27): one message of a sequence in a handler at a time, in publish order, with real processes.
+
+The handler (``tests/handlers/sequence.py``) logs each run's start and end with its key and number; the
+checks read that log: per key, runs never overlap and start in publish order (a redelivery may repeat a
+number, never go back), and every message ran to its end at least once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ipcpool_cli, wait_until, write_config
+
+from ipcpool import Client
+
+HANDLERS = {"task": "sequence:run", "legacy": "sequence:run"}
+
+
+def runs(directory: str) -> list[dict[str, Any]]:
+    """Every line the sequence handler logged, in any worker, by time (a line still being written is left)."""
+    lines = []
+    for name in os.listdir(directory):
+        if name.startswith("seq-"):
+            text = Path(directory, name).read_text()
+            lines += [json.loads(x) for x in text[:text.rfind("\n") + 1].splitlines() if x.strip()]
+    return sorted(lines, key=lambda line: line["t"])
+
+
+def config(tmp_path: Path, root: Path, **sections: dict[str, Any]) -> Path:
+    return write_config(tmp_path / "c.toml", root, sections=sections, handlers=HANDLERS)
+
+
+def check_sequences(directory: Path, expected: dict[str, list[int]], killed: frozenset[int] = frozenset()) -> None:
+    """Per key: no two runs overlap, starts never go back in publish order, every number ran to its end."""
+    lines = runs(str(directory))
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for line in lines:
+        by_key.setdefault(str(line["key"]), []).append(line)
+    for key, numbers in expected.items():
+        events = by_key.get(key, [])
+        running: dict[str, Any] | None = None
+        started: list[int] = []
+        for event in events:
+            if event["ev"] == "start":
+                if running is not None:  # the one before never ended: only a killed worker may leave it so
+                    assert running["pid"] in killed, f"key {key}: {event['n']} started while {running['n']} ran"
+                running = event
+                started.append(event["n"])
+            else:
+                assert running is not None and running["id"] == event["id"], f"key {key}: an end without its start"
+                running = None
+        assert all(a <= b for a, b in itertools.pairwise(started)), f"key {key} out of order: {started}"
+        ended = {e["n"] for e in events if e["ev"] == "end"}
+        assert ended == set(numbers), f"key {key}: never handled: {sorted(set(numbers) - ended)}"
+
+
+def all_ended(directory: Path, count: int) -> bool:
+    return len({(line["key"], line["n"]) for line in runs(str(directory)) if line["ev"] == "end"}) >= count
+
+
+def test_each_key_runs_one_message_at_a_time_in_publish_order_and_keys_run_side_by_side(
+        tmp_path, root, supervisor_factory):
+    cfg = config(tmp_path, root, pool={"workers": 3})
+    supervisor_factory(cfg)
+    expected: dict[str, list[int]] = {}
+    with Client.from_config(cfg) as client:
+        for n in range(45):
+            key = f"chat-{n % 3}"
+            expected.setdefault(key, []).append(n)
+            client.send("main", "task", {"key": key, "n": n, "work": 0.01}, ordering_key=key)
+        for n in range(10):  # no key: as today, any order, side by side
+            client.send("main", "task", {"key": "free", "n": n})
+    wait_until(lambda: all_ended(tmp_path / "records", 55), 60, message="every message handled")
+    check_sequences(tmp_path / "records", expected)
+    pids = {line["pid"] for line in runs(str(tmp_path / "records")) if line["key"] != "free"}
+    assert len(pids) > 1, "different sequences were handled by more than one worker"
+
+
+def test_a_held_sequence_holds_no_worker_and_status_shows_what_waits_behind_it(tmp_path, root, env,
+                                                                               supervisor_factory):
+    pool = {"workers": 2, "prefetch": 1, "handler_timeout": 120.0}  # nothing prefetched behind the gated one
+    cfg = write_config(tmp_path / "c.toml", root, sections={"pool": pool},
+                       handlers={"task": "recorder:record", "later": "sequence:run"})
+    sup = supervisor_factory(cfg)
+    gate = tmp_path / "gate"
+    with Client.from_config(cfg) as client:
+        client.send("main", "task", {"gate": str(gate)}, ordering_key="k")
+        for n in range(3):
+            client.send("main", "later", {"key": "k", "n": n}, ordering_key="k")
+        wait_until(lambda: (sup.status() or {}).get("groups", {}).get("main", {}).get("waiting") == 3, 30,
+                   message="three waiting behind the gated head")
+        free = [client.send("main", "task", {"n": n}, requires_ack=True) for n in range(20)]
+        wait_until(lambda: all(client.is_acked("main", i) for i in free), 60,
+                   message="the other worker, and the gated one's neighbours, keep going")
+        assert not runs(str(tmp_path / "records")), "nothing of the held sequence ran"
+        shown = ipcpool_cli(env, tmp_path, "status", "--config", str(cfg))
+        assert "IN LINE" in shown.stdout and shown.returncode == 0
+        gate.touch()
+        wait_until(lambda: all_ended(tmp_path / "records", 3), 30, message="the line goes on once its head ends")
+    check_sequences(tmp_path / "records", {"k": [0, 1, 2]})
+
+
+def test_fifo_and_ordering_field_order_the_original_agents_plain_files(tmp_path, root, supervisor_factory):
+    cfg = config(tmp_path, root, spool={"groups": ["main", "chats"]}, pool={"workers": 3},
+                 **{"groups.main": {"ordering": "fifo"}, "groups.chats": {"ordering_field": "chatJid"}})
+    supervisor_factory(cfg)
+    expected: dict[str, list[int]] = {"None": list(range(12))}
+    for n in range(30):  # written as the original agents do: plain JSON, tmp/ then rename, no envelope
+        group = "main" if n < 12 else "chats"
+        chat = f"chat{n % 2}"
+        body = {"n": n, "work": 0.01} if group == "main" else {"chatJid": chat, "n": n, "work": 0.01}
+        if group == "chats":
+            expected.setdefault(chat, []).append(n)
+        tmp = root / group / "tmp" / f"{n}.json"
+        tmp.write_text(json.dumps(body))
+        os.rename(tmp, root / group / "messages" / f"{n:04d}-legacy.json")
+    wait_until(lambda: all_ended(tmp_path / "records", 30), 60, message="every file handled")
+    check_sequences(tmp_path / "records", expected)
+
+
+def test_after_a_restart_a_sequence_goes_by_modification_time_then_name(tmp_path, root, supervisor_factory):
+    cfg = config(tmp_path, root, pool={"workers": 3})
+    with Client.from_config(cfg) as client:  # no supervisor yet: everything waits on disk
+        for n in range(30):
+            client.send("main", "task", {"key": "k", "n": n}, ordering_key="k")
+    names = sorted(os.listdir(root / "main" / "messages"))
+    assert all(".ordered." in name for name in names), "the client marks a message that has a key"
+    supervisor_factory(cfg)
+    wait_until(lambda: all_ended(tmp_path / "records", 30), 60, message="all handled")
+    check_sequences(tmp_path / "records", {"k": list(range(30))})
+
+
+def test_bad_ordering_settings_stop_check_with_exit_2_naming_file_key_and_problem(tmp_path, root, env):
+    for section, problem in (({"ordering": "lifo"}, "[groups.main] ordering must be one of 'none', 'fifo'"),
+                             ({"ordering_field": 3}, "[groups.main] ordering_field must be a string")):
+        cfg = config(tmp_path, root, **{"groups.main": section})
+        checked = ipcpool_cli(env, tmp_path, "check", "--config", str(cfg))
+        assert checked.returncode == 2 and str(cfg) in checked.stderr and problem in checked.stderr, checked.stderr
+    sent = ipcpool_cli(env, tmp_path, "send", "--config", str(config(tmp_path, root)), "-g", "main", "-t", "task",
+                       "--ordering-key", "x" * 201)
+    assert sent.returncode == 2 and "orderingKey must be a string of 1-200 characters" in sent.stderr
+
+
+def test_cli_send_ordering_key_writes_the_wire_key_and_the_mark(tmp_path, root, env):
+    cfg = config(tmp_path, root)
+    sent = ipcpool_cli(env, tmp_path, "send", "--config", str(cfg), "-g", "main", "-t", "task",
+                       "--ordering-key", "chat-42")
+    assert sent.returncode == 0, sent.stderr
+    (name,) = os.listdir(root / "main" / "messages")
+    assert name == f"{sent.stdout.strip()}.ordered.json"
+    assert json.loads((root / "main" / "messages" / name).read_text())["orderingKey"] == "chat-42"
+
+
+@pytest.mark.timeout(600)
+def test_chaos_workers_and_the_supervisor_sigkilled_while_a_writer_publishes_into_a_few_keys(
+        tmp_path, root, supervisor_factory):
+    """Every message handled at least once; per key, runs never overlap and start in publish order."""
+    cfg = config(tmp_path, root, pool={"workers": 3, "max_deliveries": 50})
+    sup = supervisor_factory(cfg)
+    rng = random.Random(27)
+    expected: dict[str, list[int]] = {}
+    killed: set[int] = set()
+    with Client.from_config(cfg) as client:
+        for n in range(400):
+            key = f"k{rng.randrange(5)}"
+            expected.setdefault(key, []).append(n)
+            client.send("main", "task", {"key": key, "n": n, "work": 0.004}, ordering_key=key)
+            if n % 25 == 12:
+                pids = sup.worker_pids()
+                if pids:
+                    victim = rng.choice(pids)
+                    killed.add(victim)
+                    _kill(victim)
+            if n in (150, 300):
+                killed.update(sup.worker_pids())
+                sup.kill()
+                sup.start()
+    wait_until(lambda: all_ended(tmp_path / "records", 400), 300, message="every message handled")
+    check_sequences(tmp_path / "records", expected, frozenset(killed))
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
