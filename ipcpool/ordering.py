@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipcpool.errors import InvalidMessage
-from ipcpool.message import MAX_ORDERING_KEY, ORDERING_KEY, decode, is_envelope
+from ipcpool.message import MAX_ORDERING_KEY, ORDERING_KEY, decode, format_for, is_envelope
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,11 @@ def rules_of(config: Any) -> dict[str, Rule]:
 
 def is_marked(name: str) -> bool:
     return MARK in name
+
+
+def unmarked(stem: str) -> str:
+    """A marked file's stem without the mark (the id the sender named it after)."""
+    return stem.removesuffix(MARK[:-1])
 
 
 def marked_name(stem: str, extension: str) -> str:
@@ -90,6 +95,18 @@ def key_of_bytes(data: bytes, fmt: str | None, rule: Rule | None) -> str | None:
             return ""
         raise
     return key_of(obj, rule)
+
+
+def key_at_publish(rules: dict[str, Rule], group: str, name: str, data: bytes) -> str | None:
+    """The sequence key a message is published with where the store keeps lines itself (Redis: a line per
+    sequence, pushed with the entry in stream order, so every supervisor sees one order); None: unordered.
+    Read only for a message that can have one (see the module docstring)."""
+    if group not in rules and MARK not in name:
+        return None
+    try:
+        return key_of_bytes(data, format_for(name), rules.get(group))
+    except InvalidMessage:
+        return None  # never handled as it stands: the worker dead-letters it
 
 
 class Sequencer:

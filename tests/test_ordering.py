@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ipcpool_cli, wait_until, write_config
+from conftest import SupervisorProcess, ipcpool_cli, wait_until, write_config
 
 from ipcpool import Client
 
@@ -33,8 +33,13 @@ def runs(directory: str) -> list[dict[str, Any]]:
     return sorted(lines, key=lambda line: line["t"])
 
 
-def config(tmp_path: Path, root: Path, **sections: dict[str, Any]) -> Path:
-    return write_config(tmp_path / "c.toml", root, sections=sections, handlers=HANDLERS)
+def config(tmp_path: Path, root: Path, backend: dict[str, dict[str, Any]] | None = None,
+           handlers: dict[str, str] | None = None, **sections: dict[str, Any]) -> Path:
+    """A config for ``backend`` (the conftest fixture's sections: the spool, or a Redis prefix of this test's)."""
+    merged = {name: dict(values) for name, values in (backend or {}).items()}
+    for name, values in sections.items():
+        merged.setdefault(name, {}).update(values)
+    return write_config(tmp_path / "c.toml", root, sections=merged, handlers=handlers or HANDLERS)
 
 
 def check_sequences(directory: Path, expected: dict[str, list[int]], killed: frozenset[int] = frozenset()) -> None:
@@ -66,8 +71,8 @@ def all_ended(directory: Path, count: int) -> bool:
 
 
 def test_each_key_runs_one_message_at_a_time_in_publish_order_and_keys_run_side_by_side(
-        tmp_path, root, supervisor_factory):
-    cfg = config(tmp_path, root, pool={"workers": 3})
+        tmp_path, root, backend, supervisor_factory):
+    cfg = config(tmp_path, root, backend, pool={"workers": 3})
     supervisor_factory(cfg)
     expected: dict[str, list[int]] = {}
     with Client.from_config(cfg) as client:
@@ -83,11 +88,10 @@ def test_each_key_runs_one_message_at_a_time_in_publish_order_and_keys_run_side_
     assert len(pids) > 1, "different sequences were handled by more than one worker"
 
 
-def test_a_held_sequence_holds_no_worker_and_status_shows_what_waits_behind_it(tmp_path, root, env,
+def test_a_held_sequence_holds_no_worker_and_status_shows_what_waits_behind_it(tmp_path, root, env, backend,
                                                                                supervisor_factory):
     pool = {"workers": 2, "prefetch": 1, "handler_timeout": 120.0}  # nothing prefetched behind the gated one
-    cfg = write_config(tmp_path / "c.toml", root, sections={"pool": pool},
-                       handlers={"task": "recorder:record", "later": "sequence:run"})
+    cfg = config(tmp_path, root, backend, {"task": "recorder:record", "later": "sequence:run"}, pool=pool)
     sup = supervisor_factory(cfg)
     gate = tmp_path / "gate"
     with Client.from_config(cfg) as client:
@@ -107,8 +111,9 @@ def test_a_held_sequence_holds_no_worker_and_status_shows_what_waits_behind_it(t
     check_sequences(tmp_path / "records", {"k": [0, 1, 2]})
 
 
-def test_fifo_and_ordering_field_order_the_original_agents_plain_files(tmp_path, root, supervisor_factory):
-    cfg = config(tmp_path, root, spool={"groups": ["main", "chats"]}, pool={"workers": 3},
+def test_fifo_and_ordering_field_order_the_original_agents_plain_files(tmp_path, root, backend, supervisor_factory):
+    """On Redis the files go through the local inbox bridge: their keys are read as they enter the stream."""
+    cfg = config(tmp_path, root, backend, spool={"groups": ["main", "chats"]}, pool={"workers": 3},
                  **{"groups.main": {"ordering": "fifo"}, "groups.chats": {"ordering_field": "chatJid"}})
     supervisor_factory(cfg)
     expected: dict[str, list[int]] = {"None": list(range(12))}
@@ -125,13 +130,16 @@ def test_fifo_and_ordering_field_order_the_original_agents_plain_files(tmp_path,
     check_sequences(tmp_path / "records", expected)
 
 
-def test_after_a_restart_a_sequence_goes_by_modification_time_then_name(tmp_path, root, supervisor_factory):
-    cfg = config(tmp_path, root, pool={"workers": 3})
-    with Client.from_config(cfg) as client:  # no supervisor yet: everything waits on disk
+def test_after_a_restart_a_sequence_goes_by_modification_time_then_name(tmp_path, root, backend,
+                                                                         supervisor_factory):
+    """On the spool, by modification time then name (the client stamps rising times); on Redis, stream order."""
+    cfg = config(tmp_path, root, backend, pool={"workers": 3})
+    with Client.from_config(cfg) as client:  # no supervisor yet: everything waits
         for n in range(30):
             client.send("main", "task", {"key": "k", "n": n}, ordering_key="k")
-    names = sorted(os.listdir(root / "main" / "messages"))
-    assert all(".ordered." in name for name in names), "the client marks a message that has a key"
+    if not backend:
+        names = sorted(os.listdir(root / "main" / "messages"))
+        assert all(".ordered." in name for name in names), "the client marks a message that has a key"
     supervisor_factory(cfg)
     wait_until(lambda: all_ended(tmp_path / "records", 30), 60, message="all handled")
     check_sequences(tmp_path / "records", {"k": list(range(30))})
@@ -160,9 +168,9 @@ def test_cli_send_ordering_key_writes_the_wire_key_and_the_mark(tmp_path, root, 
 
 @pytest.mark.timeout(600)
 def test_chaos_workers_and_the_supervisor_sigkilled_while_a_writer_publishes_into_a_few_keys(
-        tmp_path, root, supervisor_factory):
+        tmp_path, root, backend, supervisor_factory):
     """Every message handled at least once; per key, runs never overlap and start in publish order."""
-    cfg = config(tmp_path, root, pool={"workers": 3, "max_deliveries": 50})
+    cfg = config(tmp_path, root, backend, pool={"workers": 3, "max_deliveries": 50})
     sup = supervisor_factory(cfg)
     rng = random.Random(27)
     expected: dict[str, list[int]] = {}
@@ -191,3 +199,46 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+@pytest.mark.timeout(600)
+def test_chaos_on_redis_two_supervisors_share_the_lines_one_sigkilled_for_good(tmp_path, env, redis_url,
+                                                                               redis_prefix):
+    """N supervisors: a key's messages read by both never run side by side, and start in stream order; the
+    dead one's entries (heads among them) are reclaimed after the lease and go first."""
+    sections = {"transport": {"backend": "redis"}, "redis": {"url": redis_url, "prefix": redis_prefix, "lease": 2.0},
+                "pool": {"workers": 2, "max_deliveries": 50}}
+    configs = []
+    for name in ("h0", "h1"):
+        (tmp_path / name).mkdir()
+        configs.append(config(tmp_path / name, tmp_path / name / "ipc", None, **sections))
+    sups = [SupervisorProcess(c, tmp_path, env, tmp_path / f"{c.parent.name}.log").start() for c in configs]
+    rng = random.Random(42)
+    expected: dict[str, list[int]] = {}
+    killed: set[int] = set()
+    try:
+        with Client.from_config(configs[0]) as client:
+            for n in range(300):
+                key = f"k{rng.randrange(4)}"
+                expected.setdefault(key, []).append(n)
+                client.send("main", "task", {"key": key, "n": n, "work": 0.004}, ordering_key=key)
+                if n % 30 == 7:
+                    pids = [p for s in sups if s.proc.poll() is None for p in s.worker_pids()]
+                    if pids:
+                        victim = rng.choice(pids)
+                        killed.add(victim)
+                        _kill(victim)
+                if n == 150:
+                    killed.update(sups[1].worker_pids())
+                    sups[1].kill()  # not restarted: the other reclaims what it held
+        wait_until(lambda: all_ended(tmp_path / "records", 300), 300, message="every message handled")
+    finally:
+        for sup in sups:
+            if sup.proc is not None and sup.proc.poll() is None:
+                sup.stop()
+            else:
+                for child in sup.descendants():
+                    child.kill()
+    check_sequences(tmp_path / "records", expected, frozenset(killed))
+    pids = {line["pid"] for line in runs(str(tmp_path / "records"))}
+    assert len(pids) > 2, "both supervisors' workers handled the keys"
