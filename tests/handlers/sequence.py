@@ -3,7 +3,8 @@
 Each run appends ``{"ev": "start"|"end", "key", "n", "id", "pid", "t"}`` lines to
 ``$IPCPOOL_TEST_RECORDS/seq-<pid>.jsonl`` (``t``: the system-wide monotonic clock, in ns, so lines of
 different workers compare). The payload is ``{"key": k, "n": i}``, with ``"work": seconds`` to stay in
-the handler a while (so two runs of one key would overlap if ordering broke) and ``"raise": true`` to fail.
+the handler a while (so two runs of one key would overlap if ordering broke), ``"raise": true`` to fail,
+``"exit": true`` to kill its worker every time and ``"die_once": true`` on its first delivery only.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def run(message: Message) -> Any:
     payload = message.payload if isinstance(message.payload, dict) else {}
     if payload.get("work"):
         time.sleep(float(payload["work"]))
+    if payload.get("exit") or (payload.get("die_once") and message.delivery_count == 1):
+        os._exit(9)
     if payload.get("raise"):
         _log("end", message)
         raise RuntimeError("asked to fail")
