@@ -11,12 +11,15 @@ import itertools
 import json
 import os
 import random
+import re
 import signal
+import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SupervisorProcess, ipcpool_cli, wait_until, write_config
+from conftest import SupervisorProcess, Terminal, ipcpool_cli, wait_until, write_config
 
 from ipcpool import Client
 
@@ -91,7 +94,8 @@ def test_each_key_runs_one_message_at_a_time_in_publish_order_and_keys_run_side_
 def test_a_held_sequence_holds_no_worker_and_status_shows_what_waits_behind_it(tmp_path, root, env, backend,
                                                                                supervisor_factory):
     pool = {"workers": 2, "prefetch": 1, "handler_timeout": 120.0}  # nothing prefetched behind the gated one
-    cfg = config(tmp_path, root, backend, {"task": "recorder:record", "later": "sequence:run"}, pool=pool)
+    cfg = config(tmp_path, root, backend, {"task": "recorder:record", "later": "sequence:run"}, pool=pool,
+                 http={"listen": "127.0.0.1:0"})
     sup = supervisor_factory(cfg)
     gate = tmp_path / "gate"
     with Client.from_config(cfg) as client:
@@ -100,15 +104,26 @@ def test_a_held_sequence_holds_no_worker_and_status_shows_what_waits_behind_it(t
             client.send("main", "later", {"key": "k", "n": n}, ordering_key="k")
         wait_until(lambda: (sup.status() or {}).get("groups", {}).get("main", {}).get("waiting") == 3, 30,
                    message="three waiting behind the gated head")
+        for n in range(3):  # another sequence goes on beside the held one
+            client.send("main", "later", {"key": "other", "n": n}, ordering_key="other")
+        wait_until(lambda: all_ended(tmp_path / "records", 3), 30, message="the other sequence, beside the held one")
         free = [client.send("main", "task", {"n": n}, requires_ack=True) for n in range(20)]
         wait_until(lambda: all(client.is_acked("main", i) for i in free), 60,
                    message="the other worker, and the gated one's neighbours, keep going")
-        assert not runs(str(tmp_path / "records")), "nothing of the held sequence ran"
+        assert {line["key"] for line in runs(str(tmp_path / "records"))} == {"other"}, "nothing of k ran"
         shown = ipcpool_cli(env, tmp_path, "status", "--config", str(cfg))
-        assert "IN LINE" in shown.stdout and shown.returncode == 0
+        assert "IN LINE" in shown.stdout and re.search(r"^main\s.*\s3$", shown.stdout, re.M), shown.stdout
+        address = wait_until(lambda: (sup.status() or {}).get("http"), 30, message="the HTTP address")
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=30) as reply:
+            assert 'ipcpool_sequence_waiting{group="main"} 3.0' in reply.read().decode()
+        term = Terminal([sys.executable, "-m", "ipcpool", "top", "--config", str(cfg)], env, tmp_path)
+        try:
+            term.wait_for("in line")
+        finally:
+            term.close()
         gate.touch()
-        wait_until(lambda: all_ended(tmp_path / "records", 3), 30, message="the line goes on once its head ends")
-    check_sequences(tmp_path / "records", {"k": [0, 1, 2]})
+        wait_until(lambda: all_ended(tmp_path / "records", 6), 30, message="the line goes on once its head ends")
+    check_sequences(tmp_path / "records", {"k": [0, 1, 2], "other": [0, 1, 2]})
 
 
 def test_fifo_and_ordering_field_order_the_original_agents_plain_files(tmp_path, root, backend, supervisor_factory):
@@ -283,3 +298,20 @@ def test_chaos_on_redis_two_supervisors_share_the_lines_one_sigkilled_for_good(t
     check_sequences(tmp_path / "records", expected, frozenset(killed))
     pids = {line["pid"] for line in runs(str(tmp_path / "records"))}
     assert len(pids) > 2, "both supervisors' workers handled the keys"
+
+
+def test_the_async_client_sends_an_ordering_key_too(tmp_path, root):
+    import asyncio
+
+    from ipcpool import AsyncClient
+
+    async def send() -> str:
+        client = AsyncClient(Client(root, "main"))
+        try:
+            return await client.send("main", "task", {"n": 1}, ordering_key="chat-7")
+        finally:
+            client.close()
+
+    message_id = asyncio.run(send())
+    body = json.loads((root / "main" / "messages" / f"{message_id}.ordered.json").read_text())
+    assert body["orderingKey"] == "chat-7"
