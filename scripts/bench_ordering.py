@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,7 +45,7 @@ def handle(message):
 
 def write_config(work: Path, backend: str, workers: int, redis_url: str) -> Path:
     lines = ["[spool]", f'root = "{work / "ipc"}"', 'groups = ["main"]', "", "[pool]", f"workers = {workers}",
-             "", "[log]", 'level = "warning"', "", "[handlers]", 'task = "bench_ordering_handler:handle"', ""]
+             "", "[log]", "messages = false", "", "[handlers]", 'task = "bench_ordering_handler:handle"', ""]
     if backend == "redis":
         lines += ["[transport]", 'backend = "redis"', "", "[redis]", f'url = "{redis_url}"',
                   f'prefix = "bench{os.getpid()}{time.monotonic_ns() % 10**6}"', ""]
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None and server.proc is not None:
             server.proc.terminate()
             server.proc.wait(30)
+            shutil.rmtree(server.folder, ignore_errors=True)
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "backend": args.backend, "rows": rows}, indent=1))
     return 0

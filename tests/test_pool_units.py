@@ -297,6 +297,9 @@ def test_a_sequence_has_one_message_out_at_a_time_in_order_while_the_rest_keep_t
     dispatcher.dispatch(workers, prefetch=16)
     assert sorted(held_names(*workers)) == sorted([a[0], b[0], *free]), "one per sequence, every free one"
     assert state.source.stats()["groups"]["main"]["waiting"] == 3, "what waits behind a busy sequence is shown"
+    urgent = {seq for w in workers for run in w.sent for seq in run.urgent}
+    assert urgent == {d.seq for w in workers for d in w.held.values() if d.name in (a[0], b[0])}, \
+        "a sequence's message is reported at once (its successor waits for it); the others in batches"
     order = []
     for _ in range(3):
         for worker in workers:

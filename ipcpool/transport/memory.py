@@ -164,6 +164,10 @@ class MemorySource:
     def holds_acks(self) -> bool:
         return False
 
+    @property
+    def sequenced(self) -> dict[Key, Any]:
+        return self.lines.seq_of
+
     def stats(self) -> dict[str, Any]:
         waiting = self.lines.waiting_by_group()
         groups = {g: {"queued": len(q) + waiting.get(g, 0), "waiting": waiting.get(g, 0),

@@ -375,6 +375,10 @@ class RedisSource:
     def holds_acks(self) -> bool:
         return False
 
+    @property
+    def sequenced(self) -> dict[tuple[str, str], str]:
+        return self.lines.key_of
+
     def close(self) -> None:
         """Hand back what no worker started: the others may take it at once, not after the lease.
 

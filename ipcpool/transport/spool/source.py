@@ -257,6 +257,10 @@ class SpoolSource:
         """One supervisor per root: status.json says it all."""
 
     @property
+    def sequenced(self) -> dict[Key, Any]:
+        return self._in_line
+
+    @property
     def holds_acks(self) -> bool:
         """Handled messages wait for their acks: workers' ack checks must look for the held files too."""
         return bool(self.stranded.ack_holds)
