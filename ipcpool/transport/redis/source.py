@@ -390,10 +390,9 @@ class RedisSource:
                 self._finish_pending()
             except UNAVAILABLE:
                 pass
-        waiting = list(self.queue) + list(self.later) + list(self.lines.waiting)
+        waiting = list(self.queue) + list(self.later) + self.lines.drop_waiting()
         self.queue.clear()
         self.later.clear()
-        self.lines.waiting.clear()
         self._release(waiting)
         self.reader.drop()
         try:
