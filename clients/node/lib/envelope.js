@@ -54,7 +54,7 @@ export function checkType(type) {
 }
 
 /** A fresh wire envelope, validated as the receiver will validate it. */
-export function buildEnvelope(group, type, payload, { id, requiresAck = false, replyTo, extra } = {}) {
+export function buildEnvelope(group, type, payload, { id, requiresAck = false, replyTo, orderingKey, extra } = {}) {
   checkGroupName(group);
   checkType(type);
   if (replyTo !== undefined && replyTo !== null) checkGroupName(replyTo, 'replyTo group');
@@ -72,6 +72,13 @@ export function buildEnvelope(group, type, payload, { id, requiresAck = false, r
     requiresAck,
   };
   if (replyTo !== undefined && replyTo !== null) envelope.replyTo = replyTo;
+  if (orderingKey !== undefined && orderingKey !== null) {
+    if (typeof orderingKey !== 'string' || orderingKey.length < 1 || orderingKey.length > 200) {
+      throw new InvalidMessage(
+        `invalid envelope: orderingKey must be a string of 1-200 characters, got ${short(orderingKey)}`);
+    }
+    envelope.orderingKey = orderingKey; // its sequence: handled one at a time, in publish order
+  }
   if (extra !== undefined && extra !== null) {
     if (typeof extra !== 'object' || Array.isArray(extra)) {
       throw new InvalidMessage(`extra must be an object of additional envelope keys, got ${short(extra)}`);
@@ -113,7 +120,8 @@ export function prepare(group, type, payload, options = {}) {
     id: envelope.id,
     group,
     type,
-    name: `${envelope.id}.json`,
+    // A message of a sequence is marked: the supervisor reads its key before it hands it out.
+    name: envelope.orderingKey === undefined ? `${envelope.id}.json` : `${envelope.id}.ordered.json`,
     data,
     timestamp: envelope.timestamp,
     envelope,

@@ -130,3 +130,18 @@ test('the same id with different bytes while queued is MessageExists; the same b
   assert.deepEqual(await fsp.readFile(file), Buffer.from(first.data), 'the queued message is untouched');
   assert.deepEqual(await fsp.readdir(path.join(root, 'main', 'tmp')), [], 'the refused copy left no temp file');
 });
+
+test('an orderingKey is on the wire, the file is marked and stamped in publish order', async (t) => {
+  const root = await tempDir(t);
+  const ids = [];
+  for (let n = 0; n < 5; n += 1) ids.push(await send('main', 'task', { n }, { root, orderingKey: 'chat-42' }));
+  const dir = path.join(root, 'main', 'messages');
+  const times = [];
+  for (const id of ids) {
+    const file = path.join(dir, `${id}.ordered.json`);
+    assert.equal(JSON.parse(await fsp.readFile(file, 'utf8')).orderingKey, 'chat-42');
+    times.push((await fsp.stat(file, { bigint: true })).mtimeNs);
+  }
+  assert.ok(times.every((t, i) => i === 0 || t > times[i - 1]), 'rising modification times');
+  assert.throws(() => prepare('main', 'task', {}, { orderingKey: 'x'.repeat(201) }), InvalidMessage);
+});

@@ -43,6 +43,15 @@ class StreamReader:
         return [(_text(stream)[prefix:], _text(entry_id), sequence_of(fields)) for stream, entries in reply or ()
                 for entry_id, fields in entries]
 
+    def drop(self) -> None:
+        """The connection failed (or we close): entries a read may have taken unread come back to this
+        consumer when it recovers (its own pending entries), or to anyone after the lease."""
+        if self._connection is None:
+            return
+        self.outstanding = False
+        self._connection.disconnect()
+        self._connection = None
+
 
 def sequence_of(fields: Any) -> str | None:
     """An entry's sequence key (its field ``k``, set by the publish script, last), or None. ``fields``: a dict
@@ -54,12 +63,3 @@ def sequence_of(fields: Any) -> str | None:
     else:
         key = fields[-1] if len(fields) >= 2 and fields[-2] == b"k" else None
     return None if key is None else _text(key)
-
-    def drop(self) -> None:
-        """The connection failed (or we close): entries a read may have taken unread come back to this
-        consumer when it recovers (its own pending entries), or to anyone after the lease."""
-        if self._connection is None:
-            return
-        self.outstanding = False
-        self._connection.disconnect()
-        self._connection = None
