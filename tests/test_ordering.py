@@ -315,3 +315,15 @@ def test_the_async_client_sends_an_ordering_key_too(tmp_path, root):
     message_id = asyncio.run(send())
     body = json.loads((root / "main" / "messages" / f"{message_id}.ordered.json").read_text())
     assert body["orderingKey"] == "chat-7"
+
+
+def test_a_reload_that_changes_ordering_is_refused_until_a_restart():
+    from ipcpool.config import parse_config
+    from ipcpool.pool.reload import restart_only_change
+
+    before = parse_config({"groups": {"main": {"allowed_types": ["task"]}}})
+    for changed in ({"ordering": "fifo"}, {"ordering_field": "chatJid"}):
+        after = parse_config({"groups": {"main": {"allowed_types": ["task"], **changed}}})
+        assert restart_only_change(before, after) == \
+            "[groups.<name>] ordering or ordering_field changed: restart to apply it"
+    assert restart_only_change(before, parse_config({"groups": {"main": {"allowed_types": []}}})) is None
