@@ -327,3 +327,23 @@ def test_a_reload_that_changes_ordering_is_refused_until_a_restart():
         assert restart_only_change(before, after) == \
             "[groups.<name>] ordering or ordering_field changed: restart to apply it"
     assert restart_only_change(before, parse_config({"groups": {"main": {"allowed_types": []}}})) is None
+
+
+def test_a_long_fifo_backlog_is_put_in_line_in_slices_and_the_loop_comes_back_at_once(tmp_path, root):
+    """take() reads at most LOOKAHEAD files behind a busy head per call, and poll() then asks for another turn."""
+    from ipcpool.config import parse_config
+    from ipcpool.transport.spool.source import LOOKAHEAD, SpoolSource
+
+    cfg = parse_config({"spool": {"root": str(root), "groups": ["main"]}, "groups": {"main": {"ordering": "fifo"}}})
+    with Client(root, "main") as client:
+        for n in range(LOOKAHEAD + 50):
+            client.send("main", "task", {"n": n})
+    source = SpoolSource(cfg, clock=lambda: 0.0, on_hint=lambda: None)
+    try:
+        source.open()
+        assert len(source.take(8)) == 1 and source.poll(0.0) is True, "one head; the rest is not all read at once"
+        assert source.stats()["groups"]["main"]["waiting"] == LOOKAHEAD
+        assert source.take(8) == [] and source.poll(0.0) is False
+        assert source.stats()["groups"]["main"]["waiting"] == LOOKAHEAD + 49
+    finally:
+        source.close()

@@ -351,7 +351,7 @@ class RedisSource:
         (:mod:`figures`); none read while Redis is known to be away (the last figures stand)."""
         names = sorted(self.groups)
         buffered: dict[str, list[str]] = {g: [] for g in names}  # taken by this supervisor, not handed out yet
-        for group, ref in (*self.queue, *self.later):
+        for group, ref in (*self.queue, *self.later, *self.lines.waiting):  # waiting: read, behind a busy head
             if group in buffered:
                 buffered[group].append(ref)
         groups = self.figures.read(names, buffered, skip=self.outage.down)

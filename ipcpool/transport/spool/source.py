@@ -49,6 +49,7 @@ from ipcpool.transport.spool.watcher import CLOSED, FILE, GROUP, LOST, OVERFLOW,
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (group, name): a file's name in messages/, or "tasks/<name>"
+LOOKAHEAD = 256  # files one take() may put in line behind busy sequences (each is read): the loop never stalls
 
 
 class SpoolSource:
@@ -85,6 +86,7 @@ class SpoolSource:
         self.sequences = SpoolSequences(config, self.spool.reader)  # ordered messages' lines (ipcpool.ordering)
         self._waiting = self.sequences.lines.waiting  # behind a busy head: not offered again by a rescan
         self._in_line = self.sequences.lines.seq_of  # every message of a sequence this supervisor knows
+        self._lined_up_more = False  # take() stopped putting files in line: more to look at, at once
 
     # -- the Source interface ----------------------------------------------------------------------
 
@@ -133,16 +135,20 @@ class SpoolSource:
             self._continue_rescan()
         if self._housekeeping is not None:
             self._continue_housekeeping()
-        return bool(self.rescan_queue) or self._housekeeping is not None or bool(self._hints)
+        more, self._lined_up_more = self._lined_up_more, False
+        return more or bool(self.rescan_queue) or self._housekeeping is not None or bool(self._hints)
 
     def backlog(self) -> int:
         return len(self.pending)
 
     def take(self, n: int) -> list[tuple[str, str, int]]:
-        """Claim the oldest; a file that can be in a sequence is first admitted by its line (it may wait)."""
+        """Claim the oldest; a file that can be in a sequence is first admitted by its line (it may wait).
+        At most LOOKAHEAD files are put in line per call (each is read): a long fifo backlog is sorted in
+        slices, and poll() says to come back at once."""
         taken: list[tuple[str, str, int]] = []
         pending = self.pending
         ordered_groups = self.sequences.rules
+        lookahead = LOOKAHEAD
         while n > 0 and pending:
             key, _seen = pending.popitem(last=False)
             if key in self.taken:
@@ -150,6 +156,10 @@ class SpoolSource:
                 continue
             if key[0] in ordered_groups or MARK in key[1]:
                 if not self._admitted(key):
+                    lookahead -= 1
+                    if not lookahead:
+                        self._lined_up_more = True
+                        break
                     continue
             elif not self._claim(key):
                 continue
