@@ -1173,7 +1173,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("redis-publish-leaves-the-line-empty", R_SCRIPTS,
              "  redis.call('RPUSH', KEYS[6], id)\n",
              "",
-             (f"{T_ORDER}::test_each_key_runs_one_message_at_a_time_in_publish_order_and_keys_run_side_by_side[redis]",),
+             (f"{T_ORDER}::test_chaos_on_redis_two_supervisors_share_the_lines_one_sigkilled_for_good",),
              "ordering on Redis: the line is pushed with the entry, in stream order"),
     Mutation("redis-finished-head-kept", R_SCRIPTS,
              "    redis.call('LPOP', line)\n",
