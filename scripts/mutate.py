@@ -1272,6 +1272,31 @@ MUTATIONS: tuple[Mutation, ...] = (
              "                            relay=relay)",
              (f"{T_ORDER}::test_fifo_and_ordering_field_order_the_original_agents_plain_files[redis]",),
              "ordering on Redis: plain files through the bridge get their group's sequences"),
+    # -- order and time together (issue 27): a delayed message of a sequence, an expired one -------------------------
+    Mutation("sequence-held-by-its-delayed-head", SOURCE,
+             "        self.taken.discard(key)\n        self._next_in_line(key)\n",
+             "        self.taken.discard(key)\n",
+             (f"{T_ORDER}::test_a_delayed_message_of_a_sequence_takes_its_place_at_its_due_time_and_an_expired_one_moves_it_"
+              "on[spool]",),
+             "ordering with notBefore: a delayed message steps out of its line; the sequence goes on without it"),
+    Mutation("memory-sequence-held-by-its-delayed-head", "ipcpool/transport/memory.py",
+             "        self.delayed.add((group, ref))\n        self._next_in_line((group, ref))\n",
+             "        self.delayed.add((group, ref))\n",
+             (f"{T_UNITS}::test_a_delayed_message_of_a_sequence_steps_out_and_rejoins_its_line_at_its_end_when_due_"
+              "and_expiry_moves_it_on",),
+             "ordering with notBefore on the in-memory transport: the line goes on, the delayed one rejoins its end"),
+    Mutation("redis-sequence-held-by-its-delayed-head", R_SOURCE,
+             "        self.lines.finished(key)  # out of the stream: its line moves on",
+             "        pass  # out of the stream: its line moves on",
+             (f"{T_ORDER}::test_a_delayed_message_of_a_sequence_takes_its_place_at_its_due_time_and_an_expired_one_moves_it_"
+              "on[redis]",),
+             "ordering with notBefore on Redis: a delayed entry leaves its line here; the sequence goes on"),
+    Mutation("redis-released-entry-outside-its-line", R_DELAYS,
+             "      if fields[i] == 'k' then redis.call('RPUSH', ARGV[4] .. fields[i + 1], id) end\n",
+             "",
+             (f"{T_ORDER}::test_a_delayed_message_of_a_sequence_takes_its_place_at_its_due_time_and_an_expired_one_moves_it_"
+              "on[redis]",),
+             "ordering with notBefore on Redis: a due entry joins the end of its line with the XADD"),
 )
 # -- running ----------------------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import random
 import re
 import signal
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,39 @@ def test_a_redelivery_goes_before_what_is_behind_it_and_poison_or_failure_moves_
     assert started[:3] == [0, 0, 1], "the delivery that killed its worker went again before 1"
     assert [n for i, n in enumerate(started) if not i or started[i - 1] != n] == [0, 1, 2, 3, 4], \
         "1 poisoned, 2 failed (after its retry): the line went on, in order"
+
+
+def test_a_delayed_message_of_a_sequence_takes_its_place_at_its_due_time_and_an_expired_one_moves_it_on(
+        tmp_path, root, env, backend, supervisor_factory):
+    """Order and time together: 0 (delayed 3 s) heads its line but is not due, so it steps out and 1 runs; 2
+    expires while 1 runs and is dead-lettered in its turn, and 3 goes on; 5 is published next and still runs
+    when 0 is due, so 0 joins the line behind 5 and before 6, published after 0's due time."""
+    cfg = config(tmp_path, root, backend, pool={"workers": 2})
+    supervisor_factory(cfg)
+    records = tmp_path / "records"
+
+    def started() -> list[int]:
+        return [line["n"] for line in runs(str(records)) if line["ev"] == "start"]
+
+    with Client.from_config(cfg) as client:
+        client.send("main", "task", {"key": "k", "n": 0}, ordering_key="k", delay=3)
+        due = time.time() + 3
+        client.send("main", "task", {"key": "k", "n": 1, "work": 0.5}, ordering_key="k")
+        client.send("main", "task", {"key": "k", "n": 2}, ordering_key="k", ttl=0.2, message_id="expires-in-line")
+        client.send("main", "task", {"key": "k", "n": 3}, ordering_key="k")
+        wait_until(lambda: all_ended(records, 2), 30, message="1 and 3 handled, 0 not due yet")
+        assert time.time() < due, "the test's premise: 0 is still delayed"
+        client.send("main", "task", {"key": "k", "n": 5, "work": 5}, ordering_key="k")
+        wait_until(lambda: 5 in started(), 30, message="5 running")
+        wait_until(lambda: time.time() > due + 1, 30, message="0 due (and back in its line) while 5 runs")
+        assert 5 not in {line["n"] for line in runs(str(records)) if line["ev"] == "end"}, "premise: 5 still runs"
+        client.send("main", "task", {"key": "k", "n": 6}, ordering_key="k")
+        wait_until(lambda: all_ended(records, 5), 60, message="0, 5 and 6 handled")
+    assert started() == [1, 3, 5, 0, 6], "0 took its place at its due time; 2 (expired) never ran"
+    events = [(line["ev"], line["n"]) for line in runs(str(records))]
+    assert events == [(ev, n) for n in (1, 3, 5, 0, 6) for ev in ("start", "end")], "never two of k at once"
+    listed = ipcpool_cli(env, tmp_path, "errors", "list", "--config", str(cfg), "--json")
+    assert [(e["id"], e["reason"]) for e in json.loads(listed.stdout)] == [("expires-in-line", "expired")]
 
 
 def test_an_unmarked_file_in_a_group_without_ordering_is_not_read_for_a_key(tmp_path, root, supervisor_factory):

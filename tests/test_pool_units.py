@@ -10,6 +10,7 @@ test_drain, test_recycling); these pin the rules themselves.
 from __future__ import annotations
 
 import json
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -23,7 +24,7 @@ from ipcpool.pool.accounting import RETRY_UNAVAILABLE, Accounting
 from ipcpool.pool.dispatch import Dispatcher
 from ipcpool.pool.handle import Delivery
 from ipcpool.pool.pipeline import DeliveryPipeline
-from ipcpool.pool.protocol import SHARED_SLOTS, Command, Outcome, OutsideBeat, Run
+from ipcpool.pool.protocol import SHARED_SLOTS, Command, Later, Outcome, OutsideBeat, Run
 from ipcpool.pool.state import PoolState, SupervisorState
 from ipcpool.transport.base import DeadLetterLater
 from ipcpool.transport.memory import MemoryBroker, MemorySource, MemoryStore
@@ -357,3 +358,40 @@ def test_an_unmarked_message_in_a_group_without_ordering_is_never_read_for_a_key
     worker = StandIn(1)
     Dispatcher(state.source).dispatch([worker], prefetch=8)
     assert held_names(worker) == refs and not state.source.lines.seq_of, "today's path: no body is parsed"
+
+
+def test_a_delayed_message_of_a_sequence_steps_out_and_rejoins_its_line_at_its_end_when_due_and_expiry_moves_it_on():
+    """Order and time together: a message handed back before its notBefore holds no line (what is behind it
+    goes on) and, once due, joins the end of its line as a new arrival; an expired one moves the line on."""
+    broker, clock = MemoryBroker(), Clock()
+    a = ordered(broker, "k", 3)
+    state = ordering_state(broker, clock)
+    accounting, worker = Accounting(state), StandIn(1)
+    source = state.source
+
+    def step(outcome: Outcome = Outcome.HANDLED, info: Any = None) -> str:
+        Dispatcher(source).dispatch([worker], prefetch=8)
+        [(seq, delivery)] = worker.held.items()
+        accounting.finish(worker, (seq, outcome, info))
+        return delivery.name
+
+    assert step(Outcome.DELAYED, Later(time.time() + 30)) == a[0], "the head, handed back before its time"
+    assert source.stats()["groups"]["main"]["waiting"] == 1, "the line went on without it"
+    assert step() == a[1], "what was behind the delayed one is not held back by it"
+    a += ordered(broker, "k", 1)  # published while a[0] waits for its time: ahead of it in the line
+    Dispatcher(source).dispatch([worker], prefetch=8)
+    clock.now += 60
+    source.poll(clock.now)  # a[0] is due: a new arrival
+    order = []
+    for _ in range(3):
+        Dispatcher(source).dispatch([worker], prefetch=8)
+        assert len(worker.held) == 1, "still one message of the sequence out at a time"
+        [(seq, delivery)] = worker.held.items()
+        order.append(delivery.name)
+        accounting.finish(worker, (seq, Outcome.HANDLED, None))
+    assert order == [a[2], a[3], a[0]], "the delayed one took its place at its due time: the end of its line"
+
+    b = ordered(broker, "e", 2)
+    assert step(Outcome.EXPIRED, None) == b[0]
+    assert step() == b[1], "an expired message (dead-lettered by its worker) moves its sequence on"
+    assert not broker.taken and not source.lines.lines

@@ -65,6 +65,7 @@ class MemorySource:
         self.rules = rules or {}
         self.lines = Sequencer()
         self.waiting: dict[Key, tuple[str, bytes]] = {}
+        self.delayed: set[Key] = set()  # held until due: back at the end of its queue then, a new arrival
 
     def open(self) -> int:
         return 0
@@ -76,7 +77,13 @@ class MemorySource:
         for key, due in list(self.broker.later.items()):
             if now >= due:
                 del self.broker.later[key]
-                self.requeue(*key)
+                if key in self.delayed:
+                    self.delayed.discard(key)
+                    entry = self.broker.taken.pop(key, None)
+                    if entry is not None:
+                        self.broker.queue(key[0])[key[1]] = entry  # at the end: a sequence's, at its line's end
+                else:
+                    self.requeue(*key)
         return False
 
     def wake_at(self) -> float | None:
@@ -142,8 +149,11 @@ class MemorySource:
         self.lines.back((group, ref), (group, ref))
 
     def delay(self, group: str, ref: str, until: float) -> None:
-        """Held as a requeue for later is (one process: nothing to survive)."""
+        """Held as a requeue for later is (one process: nothing to survive); a message of a sequence leaves its
+        line meanwhile (the next may run) and joins its end when due, as a new arrival."""
         self.requeue(group, ref, later=max(until - time.time(), 0.001))
+        self.delayed.add((group, ref))
+        self._next_in_line((group, ref))
 
     def record_failure(self, group: str, ref: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
         history = self.broker.failures.setdefault((group, ref), [])

@@ -272,7 +272,8 @@ class RedisSource:
 
     def delay(self, group: str, ref: str, until: float) -> None:
         """Into the group's delayed set until due (see delays.py); with Redis away, held here in memory as a
-        requeue for later is (still pending under this consumer: a restart recovers it, and it comes back)."""
+        requeue for later is (still pending under this consumer: a restart recovers it, and it comes back).
+        A message of a sequence leaves its line (the next may run) and joins its end again when it is due."""
         key = (group, ref)
         self.out.discard(key)
         self.failures.pop(key, None)
@@ -281,9 +282,11 @@ class RedisSource:
             return
         try:
             self.delays.hold(group, ref, until)
-        except UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:  # still in the stream: a sequence's line waits for it (Redis is away anyway)
             self._lost(exc)
             self.later[key] = self.clock() + max(until - time.time(), 0.001)
+            return
+        self.lines.finished(key)  # out of the stream: its line moves on; it joins the end when due (delays.py)
 
     def record_failure(self, group: str, ref: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
         key = self.keys.deliveries(group, ref)

@@ -214,16 +214,21 @@ class SpoolSource:
 
     def delay(self, group: str, ref: str, until: float) -> None:
         """Into delayed/ until due (see delayed.py); a name that cannot go there waits as a settling file does,
-        in memory and in processing/ (a restart finds it there, and its worker hands it back again)."""
+        in memory and in processing/ (a restart finds it there, and its worker hands it back again).
+
+        A message of a sequence steps out of its line either way, and the sequence goes on: once due it comes
+        back as a new arrival and joins the end of its line (it takes its place at its due time)."""
         key = (group, ref)
         try:
             self.delayed.hold(group, ref, until)
         except OSError as exc:
             log.warning("cannot hold a delayed message in delayed/ (%s); it waits in memory group=%s file=%s",
                         exc, group, ref)
+            self._next_in_line(key)
             self.requeue(group, ref, later=max(until - time.time(), 0.001))
             return
         self.taken.discard(key)
+        self._next_in_line(key)
         if self.failures.pop(key, None) is not None:  # its poison count starts again when it is due
             self.spool.deliveries.drop(*key)
         self._unblock(key)
