@@ -1,21 +1,19 @@
 """Sending: publish, wait for acks with retries, request/response — on whichever transport.
 
-A :class:`Client` belongs to one group, its own: replies to its requests come
-back to it. Publishing never shows a receiver half a message and never
-replaces a different queued message of the same name. Re-sends keep the same
-id and bytes, and happen only when the message is no longer queued, in
-flight, acknowledged or refused, so a slow handler never gets a second copy.
+A :class:`Client` belongs to one group, its own: replies to its requests come back to it. Publishing
+never shows a receiver half a message and never replaces a different queued message of the same name.
+Re-sends keep the same id and bytes, and happen only when the message is no longer queued, in flight,
+acknowledged or refused, so a slow handler never gets a second copy.
 
-A message that ends in the dead letters answers its sender at once (a nack,
-with the reason), and a waiting ``send_and_wait`` or ``request`` raises
-:class:`MessageRejected` or :class:`MessageFailed`. With no supervisor for the
-root (spool), the first attempt's time-out says so and the wait ends there.
-Where messages go and how answers come back is the transport's (its Outbox);
-the retries, the errors and the log lines are here, the same for both.
+A message that ends in the dead letters answers its sender at once (a nack, with the reason), and a
+waiting ``send_and_wait`` or ``request`` raises :class:`MessageRejected` or :class:`MessageFailed`. With
+no supervisor for the root (spool), the first attempt's time-out says so and the wait ends there. Where
+messages go and how answers come back is the transport's (its Outbox); the retries, the errors and the
+log lines are here, the same for both.
 
-A little over 500 lines on purpose: the blocking and the asyncio client share
-one ack wait (``_AckWait``), one nack judgement and one set of send options
-(the time window included); apart, each would reach into the other's.
+A little over 500 lines on purpose: the blocking and the asyncio client share one ack wait (``_AckWait``),
+one nack judgement and one set of send options (the time window and the ordering key included); apart, each
+would reach into the other's.
 """
 
 from __future__ import annotations
@@ -50,6 +48,7 @@ from ipcpool.message import (
     now_iso,
 )
 from ipcpool.msgtime import NOT_BEFORE, parse_iso, window
+from ipcpool.ordering import ORDERING_KEY, marked_name
 from ipcpool.retry import ack_retrying, async_ack_retrying
 from ipcpool.transport import Outbox, make_outbox, spool_outbox
 
@@ -70,7 +69,8 @@ class Prepared:
     def __init__(self, group: str, envelope: dict[str, Any], fmt: str, data: bytes) -> None:
         self.group = group
         self.message_id: str = envelope["id"]
-        self.name = self.message_id + extension_for(fmt)
+        ext = extension_for(fmt)  # a message of a sequence is marked: the supervisor reads its key (ipcpool.ordering)
+        self.name = marked_name(self.message_id, ext) if ORDERING_KEY in envelope else self.message_id + ext
         self.data = data
         self.timestamp: str = envelope["timestamp"]
         due = envelope.get(NOT_BEFORE)  # its ack cannot come sooner: the wait for it is longer by as much
@@ -142,10 +142,10 @@ class Client:
 
     def prepare(self, group: str, type_: str | IPCMessageType, payload: Any, *, requires_ack: bool = False,
                 reply_to: str | None = None, message_id: str | None = None, fmt: str | None = None,
-                timing: dict[str, str] | None = None) -> Prepared:
+                timing: dict[str, str] | None = None, ordering_key: str | None = None) -> Prepared:
         """Build and encode a message as the receiver will validate it (nothing is published)."""
         envelope = build_envelope(group, str(type_), payload, requires_ack=requires_ack,
-                                  reply_to=reply_to, message_id=message_id)
+                                  reply_to=reply_to, message_id=message_id, ordering_key=ordering_key)
         envelope.update(timing or {})  # notBefore / expiresAt (ipcpool.msgtime.window)
         self._check_group(group)
         fmt = fmt or self.format
@@ -186,16 +186,18 @@ class Client:
         format: str | None = None,  # noqa: A002
         wait_for_supervisor: bool = False,
         delay: float | None = None, not_before: Any = None, ttl: float | None = None, expires_at: Any = None,
+        ordering_key: str | None = None,
     ) -> str:
         """Publish one message; returns its id. ``wait=True`` also waits for the ack (with retries). ``delay`` or
-        ``not_before``, ``ttl`` or ``expires_at``: its time window (:func:`ipcpool.msgtime.window`)."""
+        ``not_before``, ``ttl`` or ``expires_at``: its time window (:func:`ipcpool.msgtime.window`).
+        ``ordering_key``: its sequence (handled one at a time, in publish order, with the others of the key)."""
         timing = window(delay=delay, not_before=not_before, ttl=ttl, expires_at=expires_at)
         if wait:
             return self.send_and_wait(group, type, payload, timeout=timeout, reply_to=reply_to,
                                       message_id=message_id, format=format, wait_for_supervisor=wait_for_supervisor,
-                                      timing=timing)
+                                      timing=timing, ordering_key=ordering_key)
         message = self.prepare(group, type, payload, requires_ack=requires_ack, reply_to=reply_to,
-                               message_id=message_id, fmt=format, timing=timing)
+                               message_id=message_id, fmt=format, timing=timing, ordering_key=ordering_key)
         self.publish(message)
         log.debug("IPC message sent id=%s group=%s type=%s", message.message_id, group, type)
         return message.message_id
@@ -254,6 +256,7 @@ class Client:
         format: str | None = None,  # noqa: A002
         wait_for_supervisor: bool = False,
         timing: dict[str, str] | None = None,
+        ordering_key: str | None = None,
     ) -> str:
         """Publish with requiresAck and wait for its ack (``timing``: see :meth:`send`).
 
@@ -263,7 +266,7 @@ class Client:
         ``wait_for_supervisor``, the wait goes on for one to start).
         """
         message = self.prepare(group, type, payload, requires_ack=True, reply_to=reply_to,
-                               message_id=message_id, fmt=format, timing=timing)
+                               message_id=message_id, fmt=format, timing=timing, ordering_key=ordering_key)
         return self.wait_acked(message, timeout, published=False, wait_for_supervisor=wait_for_supervisor)
 
     def wait_acked(self, message: Prepared, timeout: float | None, *, published: bool,
@@ -479,10 +482,12 @@ class AsyncClient:
     async def send_and_wait(self, group: str, type: str | IPCMessageType, payload: Any,  # noqa: A002
                             *, timeout: float | None = None, message_id: str | None = None,
                             wait_for_supervisor: bool = False, delay: float | None = None, not_before: Any = None,
-                            ttl: float | None = None, expires_at: Any = None) -> str:
-        """:meth:`Client.send_and_wait` awaited; the time window as :meth:`Client.send` takes it."""
+                            ttl: float | None = None, expires_at: Any = None, ordering_key: str | None = None) -> str:
+        """:meth:`Client.send_and_wait` awaited; the time window and the ordering key as :meth:`Client.send`
+        takes them."""
         timing = window(delay=delay, not_before=not_before, ttl=ttl, expires_at=expires_at)
-        message = self.client.prepare(group, type, payload, requires_ack=True, message_id=message_id, timing=timing)
+        message = self.client.prepare(group, type, payload, requires_ack=True, message_id=message_id, timing=timing,
+                                      ordering_key=ordering_key)
         return await self.wait_acked(message, timeout, published=False, wait_for_supervisor=wait_for_supervisor)
 
     async def wait_acked(self, message: Prepared, timeout: float | None = None, *, published: bool,

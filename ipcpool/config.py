@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
 from ipcpool.errors import ConfigError
-from ipcpool.message import FORMATS, GROUP_NAME, TYPE_NAME
+from ipcpool.message import FORMATS, GROUP_NAME, MAX_ORDERING_KEY, TYPE_NAME
+from ipcpool.ordering import ORDERINGS
 from ipcpool.schedule import ScheduleSpec, check_schedules, parse_schedules
 
 ROOT_ENV = "IPCPOOL_ROOT"
@@ -114,6 +115,8 @@ class HttpConfig:
 @dataclass(frozen=True)
 class GroupConfig:
     allowed_types: tuple[str, ...] = ()
+    ordering: str = "none"  # "fifo": the whole group is one sequence (ipcpool.ordering)
+    ordering_field: str = ""  # a payload field whose value is the sequence key of a message without one
 
 
 @dataclass(frozen=True)
@@ -358,7 +361,12 @@ def _groups(c: _Checker, table: Any) -> dict[str, GroupConfig]:
     for name, section in table.items():
         if not GROUP_NAME.match(name):
             raise c.fail(f"[groups.{name}]", "is not a valid group name")
-        groups[name] = c.section(f"groups.{name}", GroupConfig, section)
+        groups[name] = group = c.section(f"groups.{name}", GroupConfig, section)
+        _one_of(c, f"[groups.{name}] ordering", group.ordering, ORDERINGS)
+        if len(group.ordering_field) > MAX_ORDERING_KEY or group.ordering_field != group.ordering_field.strip():
+            raise c.fail(f"[groups.{name}] ordering_field",
+                         f"must be a payload field name (1-{MAX_ORDERING_KEY} characters, no surrounding spaces), "
+                         f"got {_shown(group.ordering_field)}")
     return groups
 
 

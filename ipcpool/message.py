@@ -33,6 +33,8 @@ EXTENSIONS = {".json": "json", ".msgpack": "msgpack"}
 FORMATS = ("json", "msgpack")
 MAX_DEPTH = 64
 MAX_INT_DIGITS = 40
+ORDERING_KEY = "orderingKey"  # the optional wire key of a message's sequence (ipcpool.ordering)
+MAX_ORDERING_KEY = 200
 
 _ENVELOPE_KEY_SET = frozenset(("id", "type", "groupFolder", "payload", "timestamp", "requiresAck", "replyTo"))
 
@@ -96,6 +98,7 @@ def build_envelope(
     requires_ack: bool = False,
     reply_to: str | None = None,
     message_id: str | None = None,
+    ordering_key: str | None = None,
 ) -> dict[str, Any]:
     """A fresh wire envelope, validated as the receiver will validate it."""
     check_group_name(group)
@@ -117,6 +120,8 @@ def build_envelope(
     }
     if reply_to is not None:
         envelope["replyTo"] = reply_to
+    if ordering_key is not None:
+        envelope[ORDERING_KEY] = check_ordering_key(ordering_key)
     return envelope
 
 
@@ -339,6 +344,14 @@ def _check_id(message_id: Any) -> None:
         )
 
 
+def check_ordering_key(key: Any) -> str:
+    """A valid ``orderingKey`` (a string of 1-200 characters), or InvalidMessage with the reason."""
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_ORDERING_KEY:
+        raise InvalidMessage(f"invalid envelope: orderingKey must be a string of 1-{MAX_ORDERING_KEY} characters, "
+                             f"got {_short(key)}")
+    return key
+
+
 def _check_envelope_fields(obj: dict[str, Any]) -> None:
     # The common case is tested inline (once per delivery); the helpers raise with the reason.
     type_ = obj.get("type")
@@ -357,6 +370,8 @@ def _check_envelope_fields(obj: dict[str, Any]) -> None:
     reply_to = obj.get("replyTo")
     if reply_to is not None and (not isinstance(reply_to, str) or not GROUP_NAME.match(reply_to)):
         raise InvalidMessage(f"invalid envelope: replyTo must be a group name, got {_short(reply_to)}")
+    if ORDERING_KEY in obj:
+        check_ordering_key(obj[ORDERING_KEY])
 
 
 def _short(value: Any) -> str:

@@ -112,6 +112,9 @@ SCHEDULER = "ipcpool/pool/scheduler.py"  # the supervisor's timetable
 S_OUTBOX = "ipcpool/transport/spool/outbox.py"
 D_SPOOL = "ipcpool/transport/spool/delayed.py"  # delayed/ and its heaps
 R_DELAYS = "ipcpool/transport/redis/delays.py"  # the delayed sorted sets
+ORDERING = "ipcpool/ordering.py"  # sequence keys and each sequence's line
+SEQUENCES = "ipcpool/transport/spool/sequences.py"
+R_LINES = "ipcpool/transport/redis/lines.py"
 
 T_LOST = "tests/test_lost_events.py"
 T_LIVE = "tests/test_live_config.py"
@@ -131,6 +134,8 @@ T_JSONLOG = "tests/test_json_logs.py"
 T_TERM = "tests/test_terminal_output.py"
 T_SCHED = "tests/test_schedule.py"
 T_TIME = "tests/test_time.py"
+T_ORDER = "tests/test_ordering.py"
+T_UNITS = "tests/test_pool_units.py"
 
 _HANDLER_RETRY_WAIT = ("        wait=_backoff(policy.delay, policy.backoff, policy.max_delay),\n"
                        "        retry=tenacity.retry_if_exception_type(Exception),\n"
@@ -619,8 +624,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              (f"{T_REDIS}::test_a_supervisor_frozen_past_its_lease_never_starts_what_it_had_queued_and_lost",),
              "an entry another supervisor took is never handed out here again"),
     Mutation("redis-lost-lease-said-every-heartbeat", R_SOURCE,
-             ("*self.pending_work} - self.lost:", "        if key in self.lost:\n            return\n"),
-             ("*self.pending_work}:", ""),
+             ("*self.lines.waiting} - self.lost:", "        if key in self.lost:\n            return\n"),
+             ("*self.lines.waiting}:", ""),
              (f"{T_REDIS}::test_a_supervisor_that_lost_its_lease_says_so_once_and_finishes_late",),
              "a lost lease is logged once, not at every heartbeat while the late handler runs"),
     Mutation("redis-kept-completions-not-on-disk", R_SOURCE,
@@ -1154,6 +1159,144 @@ MUTATIONS: tuple[Mutation, ...] = (
              (f"{T_TIME}::test_a_window_that_can_never_open_is_refused_before_it_is_sent",
               f"{T_TIME}::test_the_cli_sends_a_window_and_refuses_one_that_never_opens[spool]"),
              "expiresAt before notBefore is refused at send time (exit 2 from the CLI)"),
+    # -- ordering (issue 27): each key, and each guarantee of the README's "Ordering" --------------------------------
+    Mutation("sequence-runs-side-by-side", ORDERING,
+             "        if line is None:\n            self.lines[seq] = deque((ref,))",
+             "        if True:\n            self.lines[seq] = deque((ref,))",
+             (f"{T_UNITS}::test_a_sequence_has_one_message_out_at_a_time_in_order_while_the_rest_keep_the_pool_busy",
+              f"{T_ORDER}::test_each_key_runs_one_message_at_a_time_in_publish_order_and_keys_run_side_by_side[spool]"),
+             "ordering: at most one message of a sequence in a handler, in publish order"),
+    Mutation("sequence-redelivery-goes-last", ORDERING,
+             "        if line[0] == ref:\n            self.running.discard(seq)\n",
+             "        if line[0] == ref:\n            self.running.discard(seq)\n            line.rotate(-1)\n",
+             (f"{T_UNITS}::test_a_head_that_killed_its_worker_goes_again_before_what_is_behind_it_and_poison_moves_"
+              "the_line_on",
+              f"{T_ORDER}::test_a_redelivery_goes_before_what_is_behind_it_and_poison_or_failure_moves_the_line_on"
+              "[spool]"),
+             "ordering: a delivery that killed or hung a worker goes again before anything behind it"),
+    Mutation("sequence-stuck-after-poison", SOURCE,
+             "        self._next_in_line(key)\n        self._unblock(key)\n        return done",
+             "        self._unblock(key)\n        return done",
+             (f"{T_ORDER}::test_a_redelivery_goes_before_what_is_behind_it_and_poison_or_failure_moves_the_line_on"
+              "[spool]",),
+             "ordering: a message that turns poison goes to errors/ and the sequence moves on"),
+    Mutation("sequence-stuck-after-failure", SOURCE,
+             "        self.taken.discard(key)\n        if key in self._in_line:\n            self._next_in_line(key)\n",
+             "        self.taken.discard(key)\n",
+             (f"{T_ORDER}::test_a_redelivery_goes_before_what_is_behind_it_and_poison_or_failure_moves_the_line_on"
+              "[spool]",),
+             "ordering: a message that fails after its retries goes to errors/ and the sequence moves on"),
+    Mutation("sequences-share-one-line", SEQUENCES,
+             "            seq = (key[0], ordering_key)",
+             '            seq = (key[0], "")',
+             (f"{T_ORDER}::test_a_held_sequence_holds_no_worker_and_status_shows_what_waits_behind_it[spool]",),
+             "ordering: different sequences run in parallel; a held one holds no worker"),
+    Mutation("unordered-files-read-for-a-key", SOURCE,
+             "            if key[0] in ordered_groups or MARK in key[1]:",
+             "            if True:",
+             (f"{T_ORDER}::test_an_unmarked_file_in_a_group_without_ordering_is_not_read_for_a_key",),
+             "ordering: messages without the keys, in groups without the settings, behave as today"),
+    Mutation("ordering-fifo-ignored", ORDERING,
+             "    return {name: Rule(g.ordering == FIFO, g.ordering_field)",
+             "    return {name: Rule(False, g.ordering_field)",
+             (f"{T_UNITS}::test_fifo_puts_a_whole_group_in_line_legacy_bodies_included_and_a_field_keys_plain_json",
+              f"{T_ORDER}::test_fifo_and_ordering_field_order_the_original_agents_plain_files[spool]"),
+             "[groups.<name>] ordering = \"fifo\": the whole group is one sequence"),
+    Mutation("ordering-field-ignored", ORDERING,
+             "        value = payload.get(rule.field)",
+             "        value = None",
+             (f"{T_UNITS}::test_fifo_puts_a_whole_group_in_line_legacy_bodies_included_and_a_field_keys_plain_json",
+              f"{T_ORDER}::test_fifo_and_ordering_field_order_the_original_agents_plain_files[spool]"),
+             "[groups.<name>] ordering_field: the key of a message without orderingKey, from its payload"),
+    Mutation("ordering-setting-unchecked", "ipcpool/config.py",
+             '        _one_of(c, f"[groups.{name}] ordering", group.ordering, ORDERINGS)\n',
+             "",
+             (f"{T_ORDER}::test_bad_ordering_settings_stop_check_with_exit_2_naming_file_key_and_problem",),
+             "a bad ordering value stops run/check with exit 2 naming file, key and problem"),
+    Mutation("ordering-key-unchecked", "ipcpool/message.py",
+             "    if ORDERING_KEY in obj:\n        check_ordering_key(obj[ORDERING_KEY])\n",
+             "",
+             (f"{T_ORDER}::test_an_envelope_with_an_invalid_ordering_key_is_refused_with_the_reason",),
+             "wire: orderingKey is a string of 1-200 characters"),
+    Mutation("client-sends-no-ordering-key", "ipcpool/message.py",
+             "        envelope[ORDERING_KEY] = check_ordering_key(ordering_key)",
+             "        check_ordering_key(ordering_key)",
+             (f"{T_ORDER}::test_cli_send_ordering_key_writes_the_wire_key_and_the_mark",
+              f"{T_ORDER}::test_each_key_runs_one_message_at_a_time_in_publish_order_and_keys_run_side_by_side[spool]"),
+             "Client.send(..., ordering_key=) and send --ordering-key put orderingKey on the wire"),
+    Mutation("restart-order-by-name-only", SEQUENCES,
+             "        stamped.sort()",
+             "        stamped.sort(key=lambda stamp: stamp[1])",
+             (f"{T_ORDER}::test_after_a_restart_a_sequence_goes_by_modification_time_then_name[spool]",),
+             "ordering: after a restart or a rescan, by modification time then name"),
+    Mutation("client-times-not-stamped", WRITES,
+             "            if is_marked(name):\n                stamp_in_order(tmp_path)",
+             "            if False:\n                stamp_in_order(tmp_path)",
+             (f"{T_ORDER}::test_after_a_restart_a_sequence_goes_by_modification_time_then_name[spool]",),
+             "ordering: one writer's order holds across restarts (rising modification times)"),
+    Mutation("sequence-waiting-not-shown", SOURCE,
+             '                entry["waiting"] = waiting',
+             "                pass",
+             (f"{T_ORDER}::test_a_held_sequence_holds_no_worker_and_status_shows_what_waits_behind_it[spool]",),
+             "status, top and /metrics show per group what waits behind a busy sequence"),
+    Mutation("sequence-waiting-not-in-metrics", "ipcpool/ops/metrics.py",
+             "        waiting.add_metric([name], behind)",
+             "        waiting.add_metric([name], 0)",
+             (f"{T_ORDER}::test_a_held_sequence_holds_no_worker_and_status_shows_what_waits_behind_it[spool]",),
+             "/metrics: ipcpool_sequence_waiting"),
+    Mutation("ordering-reload-applied-half", RELOAD,
+             "    if rules_of(old) != rules_of(new):",
+             "    if False:",
+             (f"{T_ORDER}::test_a_reload_that_changes_ordering_is_refused_until_a_restart",),
+             "a reload that changes [groups.<name>] ordering is refused: restart to apply it"),
+    Mutation("redis-lines-ignored", R_LINES,
+             "        if key in self.heads:\n            return True",
+             "        if True:\n            return True",
+             (f"{T_ORDER}::test_each_key_runs_one_message_at_a_time_in_publish_order_and_keys_run_side_by_side[redis]",
+              f"{T_ORDER}::test_chaos_on_redis_two_supervisors_share_the_lines_one_sigkilled_for_good"),
+             "ordering on Redis: one message of a sequence at a time across supervisors, stream order"),
+    Mutation("redis-publish-leaves-the-line-empty", R_SCRIPTS,
+             "  redis.call('RPUSH', KEYS[6], id)\n",
+             "",
+             (f"{T_ORDER}::test_chaos_on_redis_two_supervisors_share_the_lines_one_sigkilled_for_good",),
+             "ordering on Redis: the line is pushed with the entry, in stream order"),
+    Mutation("redis-finished-head-kept", R_SCRIPTS,
+             "    redis.call('LPOP', line)\n",
+             "    break\n",
+             (f"{T_ORDER}::test_a_redelivery_goes_before_what_is_behind_it_and_poison_or_failure_moves_the_line_on"
+              "[redis]",),
+             "ordering on Redis: a finished head leaves its line, and the sequence moves on"),
+    Mutation("redis-bridge-reads-no-key", R_INGEST,
+             ("                            relay=relay, sequence=key_at_publish(self.local.sequences.rules, group, "
+              "name,\n                                                                 result.data))"),
+             "                            relay=relay)",
+             (f"{T_ORDER}::test_fifo_and_ordering_field_order_the_original_agents_plain_files[redis]",),
+             "ordering on Redis: plain files through the bridge get their group's sequences"),
+    # -- order and time together (issue 27): a delayed message of a sequence, an expired one -------------------------
+    Mutation("sequence-held-by-its-delayed-head", SOURCE,
+             "        self.taken.discard(key)\n        self._next_in_line(key)\n",
+             "        self.taken.discard(key)\n",
+             (f"{T_ORDER}::test_a_delayed_message_of_a_sequence_takes_its_place_at_its_due_time_and_an_expired_one_moves_it_"
+              "on[spool]",),
+             "ordering with notBefore: a delayed message steps out of its line; the sequence goes on without it"),
+    Mutation("memory-sequence-held-by-its-delayed-head", "ipcpool/transport/memory.py",
+             "        self.delayed.add((group, ref))\n        self._next_in_line((group, ref))\n",
+             "        self.delayed.add((group, ref))\n",
+             (f"{T_UNITS}::test_a_delayed_message_of_a_sequence_steps_out_and_rejoins_its_line_at_its_end_when_due_"
+              "and_expiry_moves_it_on",),
+             "ordering with notBefore on the in-memory transport: the line goes on, the delayed one rejoins its end"),
+    Mutation("redis-sequence-held-by-its-delayed-head", R_SOURCE,
+             "        self.lines.finished(key)  # out of the stream: its line moves on",
+             "        pass  # out of the stream: its line moves on",
+             (f"{T_ORDER}::test_a_delayed_message_of_a_sequence_takes_its_place_at_its_due_time_and_an_expired_one_moves_it_"
+              "on[redis]",),
+             "ordering with notBefore on Redis: a delayed entry leaves its line here; the sequence goes on"),
+    Mutation("redis-released-entry-outside-its-line", R_DELAYS,
+             "      if fields[i] == 'k' then redis.call('RPUSH', ARGV[4] .. fields[i + 1], id) end\n",
+             "",
+             (f"{T_ORDER}::test_a_delayed_message_of_a_sequence_takes_its_place_at_its_due_time_and_an_expired_one_moves_it_"
+              "on[redis]",),
+             "ordering with notBefore on Redis: a due entry joins the end of its line with the XADD"),
 )
 # -- running ----------------------------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ test_drain, test_recycling); these pin the rules themselves.
 from __future__ import annotations
 
 import json
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -18,11 +19,12 @@ import pytest
 from ipcpool.config import Config, parse_config
 from ipcpool.handlers import HandlerTable
 from ipcpool.ops.tally import Labels, PoolMetrics
+from ipcpool.ordering import rules_of
 from ipcpool.pool.accounting import RETRY_UNAVAILABLE, Accounting
 from ipcpool.pool.dispatch import Dispatcher
 from ipcpool.pool.handle import Delivery
 from ipcpool.pool.pipeline import DeliveryPipeline
-from ipcpool.pool.protocol import SHARED_SLOTS, Command, Outcome, OutsideBeat, Run
+from ipcpool.pool.protocol import SHARED_SLOTS, Command, Later, Outcome, OutsideBeat, Run
 from ipcpool.pool.state import PoolState, SupervisorState
 from ipcpool.transport.base import DeadLetterLater
 from ipcpool.transport.memory import MemoryBroker, MemorySource, MemoryStore
@@ -253,3 +255,143 @@ def test_an_outcome_pickles_as_itself_across_the_pipe(outcome):
 
     report = pickle.loads(pickle.dumps(Done([(1, outcome, None)], None)))
     assert report.results[0][1] is outcome and isinstance(report, Done)
+
+
+# -- ordering: one message of a sequence at a time, in order (ipcpool.ordering) ---------------------------------------
+
+
+def ordered(broker: MemoryBroker, key: str | None, n: int, *, field: str = "", group: str = "main",
+            marked: bool = True) -> list[str]:
+    """``n`` messages of sequence ``key`` (an orderingKey; with ``field``, that payload field instead)."""
+    refs = []
+    for i in range(n):
+        body = json.loads(message(f"{key or 'x'}{i}-{len(broker.queue(group))}", **({field: key} if field else {})))
+        if key is not None and not field:
+            body["orderingKey"] = key
+        name = f"{body['id']}.ordered.json" if marked and key is not None and not field else f"{body['id']}.json"
+        refs.append(broker.put(group, name, json.dumps(body).encode()))
+    return refs
+
+
+def ordering_state(broker: MemoryBroker, clock: Clock, groups: dict[str, Any] | None = None,
+                   **pool: Any) -> PoolState:
+    cfg = parse_config({"spool": {"root": "/nonexistent/never-touched", "groups": ["main"]},
+                        "pool": {"workers": 2, **pool}, "retry": {"attempts": 2, "delay": 0.0},
+                        "groups": groups or {}})
+    source = MemorySource(broker, clock, rules_of(cfg))
+    state = PoolState(cfg, source, PoolMetrics(Labels(cfg)), clock, cfg.pool.workers)
+    state.state = SupervisorState.RUNNING
+    return state
+
+
+def held_names(*workers: StandIn) -> list[str]:
+    return [d.name for w in workers for d in w.held.values()]
+
+
+def test_a_sequence_has_one_message_out_at_a_time_in_order_while_the_rest_keep_the_pool_busy():
+    broker, clock = MemoryBroker(), Clock()
+    a, b = ordered(broker, "chat-a", 3), ordered(broker, "chat-b", 2)
+    free = queue(broker, 4)
+    state = ordering_state(broker, clock)
+    accounting, workers = Accounting(state), [StandIn(1), StandIn(2)]
+    dispatcher = Dispatcher(state.source)
+    dispatcher.dispatch(workers, prefetch=16)
+    assert sorted(held_names(*workers)) == sorted([a[0], b[0], *free]), "one per sequence, every free one"
+    assert state.source.stats()["groups"]["main"]["waiting"] == 3, "what waits behind a busy sequence is shown"
+    urgent = {seq for w in workers for run in w.sent for seq in run.urgent}
+    assert urgent == {d.seq for w in workers for d in w.held.values() if d.name in (a[0], b[0])}, \
+        "a sequence's message is reported at once (its successor waits for it); the others in batches"
+    order = []
+    for _ in range(3):
+        for worker in workers:
+            for delivery in list(worker.held.values()):
+                order.append(delivery.name)
+                accounting.finish(worker, (delivery.seq, Outcome.HANDLED, None))
+        dispatcher.dispatch(workers, prefetch=16)
+    assert [r for r in order if r in a] == a and [r for r in order if r in b] == b, "publish order, per key"
+    assert not broker.taken and not state.source.backlog() and not state.source.lines.lines
+
+
+def test_a_head_that_killed_its_worker_goes_again_before_what_is_behind_it_and_poison_moves_the_line_on():
+    broker, clock = MemoryBroker(), Clock()
+    a = ordered(broker, "k", 3)
+    state = ordering_state(broker, clock, max_deliveries=2)
+    accounting = Accounting(state)
+    for death in (1, 2):
+        worker = StandIn(10 + death)
+        Dispatcher(state.source).dispatch([worker], prefetch=8)
+        assert held_names(worker) == [a[0]], "the redelivery, and nothing behind it"
+        worker.running = next(iter(worker.held.values()))
+        assert worker.running.deliveries == death
+        accounting.release_held(worker, blame=True, how="killed by SIGKILL")
+    assert [e.file for e in broker.dead] == [a[0]], "poison goes to the dead letters"
+    worker = StandIn(20)
+    Dispatcher(state.source).dispatch([worker], prefetch=8)
+    assert held_names(worker) == [a[1]], "and the sequence moves on, in order"
+    accounting.finish(worker, (next(iter(worker.held)), Outcome.FAILED, None))
+    Dispatcher(state.source).dispatch([worker], prefetch=8)
+    assert held_names(worker) == [a[2]], "a message that failed after its retries moves it on too"
+
+
+def test_fifo_puts_a_whole_group_in_line_legacy_bodies_included_and_a_field_keys_plain_json():
+    broker, clock = MemoryBroker(), Clock()
+    line = [broker.put("main", f"legacy{i}.json", b'{"chatJid": "x", "text": "hi"}') for i in range(2)]
+    own = ordered(broker, "own", 1, marked=False)
+    state = ordering_state(broker, clock, {"main": {"ordering": "fifo"}})
+    worker = StandIn(1)
+    Dispatcher(state.source).dispatch([worker], prefetch=8)
+    assert held_names(worker) == [line[0], own[0]], "the group is one line; an orderingKey is its own line"
+
+    broker2 = MemoryBroker()
+    by_chat = [broker2.put("main", f"p{i}.json", json.dumps({"chatJid": c}).encode()) for i, c in enumerate("xxy")]
+    keyless = broker2.put("main", "q.json", b'{"other": 1}')
+    state2 = ordering_state(broker2, clock, {"main": {"ordering_field": "chatJid"}})
+    worker2 = StandIn(2)
+    Dispatcher(state2.source).dispatch([worker2], prefetch=8)
+    assert held_names(worker2) == [by_chat[0], by_chat[2], keyless], "per chat; a body without it is free"
+
+
+def test_an_unmarked_message_in_a_group_without_ordering_is_never_read_for_a_key():
+    broker, clock = MemoryBroker(), Clock()
+    refs = ordered(broker, "k", 3, marked=False)
+    state = ordering_state(broker, clock)
+    worker = StandIn(1)
+    Dispatcher(state.source).dispatch([worker], prefetch=8)
+    assert held_names(worker) == refs and not state.source.lines.seq_of, "today's path: no body is parsed"
+
+
+def test_a_delayed_message_of_a_sequence_steps_out_and_rejoins_its_line_at_its_end_when_due_and_expiry_moves_it_on():
+    """Order and time together: a message handed back before its notBefore holds no line (what is behind it
+    goes on) and, once due, joins the end of its line as a new arrival; an expired one moves the line on."""
+    broker, clock = MemoryBroker(), Clock()
+    a = ordered(broker, "k", 3)
+    state = ordering_state(broker, clock)
+    accounting, worker = Accounting(state), StandIn(1)
+    source = state.source
+
+    def step(outcome: Outcome = Outcome.HANDLED, info: Any = None) -> str:
+        Dispatcher(source).dispatch([worker], prefetch=8)
+        [(seq, delivery)] = worker.held.items()
+        accounting.finish(worker, (seq, outcome, info))
+        return delivery.name
+
+    assert step(Outcome.DELAYED, Later(time.time() + 30)) == a[0], "the head, handed back before its time"
+    assert source.stats()["groups"]["main"]["waiting"] == 1, "the line went on without it"
+    assert step() == a[1], "what was behind the delayed one is not held back by it"
+    a += ordered(broker, "k", 1)  # published while a[0] waits for its time: ahead of it in the line
+    Dispatcher(source).dispatch([worker], prefetch=8)
+    clock.now += 60
+    source.poll(clock.now)  # a[0] is due: a new arrival
+    order = []
+    for _ in range(3):
+        Dispatcher(source).dispatch([worker], prefetch=8)
+        assert len(worker.held) == 1, "still one message of the sequence out at a time"
+        [(seq, delivery)] = worker.held.items()
+        order.append(delivery.name)
+        accounting.finish(worker, (seq, Outcome.HANDLED, None))
+    assert order == [a[2], a[3], a[0]], "the delayed one took its place at its due time: the end of its line"
+
+    b = ordered(broker, "e", 2)
+    assert step(Outcome.EXPIRED, None) == b[0]
+    assert step() == b[1], "an expired message (dead-lettered by its worker) moves its sequence on"
+    assert not broker.taken and not source.lines.lines

@@ -153,11 +153,12 @@ def test_the_circle_check_sees_type_checking_imports_and_not_lazy_ones(tmp_path)
 # -- the layers below the seam ---------------------------------------------------------------------------------------
 
 # What a backend may import of ipcpool beside the seam itself: the shared vocabulary (the config, the errors, the
-# message, dead-letter records, the portable system calls, the local root's lock and records, the schedules the
-# config names). Never the pool, the operators' interfaces, the command line, the client or another backend.
+# message, its time window, the ordering rules, dead-letter records, the portable system calls, the local root's
+# lock and records, the schedules the config names). Never the pool, the operators' interfaces, the command line,
+# the client or another backend.
 BELOW_THE_SEAM = ("ipcpool.config", "ipcpool.errors", "ipcpool.localroot", "ipcpool.message", "ipcpool.msgtime",
-                  "ipcpool.portable",
-                  "ipcpool.records", "ipcpool.schedule", "ipcpool.transport.base")
+                  "ipcpool.ordering", "ipcpool.portable", "ipcpool.records", "ipcpool.schedule",
+                  "ipcpool.transport.base")
 BACKENDS = ("spool", "redis", "memory")
 
 

@@ -106,6 +106,8 @@ export interface PrepareOptions {
   id?: string;
   requiresAck?: boolean;
   replyTo?: string;
+  /** Its sequence (1-200 characters): handled one at a time, in publish order, with the others of the key. */
+  orderingKey?: string;
   /** More envelope keys, kept by ipcpool (Message.extra in a handler); the envelope's own keys are refused. */
   extra?: Record<string, unknown>;
   /** Seconds from now before a handler may get it (writes notBefore); or notBefore itself. */

@@ -106,9 +106,10 @@ def cmd_send(args: argparse.Namespace) -> int:
     with _client(args, **overrides) as client:
         if args.ack:
             message_id = client.send_and_wait(args.group, args.type, payload, timeout=args.timeout,
-                                              wait_for_supervisor=args.wait_for_supervisor, timing=timing)
+                                              wait_for_supervisor=args.wait_for_supervisor, timing=timing,
+                                              ordering_key=args.ordering_key)
         else:
-            message = client.prepare(args.group, args.type, payload, timing=timing)
+            message = client.prepare(args.group, args.type, payload, timing=timing, ordering_key=args.ordering_key)
             client.publish(message)
             message_id = message.message_id
     print(message_id)

@@ -80,13 +80,14 @@ def render(status: dict[str, Any] | None, rates: Rates, now: float) -> Group:
             f"{w['currentAge']:.1f}s" if w.get("currentAge") is not None else "-",
             _n(w.get("rssMb")), w["handled"], w["failed"], w["restarts"])))
     groups = Table(title="groups", title_justify="left", expand=True)
-    for column in ("group", "queued", "in flight", "errors", "oldest", "delayed", "next due",
+    for column in ("group", "queued", "in line", "in flight", "errors", "oldest", "delayed", "next due",
                    f"rate/s ({RATE_WINDOW:g}s)"):
         groups.add_column(column, justify="left" if column == "group" else "right")
     for name, g in status.get("groups", {}).items():
         rate = rates.per_second(name)
         groups.add_row(*(_cell(v) for v in (
-            name, g.get("queued", 0) + g.get("buffered", 0), g.get("held", 0) + g.get("running", 0),
+            name, g.get("queued", 0) + g.get("buffered", 0), g.get("waiting", 0),
+            g.get("held", 0) + g.get("running", 0),
             g.get("errors", 0), f"{g['oldestQueuedAge']:.1f}s" if g.get("oldestQueuedAge") is not None else "-",
             g.get("delayed", 0), g.get("nextDue") or "-", f"{rate:.1f}" if rate is not None else "-")))
     totals = status.get("totals", {})

@@ -21,7 +21,8 @@ from ipcpool.cli.commands import (
 from ipcpool.cli.deadletters import cmd_errors
 from ipcpool.cli.schedules import cmd_schedule
 from ipcpool.config import ROOT_ENV, parse_listen
-from ipcpool.message import GROUP_NAME, TYPE_NAME
+from ipcpool.errors import InvalidMessage
+from ipcpool.message import GROUP_NAME, TYPE_NAME, check_ordering_key
 
 CONFIG_ENV = "IPCPOOL_CONFIG"
 Command = Callable[[argparse.Namespace], int]
@@ -86,6 +87,8 @@ def _add_send_commands(commands: _Commands) -> None:
             p.add_argument("--ack", action="store_true", help="wait for the ack, retrying per [ack]")
             p.add_argument("--timeout", type=float, help="seconds to wait per attempt (default: [ack] timeout)")
             _add_window_args(p)
+            p.add_argument("--ordering-key", metavar="KEY", type=_ordering_key_arg,
+                           help="its sequence: handled one at a time, in publish order, with the others of KEY")
         else:
             p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
         p.add_argument("--wait-for-supervisor", action="store_true",
@@ -163,6 +166,13 @@ def _type_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"invalid message type {text!r}: a short name of letters, digits, '_', '.', ':' or '-'")
     return text
+
+
+def _ordering_key_arg(text: str) -> str:
+    try:
+        return check_ordering_key(text)
+    except InvalidMessage as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("invalid envelope: ")) from None
 
 
 def _listen_arg(text: str) -> str:

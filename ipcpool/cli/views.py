@@ -40,11 +40,11 @@ def render_table(status: dict[str, Any], verdict: Verdict, *, now: float | None 
             f"{w.get('held', 0):>5}  {_running(w)}"
         )
     lines += ["", f"{'GROUP':<24} {'QUEUED':>7} {'HELD':>6} {'RUNNING':>8} {'ERRORS':>7} {'OLDEST':>8} "
-                  f"{'DELAYED':>8}  NEXT DUE"]
+                  f"{'DELAYED':>8}  {'NEXT DUE':<24} {'IN LINE':>7}"]  # IN LINE: behind a busy sequence
     for name, g in status.get("groups", {}).items():
         lines.append(f"{printable(name):<24} {g['queued']:>7} {g.get('held', 0):>6} {g.get('running', 0):>8} "
                      f"{g['errors']:>7} {_n(g.get('oldestQueuedAge')):>8} {g.get('delayed', 0):>8}  "
-                     f"{printable(g.get('nextDue') or '-')}")
+                     f"{printable(g.get('nextDue') or '-'):<24} {g.get('waiting', 0):>7}")
     external = status.get("externalHeartbeats", [])
     if external:
         lines += ["", f"{'EXTERNAL HEARTBEAT':<24} {'PROCESS':>10} {'STATUS':<10} {'AGE':>7}"]

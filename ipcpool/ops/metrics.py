@@ -74,27 +74,32 @@ def _queue_families(labels: Labels, status: dict[str, Any]) -> list[Metric]:
     next_due = GaugeMetricFamily("ipcpool_delayed_next_due_timestamp_seconds",
                                  "When the group's next delayed message is due (Unix time; absent when none is held).",
                                  labels=["group"])
+    waiting = GaugeMetricFamily("ipcpool_sequence_waiting",
+                                "Queued messages waiting behind a busy sequence (ordering), by group.",
+                                labels=["group"])
     folded: dict[str, list[float]] = {}
     dues: dict[str, float] = {}
     for name, group in status.get("groups", {}).items():
         if group.get("nextDue"):
             due = parse_iso(group["nextDue"], "nextDue")
             dues[labels.group(name)] = min(due, dues.get(labels.group(name), due))
-        row = folded.setdefault(labels.group(name), [0.0, 0.0, 0.0, 0.0, 0.0])
+        row = folded.setdefault(labels.group(name), [0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+        row[5] += group.get("waiting") or 0
         row[0] += (group.get("queued") or 0) + (group.get("buffered") or 0)  # Redis: read ahead, not handed out
         row[1] += (group.get("held") or 0) + (group.get("running") or 0)
         row[2] = max(row[2], group.get("oldestQueuedAge") or 0.0)
         row[3] += group.get("errors") or 0
         row[4] += group.get("delayed") or 0
-    for name, (queued, held, age, dead, waiting) in sorted(folded.items()):
+    for name, (queued, held, age, dead, held_back, behind) in sorted(folded.items()):
+        waiting.add_metric([name], behind)
         depth.add_metric([name], queued)
         inflight.add_metric([name], held)
         oldest.add_metric([name], age)
         errors.add_metric([name], dead)
-        delayed.add_metric([name], waiting)
+        delayed.add_metric([name], held_back)
         if name in dues:
             next_due.add_metric([name], dues[name])
-    return [depth, inflight, oldest, errors, delayed, next_due]
+    return [depth, inflight, oldest, errors, delayed, next_due, waiting]
 
 
 def _worker_families(metrics: PoolMetrics, status: dict[str, Any]) -> list[Metric]:

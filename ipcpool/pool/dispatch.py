@@ -46,6 +46,7 @@ class Dispatcher:
         load = {w: w.outstanding() for w in ready}
         hungry = [w for w, n in load.items() if prefetch - n >= refill_at]
         source = self.source
+        sequenced = source.sequenced  # messages of sequences: their successors wait for their reports
         wanted = sum(prefetch - load[w] for w in hungry)
         self.room = wanted
         backlog = source.backlog()
@@ -58,11 +59,14 @@ class Dispatcher:
             if room <= 0:
                 continue
             batch: list[Receipt] = []
+            urgent: set[int] = set()
             for group, ref, deliveries in source.take(room):
                 self.seq += 1
                 worker.held[self.seq] = Delivery(self.seq, group, ref, deliveries)
                 batch.append((self.seq, group, ref, deliveries))
-            if batch and not worker.send(Run(batch)):
+                if (group, ref) in sequenced:
+                    urgent.add(self.seq)
+            if batch and not worker.send(Run(batch, frozenset(urgent)) if urgent else Run(batch)):
                 log.warning("worker pid=%d channel closed while dispatching", worker.pid)
             wanted -= len(batch)
             if not source.backlog():

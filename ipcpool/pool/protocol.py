@@ -79,9 +79,11 @@ Result = tuple[int, Outcome, Info]  # (seq, outcome, info): a plain tuple, so a 
 
 
 class Run(NamedTuple):
-    """Deliver these, in this order."""
+    """Deliver these, in this order. ``urgent``: the seqs of messages of a sequence, reported as soon as each
+    is done (the next of its sequence waits for that report; others are reported in batches)."""
 
     receipts: list[Receipt]
+    urgent: frozenset[int] = frozenset()
 
 
 class Stop(NamedTuple):

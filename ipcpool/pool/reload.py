@@ -24,6 +24,7 @@ from ipcpool.message import now_iso
 from ipcpool.ops.logs import setup_logging
 from ipcpool.ops.sdnotify import notify
 from ipcpool.ops.tally import Labels
+from ipcpool.ordering import rules_of
 from ipcpool.pool.handle import StopReason, WorkerState
 from ipcpool.pool.state import PoolState
 
@@ -43,6 +44,8 @@ def restart_only_change(old: Config, new: Config) -> str | None:
             if a != b:
                 shown = ("(changed)", "(changed)") if section == "redis" and f.name == "url" else (a, b)
                 return f"[{section}] {f.name} changed ({shown[0]!r} -> {shown[1]!r}): restart to apply it"
+    if rules_of(old) != rules_of(new):  # the transport keeps each sequence's line by the rules it started with
+        return "[groups.<name>] ordering or ordering_field changed: restart to apply it"
     return None
 
 

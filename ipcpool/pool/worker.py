@@ -109,6 +109,7 @@ class Worker:
         # Report results once half the prefetch is done, so the supervisor refills
         # this worker's queue before it runs dry: claims overlap with handling.
         self._report_every = max(1, spec.config.pool.prefetch // 2)
+        self._urgent: set[int] = set()  # deliveries whose results go back at once (Run.urgent)
         self._poller = select.poll()  # one object for every non-blocking check of the task pipe
         self._poller.register(self.tasks.fileno(), select.POLLIN)
 
@@ -167,7 +168,8 @@ class Worker:
                 self.tally.record(group, pipeline.last_type, _TALLIED[outcome], pipeline.last_seconds)
             if self._max_tasks and pipeline.handled + pipeline.failed >= self._max_tasks and not self._stopping:
                 self._stopping = self._retiring = True
-            if len(self._done) >= self._report_every:
+            if len(self._done) >= self._report_every or seq in self._urgent:
+                self._urgent.discard(seq)  # a sequence's next message waits for this report: no batching
                 self.flush()
 
     def _return_unstarted(self) -> None:
@@ -204,6 +206,7 @@ class Worker:
                 self.exit_now(EXIT_OK)
             if isinstance(command, Run):
                 self._queue.extend(command.receipts)
+                self._urgent.update(command.urgent)
                 self.store.prefetch(command.receipts)  # one round trip for the batch, where the transport can
             elif isinstance(command, Stop):
                 self._stopping = True

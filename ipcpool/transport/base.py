@@ -2,7 +2,8 @@
 
     supervisor ─ Source ─▶ open · filenos · poll · backlog · wake_at · take · renew · done · requeue · delay
                             · record_failure
-                            · quarantine · summarize · housekeeping · holds_acks · stats · announce · close
+                            · quarantine · summarize · housekeeping · holds_acks · sequenced · stats · announce
+                            · close
     worker     ─ Store ──▶ prefetch · read · names · is_acked · complete · settle · forget · reply · error_ref
                             · quarantine · close
     sender     ─ Outbox ─▶ ensure_group · publish · present · is_acked · nack · wait_answer · async_wait_answer
@@ -16,7 +17,7 @@ hosts), ``memory`` (one process: the pool's unit tests). A worker learns of a me
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -97,8 +98,12 @@ class Source(Protocol):
     def housekeeping(self, live_pids: set[int]) -> None: """Start pruning what outlived its retention."""
     @property
     def holds_acks(self) -> bool: """Handled messages wait for their acks: workers' ack checks look for them."""
+    @property
+    def sequenced(self) -> Container[tuple[str, str]]:
+        """The (group, ref) of messages of sequences (``ipcpool.ordering``): their results are wanted at once."""
     def stats(self) -> dict[str, Any]:
-        """Per group (queued, oldest, errors, delayed, nextDue: ISO time or None) and the backend's troubles."""
+        """Per group (queued, oldest, errors, delayed, nextDue: ISO time or None, waiting: behind a busy
+        sequence) and the backend's troubles."""
     def announce(self, status: dict[str, Any]) -> None: """Publish this supervisor's status (a shared backend)."""
     def close(self) -> None: """Hand back what no worker started."""
 

@@ -16,8 +16,9 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ipcpool.errors import MessageExists
+from ipcpool.errors import InvalidMessage, MessageExists
 from ipcpool.message import Summary, format_for, summarize_bytes
+from ipcpool.ordering import MARK, Rule, Sequencer, key_of_bytes
 from ipcpool.records import ErrorEntry
 from ipcpool.transport.base import AckHeld, Answer, MessageGone, Raw, Receipt, Taken, Unfinished
 
@@ -52,11 +53,19 @@ class MemoryBroker:
 
 
 class MemorySource:
+    """``rules``: the groups that order their messages (``ipcpool.ordering.rules_of``); a message of a sequence
+    whose head is handed out waits in ``lines``, out of its queue."""
+
     backend = "memory"
 
-    def __init__(self, broker: MemoryBroker, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, broker: MemoryBroker, clock: Callable[[], float] = time.monotonic,
+                 rules: dict[str, Rule] | None = None) -> None:
         self.broker = broker
         self.clock = clock
+        self.rules = rules or {}
+        self.lines = Sequencer()
+        self.waiting: dict[Key, tuple[str, bytes]] = {}
+        self.delayed: set[Key] = set()  # held until due: back at the end of its queue then, a new arrival
 
     def open(self) -> int:
         return 0
@@ -68,7 +77,13 @@ class MemorySource:
         for key, due in list(self.broker.later.items()):
             if now >= due:
                 del self.broker.later[key]
-                self.requeue(*key)
+                if key in self.delayed:
+                    self.delayed.discard(key)
+                    entry = self.broker.taken.pop(key, None)
+                    if entry is not None:
+                        self.broker.queue(key[0])[key[1]] = entry  # at the end: a sequence's, at its line's end
+                else:
+                    self.requeue(*key)
         return False
 
     def wake_at(self) -> float | None:
@@ -76,13 +91,15 @@ class MemorySource:
         return None
 
     def backlog(self) -> int:
-        return sum(len(q) for q in self.broker.queues.values())
+        return sum(len(q) for q in self.broker.queues.values())  # waiting ones are out of the queues
 
     def take(self, n: int) -> list[Taken]:
         taken: list[Taken] = []
         for group, queue in self.broker.queues.items():
             while queue and len(taken) < n:
                 ref, entry = queue.popitem(last=False)
+                if (group in self.rules or MARK in entry[0]) and not self._admitted(group, ref, entry):
+                    continue
                 self.broker.taken[(group, ref)] = entry
                 taken.append((group, ref, len(self.broker.failures.get((group, ref), [])) + 1))
         return taken
@@ -93,6 +110,31 @@ class MemorySource:
     def done(self, group: str, ref: str, unfinished: Unfinished | None = None) -> None:
         self.broker.taken.pop((group, ref), None)
         self.broker.failures.pop((group, ref), None)
+        self._next_in_line((group, ref))
+
+    def _admitted(self, group: str, ref: str, entry: tuple[str, bytes]) -> bool:
+        """Unordered, or its sequence's free head: handed out; else it waits in its line."""
+        key = (group, ref)
+        seq = self.lines.seq_of.get(key)
+        if seq is None:
+            try:
+                ordering_key = key_of_bytes(entry[1], format_for(entry[0]), self.rules.get(group))
+            except InvalidMessage:
+                return True
+            if ordering_key is None:
+                return True
+            seq = (group, ordering_key)
+        if self.lines.admit(key, seq):
+            return True
+        self.waiting[key] = entry
+        return False
+
+    def _next_in_line(self, key: Key) -> None:
+        head = self.lines.finish(key)
+        if head is not None:
+            queue = self.broker.queue(head[0])
+            queue[head[1]] = self.waiting.pop(head)
+            queue.move_to_end(head[1], last=False)
 
     def requeue(self, group: str, ref: str, *, later: float = 0.0) -> None:
         entry = self.broker.taken.pop((group, ref), None)
@@ -104,10 +146,14 @@ class MemorySource:
             queue = self.broker.queue(group)
             queue[ref] = entry
             queue.move_to_end(ref, last=False)  # it was next once; it is next again
+        self.lines.back((group, ref), (group, ref))
 
     def delay(self, group: str, ref: str, until: float) -> None:
-        """Held as a requeue for later is (one process: nothing to survive)."""
+        """Held as a requeue for later is (one process: nothing to survive); a message of a sequence leaves its
+        line meanwhile (the next may run) and joins its end when due, as a new arrival."""
         self.requeue(group, ref, later=max(until - time.time(), 0.001))
+        self.delayed.add((group, ref))
+        self._next_in_line((group, ref))
 
     def record_failure(self, group: str, ref: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
         history = self.broker.failures.setdefault((group, ref), [])
@@ -119,6 +165,7 @@ class MemorySource:
         if entry is None:
             return False
         self.broker.failures.pop((group, ref), None)
+        self._next_in_line((group, ref))
         self.broker.dead.append(ErrorEntry(group, ref, dict(record, data=entry[1].decode(errors="replace"))))
         if nack is not None:
             self.broker.nacks[(group, str(nack["id"]))] = nack
@@ -135,8 +182,14 @@ class MemorySource:
     def holds_acks(self) -> bool:
         return False
 
+    @property
+    def sequenced(self) -> dict[Key, Any]:
+        return self.lines.seq_of
+
     def stats(self) -> dict[str, Any]:
-        groups = {g: {"queued": len(q), "errors": sum(1 for e in self.broker.dead if e.group == g),
+        waiting = self.lines.waiting_by_group()
+        groups = {g: {"queued": len(q) + waiting.get(g, 0), "waiting": waiting.get(g, 0),
+                      "errors": sum(1 for e in self.broker.dead if e.group == g),
                       "oldestQueuedAge": None} for g, q in self.broker.queues.items()}
         return {"groups": groups, "transport": {"stranded": 0, "full": False, "ackHolds": 0, "error": None}}
 

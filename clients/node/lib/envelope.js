@@ -97,7 +97,7 @@ export function timeWindow({ delay, notBefore, ttl, expiresAt } = {}, now = Date
 
 /** A fresh wire envelope, validated as the receiver will validate it. */
 export function buildEnvelope(group, type, payload, {
-  id, requiresAck = false, replyTo, extra, delay, notBefore, ttl, expiresAt,
+  id, requiresAck = false, replyTo, orderingKey, extra, delay, notBefore, ttl, expiresAt,
 } = {}) {
   const window = timeWindow({ delay, notBefore, ttl, expiresAt });
   checkGroupName(group);
@@ -117,6 +117,13 @@ export function buildEnvelope(group, type, payload, {
     requiresAck,
   };
   if (replyTo !== undefined && replyTo !== null) envelope.replyTo = replyTo;
+  if (orderingKey !== undefined && orderingKey !== null) {
+    if (typeof orderingKey !== 'string' || orderingKey.length < 1 || orderingKey.length > 200) {
+      throw new InvalidMessage(
+        `invalid envelope: orderingKey must be a string of 1-200 characters, got ${short(orderingKey)}`);
+    }
+    envelope.orderingKey = orderingKey; // its sequence: handled one at a time, in publish order
+  }
   Object.assign(envelope, window);
   if (extra !== undefined && extra !== null) {
     if (typeof extra !== 'object' || Array.isArray(extra)) {
@@ -159,7 +166,8 @@ export function prepare(group, type, payload, options = {}) {
     id: envelope.id,
     group,
     type,
-    name: `${envelope.id}.json`,
+    // A message of a sequence is marked: the supervisor reads its key before it hands it out.
+    name: envelope.orderingKey === undefined ? `${envelope.id}.json` : `${envelope.id}.ordered.json`,
     data,
     timestamp: envelope.timestamp,
     envelope,

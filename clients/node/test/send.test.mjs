@@ -151,3 +151,21 @@ test('a delayed message is handled, not before its notBefore; its ack wait count
   const seen = await pool.waitForRecord((r) => r.id === id, `the handler to receive ${id}`);
   assert.ok(seen.at * 1000 >= Date.parse(seen.extra.notBefore), 'never handed out before its notBefore');
 });
+
+test('an orderingKey is on the wire, the file is marked and stamped in publish order', async (t) => {
+  const root = await tempDir(t);
+  const ids = [];
+  for (let n = 0; n < 5; n += 1) ids.push(await send('main', 'task', { n }, { root, orderingKey: 'chat-42' }));
+  const dir = path.join(root, 'main', 'messages');
+  const times = [];
+  for (const id of ids) {
+    const file = path.join(dir, `${id}.ordered.json`);
+    assert.equal(JSON.parse(await fsp.readFile(file, 'utf8')).orderingKey, 'chat-42');
+    times.push((await fsp.stat(file, { bigint: true })).mtimeNs);
+  }
+  assert.ok(times.every((t, i) => i === 0 || t > times[i - 1]), 'rising modification times');
+  assert.throws(() => prepare('main', 'task', {}, { orderingKey: 'x'.repeat(201) }), InvalidMessage);
+  const both = prepare('main', 'task', {}, { orderingKey: 'chat-42', delay: 30, ttl: 60 });
+  assert.equal(both.envelope.orderingKey, 'chat-42', 'an ordered message can be delayed and expire too');
+  assert.ok(both.envelope.notBefore && both.envelope.expiresAt);
+});

@@ -36,6 +36,7 @@ from typing import Any
 from ipcpool.config import Config
 from ipcpool.errors import InvalidMessage
 from ipcpool.message import Summary, decode, format_for, sniff, summarize
+from ipcpool.ordering import key_at_publish
 from ipcpool.records import nack_body
 from ipcpool.transport.bridge.relay import AnswerRelay, relay_field, relay_value
 from ipcpool.transport.redis.connection import UNAVAILABLE
@@ -139,7 +140,8 @@ class Ingest:
             reply = publish(self.scripts, self.keys, group, stem, stem, result.data,
                             fmt, inbox, digest,
                             self.config.spool.max_queued, max(1, int(self.config.ack.retention)), marker,
-                            relay=relay)
+                            relay=relay, sequence=key_at_publish(self.local.sequences.rules, group, name,
+                                                                 result.data))
         except UNAVAILABLE:
             self.local.requeue(group, name, later=RETRY_LATER)
             raise

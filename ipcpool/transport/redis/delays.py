@@ -5,9 +5,11 @@ supervisor then runs ``HOLD``: the entry's fields into a list of their own, its
 id into the group's sorted set scored by the due time (ms, rounded up: never
 early), XACK and XDEL, in one script, so it is in the stream or in the set,
 never both, never neither. ``RELEASE`` moves what is due back into the stream
-(XADD: a new entry, read by whichever supervisor reads next), also in one
-script: whichever supervisor runs it first moves an entry, the others find it
-gone, so each is handed out once however many supervisors look.
+(XADD: a new entry, read by whichever supervisor reads next; an entry of a
+sequence is pushed onto the end of its line with it: it takes its place in the
+sequence at its due time), also in one script: whichever supervisor runs it
+first moves an entry, the others find it gone, so each is handed out once
+however many supervisors look.
 
 Nothing scans the set: each supervisor runs ``RELEASE`` when the earliest due
 time it knows of has come (what it held itself, and what the last ``RELEASE``
@@ -39,8 +41,9 @@ redis.call('DEL', KEYS[4])
 return 1
 """
 
-# KEYS: delayed set, stream; ARGV: now (ms), count, the entries' list key prefix.
-# Returns {moved, more due (1/0), the next due time (ms) or false}.
+# KEYS: delayed set, stream; ARGV: now (ms), count, the entries' list key prefix, the group's lines' key prefix.
+# Returns {moved, more due (1/0), the next due time (ms) or false}. An entry of a sequence (its field k) joins
+# the end of its line with its new id, in the same step as the XADD (ipcpool.ordering: its place at its due time).
 RELEASE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local moved = 0
@@ -48,7 +51,10 @@ for _, entry in ipairs(due) do
   local list = ARGV[3] .. entry
   local fields = redis.call('LRANGE', list, 0, -1)
   if #fields > 0 then
-    redis.call('XADD', KEYS[2], '*', unpack(fields))
+    local id = redis.call('XADD', KEYS[2], '*', unpack(fields))
+    for i = 1, #fields - 1, 2 do
+      if fields[i] == 'k' then redis.call('RPUSH', ARGV[4] .. fields[i + 1], id) end
+    end
     moved = moved + 1
   end
   redis.call('DEL', list)
@@ -94,7 +100,8 @@ class DelayedSets:
         pipe = self.client.pipeline(transaction=False)
         for group in groups:
             self._release(keys=[self.keys.delayed(group), self.keys.stream(group)],
-                          args=[now_ms, RELEASE_COUNT, self.keys.delayed_entry(group, "")], client=pipe)
+                          args=[now_ms, RELEASE_COUNT, self.keys.delayed_entry(group, ""),
+                                self.keys.sequence(group, "")], client=pipe)
         replies = pipe.execute() if groups else []
         moved, more, nexts = 0, False, []
         for count, left, after in replies:

@@ -10,6 +10,7 @@ import redis.exceptions
 
 from ipcpool.config import Config
 from ipcpool.message import MESSAGE_ID
+from ipcpool.ordering import MARK, key_at_publish, rules_of
 from ipcpool.records import ErrorEntry
 from ipcpool.transport.redis.connection import UNAVAILABLE, connect, unavailable
 from ipcpool.transport.redis.keys import CONSUMER_GROUP, Keys
@@ -122,9 +123,13 @@ class RedisDeadLetters:
         fields = self._fields(entry) or {}
         stem = _text(fields.get(b"s")) or entry.message_id
         data = fields.get(b"m") or b""
+        fmt = _text(fields.get(b"f"))
+        # Its sequence, if it has one, at the end of its line (read as a marked message: one retry, one read).
+        sequence = key_at_publish(rules_of(self.inspector.config), entry.group, f"{stem}{MARK}{fmt}", data)
         reply = publish(self.scripts, self.keys, entry.group, f"{stem}@retried-{entry.file}", stem, data,
-                        _text(fields.get(b"f")), _text(fields.get(b"i")) or "messages",
-                        hashlib.sha1(data).hexdigest(), 0, max(1, int(self.inspector.config.ack.retention)))
+                        fmt, _text(fields.get(b"i")) or "messages",
+                        hashlib.sha1(data).hexdigest(), 0, max(1, int(self.inspector.config.ack.retention)),
+                        sequence=sequence)
         pipe = self.client.pipeline(transaction=True)
         pipe.xdel(self.keys.dead(entry.group), entry.file)
         if MESSAGE_ID.match(entry.message_id):

@@ -57,6 +57,10 @@ class Keys:
     def deliveries(self, group: str, entry: str) -> str:
         return f"{self.p}:deliveries:{group}:{entry}"
 
+    def sequence(self, group: str, key: str) -> str:
+        """A sequence's line: its entries in stream order, the head first (``ipcpool.ordering``)."""
+        return f"{self.p}:seq:{group}:{key}"
+
     def dead(self, group: str) -> str:
         return f"{self.p}:dead:{group}"
 

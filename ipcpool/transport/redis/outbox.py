@@ -22,6 +22,7 @@ from typing import Any
 from ipcpool.config import Config
 from ipcpool.errors import MessageExists, QueueFull
 from ipcpool.message import format_for
+from ipcpool.ordering import key_at_publish, rules_of, unmarked
 from ipcpool.transport.redis.connection import (
     UNAVAILABLE,
     Lane,
@@ -51,6 +52,7 @@ class RedisOutbox:
         self.outage = Outage(config, "sender", gives_up_after=config.redis.outage_timeout)
         self.max_queued = config.spool.max_queued
         self.ttl = max(1, int(config.ack.retention))
+        self.rules = rules_of(config)  # the groups that order their messages: their lines are kept in Redis
 
     def _retry(self, operation: Callable[[], Any]) -> Any:
         return retrying(self.outage, self.config.redis.outage_timeout, operation)
@@ -59,10 +61,12 @@ class RedisOutbox:
         """Groups are registered by the first publish (and the supervisors' config)."""
 
     def publish(self, group: str, name: str, data: bytes) -> None:
-        stem = name.rsplit(".", 1)[0]
+        stem = unmarked(name.rsplit(".", 1)[0])  # the key goes with the entry (field k): the mark has done its job
         digest = hashlib.sha1(data).hexdigest()
+        sequence = key_at_publish(self.rules, group, name, data)
         reply = self._retry(lambda: publish(self.scripts, self.keys, group, stem, stem, data, format_for(name) or "",
-                                            "messages", digest, self.max_queued, self.ttl, client=self.lane))
+                                            "messages", digest, self.max_queued, self.ttl, client=self.lane,
+                                            sequence=sequence))
         verdict = reply[0] if reply else b""
         if verdict == b"exists":
             raise MessageExists(group, name)
@@ -70,7 +74,7 @@ class RedisOutbox:
             raise QueueFull(group, self.max_queued)
 
     def present(self, group: str, name: str, message_id: str) -> bool:
-        stem = name.rsplit(".", 1)[0]
+        stem = unmarked(name.rsplit(".", 1)[0])
         return bool(self._retry(lambda: self.client.exists(self.keys.queued(group, stem),
                                                            self.keys.ack(group, message_id))))
 

@@ -34,13 +34,14 @@ class StreamReader:
         self.fd = self._connection._sock.fileno()
         self.outstanding = True
 
-    def read(self) -> list[tuple[str, str]]:
-        """The entries the read took, as (group, entry id); raises what Redis raises (the read is over)."""
+    def read(self) -> list[tuple[str, str, str | None]]:
+        """The entries the read took, as (group, entry id, its sequence's key or None: ``lines``); raises what
+        Redis raises (the read is over)."""
         self.outstanding = False
         reply = self._connection.read_response()
         prefix = len(self.keys.stream(""))
-        return [(_text(stream)[prefix:], _text(entry_id)) for stream, entries in reply or ()
-                for entry_id, _fields in entries]
+        return [(_text(stream)[prefix:], _text(entry_id), sequence_of(fields)) for stream, entries in reply or ()
+                for entry_id, fields in entries]
 
     def drop(self) -> None:
         """The connection failed (or we close): entries a read may have taken unread come back to this
@@ -50,3 +51,15 @@ class StreamReader:
         self.outstanding = False
         self._connection.disconnect()
         self._connection = None
+
+
+def sequence_of(fields: Any) -> str | None:
+    """An entry's sequence key (its field ``k``, set by the publish script, last), or None. ``fields``: a dict
+    (redis-py's reply), or the flat list a raw connection reads."""
+    if not fields:
+        return None
+    if isinstance(fields, dict):
+        key = fields.get(b"k")
+    else:
+        key = fields[-1] if len(fields) >= 2 and fields[-2] == b"k" else None
+    return None if key is None else _text(key)

@@ -25,6 +25,8 @@ Their KEYS and ARGV are spelled out where they are called (``calls`` below).
   at once, so the stream holds only what is queued or in flight.
 - ``quarantine``: the message and its record into the dead-letter stream, the
   nack (and the sender's answer), XACK, XDEL, forget the name and its deliveries.
+- ``heads``: which entries of sequences head their lines (``ipcpool.ordering``: a line is a list per
+  sequence, pushed by ``publish`` in stream order; only its head may run, on any supervisor).
 - ``renew``: extend the lease on entries this consumer still owns (XCLAIM to
   itself, JUSTID: the delivery counter is untouched); entries another
   consumer took meanwhile are left alone and named in the reply. An entry no
@@ -68,7 +70,14 @@ end
 local limit = tonumber(ARGV[6])
 if limit > 0 and redis.call('XLEN', KEYS[1]) >= limit then return {'full'} end
 if ARGV[9] == '1' then redis.call('SET', KEYS[4], '1', 'EX', 86400) end
-local id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[1], 'f', ARGV[2], 's', ARGV[3], 'i', ARGV[4], 'q', ARGV[10])
+local id
+if ARGV[13] == '1' then  -- a message of a sequence: its line gets it in stream order, in the same step
+  id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[1], 'f', ARGV[2], 's', ARGV[3], 'i', ARGV[4], 'q', ARGV[10],
+                  'k', ARGV[14])
+  redis.call('RPUSH', KEYS[6], id)
+else
+  id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[1], 'f', ARGV[2], 's', ARGV[3], 'i', ARGV[4], 'q', ARGV[10])
+end
 redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[7])
 redis.call('SADD', KEYS[3], ARGV[8])
 if ARGV[12] ~= '' then  -- a bridged file whose writer waits for answers in its local root (relay.py)
@@ -135,6 +144,25 @@ if entry['q'] then redis.call('DEL', ARGV[7] .. entry['q']) end
 return 1
 """
 
+# KEYS: per entry asked, its sequence's line and its stream; ARGV: the entries. Per entry: 1 when it heads its
+# line (or has none: a line lost with Redis's data never holds anything back), else 0. A head no longer in
+# its stream (handled, dead-lettered or removed: the completion does not touch the line) leaves it first.
+HEADS = """
+local out = {}
+for i = 1, #ARGV do
+  local line, stream, entry = KEYS[2 * i - 1], KEYS[2 * i], ARGV[i]
+  local verdict = 0
+  while true do
+    local head = redis.call('LINDEX', line, 0)
+    if not head or head == entry then verdict = 1 break end
+    if #redis.call('XRANGE', stream, head, head) > 0 then break end
+    redis.call('LPOP', line)
+  end
+  out[i] = verdict
+end
+return out
+"""
+
 RENEW = """
 local lost = {}
 for i = 3, #ARGV do
@@ -195,17 +223,27 @@ class Scripts:
         self.release = client.register_script(RELEASE)
         self.tick = client.register_script(TICK)
         self.reclaim = client.register_script(RECLAIM)
+        self.heads = client.register_script(HEADS)
 
 
 def publish(scripts: Scripts, keys: Any, group: str, name: str, stem: str, data: bytes, fmt: str, inbox: str,
             digest: str, max_queued: int, ttl: int, marker: str | None = None, *, client: Any = None,
-            relay: tuple[str, str, str] | None = None) -> list[Any]:
-    """``relay``: (the relay hash, its field, its value) for a bridged file whose writer waits for answers."""
+            relay: tuple[str, str, str] | None = None, sequence: str | None = None) -> list[Any]:
+    """``relay``: (the relay hash, its field, its value) for a bridged file whose writer waits for answers;
+    ``sequence``: its sequence's key (``ipcpool.ordering``), kept as its field ``k`` and put in that line."""
     relay_key, relay_field, relay_value = relay or (keys.groups, "", "")
+    line = keys.sequence(group, sequence) if sequence is not None else keys.groups
     return scripts.publish(keys=[keys.stream(group), keys.queued(group, name), keys.groups,
-                                 marker or keys.queued(group, name), relay_key],
+                                 marker or keys.queued(group, name), relay_key, line],
                            args=[data, fmt, stem, inbox, digest, max_queued, ttl, group, "1" if marker else "0",
-                                 name, relay_field, relay_value], client=client)
+                                 name, relay_field, relay_value, "0" if sequence is None else "1", sequence or ""],
+                           client=client)
+
+
+def heads(scripts: Scripts, keys: Any, entries: list[tuple[str, str, str]], *, client: Any = None) -> Any:
+    """Which of ``entries`` ((group, sequence key, entry id)) head their lines: one 0 or 1 each."""
+    names = [name for group, key, _entry in entries for name in (keys.sequence(group, key), keys.stream(group))]
+    return scripts.heads(keys=names, args=[entry for _group, _key, entry in entries], client=client)
 
 
 def publish_due(scripts: Scripts, keys: Any, group: str, stem: str, data: bytes, fmt: str, digest: str,

@@ -65,7 +65,8 @@ from ipcpool.transport.redis.delays import DelayedSets
 from ipcpool.transport.redis.figures import QueueFigures
 from ipcpool.transport.redis.journal import Journal
 from ipcpool.transport.redis.keys import CONSUMER_GROUP, Keys
-from ipcpool.transport.redis.reader import StreamReader
+from ipcpool.transport.redis.lines import MAX_WAITING, Lines
+from ipcpool.transport.redis.reader import StreamReader, sequence_of
 from ipcpool.transport.redis.scripts import Scripts, complete, quarantine
 from ipcpool.transport.redis.store import _text
 
@@ -131,6 +132,7 @@ class RedisSource:
         self.next_groups = 0.0
         self.next_reclaim = 0.0
         self._housekeeping = False
+        self.lines = Lines(self.keys, self.scripts)  # entries of sequences: handed out only as their line's head
 
     # -- the Source interface -----------------------------------------------------------------------------------
 
@@ -198,6 +200,8 @@ class RedisSource:
             if self._housekeeping:
                 self._housekeeping = False
                 self._prune()
+            for key in self.lines.check(self.client, now):
+                self._enqueue(key)
             self._issue_read()
         except UNAVAILABLE as exc:
             self._lost(exc)
@@ -240,6 +244,7 @@ class RedisSource:
         self.out.discard(key)
         self.lost.discard(key)
         self.failures.pop(key, None)
+        self.lines.finished(key)
         if unfinished is None:
             return
         if isinstance(unfinished, DeadLetterLater):  # the journal's shapes (kept across restarts, as JSON)
@@ -267,7 +272,8 @@ class RedisSource:
 
     def delay(self, group: str, ref: str, until: float) -> None:
         """Into the group's delayed set until due (see delays.py); with Redis away, held here in memory as a
-        requeue for later is (still pending under this consumer: a restart recovers it, and it comes back)."""
+        requeue for later is (still pending under this consumer: a restart recovers it, and it comes back).
+        A message of a sequence leaves its line (the next may run) and joins its end again when it is due."""
         key = (group, ref)
         self.out.discard(key)
         self.failures.pop(key, None)
@@ -276,9 +282,11 @@ class RedisSource:
             return
         try:
             self.delays.hold(group, ref, until)
-        except UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:  # still in the stream: a sequence's line waits for it (Redis is away anyway)
             self._lost(exc)
             self.later[key] = self.clock() + max(until - time.time(), 0.001)
+            return
+        self.lines.finished(key)  # out of the stream: its line moves on; it joins the end when due (delays.py)
 
     def record_failure(self, group: str, ref: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
         key = self.keys.deliveries(group, ref)
@@ -297,6 +305,7 @@ class RedisSource:
         self.out.discard(key)
         self.lost.discard(key)
         self.failures.pop(key, None)
+        self.lines.finished(key)
         try:
             return bool(self._dead_letter(group, ref, record, nack))
         except UNAVAILABLE as exc:
@@ -333,7 +342,8 @@ class RedisSource:
         said once, dropped from what waits here, and not renewed again.
         """
         by_group: dict[str, list[str]] = {}
-        for group, ref in {*self.held, *self.out, *self.queue, *self.later, *self.pending_work} - self.lost:
+        for group, ref in {*self.held, *self.out, *self.queue, *self.later, *self.pending_work,
+                           *self.lines.waiting} - self.lost:
             by_group.setdefault(group, []).append(ref)
         pipe = self.client.pipeline(transaction=False)
         self.scripts.tick(keys=[self.keys.alive, self.keys.reclaim_hold], args=[self.gap_ms, self.lease_ms],
@@ -352,9 +362,10 @@ class RedisSource:
         if key in self.lost:
             return
         self.lost.add(key)
-        waiting = key in self.queue or key in self.later
+        waiting = key in self.queue or key in self.later or key in self.lines.waiting
         self.queue.pop(key, None)
         self.later.pop(key, None)
+        self.lines.finished(key)
         log.error("lost the lease on group=%s entry=%s: another supervisor took it (this one was out of touch "
                   "longer than [redis] lease); %s", key[0], key[1],
                   "it is left to that one" if waiting else "its handler may run twice")
@@ -368,12 +379,15 @@ class RedisSource:
         (:mod:`figures`); none read while Redis is known to be away (the last figures stand)."""
         names = sorted(self.groups)
         buffered: dict[str, list[str]] = {g: [] for g in names}  # taken by this supervisor, not handed out yet
-        for group, ref in (*self.queue, *self.later):
+        for group, ref in (*self.queue, *self.later, *self.lines.waiting):  # waiting: read, behind a busy head
             if group in buffered:
                 buffered[group].append(ref)
         groups = self.figures.read(names, buffered, skip=self.outage.down)
         for group, held in self._delayed_figures(names).items():
             groups.setdefault(group, {}).update(held)
+        for group, waiting in self.lines.waiting_by_group().items():
+            if group in groups:  # read here, waiting behind a busy sequence (queued all the same)
+                groups[group]["waiting"] = waiting
         trouble = {"full": False, "stranded": len(self.pending_work), "ackHolds": 0,
                    "error": self.outage.describe(),
                    "consumer": self.consumer, "redisDown": self.outage.down, **self.bridge.stats()}
@@ -400,6 +414,10 @@ class RedisSource:
     def holds_acks(self) -> bool:
         return False
 
+    @property
+    def sequenced(self) -> dict[tuple[str, str], str]:
+        return self.lines.key_of
+
     def close(self) -> None:
         """Hand back what no worker started: the others may take it at once, not after the lease.
 
@@ -411,7 +429,7 @@ class RedisSource:
                 self._finish_pending()
             except UNAVAILABLE:
                 pass
-        waiting = list(self.queue) + list(self.later)
+        waiting = list(self.queue) + list(self.later) + self.lines.drop_waiting()
         self.queue.clear()
         self.later.clear()
         self._release(waiting)
@@ -428,7 +446,8 @@ class RedisSource:
 
     def _issue_read(self) -> None:
         """Keep one blocking XREADGROUP outstanding while the pool has room and nothing waits here."""
-        if self.reader.outstanding or not self.groups or self.room <= len(self.queue):
+        if self.reader.outstanding or not self.groups or self.room <= len(self.queue) or \
+                len(self.lines.waiting) >= MAX_WAITING:
             return
         self.reader.issue(self.consumer, sorted(self.groups), min(MAX_READ, self.room - len(self.queue)))
 
@@ -443,16 +462,18 @@ class RedisSource:
             self.groups.clear()
             self.next_groups = 0.0
             return
-        for key in taken:
-            self._enqueue(key)
+        for group, ref, sequence in taken:
+            self._enqueue((group, ref), sequence)
 
-    def _enqueue(self, key: tuple[str, str]) -> None:
-        if key not in self.out and key not in self.later and key not in self.pending_work:
+    def _enqueue(self, key: tuple[str, str], sequence: str | None = None) -> None:
+        """Queued to hand out, unless an entry of a sequence not (yet) known to head its line: that waits."""
+        if key not in self.out and key not in self.later and key not in self.pending_work and \
+                self.lines.admit(key, sequence):
             self.queue[key] = None
 
     def _take_back_unknown(self) -> None:
         """After an outage: entries Redis gave this consumer that it never heard of (a read cut short)."""
-        known = self.out | set(self.queue) | set(self.later) | set(self.pending_work)
+        known = self.out | set(self.queue) | set(self.later) | set(self.pending_work) | set(self.lines.waiting)
         before = len(self.queue)
         self._recover(skip=known)
         if len(self.queue) > before:
@@ -472,7 +493,7 @@ class RedisSource:
                     key = (group, _text(entry_id))
                     if fields and key not in skip and key not in self.queue:
                         self.lost.discard(key)  # this consumer's again
-                        self._enqueue(key)
+                        self._enqueue(key, sequence_of(fields))
                         recovered += 1
         self._learn_failures([key for key in self.queue if key not in skip])
         if recovered and not skip:
@@ -512,8 +533,21 @@ class RedisSource:
             self.lost.difference_update(claimed)
             log.warning("reclaimed %d messages from supervisors that stopped renewing their lease", len(claimed))
             self._learn_failures(claimed)
+            sequences = self._sequences_of(claimed)
             for key in claimed:
-                self._enqueue(key)
+                self._enqueue(key, sequences.get(key))
+
+    def _sequences_of(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """The sequence keys of reclaimed entries (a reclaim returns ids only), in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for group, ref in keys:
+            pipe.xrange(self.keys.stream(group), ref, ref)
+        found = {}
+        for key, entries in zip(keys, pipe.execute(), strict=True):
+            sequence = sequence_of(entries[0][1]) if entries else None
+            if sequence is not None:
+                found[key] = sequence
+        return found
 
     def _learn_failures(self, keys: list[tuple[str, str]]) -> None:
         if not keys:

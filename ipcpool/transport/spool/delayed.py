@@ -9,7 +9,8 @@ ordered by due time, says what is next, and the loop looks only at each heap's
 head. A restart rebuilds the heaps from one listing of each ``delayed/``: the
 names say it all, no file is opened. At its due time a message is renamed back
 into its inbox under its own name (a copy's name when that one is taken, as a
-requeue does) and is claimed as a new arrival; every rename is a no-replace
+requeue does), with a modification time of now, and is claimed as a new arrival
+(a message of a sequence joins the end of its line: ``ipcpool.ordering``); every rename is a no-replace
 one, and one rename is the whole move, so a SIGKILL at any point leaves the
 message in exactly one folder and it is handed out once.
 
@@ -126,6 +127,10 @@ class DelayedFiles:
             return None
         key_name = parsed[1]
         source = self.folders.path(group, DELAYED, name)
+        try:  # an arrival of now: a sequence's scan after a restart puts it where it joined its line, at its due time
+            os.utime(source, follow_symlinks=False)
+        except OSError:
+            pass  # only that order after a restart is lost: it goes by its publish time then
         target = key_name
         for attempt in range(1, 100):
             try:

@@ -36,7 +36,7 @@ STAGING_DIR = "staging"
 DELIVERIES_DIR = "deliveries"
 MAX_NAME_BYTES = 180  # longer message names are shortened in errors/ so every derived name fits in 255
 NAME_MAX = 255  # bytes in one file name (Linux, macOS): a name ipcpool derives never exceeds it
-_COPY_SUFFIX = re.compile(r"\.(?:requeued|retried)\d+(?:-[0-9a-f]+)?\Z")
+_COPY_SUFFIX = re.compile(r"(?:\.ordered)?(?:\.(?:requeued|retried)\d+(?:-[0-9a-f]+)?)?\Z")  # and a sequence's mark
 RETRIED_DIR = "retried"
 RETRIED = f"errors/{RETRIED_DIR}"  # records of retried messages, kept [spool] retried_retention
 ERROR_SUFFIX = ".error.json"
@@ -69,7 +69,8 @@ def split_name(name: str) -> tuple[str, str]:
 
 
 def message_stem(name: str) -> str:
-    """A message file's name without its inbox, extension or a copy suffix ipcpool added (``.requeued1``)."""
+    """A message file's name without its inbox, extension, a copy suffix ipcpool added (``.requeued1``) or the
+    mark of a sequence's message (``<id>.ordered.json``: ``ipcpool.ordering``)."""
     name = name[name.rfind("/") + 1:]
     stem = name.rsplit(".", 1)[0] if "." in name else name
     return _COPY_SUFFIX.sub("", stem) if "." in stem else stem

@@ -42,7 +42,14 @@ class Reader:
         Raises FileNotFoundError when it vanished, InvalidMessage (with the
         reason) when it must not be read.
         """
-        path = self.path(group, PROCESSING, name)
+        return self._read(self.path(group, PROCESSING, name), lease=True)
+
+    def read_queued(self, group: str, name: str) -> ReadResult:
+        """The same read of a file still in its inbox (the supervisor reads a sequence key before it claims;
+        never a lease: the file is not ours yet)."""
+        return self._read(self.folders.inbox_path(group, name), lease=False)
+
+    def _read(self, path: str, *, lease: bool) -> ReadResult:
         try:
             fd = os.open(path, _OPEN_READ)
         except OSError as exc:
@@ -72,7 +79,7 @@ class Reader:
             data = os.read(fd, asked)
             if len(data) == asked:  # it grew after fstat (a direct writer): read on, up to the limit
                 data = self._read_rest(fd, data, limit)
-            return ReadResult(data, st.st_mtime, len(data), self._recyclable(fd, st))
+            return ReadResult(data, st.st_mtime, len(data), self._recyclable(fd, st) if lease else None)
         finally:
             os.close(fd)
 

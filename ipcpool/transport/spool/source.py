@@ -31,6 +31,7 @@ from typing import Any
 from ipcpool.config import Config
 from ipcpool.errors import SpoolError
 from ipcpool.message import Summary, format_for, summarize_bytes
+from ipcpool.ordering import MARK
 from ipcpool.transport.base import AckHeld, DeadLetterLater, Unfinished
 from ipcpool.transport.spool.delayed import DelayedFiles
 from ipcpool.transport.spool.housekeeping import SLICE, prune_steps, run_slice
@@ -41,6 +42,7 @@ from ipcpool.transport.spool.layout import (
     message_stem,
 )
 from ipcpool.transport.spool.ledgerclock import LedgerClock
+from ipcpool.transport.spool.sequences import HAND_OUT, SETTLE, SpoolSequences
 from ipcpool.transport.spool.spool import Spool
 from ipcpool.transport.spool.stranded import ACK, QUARANTINE, REQUEUE, RETRY_INTERVAL, Stranded
 from ipcpool.transport.spool.watcher import CLOSED, FILE, GROUP, LOST, OVERFLOW, Hint, make_watcher
@@ -48,6 +50,7 @@ from ipcpool.transport.spool.watcher import CLOSED, FILE, GROUP, LOST, OVERFLOW,
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (group, name): a file's name in messages/, or "tasks/<name>"
+LOOKAHEAD = 256  # files one take() may put in line behind busy sequences (each is read): the loop never stalls
 
 
 class SpoolSource:
@@ -82,6 +85,10 @@ class SpoolSource:
         self._ledger_clock: LedgerClock | None = None  # the acks' pruning clock, made at open()
         self.next_rescan = 0.0
         self.next_stranded_retry = 0.0
+        self.sequences = SpoolSequences(config, self.spool.reader)  # ordered messages' lines (ipcpool.ordering)
+        self._waiting = self.sequences.lines.waiting  # behind a busy head: not offered again by a rescan
+        self._in_line = self.sequences.lines.seq_of  # every message of a sequence this supervisor knows
+        self._lined_up_more = False  # take() stopped putting files in line: more to look at, at once
 
     # -- the Source interface ----------------------------------------------------------------------
 
@@ -136,7 +143,9 @@ class SpoolSource:
             self._continue_rescan()
         if self._housekeeping is not None:
             self._continue_housekeeping()
-        return bool(self.rescan_queue) or self._housekeeping is not None or bool(self._hints) or delayed_left
+        more, self._lined_up_more = self._lined_up_more, False
+        return (more or bool(self.rescan_queue) or self._housekeeping is not None or bool(self._hints)
+                or delayed_left)
 
     def backlog(self) -> int:
         return len(self.pending)
@@ -145,14 +154,26 @@ class SpoolSource:
         return self.delayed.next_due()
 
     def take(self, n: int) -> list[tuple[str, str, int]]:
+        """Claim the oldest; a file that can be in a sequence is first admitted by its line (it may wait).
+        At most LOOKAHEAD files are put in line per call (each is read): a long fifo backlog is sorted in
+        slices, and poll() says to come back at once."""
         taken: list[tuple[str, str, int]] = []
         pending = self.pending
+        ordered_groups = self.sequences.rules
+        lookahead = LOOKAHEAD
         while n > 0 and pending:
             key, _seen = pending.popitem(last=False)
             if key in self.taken:
                 self.blocked.add(key)
                 continue
-            if not self._claim(key):
+            if key[0] in ordered_groups or MARK in key[1]:
+                if not self._admitted(key):
+                    lookahead -= 1
+                    if not lookahead:
+                        self._lined_up_more = True
+                        break
+                    continue
+            elif not self._claim(key):
                 continue
             self.taken.add(key)
             history = self.failures.get(key)
@@ -163,6 +184,8 @@ class SpoolSource:
     def done(self, group: str, ref: str, unfinished: Unfinished | None = None) -> None:
         key = (group, ref)
         self.taken.discard(key)
+        if key in self._in_line:
+            self._next_in_line(key)
         if key in self.failures:
             del self.failures[key]
             self.spool.deliveries.drop(*key)
@@ -191,16 +214,21 @@ class SpoolSource:
 
     def delay(self, group: str, ref: str, until: float) -> None:
         """Into delayed/ until due (see delayed.py); a name that cannot go there waits as a settling file does,
-        in memory and in processing/ (a restart finds it there, and its worker hands it back again)."""
+        in memory and in processing/ (a restart finds it there, and its worker hands it back again).
+
+        A message of a sequence steps out of its line either way, and the sequence goes on: once due it comes
+        back as a new arrival and joins the end of its line (it takes its place at its due time)."""
         key = (group, ref)
         try:
             self.delayed.hold(group, ref, until)
         except OSError as exc:
             log.warning("cannot hold a delayed message in delayed/ (%s); it waits in memory group=%s file=%s",
                         exc, group, ref)
+            self._next_in_line(key)
             self.requeue(group, ref, later=max(until - time.time(), 0.001))
             return
         self.taken.discard(key)
+        self._next_in_line(key)
         if self.failures.pop(key, None) is not None:  # its poison count starts again when it is due
             self.spool.deliveries.drop(*key)
         self._unblock(key)
@@ -219,11 +247,13 @@ class SpoolSource:
             done = False
         except OSError as exc:
             self.stranded.add(key, QUARANTINE, exc, record=record, nack=nack)
+            self._next_in_line(key)  # its sequence moves on: it is bound for errors/, not for a handler
             return False  # its history stays until the move is made
         else:
             done = True
         self.failures.pop(key, None)
         self.spool.deliveries.drop(*key)
+        self._next_in_line(key)
         self._unblock(key)
         return done
 
@@ -256,6 +286,11 @@ class SpoolSource:
                 entry["queued"] += 1
                 if entry["oldestQueuedAge"] is None:
                     entry["oldestQueuedAge"] = round(now - seen, 3)
+        for group, waiting in self.sequences.lines.waiting_by_group().items():
+            entry = groups.get(group)
+            if entry is not None:  # queued all the same, behind a busy sequence
+                entry["queued"] += waiting
+                entry["waiting"] = waiting
         errors = [e.error for e in self.stranded.entries.values()]
         trouble = {"full": self.stranded.no_space, "stranded": len(self.stranded), "ackHolds": self.stranded.ack_holds,
                    "error": errors[0] if errors else None, "unservedGroups": dict(sorted(self.unserved.items())),
@@ -264,6 +299,10 @@ class SpoolSource:
 
     def announce(self, status: dict[str, Any]) -> None:
         """One supervisor per root: status.json says it all."""
+
+    @property
+    def sequenced(self) -> dict[Key, Any]:
+        return self._in_line
 
     @property
     def holds_acks(self) -> bool:
@@ -330,6 +369,8 @@ class SpoolSource:
         if not is_message_name(name):
             return
         key = (group, name)
+        if key in self._waiting:
+            return
         if key in self.settling:
             if not closed:
                 return
@@ -381,7 +422,7 @@ class SpoolSource:
         except OSError as exc:
             log.error("cannot scan group %s: %s", group, exc)
             return
-        for name in names:
+        for name in self.sequences.scan_order(group, names):
             self.offer(group, name, now)
 
     def rescan(self) -> None:
@@ -479,8 +520,10 @@ class SpoolSource:
         if name is None:
             if self.failures.pop(key, None) is not None:  # it was handled after all
                 self.spool.deliveries.drop(*key)
+            self._next_in_line(key)
             return None
         back = (key[0], name)
+        self.sequences.lines.back(key, back)  # still its sequence's head: it goes before what is behind it
         history = self.failures.pop(key, None)
         if history is not None:
             self.failures[back] = history
@@ -508,6 +551,31 @@ class SpoolSource:
             return
         log.info("ACK written for a handled message that had to wait for it group=%s id=%s",
                  key[0], message_id or key[1])
+
+    def _admitted(self, key: Key) -> bool:
+        """Whether a file that can be in a sequence is claimed now: unordered, or its line's free head; else it
+        waits in its line (or, its key not readable yet, settles). A head that cannot be claimed stays the head
+        (offered again by the claim's own put-back or a rescan), unless it is gone: then its line moves on."""
+        verdict = self.sequences.admit(key)
+        if verdict is not HAND_OUT:
+            if verdict is SETTLE:
+                self.settling[key] = self.clock() + self.config.spool.settle_time
+            return False
+        if self._claim(key):
+            return True
+        if key in self.sequences.lines.seq_of:
+            if os.path.lexists(self.spool.folders.inbox_path(*key)):
+                self.sequences.lines.back(key, key)
+            else:
+                self._next_in_line(key)
+        return False
+
+    def _next_in_line(self, key: Key) -> None:
+        """``key`` left its sequence (done, dead-lettered, gone): the next of its line is offered first."""
+        head = self.sequences.lines.finish(key)
+        if head is not None:
+            self.pending[head] = self.clock()
+            self.pending.move_to_end(head, last=False)
 
     def _unblock(self, key: Key) -> None:
         """A copy of this name waited in its inbox for this one to be done: offer it now."""

@@ -16,6 +16,7 @@ import stat
 import time
 
 from ipcpool.errors import MessageExists
+from ipcpool.ordering import is_marked
 from ipcpool.portable import rename_noreplace
 from ipcpool.transport.spool.layout import MESSAGES, TMP, Folders
 
@@ -197,6 +198,8 @@ class Writer:
         fd = os.open(tmp_path, _OPEN_WRITE, self.folders.file_mode(MESSAGES))
         try:
             self._fill(fd, data, self.folders.file_mode(MESSAGES) if self.folders.shared else None)
+            if is_marked(name):
+                stamp_in_order(tmp_path)  # closed by now: by its name, in tmp/ (ours until the rename)
             for _attempt in range(PUBLISH_ATTEMPTS):
                 try:
                     rename_noreplace(tmp_path, final)
@@ -217,6 +220,25 @@ class Writer:
         if self.fsync:
             self.fsync_dir(self.folders.path(group, MESSAGES))
         return final
+
+
+_last_stamp = 0
+
+
+def stamp_in_order(path: str) -> None:
+    """Give a message of a sequence a modification time after the last one this process published.
+
+    After a restart or a rescan, a sequence is ordered by modification time then name; the kernel's file
+    times are coarse (a few milliseconds), so two messages published one after the other could tie, and a
+    tie goes by name (random ids). Strictly rising times keep one writer's order across restarts too.
+    """
+    global _last_stamp
+    now = max(time.time_ns(), _last_stamp + 1000)
+    _last_stamp = now
+    try:
+        os.utime(path, ns=(now, now), follow_symlinks=False)
+    except OSError:
+        pass  # only a finer order after a restart is lost: the kernel's time stands
 
 
 def read_regular(path: str, limit: int) -> bytes | None:
