@@ -1369,6 +1369,9 @@ def scratch_env(scratch: Path) -> dict[str, str]:
         env.pop(name, None)
     env["PYTHONPATH"] = str(scratch)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    # A test skipped for a missing tool catches nothing: the baseline fails instead, naming the tool
+    # (a full run once counted a mutation as survived because libfaketime was not installed).
+    env.update(IPCPOOL_REQUIRE_TOOLS="1", IPCPOOL_REQUIRE_REDIS="1", IPCPOOL_REQUIRE_NODE="1")
     return env
 
 
