@@ -10,6 +10,7 @@ a writer's hand-made window like that is expired at hand-out instead.
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,7 @@ from ipcpool.errors import InvalidMessage
 NOT_BEFORE = "notBefore"
 EXPIRES_AT = "expiresAt"
 EXPIRED = "expired"  # the dead-letter reason, and what a sender's MessageRejected says
+LATEST = 253_402_300_799.999  # 9999-12-31T23:59:59.999Z: the last time an ISO-8601 string can write
 
 
 class BadWindow(InvalidMessage, ValueError):
@@ -74,9 +76,16 @@ def _as_epoch(value: Any, key: str) -> float:
 
 
 def _seconds(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         raise BadWindow(f"{key} must be a number of seconds, 0 or more")
     return float(value)
+
+
+def _writable(epoch: float, key: str) -> float:
+    """A time the wire can carry: from 1970 to the year 9999 (a time past it cannot be written back)."""
+    if not math.isfinite(epoch) or not 0 <= epoch <= LATEST:
+        raise BadWindow(f"{key} must fall between 1970-01-01 and 9999-12-31 (UTC)")
+    return epoch
 
 
 def window(*, delay: float | None = None, not_before: Any = None, ttl: float | None = None,
@@ -97,7 +106,7 @@ def window(*, delay: float | None = None, not_before: Any = None, ttl: float | N
     elif not_before is not None:
         due = _as_epoch(not_before, "not_before")
     if due is not None:
-        keys[NOT_BEFORE] = format_iso(due)
+        keys[NOT_BEFORE] = format_iso(_writable(due, "not_before" if delay is None else "delay"))
     expires: float | None = None
     if ttl is not None:
         if _seconds(ttl, "ttl") <= 0:
@@ -106,6 +115,7 @@ def window(*, delay: float | None = None, not_before: Any = None, ttl: float | N
     elif expires_at is not None:
         expires = _as_epoch(expires_at, "expires_at")
     if expires is not None:
+        _writable(expires, "expires_at" if ttl is None else "ttl")
         if due is not None and expires <= due:
             raise BadWindow(f"the message would expire ({format_iso(expires)}) before it is due "
                             f"({format_iso(due)}): it could never be handed out")

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 from conftest import backend_config as _config
-from conftest import ipcpool_cli, records, wait_until
+from conftest import ipcpool_cli, records, wait_until, write_config
 
 from ipcpool import AsyncClient, Client, MessageRejected
 from ipcpool.msgtime import BadWindow, format_iso, parse_iso
@@ -186,6 +186,9 @@ def test_the_cli_sends_a_window_and_refuses_one_that_never_opens(tmp_path, root,
     bad = ipcpool_cli(env, tmp_path, "send", "--config", str(config), "-g", "main", "-t", "task",
                       "--not-before", "2026-12-24T08:00:00")
     assert bad.returncode == 2 and "zone" in bad.stderr, bad.stderr
+    for option, value in (("--delay", "99999999999d"), ("--not-before", "9999-12-31T23:59:59-23:59")):
+        beyond = ipcpool_cli(env, tmp_path, "send", "--config", str(config), "-g", "main", "-t", "task", option, value)
+        assert beyond.returncode == 2 and "between 1970-01-01 and 9999-12-31" in beyond.stderr, beyond.stderr
     sup = supervisor_factory(config)
     sent = ipcpool_cli(env, tmp_path, "send", "--config", str(config), "-g", "main", "-t", "task",
                        "--delay", "1s", "--ttl", "1h", "--ack", "--timeout", "60")
@@ -201,6 +204,10 @@ def test_a_window_that_can_never_open_is_refused_before_it_is_sent(tmp_path, roo
             client.send("main", "task", {}, delay=60, ttl=30)
         with pytest.raises(BadWindow):
             client.send("main", "task", {}, delay=1, not_before=time.time())
+        for window in ({"delay": float("inf")}, {"delay": 1e20}, {"not_before": 1e20}, {"not_before": float("nan")},
+                       {"expires_at": float("-inf")}, {"ttl": float("inf")}):
+            with pytest.raises(BadWindow):  # a clear error, not an OverflowError from deep inside
+                client.send("main", "task", {}, **window)
     assert list((root / "main" / "messages").iterdir()) == []
 
 
@@ -238,9 +245,12 @@ def test_the_delayed_folder_is_its_own_timetable(tmp_path):
     from ipcpool.transport.spool.delayed import DelayedFiles, delayed_name, parse_delayed
     from ipcpool.transport.spool.spool import Spool
 
-    assert parse_delayed(delayed_name(1_700_000_000_123, "tasks/a-b.json")) == (1_700_000_000_123, "tasks/a-b.json")
+    inboxes = ("messages", "tasks")
+    assert parse_delayed(delayed_name(1_700_000_000_123, "tasks/a-b.json"), inboxes) == (1_700_000_000_123,
+                                                                                        "tasks/a-b.json")
     assert parse_delayed(delayed_name(5, "x-1.json")) == (5, "x-1.json")
     assert parse_delayed("not-a-due-time.json") is None
+    assert parse_delayed(delayed_name(5, "tasks/a.json")) is None, "an inbox this group does not have"
     spool = Spool(tmp_path / "ipc", inboxes=("messages", "tasks"), private_staging=True)
     spool.folders.ensure_root()
     spool.folders.ensure_group("main")
@@ -260,3 +270,27 @@ def test_the_delayed_folder_is_its_own_timetable(tmp_path):
     assert (tmp_path / "ipc" / "main" / "tasks" / "two.json").exists()
     assert list(fresh.due(4000.0)) == [("main", "three.requeued1.json")]
     assert fresh.heaps == {} and list((tmp_path / "ipc" / "main" / "delayed").iterdir()) == []
+
+
+def test_strangers_in_the_delayed_folder_are_left_alone_and_never_stop_a_start(tmp_path, root, supervisor_factory):
+    """delayed/ is the supervisor's, but a hand or an old version may leave anything there. A name is the
+    only record of where its file goes back: one that could send it outside its inbox (``..``, ``acks``,
+    not a message's name) or whose due time is not plain ASCII digits is left alone, logged once, and the
+    pool starts and serves (a '²' once made every start exit 1; ``1-..-x.json`` moved a file to the root)."""
+    config = write_config(tmp_path / "c.toml", root)
+    delayed = root / "main" / "delayed"
+    delayed.mkdir(parents=True)
+    delayed.chmod(0o700)
+    strangers = ["\u00b2-messages-x.json", "1-..-escaped.json", "1-acks-fake-id.ack", "1-messages-.hidden.json",
+                 "99999999999999999999-messages-late.json", "1-messages-notes.txt"]
+    for name in strangers:
+        (delayed / name).write_text('{"id": "x", "type": "task", "payload": {}}')
+    (delayed / "1-messages-due.json").write_text('{"id": "due", "type": "task", "payload": {}, "requiresAck": true}')
+    sup = supervisor_factory(config)
+    wait_until(lambda: (root / "main" / "acks" / "due.ack").exists(), 30, message="the real one handed out")
+    assert sorted(p.name for p in delayed.iterdir()) == sorted(strangers), "strangers left where they are"
+    assert not (root / "escaped.json").exists() and not (root / "main" / "acks" / "fake-id.ack").exists()
+    assert all(sup.log().count(f"file={name}") == 1 for name in strangers[1:]), sup.log()
+    sup.stop()
+    again = supervisor_factory(config)  # and a restart still starts
+    again.stop()

@@ -26,11 +26,20 @@ import heapq
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
+from ipcpool.message import format_for
 from ipcpool.msgtime import format_iso
 from ipcpool.portable import rename_noreplace
-from ipcpool.transport.spool.layout import DELAYED, MESSAGES, PROCESSING, Folders, copy_name, split_name
+from ipcpool.transport.spool.layout import (
+    DELAYED,
+    MESSAGES,
+    PROCESSING,
+    Folders,
+    copy_name,
+    is_message_name,
+    split_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +53,21 @@ def delayed_name(due_ms: int, key_name: str) -> str:
     return f"{due_ms}-{inbox}-{base}"
 
 
-def parse_delayed(name: str) -> tuple[int, str] | None:
-    """(due ms, the key it goes back under: ``name`` or ``<inbox>/name``), or None for a stranger."""
+LAST_DUE_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the latest time an ISO-8601 notBefore can say
+
+
+def parse_delayed(name: str, inboxes: Collection[str] = (MESSAGES,)) -> tuple[int, str] | None:
+    """(due ms, the key it goes back under: ``name`` or ``<inbox>/name``), or None for a stranger.
+
+    Only a name this module could have written parses: ASCII digits of a time an ISO string can hold, one
+    of the group's inboxes (never ``..`` or ``acks``: the name is all that says where the file goes back),
+    and a message file's name (``x.json``, ``x.msgpack``).
+    """
     due, _, rest = name.partition("-")
     inbox, _, base = rest.partition("-")
-    if not due.isdigit() or not inbox or not base or base.startswith("."):
+    if not (due.isascii() and due.isdigit()) or int(due) > LAST_DUE_MS or inbox not in inboxes:
+        return None
+    if not is_message_name(base) or format_for(base) is None:
         return None
     return int(due), base if inbox == MESSAGES else f"{inbox}/{base}"
 
@@ -67,7 +86,7 @@ class DelayedFiles:
         try:
             with os.scandir(self.folders.path(group, DELAYED)) as listing:
                 for entry in listing:
-                    parsed = parse_delayed(entry.name)
+                    parsed = parse_delayed(entry.name, self.folders.inboxes)
                     if parsed is None:
                         if (group, entry.name) not in self._strangers:
                             self._strangers.add((group, entry.name))
@@ -122,7 +141,7 @@ class DelayedFiles:
 
     def _release(self, group: str, name: str) -> str | None:
         """delayed/<name> -> its inbox (under a copy's name when its own is taken); the key, or None."""
-        parsed = parse_delayed(name)
+        parsed = parse_delayed(name, self.folders.inboxes)
         if parsed is None:
             return None
         key_name = parsed[1]
