@@ -422,7 +422,7 @@ class SpoolSource:
         except OSError as exc:
             log.error("cannot scan group %s: %s", group, exc)
             return
-        for name in self.sequences.scan_order(group, names):
+        for name in self.sequences.scan_order(group, names, self.pending):
             self.offer(group, name, now)
 
     def rescan(self) -> None:
