@@ -261,7 +261,8 @@ def test_recipe_a_writer_running_as_root_into_folders_ipcpool_owns(foreign):
         assert _write_as(fp, root, "request", "root-request", uid=0, gid=0) == "42"
         assert _write_as(fp, root, "nack", "root-bad", uid=0, gid=0) == "rejected"
         outcome, reason = _write_as(fp, root, "unreadable", "root-private", uid=0, gid=0).split("|")
-        assert outcome == "rejected" and "not readable by the supervisor's user" in reason, reason
+        assert outcome == "rejected", outcome
+        assert "not readable by the supervisor's user: the file is 0600, owned by uid 0" in reason, reason
         kept = [p.name for p in (root / "main" / "errors").iterdir() if p.name.endswith("root-private.json")]
         assert kept, "the message itself is kept in errors/, not lost"
         assert os.stat(root / "main").st_uid == IPCPOOL_UID

@@ -213,7 +213,7 @@ def test_an_unmarked_file_in_a_group_without_ordering_is_not_read_for_a_key(tmp_
     """The supervisor reads no body it has no reason to (unordered traffic keeps today's cost): an orderingKey
     in an unmarked file of a group with no ordering configured is a key like any other, not a sequence."""
     cfg = config(tmp_path, root, handlers={"task": "recorder:record"})
-    supervisor_factory(cfg)
+    sup = supervisor_factory(cfg)
     gate = tmp_path / "gate"
     for n, payload in enumerate(({"gate": str(gate)}, {"n": 1})):
         body = {"id": f"plain{n}", "type": "task", "payload": payload, "orderingKey": "k", "requiresAck": True}
@@ -222,6 +222,9 @@ def test_an_unmarked_file_in_a_group_without_ordering_is_not_read_for_a_key(tmp_
     wait_until(lambda: (root / "main" / "acks" / "plain1.ack").exists(), 30, message="the second beside the first")
     gate.touch()
     wait_until(lambda: (root / "main" / "acks" / "plain0.ack").exists(), 30, message="the gated one")
+    # but its writer is told, once per message, what the key needs
+    warned = [line for line in sup.log().splitlines() if "has an orderingKey but is not ordered" in line]
+    assert len(warned) == 2 and all("<id>.ordered.json" in line for line in warned), sup.log()
 
 
 def test_an_envelope_with_an_invalid_ordering_key_is_refused_with_the_reason():

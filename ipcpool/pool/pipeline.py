@@ -24,8 +24,20 @@ from typing import Any
 from ipcpool.config import Config
 from ipcpool.errors import InvalidMessage, SpoolError, TransportUnavailable
 from ipcpool.handlers import HandlerTable
-from ipcpool.message import IPCMessageType, Message, Summary, decode, encode, now_iso, sniff, summarize, to_message
+from ipcpool.message import (
+    ORDERING_KEY,
+    IPCMessageType,
+    Message,
+    Summary,
+    decode,
+    encode,
+    now_iso,
+    sniff,
+    summarize,
+    to_message,
+)
 from ipcpool.msgtime import EXPIRED, EXPIRES_AT, NOT_BEFORE, read_window
+from ipcpool.ordering import MARK, rules_of
 from ipcpool.pool.protocol import SLOT_ACK_HOLDS, SLOT_SEQ, SLOT_STARTED, Info, Later, Outcome, OutsideBeat
 from ipcpool.records import nack_body
 from ipcpool.retry import handler_retrying
@@ -58,6 +70,8 @@ class DeliveryPipeline:
         self._settle = config.spool.settle_time
         self._log_messages = config.log.messages  # the INFO line per finished message
         self._allowed = {g: set(c.allowed_types) for g, c in config.groups.items() if c.allowed_types}
+        # On the spool, a file whose orderingKey the supervisor could not have read first (see ipcpool.ordering)
+        self._unsequenced = None if config.transport.backend != "spool" else set(rules_of(config))
         self._record_heartbeats = not handlers.has(_HEARTBEAT)  # outside processes' heartbeats: recorded
         self._pid = os.getpid()
         # One tenacity policy for the worker's life, reused per delivery (building one per message
@@ -136,6 +150,8 @@ class DeliveryPipeline:
                      message.id, group, message.type, extra={"outcome": "duplicate"})
             return Outcome.DUPLICATE, None
         extra = message.extra
+        if extra and ORDERING_KEY in extra and self._unsequenced is not None:
+            self._warn_unsequenced(message, name)
         if extra and (NOT_BEFORE in extra or EXPIRES_AT in extra):  # {} for every envelope without extra keys
             timed = self._check_window(message, name)
             if timed is not None:
@@ -183,6 +199,14 @@ class DeliveryPipeline:
             log.info("IPC message handled id=%s group=%s type=%s in %.1f ms", message.id, group, message.type,
                      elapsed_ms, extra={"outcome": "handled", "duration_ms": round(elapsed_ms, 3)})
         return Outcome.HANDLED, info
+
+    def _warn_unsequenced(self, message: Message, name: str) -> None:
+        """An orderingKey the supervisor never read: an unmarked file in a group without ordering settings
+        runs beside its sequence, not in it. Said, so a writer by hand learns the name mark it needs."""
+        if MARK not in name and message.group not in self._unsequenced:
+            log.warning("IPC message has an orderingKey but is not ordered id=%s group=%s type=%s file=%s: name "
+                        "the file <id>.ordered.json (docs/spool-format.md) or set [groups.%s] ordering",
+                        message.id, message.group, message.type, name, message.group)
 
     def _check_window(self, message: Message, name: str) -> tuple[Outcome, Info] | None:
         """notBefore and expiresAt, looked at here, where the body is parsed already: None when it may run now.

@@ -203,6 +203,10 @@ class Folders:
             raise SpoolError(f"{path} is owned by uid {st.st_uid}, not by this user (uid {self.euid}); ipcpool "
                              f"must own its folders: `chown -R {self.euid} {path}`, or run ipcpool as its owner")
         if stat.S_IMODE(st.st_mode) != mode:
+            if path == self.root and not self.shared and st.st_mode & stat.S_ISGID and st.st_mode & stat.S_IRWXG:
+                log.warning("root %s was made for shared mode (setgid, mode %o) but [spool] mode is \"private\": "
+                            "writers in its group lose access now; set [spool] mode = \"shared\" if they write here",
+                            path, stat.S_IMODE(st.st_mode))
             log.info("folder %s had mode %o; setting the documented %o", path, stat.S_IMODE(st.st_mode), mode)
             os.chmod(path, mode)
 

@@ -58,8 +58,7 @@ class Reader:
             if exc.errno == errno.ENXIO:
                 raise InvalidMessage("refused: a socket or device, not a regular file") from exc
             if exc.errno in (errno.EACCES, errno.EPERM):
-                raise InvalidMessage("refused: not readable by the supervisor's user (check the writer's umask)") \
-                    from exc
+                raise InvalidMessage(_unreadable(path)) from exc
             raise
         try:
             st = os.fstat(fd)
@@ -137,3 +136,15 @@ def _kind(mode: int) -> str:
     if stat.S_ISLNK(mode):
         return "symbolic link"
     return "special file"
+
+
+def _unreadable(path: str) -> str:
+    """Why a writer's file cannot be read, with what it is and the fix (a refusal's reason, in its nack)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return "refused: not readable by the supervisor's user (check the writer's umask)"
+    return (f"refused: not readable by the supervisor's user: the file is {stat.S_IMODE(st.st_mode):04o}, owned by "
+            f"uid {st.st_uid} gid {st.st_gid}; write it group-readable (0640, umask 027) in a shared root, or "
+            f"world-readable (0644) by another user into a private one")
+
