@@ -61,6 +61,7 @@ from ipcpool.pool.handle import StopReason, WorkerState, mp_context
 from ipcpool.pool.lifecycle import Lifecycle
 from ipcpool.pool.limits import Limits
 from ipcpool.pool.orphans import wait_for_old_workers
+from ipcpool.pool.protocol import SLOT_DRAIN_BY
 from ipcpool.pool.reload import Reloader
 from ipcpool.pool.scheduler import Scheduler
 from ipcpool.pool.state import PoolState, SupervisorState
@@ -377,6 +378,8 @@ class Supervisor:
         now = self.clock()
         self.limits.drain_deadline = now + self.config.pool.shutdown_grace
         for worker in pool.workers:
+            # The worker's own limit (see ipcpool.pool.worker) waits for the drain's deadline too.
+            worker.shared[SLOT_DRAIN_BY] = time.monotonic() + self.config.pool.shutdown_grace
             worker.stop(StopReason.DRAIN, now)
 
     # -- timers ------------------------------------------------------------------------------------------------------

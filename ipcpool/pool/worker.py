@@ -15,6 +15,15 @@ itself (``kill``, or a signal to the whole process group as systemd and
 SIGTERM the worker gives that delivery ``[pool] shutdown_grace``, timed by its
 heartbeat thread (woken by the signal), then exits with EXIT_WORKER_GRACE
 and the supervisor puts it back. At ``max_tasks`` it retires (``Retiring``).
+
+Its own limit: the supervisor times handlers out (``[pool] handler_timeout``,
+SIGKILL after ``kill_grace``), but a supervisor that is stopped (SIGSTOP) or
+frozen is not gone, so nothing would. A third thread ends the worker itself,
+with EXIT_WORKER_OVERTIME, once the running attempt has outlived
+:func:`handler_limit` (the supervisor's own kill plus WORKER_LIMIT_MARGIN): a
+live supervisor's kill comes first, and the bound on how long any handler runs
+holds whatever the supervisor does (on Redis, what keeps a sequence's order
+across supervisors: docs/redis.md).
 """
 
 from __future__ import annotations
@@ -34,8 +43,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ipcpool import portable
-from ipcpool.config import Config
-from ipcpool.errors import EXIT_OK, EXIT_WORKER_BOOT, EXIT_WORKER_GRACE, HandlerNotFound
+from ipcpool.config import Config, PoolConfig
+from ipcpool.errors import EXIT_OK, EXIT_WORKER_BOOT, EXIT_WORKER_GRACE, EXIT_WORKER_OVERTIME, HandlerNotFound
 from ipcpool.handlers import Handler, HandlerTable, resolve_all
 from ipcpool.localroot import LocalRoot
 from ipcpool.ops import proctitle
@@ -43,6 +52,8 @@ from ipcpool.ops.health import heartbeat_envelope, pid_alive, process_create_tim
 from ipcpool.ops.tally import Labels, Tally
 from ipcpool.pool.pipeline import DeliveryPipeline
 from ipcpool.pool.protocol import (
+    SLOT_DRAIN_BY,
+    SLOT_STARTED,
     BootError,
     Done,
     Heartbeat,
@@ -62,6 +73,14 @@ log = logging.getLogger(__name__)
 
 IDLE_REPORT_DELAY_MS = 20  # how long finished results wait for more work before being reported
 REPLY_RETRY_MS = 500  # how often a response that could not be written is tried again
+# How much longer than the supervisor's own kill (handler_timeout, SIGKILL after kill_grace) a worker lets a
+# handler run before it ends itself: room for a live supervisor's loop to come first.
+WORKER_LIMIT_MARGIN = 1.0
+
+
+def handler_limit(pool: PoolConfig) -> float:
+    """Seconds one handler attempt may run before its worker ends itself (EXIT_WORKER_OVERTIME)."""
+    return pool.handler_timeout + pool.kill_grace + WORKER_LIMIT_MARGIN
 
 # The outcomes a worker counts for /metrics, under their metric names (an outside
 # heartbeat was handled; unsettled, returned, unreachable and vanished are not finished).
@@ -221,6 +240,42 @@ class Worker:
                 self.pipeline.ack_failed(key[0], info)
         self._unsettled.clear()
 
+    # -- its own limit --------------------------------------------------------------------------
+
+    def limit_loop(self) -> None:
+        """End this worker when the running attempt outlives :func:`handler_limit` (in a drain: the drain's
+        deadline too), whatever the supervisor does. Its own thread: the heartbeat thread may wait on a full
+        pipe to a frozen supervisor."""
+        shared = self.spec.shared
+        limit = handler_limit(self.config.pool)
+        idle = self.config.heartbeat.interval
+        while True:
+            started = shared[SLOT_STARTED]
+            if started <= 0:
+                time.sleep(idle)
+                continue
+            deadline = started + limit
+            drain_by = shared[SLOT_DRAIN_BY]
+            if drain_by > 0:  # a live supervisor lets a running handler finish within shutdown_grace
+                deadline = max(deadline, drain_by + self.config.pool.kill_grace + WORKER_LIMIT_MARGIN)
+            wait = deadline - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            elif shared[SLOT_STARTED] == started:  # the same attempt is still running
+                self._overtime(time.monotonic() - started, limit)
+
+    def _overtime(self, ran: float, limit: float) -> None:
+        """Say which message, then exit EXIT_WORKER_OVERTIME: the supervisor blames it as a timeout."""
+        pool = self.config.pool
+        current = self.pipeline.current_message or {}
+        where = self.pipeline.current
+        said = threading.Thread(target=_say_overtime, daemon=True, args=(
+            self._pid, ran, limit, pool.handler_timeout, pool.kill_grace, current.get("id", "-"),
+            current.get("type", "-"), current.get("group") or (where[0] if where else "-")))
+        said.start()
+        said.join(1.0)  # a log line stuck on a full stderr never keeps the worker alive
+        os._exit(EXIT_WORKER_OVERTIME)
+
     # -- heartbeats ----------------------------------------------------------------------------
 
     def _outlive_supervisor(self, supervisor: int) -> None:
@@ -297,6 +352,15 @@ def _alive(pid: int, born: float, pidfd: int | None) -> bool:
     if pidfd is not None:
         return not select.select([pidfd], [], [], 0)[0]
     return pid_alive(pid, born)
+
+
+def _say_overtime(pid: int, ran: float, limit: float, timeout: float, kill_grace: float, message_id: str,
+                  message_type: str, group: str) -> None:
+    log.error("worker %d: handler ran %.1fs, past its limit %gs (handler_timeout %gs + kill_grace %gs + %gs) and "
+              "the supervisor did not stop it (stopped or frozen?); the worker exits with code %d, the message "
+              "counts as timed out id=%s type=%s group=%s", pid, ran, limit, timeout, kill_grace,
+              WORKER_LIMIT_MARGIN, EXIT_WORKER_OVERTIME, message_id, message_type, group)
+    _flush_stdio()
 
 
 def _drain(fd: int) -> None:
@@ -379,6 +443,7 @@ def worker_main(spec: WorkerSpec) -> None:
             target=worker.heartbeat_loop, args=(spec.config.heartbeat.interval, wake_r), name="heartbeat",
             daemon=True,
         ).start()
+        threading.Thread(target=worker.limit_loop, name="handler-limit", daemon=True).start()
         code = worker.run()
     except (BrokenPipeError, EOFError, ConnectionError):
         log.warning("worker %d: supervisor is gone; exiting", os.getpid())
