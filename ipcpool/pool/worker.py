@@ -20,7 +20,7 @@ Its own limit: the supervisor times handlers out (``[pool] handler_timeout``,
 SIGKILL after ``kill_grace``), but a supervisor that is stopped (SIGSTOP) or
 frozen is not gone, so nothing would. A third thread ends the worker itself,
 with EXIT_WORKER_OVERTIME, once the running attempt has outlived
-:func:`handler_limit` (the supervisor's own kill plus WORKER_LIMIT_MARGIN): a
+:func:`~ipcpool.config.handler_limit` (the supervisor's own kill plus WORKER_LIMIT_MARGIN): a
 live supervisor's kill comes first, and the bound on how long any handler runs
 holds whatever the supervisor does (on Redis, what keeps a sequence's order
 across supervisors: docs/redis.md).
@@ -43,7 +43,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ipcpool import portable
-from ipcpool.config import Config, PoolConfig
+from ipcpool.config import WORKER_LIMIT_MARGIN, Config, handler_limit
 from ipcpool.errors import EXIT_OK, EXIT_WORKER_BOOT, EXIT_WORKER_GRACE, EXIT_WORKER_OVERTIME, HandlerNotFound
 from ipcpool.handlers import Handler, HandlerTable, resolve_all
 from ipcpool.localroot import LocalRoot
@@ -73,14 +73,6 @@ log = logging.getLogger(__name__)
 
 IDLE_REPORT_DELAY_MS = 20  # how long finished results wait for more work before being reported
 REPLY_RETRY_MS = 500  # how often a response that could not be written is tried again
-# How much longer than the supervisor's own kill (handler_timeout, SIGKILL after kill_grace) a worker lets a
-# handler run before it ends itself: room for a live supervisor's loop to come first.
-WORKER_LIMIT_MARGIN = 1.0
-
-
-def handler_limit(pool: PoolConfig) -> float:
-    """Seconds one handler attempt may run before its worker ends itself (EXIT_WORKER_OVERTIME)."""
-    return pool.handler_timeout + pool.kill_grace + WORKER_LIMIT_MARGIN
 
 # The outcomes a worker counts for /metrics, under their metric names (an outside
 # heartbeat was handled; unsettled, returned, unreachable and vanished are not finished).
