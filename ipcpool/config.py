@@ -426,24 +426,23 @@ def handler_limit(pool: PoolConfig) -> float:
 def ordering_lease_advice(config: Config) -> str | None:
     """On Redis, why a sequence's order across supervisors may not hold through a frozen or dead one, or None.
 
-    After its last renewal a stopped supervisor's worker runs at most what it holds (``prefetch``
-    deliveries), each ended by the worker itself at :func:`handler_limit`; another supervisor reclaims
-    after ``[redis] lease`` without a renewal, and renewals are ``[heartbeat] interval`` apart.
+    A stopped supervisor renewed its leases at most one ``[heartbeat] interval`` before it stopped; its
+    workers start nothing queued once its loop has not run for an interval, and end what runs at
+    :func:`handler_limit`; the others reclaim after ``[redis] lease`` without a renewal.
     A warning, not an error: the defaults do not meet it, a deployment that worked must still start after
     an upgrade, and whether order is relied on is the senders' choice (``orderingKey``) as much as the config's.
     """
     if config.transport.backend != "redis":
         return None
-    pool = config.pool
-    bound = pool.prefetch * handler_limit(pool) + config.heartbeat.interval
+    pool, interval = config.pool, config.heartbeat.interval
+    bound = handler_limit(pool) + 2 * interval
     if bound < config.redis.lease:
         return None
     ordered = sorted(name for name, group in config.groups.items() if group.ordering != "none" or group.ordering_field)
     which = f"groups {', '.join(ordered)}" if ordered else "messages with an orderingKey"
     return (f"{config.path or 'config'}: warning: order across supervisors ({which}) does not hold through a "
-            f"stopped, frozen or dead supervisor: [pool] prefetch x ([pool] handler_timeout + [pool] kill_grace + "
-            f"{WORKER_LIMIT_MARGIN:g}s) + [heartbeat] interval = {pool.prefetch} x ({pool.handler_timeout:g} + "
-            f"{pool.kill_grace:g} + {WORKER_LIMIT_MARGIN:g}) + {config.heartbeat.interval:g} = {bound:g}s is not "
-            f"below [redis] lease ({config.redis.lease:g}s), so another supervisor may run a sequence's message "
-            f"while its worker still runs the one before; lower prefetch (1) or handler_timeout, or raise lease "
-            f"(docs/redis.md)")
+            f"stopped, frozen or dead supervisor: [pool] handler_timeout + [pool] kill_grace + "
+            f"{WORKER_LIMIT_MARGIN:g}s + 2 x [heartbeat] interval = {pool.handler_timeout:g} + {pool.kill_grace:g} + "
+            f"{WORKER_LIMIT_MARGIN:g} + 2 x {interval:g} = {bound:g}s is not below [redis] lease "
+            f"({config.redis.lease:g}s), so another supervisor may run a sequence's message while a worker still "
+            f"runs the one before; lower handler_timeout or kill_grace, or raise lease (docs/redis.md)")

@@ -1064,6 +1064,11 @@ MUTATIONS: tuple[Mutation, ...] = (
               "tests/test_worker_limit.py::test_on_redis_a_frozen_supervisor_never_runs_a_sequences_head_beside_"
               "the_one_that_reclaimed_it"),
              "a worker ends a handler past handler_timeout + kill_grace itself, its supervisor stopped or frozen"),
+    Mutation("worker-starts-its-queue-under-a-stopped-supervisor", "ipcpool/pool/worker.py",
+             "            if self._supervisor_stalled():\n", "            if False:\n",
+             ("tests/test_worker_limit.py::test_a_stopped_supervisors_worker_starts_nothing_more_from_its_queue_"
+              "until_it_runs_again",),
+             "a worker starts nothing queued while its supervisor's loop (and so its lease renewals) is stopped"),
     Mutation("worker-judges-its-supervisor-by-start-time", "ipcpool/pool/worker.py",
              "                    if not _alive(supervisor, born, watch):",
              "                    if not _alive(supervisor, born, None):",

@@ -72,11 +72,42 @@ def test_a_stopped_supervisors_worker_ends_an_overlong_handler_itself_and_the_me
     assert not files(root, "main", "acks")
 
 
+def test_a_stopped_supervisors_worker_starts_nothing_more_from_its_queue_until_it_runs_again(
+        tmp_path, root, supervisor_factory):
+    """A message queued in a worker's prefetch does not start while the supervisor is stopped (on Redis its
+    lease is not renewed meanwhile); continued, it runs."""
+    cfg = write_config(tmp_path / "c.toml", root, handlers=HANDLERS,
+                       sections={"pool": {**LIMITS, "handler_timeout": 5.0, "prefetch": 2}})
+    records = tmp_path / "records"
+
+    def events(kind: str) -> list[int]:
+        return [line["n"] for line in runs(str(records)) if line["ev"] == kind]
+
+    with Client.from_config(cfg) as client:  # either may go first (same mtime: name order)
+        for n in (0, 1):
+            client.send("main", "task", {"key": "k", "n": n, "work": 2.0})
+    sup = supervisor_factory(cfg)
+    wait_until(lambda: events("start"), 20, message="the first message started")
+    wait_until(lambda: [(w["running"], w["held"]) for w in (sup.status() or {}).get("workers", [])] == [(1, 1)], 20,
+               message="the second message in the worker's queue")
+    assert not events("end"), "the first still runs"
+    sup.signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: "messages wait here until it does" in sup.log(), 15, message="the worker holding back")
+        assert _stopped(sup.pid)
+        first = events("start")
+        assert len(first) == 1 and events("end") == first, "only the first ran, to its end"
+    finally:
+        sup.signal(signal.SIGCONT)
+    wait_until(lambda: sorted(events("end")) == [0, 1], 20, message="the second handled once the supervisor runs")
+    assert "the supervisor runs again; starting what waits here" in sup.log()
+
+
 def test_on_redis_a_frozen_supervisor_never_runs_a_sequences_head_beside_the_one_that_reclaimed_it(
         tmp_path, env, redis_url, redis_prefix):
     """The review's scenario: message 0 of a key runs long on A, A is stopped, B takes over after the lease
     and runs 1 and 2; A's worker has ended 0 by then, and 0 ends once (dead-lettered, never handled)."""
-    # handler_timeout + kill_grace + 1 s + heartbeat interval = 2.75 s < lease 4 s: the documented condition.
+    # handler_timeout + kill_grace + 1 s + 2 x heartbeat interval = 3 s < lease 4 s: the documented condition.
     sections = {"transport": {"backend": "redis"}, "redis": {"url": redis_url, "prefix": redis_prefix, "lease": 4.0},
                 "pool": LIMITS}
     configs = []
@@ -127,14 +158,14 @@ def test_check_and_run_warn_when_an_ordered_redis_setup_cannot_keep_order_throug
     redis_sections = {"transport": {"backend": "redis"}, "redis": {"url": "redis://127.0.0.1:1/0", "lease": 6.0},
                       "groups.main": {"ordering": "fifo"}}
     tight = write_config(tmp_path / "tight.toml", root, handlers=HANDLERS,
-                         sections={**redis_sections, "pool": {**LIMITS, "prefetch": 3}})
+                         sections={**redis_sections, "pool": {**LIMITS, "handler_timeout": 4.0}})
     said = ordering_lease_advice(load_config(tight))
-    assert said is not None and "groups main" in said and "3 x (1 + 0.5 + 1) + 0.25 = 7.75s" in said
+    assert said is not None and "groups main" in said and "4 + 0.5 + 1 + 2 x 0.25 = 6s" in said
     assert "[redis] lease (6s)" in said
     done = run_cli(env, tmp_path, "check", "--config", str(tight))
     assert done.returncode == 0 and said in done.stderr
     fits = write_config(tmp_path / "fits.toml", root, handlers=HANDLERS,
-                        sections={**redis_sections, "pool": {**LIMITS, "prefetch": 1}})
-    assert ordering_lease_advice(load_config(fits)) is None  # 1 x (1 + 0.5 + 1) + 0.25 = 2.75s < 6s
+                        sections={**redis_sections, "pool": {**LIMITS, "prefetch": 32}})
+    assert ordering_lease_advice(load_config(fits)) is None  # 1 + 0.5 + 1 + 2 x 0.25 = 3s < 6s, prefetch aside
     spool = write_config(tmp_path / "spool.toml", root, handlers=HANDLERS, sections={"pool": {"prefetch": 32}})
     assert ordering_lease_advice(load_config(spool)) is None

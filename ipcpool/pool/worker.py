@@ -23,7 +23,10 @@ with EXIT_WORKER_OVERTIME, once the running attempt has outlived
 :func:`~ipcpool.config.handler_limit` (the supervisor's own kill plus WORKER_LIMIT_MARGIN): a
 live supervisor's kill comes first, and the bound on how long any handler runs
 holds whatever the supervisor does (on Redis, what keeps a sequence's order
-across supervisors: docs/redis.md).
+across supervisors: docs/redis.md). Nor does it start a message that waits in
+its queue while the supervisor's loop has not run for a ``[heartbeat]
+interval`` (its stamp in the shared array): nothing starts long after the last
+lease renewal.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from ipcpool.ops.tally import Labels, Tally
 from ipcpool.pool.pipeline import DeliveryPipeline
 from ipcpool.pool.protocol import (
     SLOT_DRAIN_BY,
+    SLOT_LOOP_AT,
     SLOT_STARTED,
     BootError,
     Done,
@@ -111,6 +115,7 @@ class Worker:
         self._term_at: float | None = None  # when SIGTERM asked this worker itself to stop
         self._retiring = False  # stopping because max_tasks was reached
         self._orphaned = False  # the supervisor is gone: end once the running delivery is done
+        self._held_back = False  # queued deliveries wait: the supervisor's loop has not run for an interval
         self._delivery_ended = threading.Event()  # what the heartbeat thread of an orphan waits for
         self.title = proctitle.Title()
         self._max_tasks = spec.max_tasks
@@ -167,6 +172,9 @@ class Worker:
                 self._receive(block=False)
                 if self._stopping:
                     continue
+            if self._supervisor_stalled():
+                self._wait_for_supervisor()
+                continue
             seq, group, name, deliveries = self._queue.popleft()
             outcome, info = pipeline.process(seq, group, name, deliveries)
             if self._orphaned:  # completed (acked, removed): nobody is left to report it to
@@ -182,6 +190,27 @@ class Worker:
             if len(self._done) >= self._report_every or seq in self._urgent:
                 self._urgent.discard(seq)  # a sequence's next message waits for this report: no batching
                 self.flush()
+
+    def _supervisor_stalled(self) -> bool:
+        """Whether the supervisor's loop has not run for a heartbeat interval (0.0: not told yet)."""
+        stamp = self.spec.shared[SLOT_LOOP_AT]
+        stalled = stamp > 0 and time.monotonic() - stamp > self.config.heartbeat.interval
+        if not stalled and self._held_back:
+            self._held_back = False
+            log.info("worker %d: the supervisor runs again; starting what waits here", self._pid)
+        return stalled
+
+    def _wait_for_supervisor(self) -> None:
+        """Start nothing while the supervisor is stopped or frozen: on Redis its leases are not renewed, and a
+        message started now could outlive them. Results still go back; a Stop, or the pipe's end, is heard."""
+        if not self._held_back:
+            self._held_back = True
+            log.warning("worker %d: supervisor %d has not run for over %gs (stopped or frozen?); %d messages "
+                        "wait here until it does", self._pid, self.spec.supervisor_pid,
+                        self.config.heartbeat.interval, len(self._queue))
+        self.flush()
+        if self._poller.poll(max(1, int(self.config.heartbeat.interval * 250))):  # a quarter interval, in ms
+            self._receive(block=False)
 
     def _return_unstarted(self) -> None:
         """On stop, deliveries not yet started go back to the supervisor, not to a handler."""
