@@ -62,6 +62,7 @@ def test_a_stopped_supervisors_worker_ends_an_overlong_handler_itself_and_the_me
     assert f"worker {first['pid']}: handler ran" in log and f"id={message_id} type=task group=main" in log
     assert f"exits with code {EXIT_WORKER_OVERTIME}" in log
     assert f"worker died pid={first['pid']} slot=0: ended itself after handler_timeout + kill_grace" in log
+    assert f"killing worker pid={first['pid']}" not in log, "a worker already gone is reaped, not killed"
     errors = [name for name in files(root, "main", "errors") if name.endswith(".error.json")]
     assert len(errors) == 1, errors
     record = json.loads((root / "main" / "errors" / errors[0]).read_text())
