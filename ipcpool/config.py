@@ -27,6 +27,9 @@ DURABILITY_MODES = ("process", "power")
 SPOOL_MODES = ("private", "shared")
 WATCHERS = ("native", "polling")
 MAX_PREFETCH = 256
+# How much longer than the supervisor's own kill (handler_timeout, SIGKILL after kill_grace) a worker lets a
+# handler attempt run before it ends itself (ipcpool.pool.worker): room for a live supervisor to come first.
+WORKER_LIMIT_MARGIN = 1.0
 
 
 @dataclass(frozen=True)
@@ -413,3 +416,33 @@ def load_config(path: str | os.PathLike[str], *, environ: dict[str, str] | None 
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
     return parse_config(data, source, environ=environ)
+
+
+def handler_limit(pool: PoolConfig) -> float:
+    """Seconds one handler attempt may run before its worker ends itself, whatever its supervisor does."""
+    return pool.handler_timeout + pool.kill_grace + WORKER_LIMIT_MARGIN
+
+
+def ordering_lease_advice(config: Config) -> str | None:
+    """On Redis, why a sequence's order across supervisors may not hold through a frozen or dead one, or None.
+
+    A stopped supervisor renewed its leases at most one ``[heartbeat] interval`` before it stopped; its
+    workers start nothing queued once its loop has not run for an interval, and end what runs at
+    :func:`handler_limit`; the others reclaim after ``[redis] lease`` without a renewal.
+    A warning, not an error: the defaults do not meet it, a deployment that worked must still start after
+    an upgrade, and whether order is relied on is the senders' choice (``orderingKey``) as much as the config's.
+    """
+    if config.transport.backend != "redis":
+        return None
+    pool, interval = config.pool, config.heartbeat.interval
+    bound = handler_limit(pool) + 2 * interval
+    if bound < config.redis.lease:
+        return None
+    ordered = sorted(name for name, group in config.groups.items() if group.ordering != "none" or group.ordering_field)
+    which = f"groups {', '.join(ordered)}" if ordered else "messages with an orderingKey"
+    return (f"{config.path or 'config'}: warning: order across supervisors ({which}) does not hold through a "
+            f"stopped, frozen or dead supervisor: [pool] handler_timeout + [pool] kill_grace + "
+            f"{WORKER_LIMIT_MARGIN:g}s + 2 x [heartbeat] interval = {pool.handler_timeout:g} + {pool.kill_grace:g} + "
+            f"{WORKER_LIMIT_MARGIN:g} + 2 x {interval:g} = {bound:g}s is not below [redis] lease "
+            f"({config.redis.lease:g}s), so another supervisor may run a sequence's message while a worker still "
+            f"runs the one before; lower handler_timeout or kill_grace, or raise lease (docs/redis.md)")

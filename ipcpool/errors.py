@@ -14,6 +14,9 @@ EXIT_CONFIG = 2  # bad configuration or command line: fix the input, do not retr
 EXIT_WORKER_BOOT = 3  # workers cannot start (a handler module fails to import): do not respawn
 # Between a worker and its supervisor only:
 EXIT_WORKER_GRACE = 4  # a worker told to stop by SIGTERM ran out of [pool] shutdown_grace mid-handler
+# A worker's handler outlived handler_timeout + kill_grace + WORKER_LIMIT_MARGIN and its supervisor had not
+# stopped it (stopped, frozen, paused): the worker ended itself, and the supervisor counts it as a timeout.
+EXIT_WORKER_OVERTIME = 5
 
 
 class IpcpoolError(Exception):

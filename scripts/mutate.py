@@ -1056,6 +1056,19 @@ MUTATIONS: tuple[Mutation, ...] = (
              "        if self._told_to_stop():\n", "        if False:\n",
              (f"{T_SUPV}::test_a_signal_to_stop_while_the_successor_waits_for_old_workers_takes_nothing_up",),
              "stopped while waiting for a predecessor's worker, a supervisor takes nothing up"),
+    # A stopped or frozen supervisor is not gone: only the worker's own limit ends an overlong handler then.
+    Mutation("worker-without-its-own-handler-limit", "ipcpool/pool/worker.py",
+             "        threading.Thread(target=worker.limit_loop, name=\"handler-limit\", daemon=True).start()\n", "",
+             ("tests/test_worker_limit.py::test_a_stopped_supervisors_worker_ends_an_overlong_handler_itself_and_"
+              "the_message_ends_once",
+              "tests/test_worker_limit.py::test_on_redis_a_frozen_supervisor_never_runs_a_sequences_head_beside_"
+              "the_one_that_reclaimed_it"),
+             "a worker ends a handler past handler_timeout + kill_grace itself, its supervisor stopped or frozen"),
+    Mutation("worker-starts-its-queue-under-a-stopped-supervisor", "ipcpool/pool/worker.py",
+             "            if self._supervisor_stalled():\n", "            if False:\n",
+             ("tests/test_worker_limit.py::test_a_stopped_supervisors_worker_starts_nothing_more_from_its_queue_"
+              "until_it_runs_again",),
+             "a worker starts nothing queued while its supervisor's loop (and so its lease renewals) is stopped"),
     Mutation("worker-judges-its-supervisor-by-start-time", "ipcpool/pool/worker.py",
              "                    if not _alive(supervisor, born, watch):",
              "                    if not _alive(supervisor, born, None):",

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from ipcpool.config import Config, load_config
+from ipcpool.config import Config, load_config, ordering_lease_advice
 from ipcpool.errors import EXIT_FAILURE, EXIT_OK, ConfigError, HandlerNotFound, IpcpoolError
 from ipcpool.ops.logs import setup_logging
 from ipcpool.ops.terminal import printable
@@ -61,6 +61,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(config.log.format)
     os.umask(0o077 if config.spool.mode == "private" else 0o007)
     preflight(config)
+    advice = ordering_lease_advice(config)
+    if advice:
+        log.warning("%s", advice)
     log.info("starting ipcpool supervisor config=%s root=%s workers=%d", args.config,
              os.path.abspath(config.spool.root), config.pool.workers)
     return Supervisor(config, reread=lambda: _config(args)).run()
@@ -87,6 +90,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not handlers:
         print(f"{args.config}: warning: [handlers] is empty: every message would go to errors/ "
               '("no handler for type X"); name a handler per type, or "*"', file=sys.stderr)
+    advice = ordering_lease_advice(config)
+    if advice:
+        print(advice, file=sys.stderr)
     schedules = f", {len(config.schedules)} schedules" if config.schedules else ""
     print(f"{args.config}: ok (root {config.spool.root}, {config.pool.workers} workers, "
           f"{len(handlers)} handlers: {', '.join(sorted(handlers)) or 'none'}{schedules})")

@@ -5,7 +5,9 @@ what the worker could not finish), or it goes back (never started, or not
 settled yet). When a worker ends, all it held goes back, except the delivery
 that was running if its death is blamed: that one counts against the message,
 and after ``[pool] max_deliveries`` such deliveries it goes to the dead letters
-as poison, with each delivery's end in its record.
+as poison, with each delivery's end in its record. A worker that ended itself
+past its own handler limit (its supervisor stopped or frozen) is blamed as a
+timeout kill is.
 """
 
 from __future__ import annotations

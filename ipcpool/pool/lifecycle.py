@@ -6,7 +6,9 @@ before it was ever ready is a boot failure (the pool halts after ``[pool]
 max_boot_failures`` of them, with backoff in between; during a reload it
 aborts the reload instead); any other death is a crash, which blames the
 delivery it was running (see :mod:`ipcpool.pool.accounting`) and backs off only
-when a slot keeps dying young without doing any work.
+when a slot keeps dying young without doing any work. A worker that ended itself
+past its own handler limit (EXIT_WORKER_OVERTIME: this supervisor was stopped or
+frozen meanwhile) is a timeout, as if this supervisor had killed it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from ipcpool.errors import EXIT_WORKER_BOOT, EXIT_WORKER_GRACE
+from ipcpool.errors import EXIT_WORKER_BOOT, EXIT_WORKER_GRACE, EXIT_WORKER_OVERTIME
 from ipcpool.localroot import LocalRoot
 from ipcpool.ops.logs import MULTILINE
 from ipcpool.pool.accounting import Accounting
@@ -261,7 +263,12 @@ class Lifecycle:
     def on_crash(self, worker: WorkerHandle, how: str, now: float) -> None:
         pool = self.pool
         reason = worker.stop_reason
-        if reason is StopReason.TIMEOUT:
+        if worker.exit_code == EXIT_WORKER_OVERTIME:  # its own limit: as our timeout kill, which did not come
+            reason = StopReason.TIMEOUT
+            how = (f"ended itself after handler_timeout + kill_grace ({worker.config.pool.handler_timeout:g}s + "
+                   f"{worker.config.pool.kill_grace:g}s): this supervisor did not stop it in time (stopped or "
+                   f"frozen?); {how}")
+        elif reason is StopReason.TIMEOUT:
             how = f"killed after handler_timeout ({worker.config.pool.handler_timeout:g}s); {how}"
         elif reason is StopReason.HUNG:
             how = f"killed after missing heartbeats; {how}"

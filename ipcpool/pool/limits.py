@@ -59,6 +59,8 @@ class Limits:
             return
         current, started = worker.current()
         if current is not None and now - started > pool.handler_timeout:
+            if worker.has_exited():  # it ended itself meanwhile (this loop was stopped): reaped, not killed
+                return
             said = self.pool.source.summarize(current.group, current.name)
             worker.kill(StopReason.TIMEOUT,
                         f"handler ran {now - started:.1f}s (handler_timeout {pool.handler_timeout:g}s) "

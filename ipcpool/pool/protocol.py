@@ -16,7 +16,9 @@ came early is due (:class:`Later`).
 Beside the pipes, each worker shares a small array of doubles with the
 supervisor, written without a lock: the worker publishes which delivery runs
 and since when (the supervisor times handlers out without asking), the
-supervisor raises a flag while handled messages wait for their acks.
+supervisor raises a flag while handled messages wait for their acks, says when its loop last ran (a
+worker starts nothing more while it has not for a heartbeat interval) and, in a drain, until when running
+handlers may go on (the worker's own limit, see :mod:`ipcpool.pool.worker`, waits for that too).
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from ipcpool.transport.base import Receipt, Unfinished
 SLOT_SEQ = 0  # worker: the seq of the delivery running, or last run
 SLOT_STARTED = 1  # worker: when (monotonic) its current attempt started; 0.0 while none runs
 SLOT_ACK_HOLDS = 2  # supervisor: 1.0 while handled messages wait for their acks (the dedupe check looks for them)
-SHARED_SLOTS = 3
+SLOT_DRAIN_BY = 3  # supervisor: when (monotonic) a drain's shutdown_grace ends; 0.0 while not draining
+SLOT_LOOP_AT = 4  # supervisor: when (monotonic) its loop last ran; 0.0 before the first time
+SHARED_SLOTS = 5
 
 
 # -- how one delivery ended ------------------------------------------------------------------------------------

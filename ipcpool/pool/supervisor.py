@@ -61,6 +61,7 @@ from ipcpool.pool.handle import StopReason, WorkerState, mp_context
 from ipcpool.pool.lifecycle import Lifecycle
 from ipcpool.pool.limits import Limits
 from ipcpool.pool.orphans import wait_for_old_workers
+from ipcpool.pool.protocol import SLOT_DRAIN_BY, SLOT_LOOP_AT
 from ipcpool.pool.reload import Reloader
 from ipcpool.pool.scheduler import Scheduler
 from ipcpool.pool.state import PoolState, SupervisorState
@@ -72,6 +73,7 @@ log = logging.getLogger(__name__)
 HOUSEKEEPING_INTERVAL = 60.0
 SHUTDOWN_KILL_WAIT = 5.0  # seconds to wait for a SIGKILLed worker to be gone at exit
 LOOP_ERROR_PAUSE = 0.25  # an unexpected error in the loop: this long before the next step (never spin)
+LOOP_STAMP_EVERY = 0.05  # seconds between the workers' "the loop runs" stamps (SLOT_LOOP_AT)
 
 DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGXCPU, signal.SIGXFSZ, signal.SIGALRM,
                  signal.SIGVTALRM, signal.SIGPROF)
@@ -114,6 +116,7 @@ class Supervisor:
         self._source_fault: str | None = None  # the transport's last failure, said once until it changes
         self.started_wall = time.time()
         self.tick = min(0.25, config.heartbeat.interval / 4)
+        self._stamped = 0.0  # when the workers were last told the loop runs
         self.next_status = 0.0
         self.next_renew = 0.0
         self.next_housekeeping = 0.0
@@ -229,6 +232,7 @@ class Supervisor:
         self.handle_signals()
         self.flush_tasks(ready)
         self.read_results(ready)
+        self._stamp_workers()
         now = self.clock()
         self._source_busy = self._poll_source(now, ready)
         self.lifecycle.reap_ended(now, ready)
@@ -239,6 +243,14 @@ class Supervisor:
         self.run_timers(now)
         if self.probe.asked():
             self.probe.answer(self.answer_probe)
+
+    def _stamp_workers(self) -> None:
+        """Tell the workers the loop runs (and renews leases): one whose stamp is stale starts nothing."""
+        stamp = time.monotonic()
+        if stamp - self._stamped >= LOOP_STAMP_EVERY:
+            self._stamped = stamp
+            for worker in self.pool.workers:
+                worker.shared[SLOT_LOOP_AT] = stamp
 
     def _poll_source(self, now: float, ready: set[int]) -> bool:
         """The transport's turn; a fault of its own never starves reaping, limits, the drain or the timers
@@ -377,6 +389,8 @@ class Supervisor:
         now = self.clock()
         self.limits.drain_deadline = now + self.config.pool.shutdown_grace
         for worker in pool.workers:
+            # The worker's own limit (see ipcpool.pool.worker) waits for the drain's deadline too.
+            worker.shared[SLOT_DRAIN_BY] = time.monotonic() + self.config.pool.shutdown_grace
             worker.stop(StopReason.DRAIN, now)
 
     # -- timers ------------------------------------------------------------------------------------------------------

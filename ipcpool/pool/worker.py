@@ -15,6 +15,18 @@ itself (``kill``, or a signal to the whole process group as systemd and
 SIGTERM the worker gives that delivery ``[pool] shutdown_grace``, timed by its
 heartbeat thread (woken by the signal), then exits with EXIT_WORKER_GRACE
 and the supervisor puts it back. At ``max_tasks`` it retires (``Retiring``).
+
+Its own limit: the supervisor times handlers out (``[pool] handler_timeout``,
+SIGKILL after ``kill_grace``), but a supervisor that is stopped (SIGSTOP) or
+frozen is not gone, so nothing would. A third thread ends the worker itself,
+with EXIT_WORKER_OVERTIME, once the running attempt has outlived
+:func:`~ipcpool.config.handler_limit` (the supervisor's own kill plus WORKER_LIMIT_MARGIN): a
+live supervisor's kill comes first, and the bound on how long any handler runs
+holds whatever the supervisor does (on Redis, what keeps a sequence's order
+across supervisors: docs/redis.md). Nor does it start a message that waits in
+its queue while the supervisor's loop has not run for a ``[heartbeat]
+interval`` (its stamp in the shared array): nothing starts long after the last
+lease renewal.
 """
 
 from __future__ import annotations
@@ -34,8 +46,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ipcpool import portable
-from ipcpool.config import Config
-from ipcpool.errors import EXIT_OK, EXIT_WORKER_BOOT, EXIT_WORKER_GRACE, HandlerNotFound
+from ipcpool.config import WORKER_LIMIT_MARGIN, Config, handler_limit
+from ipcpool.errors import EXIT_OK, EXIT_WORKER_BOOT, EXIT_WORKER_GRACE, EXIT_WORKER_OVERTIME, HandlerNotFound
 from ipcpool.handlers import Handler, HandlerTable, resolve_all
 from ipcpool.localroot import LocalRoot
 from ipcpool.ops import proctitle
@@ -43,6 +55,9 @@ from ipcpool.ops.health import heartbeat_envelope, pid_alive, process_create_tim
 from ipcpool.ops.tally import Labels, Tally
 from ipcpool.pool.pipeline import DeliveryPipeline
 from ipcpool.pool.protocol import (
+    SLOT_DRAIN_BY,
+    SLOT_LOOP_AT,
+    SLOT_STARTED,
     BootError,
     Done,
     Heartbeat,
@@ -100,6 +115,7 @@ class Worker:
         self._term_at: float | None = None  # when SIGTERM asked this worker itself to stop
         self._retiring = False  # stopping because max_tasks was reached
         self._orphaned = False  # the supervisor is gone: end once the running delivery is done
+        self._held_back = False  # queued deliveries wait: the supervisor's loop has not run for an interval
         self._delivery_ended = threading.Event()  # what the heartbeat thread of an orphan waits for
         self.title = proctitle.Title()
         self._max_tasks = spec.max_tasks
@@ -156,6 +172,9 @@ class Worker:
                 self._receive(block=False)
                 if self._stopping:
                     continue
+            if self._supervisor_stalled():
+                self._wait_for_supervisor()
+                continue
             seq, group, name, deliveries = self._queue.popleft()
             outcome, info = pipeline.process(seq, group, name, deliveries)
             if self._orphaned:  # completed (acked, removed): nobody is left to report it to
@@ -171,6 +190,27 @@ class Worker:
             if len(self._done) >= self._report_every or seq in self._urgent:
                 self._urgent.discard(seq)  # a sequence's next message waits for this report: no batching
                 self.flush()
+
+    def _supervisor_stalled(self) -> bool:
+        """Whether the supervisor's loop has not run for a heartbeat interval (0.0: not told yet)."""
+        stamp = self.spec.shared[SLOT_LOOP_AT]
+        stalled = stamp > 0 and time.monotonic() - stamp > self.config.heartbeat.interval
+        if not stalled and self._held_back:
+            self._held_back = False
+            log.info("worker %d: the supervisor runs again; starting what waits here", self._pid)
+        return stalled
+
+    def _wait_for_supervisor(self) -> None:
+        """Start nothing while the supervisor is stopped or frozen: on Redis its leases are not renewed, and a
+        message started now could outlive them. Results still go back; a Stop, or the pipe's end, is heard."""
+        if not self._held_back:
+            self._held_back = True
+            log.warning("worker %d: supervisor %d has not run for over %gs (stopped or frozen?); %d messages "
+                        "wait here until it does", self._pid, self.spec.supervisor_pid,
+                        self.config.heartbeat.interval, len(self._queue))
+        self.flush()
+        if self._poller.poll(max(1, int(self.config.heartbeat.interval * 250))):  # a quarter interval, in ms
+            self._receive(block=False)
 
     def _return_unstarted(self) -> None:
         """On stop, deliveries not yet started go back to the supervisor, not to a handler."""
@@ -220,6 +260,42 @@ class Worker:
                 self._done[index] = (seq, outcome, info)
                 self.pipeline.ack_failed(key[0], info)
         self._unsettled.clear()
+
+    # -- its own limit --------------------------------------------------------------------------
+
+    def limit_loop(self) -> None:
+        """End this worker when the running attempt outlives :func:`handler_limit` (in a drain: the drain's
+        deadline too), whatever the supervisor does. Its own thread: the heartbeat thread may wait on a full
+        pipe to a frozen supervisor."""
+        shared = self.spec.shared
+        limit = handler_limit(self.config.pool)
+        idle = self.config.heartbeat.interval
+        while True:
+            started = shared[SLOT_STARTED]
+            if started <= 0:
+                time.sleep(idle)
+                continue
+            deadline = started + limit
+            drain_by = shared[SLOT_DRAIN_BY]
+            if drain_by > 0:  # a live supervisor lets a running handler finish within shutdown_grace
+                deadline = max(deadline, drain_by + self.config.pool.kill_grace + WORKER_LIMIT_MARGIN)
+            wait = deadline - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            elif shared[SLOT_STARTED] == started:  # the same attempt is still running
+                self._overtime(time.monotonic() - started, limit)
+
+    def _overtime(self, ran: float, limit: float) -> None:
+        """Say which message, then exit EXIT_WORKER_OVERTIME: the supervisor blames it as a timeout."""
+        pool = self.config.pool
+        current = self.pipeline.current_message or {}
+        where = self.pipeline.current
+        said = threading.Thread(target=_say_overtime, daemon=True, args=(
+            self._pid, ran, limit, pool.handler_timeout, pool.kill_grace, current.get("id", "-"),
+            current.get("type", "-"), current.get("group") or (where[0] if where else "-")))
+        said.start()
+        said.join(1.0)  # a log line stuck on a full stderr never keeps the worker alive
+        os._exit(EXIT_WORKER_OVERTIME)
 
     # -- heartbeats ----------------------------------------------------------------------------
 
@@ -297,6 +373,15 @@ def _alive(pid: int, born: float, pidfd: int | None) -> bool:
     if pidfd is not None:
         return not select.select([pidfd], [], [], 0)[0]
     return pid_alive(pid, born)
+
+
+def _say_overtime(pid: int, ran: float, limit: float, timeout: float, kill_grace: float, message_id: str,
+                  message_type: str, group: str) -> None:
+    log.error("worker %d: handler ran %.1fs, past its limit %gs (handler_timeout %gs + kill_grace %gs + %gs) and "
+              "the supervisor did not stop it (stopped or frozen?); the worker exits with code %d, the message "
+              "counts as timed out id=%s type=%s group=%s", pid, ran, limit, timeout, kill_grace,
+              WORKER_LIMIT_MARGIN, EXIT_WORKER_OVERTIME, message_id, message_type, group)
+    _flush_stdio()
 
 
 def _drain(fd: int) -> None:
@@ -379,6 +464,7 @@ def worker_main(spec: WorkerSpec) -> None:
             target=worker.heartbeat_loop, args=(spec.config.heartbeat.interval, wake_r), name="heartbeat",
             daemon=True,
         ).start()
+        threading.Thread(target=worker.limit_loop, name="handler-limit", daemon=True).start()
         code = worker.run()
     except (BrokenPipeError, EOFError, ConnectionError):
         log.warning("worker %d: supervisor is gone; exiting", os.getpid())

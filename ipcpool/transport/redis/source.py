@@ -303,8 +303,12 @@ class RedisSource:
     def quarantine(self, group: str, ref: str, record: dict[str, Any], nack: dict[str, Any] | None) -> bool:
         key = (group, ref)
         self.out.discard(key)
-        self.lost.discard(key)
         self.failures.pop(key, None)
+        if key in self.lost:  # another supervisor holds it now (this one was stalled): its to end, not ours
+            self.lost.discard(key)
+            log.warning("not dead-lettering group=%s entry=%s: another supervisor took it over meanwhile; its "
+                        "deliveries are counted there", group, ref)
+            return False
         self.lines.finished(key)
         try:
             return bool(self._dead_letter(group, ref, record, nack))
