@@ -15,7 +15,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
-from ipcpool.errors import ConfigError
+from ipcpool.errors import ConfigError, shown
 from ipcpool.message import FORMATS, GROUP_NAME, MAX_ORDERING_KEY, TYPE_NAME
 from ipcpool.ordering import ORDERINGS
 from ipcpool.schedule import ScheduleSpec, check_schedules, parse_schedules
@@ -169,7 +169,7 @@ class _Checker:
 
     def section(self, name: str, cls: type, table: Any) -> Any:
         if not isinstance(table, dict):
-            raise self.fail(f"[{name}]", f"must be a table, got {_shown(table)}")
+            raise self.fail(f"[{name}]", f"must be a table, got {shown(table)}")
         hints = get_type_hints(cls)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(table) - known)
@@ -181,35 +181,25 @@ class _Checker:
     def value(self, where: str, hint: Any, raw: Any) -> Any:
         if hint is bool:
             if not isinstance(raw, bool):
-                raise self.fail(where, f"must be true or false, got {_shown(raw)}")
+                raise self.fail(where, f"must be true or false, got {shown(raw)}")
             return raw
         if hint is int:
             if isinstance(raw, bool) or not isinstance(raw, int):
-                raise self.fail(where, f"must be an integer, got {_shown(raw)}")
+                raise self.fail(where, f"must be an integer, got {shown(raw)}")
             return raw
         if hint is float:
             if isinstance(raw, bool) or not isinstance(raw, int | float):
-                raise self.fail(where, f"must be a number, got {_shown(raw)}")
+                raise self.fail(where, f"must be a number, got {shown(raw)}")
             return float(raw)
         if hint is str:
             if not isinstance(raw, str):
-                raise self.fail(where, f"must be a string, got {_shown(raw)}")
+                raise self.fail(where, f"must be a string, got {shown(raw)}")
             return raw
         if hint == tuple[str, ...]:
             if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
-                raise self.fail(where, f"must be a list of strings, got {_shown(raw)}")
+                raise self.fail(where, f"must be a list of strings, got {shown(raw)}")
             return tuple(raw)
         raise AssertionError(f"no checker for {hint}")  # pragma: no cover - schema bug
-
-
-def _shown(raw: Any) -> str:
-    if isinstance(raw, str):
-        return f'"{raw}"'
-    if isinstance(raw, bool):
-        return "true" if raw else "false"
-    if isinstance(raw, dict):
-        return "a table"
-    return repr(raw)
 
 
 def _check_spool(c: _Checker, spool: SpoolConfig) -> None:
@@ -243,7 +233,7 @@ def _check_transport(c: _Checker, config: Config) -> None:
     if not redis.url.startswith(("redis://", "rediss://", "unix://")):
         raise c.fail("[redis] url", f'must start with redis://, rediss:// or unix://, got "{redact_url(redis.url)}"')
     if not REDIS_PREFIX.match(redis.prefix):
-        raise c.fail("[redis] prefix", f"must be 1-64 letters, digits, '_', '.' or '-', got {_shown(redis.prefix)}")
+        raise c.fail("[redis] prefix", f"must be 1-64 letters, digits, '_', '.' or '-', got {shown(redis.prefix)}")
     _positive(c, "[redis] lease", redis.lease)
     if redis.lease < 3 * config.heartbeat.interval:
         floor = 3 * config.heartbeat.interval
@@ -345,21 +335,21 @@ def _one_of(c: _Checker, where: str, value: str, allowed: tuple[str, ...]) -> No
 
 def _handlers(c: _Checker, table: Any) -> dict[str, str]:
     if not isinstance(table, dict):
-        raise c.fail("[handlers]", f"must be a table of type = \"module:function\", got {_shown(table)}")
+        raise c.fail("[handlers]", f"must be a table of type = \"module:function\", got {shown(table)}")
     handlers: dict[str, str] = {}
     for key, ref in table.items():
         where = f"[handlers] {key!r}" if not TYPE_NAME.match(key) else f"[handlers] {key}"
         if key not in SPECIAL_HANDLER_KEYS and not TYPE_NAME.match(key):
             raise c.fail(where, "is not a valid message type name")
         if not isinstance(ref, str) or not HANDLER_REF.match(ref):
-            raise c.fail(where, f'must be "module:function", got {_shown(ref)}')
+            raise c.fail(where, f'must be "module:function", got {shown(ref)}')
         handlers[key] = ref
     return handlers
 
 
 def _groups(c: _Checker, table: Any) -> dict[str, GroupConfig]:
     if not isinstance(table, dict):
-        raise c.fail("[groups]", f"must be a table of [groups.<name>] tables, got {_shown(table)}")
+        raise c.fail("[groups]", f"must be a table of [groups.<name>] tables, got {shown(table)}")
     groups: dict[str, GroupConfig] = {}
     for name, section in table.items():
         if not GROUP_NAME.match(name):
@@ -369,7 +359,7 @@ def _groups(c: _Checker, table: Any) -> dict[str, GroupConfig]:
         if len(group.ordering_field) > MAX_ORDERING_KEY or group.ordering_field != group.ordering_field.strip():
             raise c.fail(f"[groups.{name}] ordering_field",
                          f"must be a payload field name (1-{MAX_ORDERING_KEY} characters, no surrounding spaces), "
-                         f"got {_shown(group.ordering_field)}")
+                         f"got {shown(group.ordering_field)}")
     return groups
 
 

@@ -31,6 +31,17 @@ class ConfigError(IpcpoolError):
     """
 
 
+def shown(raw: object) -> str:
+    """A configured value as its TOML would write it, for a ConfigError's message (``"four"``, ``true``)."""
+    if isinstance(raw, str):
+        return f'"{raw}"'
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    if isinstance(raw, dict):
+        return "a table"
+    return repr(raw)
+
+
 class InvalidMessage(IpcpoolError):
     """A message file cannot be decoded or is not a valid envelope.
 

@@ -49,7 +49,7 @@ from typing import Any
 
 from cronsim import CronSim, CronSimError
 
-from ipcpool.errors import ConfigError
+from ipcpool.errors import ConfigError, shown
 from ipcpool.message import GROUP_NAME, TYPE_NAME, build_envelope, encode
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def parse_schedules(raw: Any, fail: Fail) -> tuple[ScheduleSpec, ...]:
     ``cron "61 * * * *": minute must be 0-59``; config.py puts the file name first.
     """
     if not isinstance(raw, list) or not all(isinstance(table, dict) for table in raw):
-        raise fail("[[schedule]]", "must be an array of tables ([[schedule]] headers), got " + _shown(raw))
+        raise fail("[[schedule]]", "must be an array of tables ([[schedule]] headers), got " + shown(raw))
     specs: list[ScheduleSpec] = []
     seen: set[str] = set()
     for index, table in enumerate(raw, 1):
@@ -207,18 +207,18 @@ def _parse_one(table: dict[str, Any], index: int, fail: Fail) -> ScheduleSpec:
         if key not in table:
             raise fail(where, f"{key} is missing")
         if not isinstance(table[key], str):
-            raise fail(where, f"{key} must be a string, got {_shown(table[key])}")
+            raise fail(where, f"{key} must be a string, got {shown(table[key])}")
     if not SCHEDULE_NAME.match(name):
         raise fail(where, f"name must be 1-64 letters, digits, '_' or '-' (it goes into message ids), "
-                          f"got {_shown(name)}")
+                          f"got {shown(name)}")
     if not GROUP_NAME.match(table["group"]):
-        raise fail(where, f"group {_shown(table['group'])} is not a valid group name: use letters, digits, '_' "
+        raise fail(where, f"group {shown(table['group'])} is not a valid group name: use letters, digits, '_' "
                           "or '-'")
     if not TYPE_NAME.match(table["type"]):
-        raise fail(where, f"type {_shown(table['type'])} is not a valid message type name")
+        raise fail(where, f"type {shown(table['type'])} is not a valid message type name")
     payload = table.get("payload", {})
     if not isinstance(payload, dict):
-        raise fail(where, f"payload must be a table, got {_shown(payload)}")
+        raise fail(where, f"payload must be a table, got {shown(payload)}")
     try:
         json.dumps(payload, allow_nan=False)
     except (TypeError, ValueError):
@@ -226,22 +226,22 @@ def _parse_one(table: dict[str, Any], index: int, fail: Fail) -> ScheduleSpec:
                           "nan or inf): it is sent as JSON") from None
     timezone = table.get("timezone", "UTC")
     if not isinstance(timezone, str):
-        raise fail(where, f"timezone must be a string, got {_shown(timezone)}")
+        raise fail(where, f"timezone must be a string, got {shown(timezone)}")
     if not _zone_exists(timezone):
         raise fail(where, f'timezone "{timezone}": not an IANA time zone name (e.g. "UTC", "Europe/Berlin")')
     missed = table.get("missed", "once")
     if missed not in MISSED:
-        raise fail(where, f'missed must be "once" or "skip", got {_shown(missed)}')
+        raise fail(where, f'missed must be "once" or "skip", got {shown(missed)}')
     has_cron, has_every = "cron" in table, "every" in table
     if has_cron == has_every:
         raise fail(where, "needs exactly one of cron (five fields) or every (seconds)"
                    + (", not both" if has_cron else ""))
     cron, every = table.get("cron", ""), table.get("every", 0)
     if has_every and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-        raise fail(where, f"every must be a whole number of seconds >= 1, got {_shown(every)}")
+        raise fail(where, f"every must be a whole number of seconds >= 1, got {shown(every)}")
     if has_cron:
         if not isinstance(cron, str):
-            raise fail(where, f"cron must be a string, got {_shown(cron)}")
+            raise fail(where, f"cron must be a string, got {shown(cron)}")
         problem = cron_problem(cron, timezone)
         if problem:
             raise fail(where, f'cron "{cron}": {problem}')
@@ -284,19 +284,9 @@ def _field_problem(parts: list[str], said: str) -> str:
             return f"{name} must be {low}-{high}"
         if name == "day-of-month" and numbers:
             return "day-of-month: no such day in the months given"
-        return (f"{name} {_shown(text)} is not valid: use numbers, names (jan, mon), *, ranges a-b, lists a,b "
+        return (f"{name} {shown(text)} is not valid: use numbers, names (jan, mon), *, ranges a-b, lists a,b "
                 "and steps /n")
     return said
-
-
-def _shown(raw: Any) -> str:
-    if isinstance(raw, str):
-        return f'"{raw}"'
-    if isinstance(raw, bool):
-        return "true" if raw else "false"
-    if isinstance(raw, dict):
-        return "a table"
-    return repr(raw)
 
 
 # -- views: `ipcpool schedule list`, status ------------------------------------------------------------------
