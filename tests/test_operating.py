@@ -156,7 +156,13 @@ def test_status_shows_held_and_running_apart_and_the_running_message_by_id(tmp_p
     group = status["groups"]["main"]
     assert group["running"] == 1 and group["held"] == worker["held"]
     assert group["queued"] >= 12 - 4 - len(records(tmp_path)), "the backlog is counted, not hidden in a worker"
-    table = ipcpool_cli(env, tmp_path, "status", "--config", str(config)).stdout
+    # A later snapshot than the JSON one above: its running message may have just changed, and until the
+    # worker's heartbeat tells that one's type the table shows its id alone. Wait for one that does.
+    def table_telling_the_type() -> str | None:
+        out = ipcpool_cli(env, tmp_path, "status", "--config", str(config)).stdout
+        return out if " task " in out else None
+
+    table = wait_until(table_telling_the_type, 30, message="a table whose running message's type is told")
     assert "snapshot: " in table and "s old" in table
     assert "HELD" in table and "RUNNING" in table and " task " in table
     sup.stop()
