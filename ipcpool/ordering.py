@@ -15,10 +15,17 @@ A str test on the name is all an unmarked message in an unordered group pays.
 :class:`Sequencer` is transport-neutral bookkeeping of refs, kept by each backend's source beside its own
 queue: the head of a line is the one in a handler (or next to go); the others wait there, out of the
 source's queue, so a waiting message holds no worker and other sequences keep the pool busy.
+
+Expiry in a line: a waiting message with an ``expiresAt`` (read with its key: :func:`expiry_of`) is kept in
+:class:`Expiries` too; once past it while still waiting, the source takes it out of its line and hands it out
+*out of turn* (never as a head): the worker's window check dead-letters it as ``expired`` without running a
+handler, so its sender is nacked at once rather than when the head before it is done, and no two messages of
+a sequence are ever in a handler together. A message without ``expiresAt`` costs a substring test, no more.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -26,6 +33,7 @@ from typing import Any
 
 from ipcpool.errors import InvalidMessage
 from ipcpool.message import MAX_ORDERING_KEY, ORDERING_KEY, decode, format_for, is_envelope
+from ipcpool.msgtime import EXPIRES_AT, parse_iso
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +88,30 @@ def key_of(obj: Any, rule: Rule | None) -> str | None:
         if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
             return str(value)[:MAX_ORDERING_KEY]
     return "" if rule.fifo else None
+
+
+def expiry_of(obj: Any) -> float | None:
+    """A decoded body's ``expiresAt`` (seconds since the epoch), None when it has none or not a readable one
+    (the worker dead-letters a bad one in its turn)."""
+    if not is_envelope(obj):
+        return None
+    text = obj.get(EXPIRES_AT)
+    if text is None:
+        return None
+    try:
+        return parse_iso(text, EXPIRES_AT)
+    except InvalidMessage:
+        return None
+
+
+def expiry_of_bytes(data: bytes, fmt: str | None) -> float | None:
+    """:func:`expiry_of` from bytes; a body that does not name ``expiresAt`` is not decoded."""
+    if fmt is None or EXPIRES_AT.encode() not in data:
+        return None
+    try:
+        return expiry_of(decode(data, fmt))
+    except InvalidMessage:
+        return None
 
 
 def key_of_bytes(data: bytes, fmt: str | None, rule: Rule | None) -> str | None:
@@ -163,6 +195,16 @@ class Sequencer:
         self.waiting.discard(head)
         return head
 
+    def out_of_turn(self, ref: Ref) -> bool:
+        """``ref`` leaves its line without running there (its expiry passed while it waited): True when it was
+        waiting (the source hands it out out of turn); False when it is a head, or no longer known."""
+        if ref not in self.waiting:
+            return False
+        seq = self.seq_of.pop(ref)
+        self.waiting.discard(ref)
+        self.lines[seq].remove(ref)  # never the head: a waiting ref is behind one
+        return True
+
     def back(self, ref: Ref, new: Ref | None) -> None:
         """The head ``ref`` went back to the queue as ``new`` (a redelivery, a put-back): it stays the head,
         so it goes before anything behind it; None: it is gone after all (see :meth:`finish`)."""
@@ -184,3 +226,31 @@ class Sequencer:
         for group, _ref in self.waiting:
             counts[group] = counts.get(group, 0) + 1
         return counts
+
+
+class Expiries:
+    """(expiresAt, ref) of the messages waiting in lines that have one, soonest first; a ref that stopped
+    waiting meanwhile is skipped when its time comes (``still``: the refs that wait)."""
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[float, Any]] = []
+
+    def add(self, expires: float, ref: Any, still: Any) -> None:
+        heap = self.heap
+        if len(heap) > 1024 and len(heap) > 4 * len(still):  # mostly refs that ran in their turn: dropped
+            self.heap = heap = [item for item in heap if item[1] in still]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (expires, ref))
+
+    def next_at(self) -> float | None:
+        return self.heap[0][0] if self.heap else None
+
+    def due(self, now: float, still: Any) -> list[Any]:
+        """The refs past their expiry at ``now`` (wall clock) that still wait, taken off the heap."""
+        heap = self.heap
+        out = []
+        while heap and heap[0][0] <= now:
+            ref = heapq.heappop(heap)[1]
+            if ref in still:
+                out.append(ref)
+        return out

@@ -1205,6 +1205,12 @@ MUTATIONS: tuple[Mutation, ...] = (
              (f"{T_ORDER}::test_a_redelivery_goes_before_what_is_behind_it_and_poison_or_failure_moves_the_line_on"
               "[spool]",),
              "ordering: a message that fails after its retries goes to errors/ and the sequence moves on"),
+    Mutation("expired-in-line-waits-its-turn", ORDERING,
+             "    if fmt is None or EXPIRES_AT.encode() not in data:",
+             "    if True:",
+             (f"{T_TIME}::test_a_message_that_expires_in_its_sequence_line_is_nacked_while_the_head_still_runs[spool]",
+              f"{T_TIME}::test_a_message_that_expires_in_its_sequence_line_is_nacked_while_the_head_still_runs[redis]"),
+             "expiry: a message waiting in a sequence line is dead-lettered (out of turn) once past expiresAt"),
     Mutation("sequences-share-one-line", SEQUENCES,
              "            seq = (key[0], ordering_key)",
              '            seq = (key[0], "")',

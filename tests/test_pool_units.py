@@ -19,7 +19,7 @@ import pytest
 from ipcpool.config import Config, parse_config
 from ipcpool.handlers import HandlerTable
 from ipcpool.ops.tally import Labels, PoolMetrics
-from ipcpool.ordering import rules_of
+from ipcpool.ordering import Expiries, Sequencer, rules_of
 from ipcpool.pool.accounting import RETRY_UNAVAILABLE, Accounting
 from ipcpool.pool.dispatch import Dispatcher
 from ipcpool.pool.handle import Delivery
@@ -395,3 +395,43 @@ def test_a_delayed_message_of_a_sequence_steps_out_and_rejoins_its_line_at_its_e
     assert step(Outcome.EXPIRED, None) == b[0]
     assert step() == b[1], "an expired message (dead-lettered by its worker) moves its sequence on"
     assert not broker.taken and not source.lines.lines
+
+
+def test_a_waiting_message_past_its_expiry_leaves_its_line_out_of_turn_and_the_head_is_untouched():
+    """Issue 27 (order and expiry): the line's bookkeeping behind the out-of-turn hand-out of an expired one."""
+    lines, expiries = Sequencer(), Expiries()
+    seq = ("main", "k")
+    refs = [("main", f"m{n}") for n in range(4)]
+    assert lines.admit(refs[0], seq), "the head runs"
+    for n, ref in enumerate(refs[1:], 1):
+        assert not lines.admit(ref, seq)
+        if n != 3:
+            expiries.add(100.0 + n, ref, lines.waiting)
+    assert expiries.next_at() == 101.0
+    assert expiries.due(100.5, lines.waiting) == [], "none past its expiry yet"
+    assert expiries.due(101.0, lines.waiting) == [refs[1]]
+    assert lines.out_of_turn(refs[1]) and refs[1] not in lines and list(lines.lines[seq]) == [refs[0], *refs[2:]]
+    assert not lines.out_of_turn(refs[0]), "a head is never taken out of turn"
+    assert lines.finish(refs[1]) is None, "its own end moves nothing"
+    assert lines.finish(refs[0]) == refs[2], "the head's end hands the next in line on"
+    assert expiries.due(200.0, lines.waiting) == [], "2 no longer waits (it heads its line): skipped"
+    assert expiries.next_at() is None
+
+
+def test_the_memory_transport_hands_an_expired_waiting_message_out_out_of_turn_beside_its_running_head():
+    broker, clock = MemoryBroker(), Clock()
+    head, behind = ordered(broker, "k", 2)
+    body = json.loads(message("late"))
+    body.update(orderingKey="k", expiresAt="2000-01-01T00:00:00Z")
+    late = broker.put("main", "late.ordered.json", json.dumps(body).encode())
+    last = ordered(broker, "k", 1)[0]
+    state = ordering_state(broker, clock)
+    workers = [StandIn(1), StandIn(2)]
+    dispatcher = Dispatcher(state.source)
+    dispatcher.dispatch(workers, prefetch=16)
+    assert held_names(*workers) == [head], "the head alone; the rest wait in line"
+    assert state.source.wake_at() is not None, "the loop wakes for the expiry"
+    state.source.poll(clock())
+    dispatcher.dispatch(workers, prefetch=16)
+    assert sorted(held_names(*workers)) == sorted([head, late]), "the expired one out of turn, nothing else"
+    assert list(state.source.lines.lines[("main", "k")]) == [("main", head), ("main", behind), ("main", last)]

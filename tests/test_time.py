@@ -294,3 +294,41 @@ def test_strangers_in_the_delayed_folder_are_left_alone_and_never_stop_a_start(t
     sup.stop()
     again = supervisor_factory(config)  # and a restart still starts
     again.stop()
+
+
+def test_a_message_that_expires_in_its_sequence_line_is_nacked_while_the_head_still_runs(
+        tmp_path, root, env, backend, supervisor_factory):
+    """Issue 27 (order and expiry): 2 of key k waits behind its gated head and its ttl runs out: it leaves its
+    line out of turn (dead-lettered as expired, its handler never run, its sender nacked) while the head is
+    still in its handler; the head then ends and 3 runs after it, never beside it (2 workers: it could)."""
+    config = _config(tmp_path, root, backend, pool={"workers": 2})
+    sup = supervisor_factory(config)
+    gate = tmp_path / "gate"
+
+    async def scenario() -> None:
+        client = AsyncClient.from_config(config)
+        try:
+            await client.send("main", "task", {"gate": str(gate)}, ordering_key="k", message_id="head")
+            await asyncio.to_thread(wait_until, lambda: records(tmp_path), 30, message="the head in its handler")
+            waiting = asyncio.ensure_future(client.send_and_wait("main", "task", {"n": 2}, ttl=2, ordering_key="k",
+                                                                 message_id="expires-in-line"))
+            await asyncio.sleep(0)
+            await client.send("main", "task", {"n": 3}, ordering_key="k", message_id="third")
+            with pytest.raises(MessageRejected) as caught:
+                await waiting
+            assert caught.value.reason == "expired"
+            assert not gate.exists(), "nacked while its head still ran, not in its turn"
+            assert [r["id"] for r in records(tmp_path)] == ["head"], "2 never ran, 3 waits behind the head"
+        finally:
+            client.close()
+
+    asyncio.run(scenario())
+    (entry,) = _errors(env, tmp_path, config)
+    assert entry["id"] == "expires-in-line" and entry["reason"] == "expired"
+    gate.touch()
+    opened = gate.stat().st_mtime
+    wait_until(lambda: len(records(tmp_path)) >= 2, 30, message="3 after the head")
+    handled = records(tmp_path)
+    assert [r["id"] for r in handled] == ["head", "third"], "2 never ran; 3 ran once, after the head"
+    assert handled[1]["at"] >= opened, "3 started only once its head could end (never beside it)"
+    sup.stop()

@@ -18,7 +18,7 @@ from typing import Any
 
 from ipcpool.errors import InvalidMessage, MessageExists
 from ipcpool.message import Summary, format_for, summarize_bytes
-from ipcpool.ordering import MARK, Rule, Sequencer, key_of_bytes
+from ipcpool.ordering import MARK, Expiries, Rule, Sequencer, expiry_of_bytes, key_of_bytes
 from ipcpool.records import ErrorEntry
 from ipcpool.transport.base import AckHeld, Answer, MessageGone, Raw, Receipt, Taken, Unfinished
 
@@ -66,6 +66,8 @@ class MemorySource:
         self.lines = Sequencer()
         self.waiting: dict[Key, tuple[str, bytes]] = {}
         self.delayed: set[Key] = set()  # held until due: back at the end of its queue then, a new arrival
+        self.expiries = Expiries()  # waiting ones with an expiresAt: out of their lines, out of turn, once past it
+        self.out_of_turn: set[Key] = set()
 
     def open(self) -> int:
         return 0
@@ -74,6 +76,13 @@ class MemorySource:
         return []
 
     def poll(self, now: float, ready: Collection[int] = (), room: int = 0) -> bool:
+        if self.expiries.heap:
+            for key in self.expiries.due(time.time(), self.lines.waiting):  # expiresAt is wall-clock time
+                if self.lines.out_of_turn(key):
+                    self.out_of_turn.add(key)
+                    queue = self.broker.queue(key[0])
+                    queue[key[1]] = self.waiting.pop(key)
+                    queue.move_to_end(key[1], last=False)  # first: the worker dead-letters it expired
         for key, due in list(self.broker.later.items()):
             if now >= due:
                 del self.broker.later[key]
@@ -87,8 +96,8 @@ class MemorySource:
         return False
 
     def wake_at(self) -> float | None:
-        """Delays are requeues for later here: the loop's tick finds them."""
-        return None
+        """Delays are requeues for later here: the loop's tick finds them; the next expiry in a line."""
+        return self.expiries.next_at()
 
     def backlog(self) -> int:
         return sum(len(q) for q in self.broker.queues.values())  # waiting ones are out of the queues
@@ -117,6 +126,9 @@ class MemorySource:
         key = (group, ref)
         seq = self.lines.seq_of.get(key)
         if seq is None:
+            if key in self.out_of_turn:
+                self.out_of_turn.discard(key)
+                return True
             try:
                 ordering_key = key_of_bytes(entry[1], format_for(entry[0]), self.rules.get(group))
             except InvalidMessage:
@@ -126,6 +138,10 @@ class MemorySource:
             seq = (group, ordering_key)
         if self.lines.admit(key, seq):
             return True
+        if key not in self.waiting:
+            expires = expiry_of_bytes(entry[1], format_for(entry[0]))
+            if expires is not None:
+                self.expiries.add(expires, key, self.lines.waiting)
         self.waiting[key] = entry
         return False
 

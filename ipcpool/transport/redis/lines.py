@@ -10,6 +10,10 @@ longer in its stream is dropped by the next head check (``scripts.HEADS``), on a
 Entries read here that do not head their line wait in :attr:`Lines.waiting` (renewed with everything this
 supervisor holds, no worker held); they are asked about again when one of ours in a line finishes, and
 every :data:`RECHECK` seconds while any waits (another supervisor's head may finish).
+
+A waiting entry past its ``expiresAt`` leaves :attr:`Lines.waiting` and is handed out out of turn (never as a
+head: ``ipcpool.ordering``); the worker dead-letters it as expired, which takes it out of its stream, and
+the head check drops it from its Redis line when it comes to the front, as it drops any finished head.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from ipcpool.ordering import Expiries
 from ipcpool.transport.redis.keys import Keys
 from ipcpool.transport.redis.scripts import Scripts, heads
 
@@ -44,15 +49,20 @@ class Lines:
         self.heads: set[Key] = set()  # found heading its line: handed out, and again after a worker's death
         self.busy: set[tuple[str, str]] = set()  # sequences whose head is one of ours
         self.soon = False  # one of ours finished: its successor may be here
+        self.expiries = Expiries()  # waiting entries with an expiresAt: handed out out of turn once past it
+        self.out_of_turn: set[Key] = set()  # expired while waiting: queued again (a worker died) out of turn
         self.next_check = 0.0
 
-    def admit(self, key: Key, sequence: str | None) -> bool:
-        """A read entry: True to queue it now (no sequence, or known to head its line), else it waits here."""
+    def admit(self, key: Key, sequence: str | None, expires: float | None = None) -> bool:
+        """A read entry: True to queue it now (no sequence, or known to head its line), else it waits here
+        (``expires``: its expiresAt, to hand it out out of turn once past it)."""
         if sequence is not None:
             self.key_of[key] = sequence
         elif key not in self.key_of:
             return True
         if key in self.heads:
+            return True
+        if key in self.out_of_turn:  # expired while it waited here: never waits again
             return True
         if key not in self.waiting:
             self.waiting[key] = None
@@ -60,6 +70,8 @@ class Lines:
             line.append(key)
             if len(line) > 1 and _order(line[-2][1]) > _order(key[1]):  # a reclaim brought an older one
                 line = self.queues[(key[0], self.key_of[key])] = deque(sorted(line, key=lambda k: _order(k[1])))
+            if expires is not None:
+                self.expiries.add(expires, key, self.waiting)
         self.soon = True
         return False
 
@@ -69,6 +81,8 @@ class Lines:
         if sequence is None:
             return
         self.soon = True
+        if self.out_of_turn:
+            self.out_of_turn.discard(key)
         if key in self.heads:
             self.heads.discard(key)
             self.busy.discard((key[0], sequence))
@@ -77,6 +91,22 @@ class Lines:
             line.remove(key)
             if not line:
                 del self.queues[(key[0], sequence)]
+
+    def expired(self, now: float) -> list[Key]:
+        """Waiting entries past their expiresAt at ``now`` (wall clock), out of ``waiting`` (still of their
+        sequence here, never its head): to queue at once, out of turn."""
+        if not self.expiries.heap or self.expiries.heap[0][0] > now:
+            return []
+        out = self.expiries.due(now, self.waiting)
+        self.out_of_turn.update(out)
+        for key in out:
+            del self.waiting[key]
+            seq = (key[0], self.key_of[key])
+            line = self.queues[seq]
+            line.remove(key)
+            if not line:
+                del self.queues[seq]
+        return out
 
     def check(self, client: Any, now: float) -> list[Key]:
         """The waiting entries that head their lines now (moved out of ``waiting``), when it is time to ask."""

@@ -11,6 +11,7 @@ from typing import Any
 
 from redis import Redis
 
+from ipcpool.ordering import expiry_of_bytes
 from ipcpool.transport.redis.keys import CONSUMER_GROUP, Keys
 from ipcpool.transport.redis.store import _text
 
@@ -34,14 +35,15 @@ class StreamReader:
         self.fd = self._connection._sock.fileno()
         self.outstanding = True
 
-    def read(self) -> list[tuple[str, str, str | None]]:
-        """The entries the read took, as (group, entry id, its sequence's key or None: ``lines``); raises what
-        Redis raises (the read is over)."""
+    def read(self) -> list[tuple[str, str, str | None, float | None]]:
+        """The entries the read took, as (group, entry id, its sequence's key or None: ``lines``, its expiresAt
+        when in a sequence); raises what Redis raises (the read is over)."""
         self.outstanding = False
         reply = self._connection.read_response()
         prefix = len(self.keys.stream(""))
-        return [(_text(stream)[prefix:], _text(entry_id), sequence_of(fields)) for stream, entries in reply or ()
-                for entry_id, fields in entries]
+        return [(_text(stream)[prefix:], _text(entry_id), sequence, None if sequence is None else expiry_of(fields))
+                for stream, entries in reply or () for entry_id, fields in entries
+                for sequence in (sequence_of(fields),)]
 
     def drop(self) -> None:
         """The connection failed (or we close): entries a read may have taken unread come back to this
@@ -51,6 +53,21 @@ class StreamReader:
         self.outstanding = False
         self._connection.disconnect()
         self._connection = None
+
+
+def expiry_of(fields: Any) -> float | None:
+    """An entry's ``expiresAt`` (its body's, decoded only when it names one), or None; asked only of an entry
+    of a sequence (one that may wait in a line: ``ipcpool.ordering``)."""
+    if not fields:
+        return None
+    if isinstance(fields, dict):
+        data, fmt = fields.get(b"m"), fields.get(b"f")
+    else:
+        pairs = dict(zip(fields[::2], fields[1::2], strict=False))
+        data, fmt = pairs.get(b"m"), pairs.get(b"f")
+    if not isinstance(data, bytes) or fmt is None:
+        return None
+    return expiry_of_bytes(data, _text(fmt))
 
 
 def sequence_of(fields: Any) -> str | None:

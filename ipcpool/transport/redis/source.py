@@ -66,7 +66,7 @@ from ipcpool.transport.redis.figures import QueueFigures
 from ipcpool.transport.redis.journal import Journal
 from ipcpool.transport.redis.keys import CONSUMER_GROUP, Keys
 from ipcpool.transport.redis.lines import MAX_WAITING, Lines
-from ipcpool.transport.redis.reader import StreamReader, sequence_of
+from ipcpool.transport.redis.reader import StreamReader, expiry_of, sequence_of
 from ipcpool.transport.redis.scripts import Scripts, complete, quarantine
 from ipcpool.transport.redis.store import _text
 
@@ -202,6 +202,10 @@ class RedisSource:
                 self._prune()
             for key in self.lines.check(self.client, now):
                 self._enqueue(key)
+            if self.lines.expiries.heap:
+                for key in self.lines.expired(time.time()):  # expiresAt is wall-clock time
+                    self.queue[key] = None
+                    self.queue.move_to_end(key, last=False)  # out of turn: the worker dead-letters it expired
             self._issue_read()
         except UNAVAILABLE as exc:
             self._lost(exc)
@@ -227,7 +231,10 @@ class RedisSource:
         return 0 if self.outage.down else len(self.queue)
 
     def wake_at(self) -> float | None:
-        return None if self.outage.down else (self.delays.next_due or None)
+        if self.outage.down:
+            return None
+        due, expires = self.delays.next_due or None, self.lines.expiries.next_at()
+        return due if expires is None else expires if due is None else min(due, expires)
 
     def take(self, n: int) -> list[tuple[str, str, int]]:
         taken: list[tuple[str, str, int]] = []
@@ -466,13 +473,13 @@ class RedisSource:
             self.groups.clear()
             self.next_groups = 0.0
             return
-        for group, ref, sequence in taken:
-            self._enqueue((group, ref), sequence)
+        for group, ref, sequence, expires in taken:
+            self._enqueue((group, ref), sequence, expires)
 
-    def _enqueue(self, key: tuple[str, str], sequence: str | None = None) -> None:
+    def _enqueue(self, key: tuple[str, str], sequence: str | None = None, expires: float | None = None) -> None:
         """Queued to hand out, unless an entry of a sequence not (yet) known to head its line: that waits."""
         if key not in self.out and key not in self.later and key not in self.pending_work and \
-                self.lines.admit(key, sequence):
+                self.lines.admit(key, sequence, expires):
             self.queue[key] = None
 
     def _take_back_unknown(self) -> None:
@@ -497,7 +504,8 @@ class RedisSource:
                     key = (group, _text(entry_id))
                     if fields and key not in skip and key not in self.queue:
                         self.lost.discard(key)  # this consumer's again
-                        self._enqueue(key, sequence_of(fields))
+                        sequence = sequence_of(fields)
+                        self._enqueue(key, sequence, None if sequence is None else expiry_of(fields))
                         recovered += 1
         self._learn_failures([key for key in self.queue if key not in skip])
         if recovered and not skip:
@@ -539,10 +547,10 @@ class RedisSource:
             self._learn_failures(claimed)
             sequences = self._sequences_of(claimed)
             for key in claimed:
-                self._enqueue(key, sequences.get(key))
+                self._enqueue(key, *sequences.get(key, (None, None)))
 
-    def _sequences_of(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
-        """The sequence keys of reclaimed entries (a reclaim returns ids only), in one round trip."""
+    def _sequences_of(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, float | None]]:
+        """The sequence keys (and expiresAt) of reclaimed entries (a reclaim returns ids only), in one trip."""
         pipe = self.client.pipeline(transaction=False)
         for group, ref in keys:
             pipe.xrange(self.keys.stream(group), ref, ref)
@@ -550,7 +558,7 @@ class RedisSource:
         for key, entries in zip(keys, pipe.execute(), strict=True):
             sequence = sequence_of(entries[0][1]) if entries else None
             if sequence is not None:
-                found[key] = sequence
+                found[key] = (sequence, expiry_of(entries[0][1]))
         return found
 
     def _learn_failures(self, keys: list[tuple[str, str]]) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Container
 from ipcpool.config import Config
 from ipcpool.errors import InvalidMessage
 from ipcpool.message import format_for
-from ipcpool.ordering import MARK, Rule, Sequencer, key_of_bytes, rules_of
+from ipcpool.ordering import MARK, Expiries, Rule, Sequencer, expiry_of_bytes, key_of_bytes, rules_of
 from ipcpool.transport.spool.reads import Reader
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ class SpoolSequences:
         self.settle_time = config.spool.settle_time
         self.reader = reader
         self.lines = Sequencer()
+        self.expiries = Expiries()  # waiting files with an expiresAt: handed out out of turn once past it
+        self.out_of_turn: set[Key] = set()  # taken out of their lines expired: handed out, never lined up again
 
     def can_order(self, key: Key) -> bool:
         """Whether ``key`` may be in a sequence: the one test every file pays (a set and a substring)."""
@@ -45,9 +47,13 @@ class SpoolSequences:
         SETTLE (its key cannot be read yet: a direct writer may still be writing)."""
         lines = self.lines
         seq = lines.seq_of.get(key)
+        expires = None
         if seq is None:
+            if key in self.out_of_turn:
+                self.out_of_turn.discard(key)
+                return HAND_OUT
             try:
-                ordering_key = self._read_key(key)
+                ordering_key, expires = self._read_key(key)
             except FileNotFoundError:
                 return HAND_OUT  # gone: the claim finds out
             except (InvalidMessage, OSError) as exc:
@@ -58,12 +64,26 @@ class SpoolSequences:
             if ordering_key is None:
                 return HAND_OUT
             seq = (key[0], ordering_key)
-        return HAND_OUT if lines.admit(key, seq) else WAIT
+        if lines.admit(key, seq):
+            return HAND_OUT
+        if expires is not None and key in lines.waiting:
+            self.expiries.add(expires, key, lines.waiting)
+        return WAIT
 
-    def _read_key(self, key: Key) -> str | None:
+    def expired(self, now: float) -> list[Key]:
+        """Waiting files past their expiresAt at ``now`` (wall clock), out of their lines: to hand out first,
+        out of turn (the worker dead-letters them as expired; their heads are untouched)."""
+        if not self.expiries.heap or self.expiries.heap[0][0] > now:
+            return []
+        out = [key for key in self.expiries.due(now, self.lines.waiting) if self.lines.out_of_turn(key)]
+        self.out_of_turn.update(out)
+        return out
+
+    def _read_key(self, key: Key) -> tuple[str | None, float | None]:
         group, name = key
         data = self.reader.read_queued(group, name).data
-        return key_of_bytes(data, format_for(name), self.rules.get(group))
+        fmt = format_for(name)
+        return key_of_bytes(data, fmt, self.rules.get(group)), expiry_of_bytes(data, fmt)
 
     def _still_changing(self, key: Key) -> bool:
         try:

@@ -133,6 +133,10 @@ class SpoolSource:
             for key in list(self.delayed.due(wall)):
                 self.offer(*key, now)
             delayed_left = self.delayed.busy(wall)  # more is due than one poll moves: come straight back
+        if self.sequences.expiries.heap:
+            for key in self.sequences.expired(time.time()):  # expiresAt is wall-clock time
+                self.pending[key] = now
+                self.pending.move_to_end(key, last=False)  # out of turn: the worker dead-letters it expired
         if self.stranded and now >= self.next_stranded_retry:
             self.next_stranded_retry = now + RETRY_INTERVAL
             self._retry_stranded()
@@ -151,7 +155,8 @@ class SpoolSource:
         return len(self.pending)
 
     def wake_at(self) -> float | None:
-        return self.delayed.next_due()
+        due, expires = self.delayed.next_due(), self.sequences.expiries.next_at()
+        return due if expires is None else expires if due is None else min(due, expires)
 
     def take(self, n: int) -> list[tuple[str, str, int]]:
         """Claim the oldest; a file that can be in a sequence is first admitted by its line (it may wait).
