@@ -264,7 +264,10 @@ def test_chaos_random_worker_kills_and_two_supervisor_kills(tmp_path, root, supe
         while not stop.wait(0.1):
             sup_now = current["sup"]
             # workers are the forkserver's children: the supervisor's grandchildren
-            pids = [p.pid for p in sup_now.descendants() if p.ppid() != sup_now.pid and p.pid not in kills]
+            try:
+                pids = [p.pid for p in sup_now.descendants() if p.ppid() != sup_now.pid and p.pid not in kills]
+            except psutil.NoSuchProcess:  # one ended between the listing and its ppid: look again
+                continue
             if pids:
                 pid = rng.choice(pids)
                 try:
