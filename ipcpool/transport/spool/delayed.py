@@ -29,7 +29,7 @@ import os
 from collections.abc import Collection, Iterator
 
 from ipcpool.message import format_for
-from ipcpool.msgtime import format_iso
+from ipcpool.msgtime import LATEST, format_iso
 from ipcpool.portable import rename_noreplace
 from ipcpool.transport.spool.layout import (
     DELAYED,
@@ -53,7 +53,7 @@ def delayed_name(due_ms: int, key_name: str) -> str:
     return f"{due_ms}-{inbox}-{base}"
 
 
-LAST_DUE_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the latest time an ISO-8601 notBefore can say
+LAST_DUE_MS = round(LATEST * 1000)  # the latest time an ISO-8601 notBefore can say, in ms
 
 
 def parse_delayed(name: str, inboxes: Collection[str] = (MESSAGES,)) -> tuple[int, str] | None:
