@@ -114,7 +114,9 @@ def test_queue_depth_in_flight_and_oldest_age_while_a_handler_holds(tmp_path, ro
         # On Redis the queue's figures are read from Redis a moment apart from the workers' states: wait for
         # one scrape in which both are current (a running message counted as queued too would never get there).
         samples = scrape_until(address, lambda s: total(s, "ipcpool_in_flight") == 1
-                               and total(s, "ipcpool_queue_depth") == 0, "the running one in flight, not queued")
+                               and total(s, "ipcpool_queue_depth") == 0
+                               and total(s, "ipcpool_oldest_queued_age_seconds") == 0,
+                               "the running one in flight, not queued")
         assert total(samples, "ipcpool_queue_depth") == 0
         assert total(samples, "ipcpool_oldest_queued_age_seconds") == 0, "in flight is not waiting"
         waiting = [client.send("main", "task", {"n": n}, requires_ack=True) for n in range(3)]
