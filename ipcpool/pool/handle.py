@@ -160,6 +160,11 @@ class WorkerHandle:
             return False
         return self._process_gone()
 
+    def process_gone(self) -> bool:
+        """The process itself has ended (its pidfd says so, or its pid is no longer it), whether or not the
+        forkserver has reported its status yet: is_alive() waits for that report."""
+        return self._process_gone()
+
     def _process_gone(self) -> bool:
         if self.pidfd is None:
             return not pid_alive(self.pid, self.create_time)

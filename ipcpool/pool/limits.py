@@ -59,7 +59,8 @@ class Limits:
             return
         current, started = worker.current()
         if current is not None and now - started > pool.handler_timeout:
-            if worker.has_exited():  # it ended itself meanwhile (this loop was stopped): reaped, not killed
+            if worker.has_exited() or worker.process_gone():  # it ended itself while this loop was stopped
+                # (the forkserver may not have reported it yet): reaped, not killed
                 return
             said = self.pool.source.summarize(current.group, current.name)
             worker.kill(StopReason.TIMEOUT,
